@@ -1,0 +1,45 @@
+"""The one interface every acting thing implements.
+
+Agents see observations only -- never ``info`` (which holds the simulator state
+and privileged poses). Observations are the env's Dict: ``image`` ``(H, W, 3)``
+uint8, ``proprio`` ``(4,)``, ``instruction`` int, ``objects`` ``(3 * n_cubes,)``.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+
+class Agent(ABC):
+    """``reset(seed)`` at the start of each episode, then ``act(obs) -> (4,) action``."""
+
+    name: str = "agent"
+
+    def reset(self, seed: int | None = None) -> None:
+        """Start a new episode; ``seed`` makes any randomness in the agent repeatable."""
+
+    @abstractmethod
+    def act(self, obs: dict) -> np.ndarray:
+        """``act(obs: dict) -> np.ndarray`` of shape ``(4,)`` in [-1, 1]: ``[dx, dy, dz, grip]``."""
+        raise NotImplementedError("Agent.act(obs: dict) -> np.ndarray (4,) must be implemented")
+
+
+class RandomAgent(Agent):
+    """Uniform random actions, held for ``repeat`` steps so the arm actually travels."""
+
+    name = "random"
+
+    def __init__(self, repeat: int = 4):
+        self.repeat = int(repeat)
+        self.reset()
+
+    def reset(self, seed: int | None = None) -> None:
+        self._rng = np.random.default_rng(seed)
+        self._t, self._a = 0, np.zeros(4)
+
+    def act(self, obs: dict) -> np.ndarray:
+        if self._t % self.repeat == 0:
+            self._a = self._rng.uniform(-1.0, 1.0, 4)
+        self._t += 1
+        return self._a.copy()

@@ -1,0 +1,30 @@
+"""RoboAlign environments: robosuite tasks registered as gymnasium envs.
+
+``import envs`` registers ``roboalign/Lift-v0``, ``roboalign/PickColor-v0`` and
+``roboalign/Stack-v0``; ``gym.make("envs:roboalign/Lift-v0")`` imports this module
+itself. Keyword arguments of :class:`envs.robosuite_env.RoboAlignEnv` pass through
+``gym.make``.
+"""
+from __future__ import annotations
+
+import gymnasium as gym
+
+from envs.tasks import TASKS
+
+ENV_IDS: dict[str, str] = {f"roboalign/{name}-v0": name for name in TASKS}
+
+for _env_id, _task in ENV_IDS.items():
+    if _env_id not in gym.registry:
+        gym.register(
+            id=_env_id,
+            entry_point="envs.robosuite_env:RoboAlignEnv",
+            max_episode_steps=TASKS[_task].max_episode_steps,
+            kwargs={"task": _task},
+        )
+
+
+def make(env_id: str, **kwargs) -> gym.Env:
+    """``gym.make`` with a clear error for an unknown id."""
+    if env_id not in ENV_IDS:
+        raise gym.error.UnregisteredEnv(f"unknown env id {env_id!r}; registered: {sorted(ENV_IDS)}")
+    return gym.make(env_id, **kwargs)
