@@ -1,0 +1,160 @@
+"""Run agents in the simulator and collect their rollouts to HDF5.
+
+Collection runs whole episodes in several simulator processes (a spawn-context
+process pool: each worker owns one env and one agent, episodes vary in length
+so episode-level parallelism keeps every core busy) and streams them, in seed
+order, into one file written atomically (see :mod:`envs.rollouts`).
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+import envs
+from agent.base import Agent, RandomAgent
+from agent.scripted import NoisyExpert, ScriptedExpert
+from envs.rollouts import RolloutWriter, atomic_path, episode_from_steps
+from envs.splits import split_of, split_seeds
+
+AGENTS = {"scripted": ScriptedExpert, "noisy": NoisyExpert, "random": RandomAgent}
+
+
+def make_agent(name: str, **kwargs) -> Agent:
+    """An agent by name (:data:`AGENTS`), with a clear error for an unknown one."""
+    if name not in AGENTS:
+        raise KeyError(f"unknown agent {name!r}; known: {sorted(AGENTS)}")
+    return AGENTS[name](**kwargs)
+
+
+@dataclass
+class EpisodeResult:
+    seed: int
+    success: bool
+    wrong_object: bool
+    length: int
+    instruction: str
+    failure: str                      # "none", "missed_grasp", "drop", "wrong_object", "timeout"
+    frames: list = field(default_factory=list, repr=False)   # (H, W, 3) uint8 per step, if recorded
+    episode: dict | None = field(default=None, repr=False)   # rollout arrays, if recorded
+
+
+def run_episode(env, agent: Agent, seed: int, *, record: bool = False, frames: bool = False,
+                options: dict | None = None) -> EpisodeResult:
+    """One episode; the agent sees observations only. ``record`` keeps the rollout arrays,
+    ``frames`` keeps ``env.render()`` (or the observation image) per step."""
+    agent.reset(seed=seed)
+    obs, info = env.reset(seed=seed, options=options)
+    first_obs, first_info, steps = obs, info, []
+    rendered = [_frame(env, obs)] if frames else []
+    target_rise, lifted_ever = 0.0, False
+    start = _target_z(info)
+    while True:
+        action = np.asarray(agent.act(obs), np.float32)
+        obs, reward, terminated, truncated, info = env.step(action)
+        if record:
+            steps.append((action, obs, reward, terminated, info))
+        else:
+            steps.append(None)
+        if frames:
+            rendered.append(_frame(env, obs))
+        target_rise = max(target_rise, _target_z(info) - start)
+        lifted_ever |= target_rise > 0.02
+        if terminated or truncated:
+            break
+    failure = _failure(info, target_rise)
+    return EpisodeResult(
+        seed=seed, success=bool(info["success"]), wrong_object=bool(info["wrong_object"]),
+        length=len(steps), instruction=info["instruction"], failure=failure, frames=rendered,
+        episode=episode_from_steps(first_obs, first_info, steps) if record else None,
+    )
+
+
+def _frame(env, obs) -> np.ndarray:
+    img = env.render() if env.render_mode == "rgb_array" else None
+    return img if img is not None else obs["image"]
+
+
+def _target_z(info: dict) -> float:
+    from envs.vocab import target_colour
+
+    return float(info["object_poses"][target_colour(info["instruction"])][2])
+
+
+def _failure(info: dict, target_rise: float) -> str:
+    if info["success"]:
+        return "none"
+    if info["wrong_object"]:
+        return "wrong_object"
+    if target_rise < 0.01:
+        return "missed_grasp"
+    if target_rise > 0.02:
+        return "drop"
+    return "timeout"
+
+
+# ---------------------------------------------------------------------- parallel collection
+_WORKER: dict = {}
+
+
+def _init_worker(env_id: str, env_kwargs: dict, agent_name: str, agent_kwargs: dict) -> None:
+    _WORKER["env"] = envs.make(env_id, segmentation=True, **env_kwargs)
+    _WORKER["agent"] = make_agent(agent_name, **agent_kwargs)
+
+
+def _work(seed: int) -> EpisodeResult:
+    return run_episode(_WORKER["env"], _WORKER["agent"], seed, record=True)
+
+
+def collect(env_id: str, agent: str, episodes: int, out: str | os.PathLike, *, split: str = "train",
+            start: int = 0, workers: int | None = None, agent_kwargs: dict | None = None,
+            env_kwargs: dict | None = None, progress: bool = True) -> dict:
+    """Collect ``episodes`` episodes of ``agent`` on ``env_id`` with seeds from ``split``.
+
+    Writes ``out`` atomically and returns a summary dict (episodes, steps, success
+    rate, steps/s). Seeds are ``split_seeds(split, episodes, start)``.
+    """
+    import time
+
+    if env_id not in envs.ENV_IDS:
+        raise KeyError(f"unknown env id {env_id!r}; registered: {sorted(envs.ENV_IDS)}")
+    make_agent(agent, **(agent_kwargs or {}))  # fail early on a bad agent config
+    seeds = split_seeds(split, episodes, start)
+    assert all(split_of(s) == split for s in seeds)
+    workers = max(1, min(workers or os.cpu_count() or 1, episodes))
+    env_kwargs, agent_kwargs = dict(env_kwargs or {}), dict(agent_kwargs or {})
+    env_args = {"env_id": env_id, "env_name": envs.ENV_IDS[env_id], "env_kwargs": env_kwargs,
+                "agent": agent, "agent_kwargs": agent_kwargs, "split": split}
+    init = (env_id, env_kwargs, agent, agent_kwargs)
+    t0, steps, successes, pool = time.time(), 0, 0, None
+    with atomic_path(out) as tmp:
+        writer = RolloutWriter(tmp, env_args)
+        try:
+            if workers == 1:
+                _init_worker(*init)
+                results = map(_work, seeds)
+            else:
+                pool = mp.get_context("spawn").Pool(workers, _init_worker, init)
+                results = pool.imap(_work, seeds)
+            for res in tqdm(results, total=len(seeds), desc=f"collect {env_id} [{agent}]",
+                            disable=not progress, unit="ep"):
+                writer.add(res.episode, seed=res.seed, split=split, instruction=res.instruction,
+                           instruction_id=int(res.episode["obs"]["instruction"][0]),
+                           success=res.success, wrong_object=res.wrong_object, agent=agent,
+                           failure=res.failure)
+                steps += res.length
+                successes += res.success
+        finally:
+            writer.close()
+            if pool is not None:
+                pool.terminate()
+            elif "env" in _WORKER:
+                _WORKER.pop("env").close()
+    elapsed = time.time() - t0
+    return {"path": str(Path(out)), "episodes": episodes, "steps": steps, "workers": workers,
+            "success_rate": successes / max(episodes, 1), "seconds": elapsed,
+            "steps_per_s": steps / max(elapsed, 1e-9)}

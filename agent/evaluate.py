@@ -1,0 +1,104 @@
+"""The closed loop: run an agent for N episodes in the real simulator and report.
+
+:func:`evaluate` is the importable loop behind ``experiments/closed_loop.py``;
+later planners plug in as another :class:`agent.base.Agent`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+import envs
+from agent.base import Agent
+from agent.collect import EpisodeResult, run_episode
+from envs.rollouts import atomic_path
+from envs.video import write_video
+
+FAILURES = ("none", "missed_grasp", "drop", "wrong_object", "timeout")
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval for a success rate (sensible at 0 and n)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def summarize(results: list[EpisodeResult]) -> dict:
+    """Success rate with its 95% interval, wrong-object rate, failure breakdown, lengths."""
+    n = len(results)
+    k = sum(r.success for r in results)
+    lo, hi = wilson_interval(k, n)
+    lengths = np.array([r.length for r in results], float)
+    return {
+        "episodes": n, "successes": k, "success_rate": k / n if n else 0.0, "success_ci95": [lo, hi],
+        "wrong_object_rate": sum(r.wrong_object for r in results) / n if n else 0.0,
+        "failures": {f: sum(r.failure == f for r in results) for f in FAILURES},
+        "length_mean": float(lengths.mean()) if n else 0.0,
+        "length_std": float(lengths.std()) if n else 0.0,
+    }
+
+
+def evaluate(env_id: str, agent: Agent, seeds: list[int], *, out_dir: str | os.PathLike | None = None,
+             videos: int = 0, env_kwargs: dict | None = None, progress: bool = True) -> dict:
+    """Run ``agent`` on ``env_id`` for each seed; return (and save in ``out_dir``) the summary.
+
+    Writes ``episodes.jsonl``, ``summary.json`` and ``results.md`` to ``out_dir`` and an
+    MP4 for each of the first ``videos`` episodes (rendered frames with a caption).
+    """
+    env = envs.make(env_id, render_mode="rgb_array" if videos else None, **(env_kwargs or {}))
+    results = []
+    try:
+        for i, seed in enumerate(tqdm(seeds, desc=f"closed loop {env_id} [{agent.name}]",
+                                      disable=not progress, unit="ep")):
+            res = run_episode(env, agent, seed, frames=i < videos)
+            results.append(res)
+            if out_dir is not None and res.frames:
+                captions = [[res.instruction, f"seed {seed}  step {t}/{res.length}  "
+                             f"{'SUCCESS' if res.success and t == res.length else res.failure if t == res.length else ''}"]
+                            for t in range(len(res.frames))]
+                write_video(res.frames, Path(out_dir) / "videos" / f"{agent.name}_seed{seed}.mp4",
+                            fps=env.metadata.get("render_fps", 20), captions=captions)
+    finally:
+        env.close()
+    summary = {"env_id": env_id, "agent": agent.name, "seeds": list(seeds), **summarize(results)}
+    if out_dir is not None:
+        _save(Path(out_dir), results, summary)
+    return summary
+
+
+def results_table(summaries: list[dict]) -> str:
+    """A markdown table, one row per (env, agent) summary."""
+    rows = ["| env | agent | episodes | success | 95% CI | wrong object | missed grasp | drop | timeout | length |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for s in summaries:
+        f = s["failures"]
+        rows.append(
+            f"| {s['env_id']} | {s['agent']} | {s['episodes']} | {s['success_rate']:.2f} | "
+            f"[{s['success_ci95'][0]:.2f}, {s['success_ci95'][1]:.2f}] | {s['wrong_object_rate']:.2f} | "
+            f"{f['missed_grasp']} | {f['drop']} | {f['timeout']} | "
+            f"{s['length_mean']:.1f} +- {s['length_std']:.1f} |")
+    return "\n".join(rows)
+
+
+def _save(out: Path, results: list[EpisodeResult], summary: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "episodes.jsonl") as tmp:
+        with open(tmp, "w") as f:
+            for r in results:
+                row = {fl.name: getattr(r, fl.name) for fl in fields(r) if fl.name not in ("frames", "episode")}
+                f.write(json.dumps(row) + "\n")
+    with atomic_path(out / "summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2))
+    with atomic_path(out / "results.md") as tmp:
+        tmp.write_text(results_table([summary]) + "\n")

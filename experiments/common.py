@@ -1,0 +1,26 @@
+"""Shared set-up for the entry scripts: paths under the repository root, torch threads."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """A configured path; relative ones live under the repository root."""
+    p = Path(path)
+    return p if p.is_absolute() else ROOT / p
+
+
+def setup_torch(threads: int | None = None) -> int:
+    """Use all cores (or ``threads``) for torch, one interop thread; returns the count."""
+    import torch
+
+    n = int(threads or os.cpu_count() or 1)
+    torch.set_num_threads(n)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set once in this process
+        pass
+    return n
