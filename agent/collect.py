@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,17 +98,43 @@ def _failure(info: dict, target_rise: float) -> str:
     return "timeout"
 
 
-# ---------------------------------------------------------------------- parallel collection
+# ---------------------------------------------------------------------- parallel episodes
 _WORKER: dict = {}
 
 
-def _init_worker(env_id: str, env_kwargs: dict, agent_name: str, agent_kwargs: dict) -> None:
-    _WORKER["env"] = envs.make(env_id, segmentation=True, **env_kwargs)
-    _WORKER["agent"] = make_agent(agent_name, **agent_kwargs)
+def _init_worker(env_id: str, env_kwargs: dict, agent: Agent, record: bool) -> None:
+    _WORKER.update(env=envs.make(env_id, **env_kwargs), agent=agent, record=record)
 
 
-def _work(seed: int) -> EpisodeResult:
-    return run_episode(_WORKER["env"], _WORKER["agent"], seed, record=True)
+def _work(task: tuple[int, dict | None, bool]) -> EpisodeResult:
+    seed, options, frames = task
+    return run_episode(_WORKER["env"], _WORKER["agent"], seed, record=_WORKER["record"],
+                       frames=frames, options=options)
+
+
+def run_episodes(env_id: str, agent: Agent, seeds: list[int], *, workers: int = 1, record: bool = False,
+                 env_kwargs: dict | None = None, options: list[dict | None] | None = None,
+                 frames: int = 0):
+    """Yield an :class:`EpisodeResult` per seed, in seed order, from ``workers`` processes.
+
+    Each worker (spawned, so no GL context is inherited) owns one env and a copy of
+    ``agent``; episodes are the unit of work since their lengths differ. ``options``
+    are per-seed reset options; the first ``frames`` episodes keep rendered frames.
+    """
+    tasks = [(s, o, i < frames) for i, (s, o) in enumerate(zip(seeds, options or [None] * len(seeds)))]
+    init = (env_id, dict(env_kwargs or {}), agent, record)
+    if workers <= 1 or len(tasks) <= 1:
+        _init_worker(*init)
+        try:
+            yield from map(_work, tasks)
+        finally:
+            _WORKER.pop("env").close()
+        return
+    pool = mp.get_context("spawn").Pool(min(workers, len(tasks)), _init_worker, init)
+    try:
+        yield from pool.imap(_work, tasks)
+    finally:
+        pool.terminate()
 
 
 def collect(env_id: str, agent: str, episodes: int, out: str | os.PathLike, *, split: str = "train",
@@ -118,28 +145,20 @@ def collect(env_id: str, agent: str, episodes: int, out: str | os.PathLike, *, s
     Writes ``out`` atomically and returns a summary dict (episodes, steps, success
     rate, steps/s). Seeds are ``split_seeds(split, episodes, start)``.
     """
-    import time
-
     if env_id not in envs.ENV_IDS:
         raise KeyError(f"unknown env id {env_id!r}; registered: {sorted(envs.ENV_IDS)}")
-    make_agent(agent, **(agent_kwargs or {}))  # fail early on a bad agent config
     seeds = split_seeds(split, episodes, start)
     assert all(split_of(s) == split for s in seeds)
     workers = max(1, min(workers or os.cpu_count() or 1, episodes))
     env_kwargs, agent_kwargs = dict(env_kwargs or {}), dict(agent_kwargs or {})
     env_args = {"env_id": env_id, "env_name": envs.ENV_IDS[env_id], "env_kwargs": env_kwargs,
                 "agent": agent, "agent_kwargs": agent_kwargs, "split": split}
-    init = (env_id, env_kwargs, agent, agent_kwargs)
-    t0, steps, successes, pool = time.time(), 0, 0, None
+    results = run_episodes(env_id, make_agent(agent, **agent_kwargs), seeds, workers=workers, record=True,
+                       env_kwargs={**env_kwargs, "segmentation": True})
+    t0, steps, successes = time.time(), 0, 0
     with atomic_path(out) as tmp:
         writer = RolloutWriter(tmp, env_args)
         try:
-            if workers == 1:
-                _init_worker(*init)
-                results = map(_work, seeds)
-            else:
-                pool = mp.get_context("spawn").Pool(workers, _init_worker, init)
-                results = pool.imap(_work, seeds)
             for res in tqdm(results, total=len(seeds), desc=f"collect {env_id} [{agent}]",
                             disable=not progress, unit="ep"):
                 writer.add(res.episode, seed=res.seed, split=split, instruction=res.instruction,
@@ -150,10 +169,7 @@ def collect(env_id: str, agent: str, episodes: int, out: str | os.PathLike, *, s
                 successes += res.success
         finally:
             writer.close()
-            if pool is not None:
-                pool.terminate()
-            elif "env" in _WORKER:
-                _WORKER.pop("env").close()
+            results.close()
     elapsed = time.time() - t0
     return {"path": str(Path(out)), "episodes": episodes, "steps": steps, "workers": workers,
             "success_rate": successes / max(episodes, 1), "seconds": elapsed,

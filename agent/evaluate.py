@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-import envs
 from agent.base import Agent
-from agent.collect import EpisodeResult, run_episode
+from agent.collect import EpisodeResult, run_episodes
 from envs.rollouts import atomic_path
 from envs.video import write_video
 
@@ -50,31 +49,37 @@ def summarize(results: list[EpisodeResult]) -> dict:
 
 
 def evaluate(env_id: str, agent: Agent, seeds: list[int], *, out_dir: str | os.PathLike | None = None,
-             videos: int = 0, env_kwargs: dict | None = None, progress: bool = True) -> dict:
+             videos: int = 0, env_kwargs: dict | None = None, workers: int = 1,
+             options: list[dict | None] | None = None, progress: bool = True) -> dict:
     """Run ``agent`` on ``env_id`` for each seed; return (and save in ``out_dir``) the summary.
 
     Writes ``episodes.jsonl``, ``summary.json`` and ``results.md`` to ``out_dir`` and an
     MP4 for each of the first ``videos`` episodes (rendered frames with a caption).
+    ``workers`` simulator processes run episodes in parallel; ``options`` are per-seed
+    reset options (e.g. a fixed instruction).
     """
-    env = envs.make(env_id, render_mode="rgb_array" if videos else None, **(env_kwargs or {}))
+    env_kwargs = {**(env_kwargs or {}), **({"render_mode": "rgb_array"} if videos else {})}
     results = []
-    try:
-        for i, seed in enumerate(tqdm(seeds, desc=f"closed loop {env_id} [{agent.name}]",
-                                      disable=not progress, unit="ep")):
-            res = run_episode(env, agent, seed, frames=i < videos)
-            results.append(res)
-            if out_dir is not None and res.frames:
-                captions = [[res.instruction, f"seed {seed}  step {t}/{res.length}  "
-                             f"{'SUCCESS' if res.success and t == res.length else res.failure if t == res.length else ''}"]
-                            for t in range(len(res.frames))]
-                write_video(res.frames, Path(out_dir) / "videos" / f"{agent.name}_seed{seed}.mp4",
-                            fps=env.metadata.get("render_fps", 20), captions=captions)
-    finally:
-        env.close()
+    stream = run_episodes(env_id, agent, seeds, workers=workers, env_kwargs=env_kwargs,
+                          options=options, frames=videos)
+    for res in tqdm(stream, total=len(seeds), desc=f"closed loop {env_id} [{agent.name}]",
+                    disable=not progress, unit="ep"):
+        results.append(res)
+        if out_dir is not None and res.frames:
+            _write_episode_video(res, Path(out_dir) / "videos" / f"{agent.name}_seed{res.seed}.mp4")
+            res.frames = []
     summary = {"env_id": env_id, "agent": agent.name, "seeds": list(seeds), **summarize(results)}
     if out_dir is not None:
         _save(Path(out_dir), results, summary)
     return summary
+
+
+def _write_episode_video(res: EpisodeResult, path: Path) -> None:
+    n = len(res.frames) - 1
+    outcome = "SUCCESS" if res.success else f"failed: {res.failure}"
+    captions = [[res.instruction, f"seed {res.seed}  step {t}/{n}" + (f"  {outcome}" if t == n else "")]
+                for t in range(n + 1)]
+    write_video(res.frames, path, fps=20, captions=captions)
 
 
 def results_table(summaries: list[dict]) -> str:

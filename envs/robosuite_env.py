@@ -50,8 +50,8 @@ N_TASK_VARS = 2  # appended to the MuJoCo state: [colours_swapped, instruction_i
 class CameraSpec:
     """A fixed camera looking from ``pos`` at ``target`` (world frame, metres)."""
 
-    pos: tuple[float, float, float] = (0.40, 0.30, 1.22)
-    target: tuple[float, float, float] = (-0.04, -0.02, 0.90)
+    pos: tuple[float, float, float] = (0.45, 0.12, 1.20)
+    target: tuple[float, float, float] = (-0.04, -0.01, 0.90)
     fovy: float = 32.0
 
     def xyaxes(self) -> np.ndarray:

@@ -25,6 +25,7 @@ def run(cfg: DictConfig) -> dict:
     agent = make_agent(cfg.agent.name, **OmegaConf.to_container(cfg.agent.kwargs))
     seeds = split_seeds(cfg.split, cfg.episodes, cfg.seed_start)
     summary = evaluate(cfg.env.id, agent, seeds, out_dir=resolve(cfg.out_dir), videos=cfg.videos,
+                       workers=cfg.workers,
                        env_kwargs=OmegaConf.to_container(cfg.env.kwargs))
     summary["wall_s"] = time.time() - t0
     print(results_table([summary]))

@@ -1,0 +1,88 @@
+"""Training windows from rollout files (ours, or robomimic files with the same layout).
+
+A window is ``T + 1`` consecutive frames and the ``T * action_repeat`` control
+actions between them, grouped so that one model step spans ``action_repeat``
+control steps::
+
+    frames   (T + 1, 3, H, W) uint8      (channels first)
+    actions  (T, action_repeat * 4) float32
+    episode, start  int                  (where the window came from)
+
+Windows never cross episode boundaries; splits are by file (each file comes from
+one seed split, see :mod:`envs.splits`), never by frame.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from envs.rollouts import RolloutFileError, demo_keys, frames_and_actions, open_rollouts
+
+ROBOMIMIC_ACTION_DIMS = [0, 1, 2, 6]  # 7-D OSC_POSE (dpos, drot, grip) -> our [dx, dy, dz, grip]
+
+
+def _resize(frames: np.ndarray, size: int) -> np.ndarray:
+    """``(N, H, W, 3)`` uint8 -> ``(N, size, size, 3)`` by area interpolation."""
+    if frames.shape[1] == size and frames.shape[2] == size:
+        return frames
+    t = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    t = torch.nn.functional.interpolate(t, size=(size, size), mode="area")
+    return t.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+
+
+class RolloutWindows(Dataset):
+    """Fixed-length windows over every episode of one or more rollout files.
+
+    ``window``: model steps T per item; ``action_repeat``: control steps per model
+    step; ``stride``: offset between window starts (in control steps);
+    ``image_key``: ``"image"`` for ours, ``"agentview_image"`` for robomimic;
+    ``image_size``: frames are resized to this if needed. Episodes are loaded
+    into memory once (64x64 frames are small).
+    """
+
+    def __init__(self, paths: str | os.PathLike | Sequence[str | os.PathLike], window: int = 8,
+                 action_repeat: int = 2, stride: int = 2, image_key: str = "image", image_size: int = 64):
+        if window < 1 or action_repeat < 1 or stride < 1:
+            raise ValueError("window, action_repeat and stride must be >= 1")
+        paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        self.window, self.repeat = window, action_repeat
+        self.frames: list[np.ndarray] = []
+        self.actions: list[np.ndarray] = []
+        self.index: list[tuple[int, int]] = []
+        span = window * action_repeat
+        for path in paths:
+            with open_rollouts(path) as f:
+                for key in demo_keys(f):
+                    frames, actions = frames_and_actions(f["data"][key], image_key)
+                    actions = self._to_ours(actions, path)
+                    ep = len(self.frames)
+                    self.frames.append(_resize(frames, image_size))
+                    self.actions.append(actions.astype(np.float32))
+                    self.index += [(ep, s) for s in range(0, len(actions) - span + 1, stride)]
+        if not self.index:
+            raise RolloutFileError(f"no episode in {paths} is long enough for a window of "
+                                   f"{window} x {action_repeat} control steps")
+
+    @staticmethod
+    def _to_ours(actions: np.ndarray, path) -> np.ndarray:
+        if actions.shape[1] == 4:
+            return actions
+        if actions.shape[1] == 7:  # robomimic OSC_POSE: keep position deltas and gripper
+            return actions[:, ROBOMIMIC_ACTION_DIMS]
+        raise RolloutFileError(f"{path}: actions have {actions.shape[1]} dims; expected 4 "
+                               "([dx, dy, dz, grip]) or robomimic's 7")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:
+        ep, start = self.index[i]
+        span = self.window * self.repeat
+        frames = self.frames[ep][start:start + span + 1:self.repeat]
+        actions = self.actions[ep][start:start + span].reshape(self.window, self.repeat * 4)
+        return {"frames": torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2),
+                "actions": torch.from_numpy(actions), "episode": ep, "start": start}
