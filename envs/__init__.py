@@ -7,9 +7,15 @@ itself. Keyword arguments of :class:`envs.robosuite_env.RoboAlignEnv` pass throu
 """
 from __future__ import annotations
 
-import gymnasium as gym
+import os
 
-from envs.tasks import TASKS
+# Headless rendering must be chosen before mujoco/robosuite are first imported.
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+
+import gymnasium as gym  # noqa: E402
+
+from envs.tasks import TASKS  # noqa: E402
 
 ENV_IDS: dict[str, str] = {f"roboalign/{name}-v0": name for name in TASKS}
 

@@ -43,7 +43,8 @@ from envs.vocab import COLOURS, INSTRUCTIONS, instruction_id, instruction_text, 
 #: Segmentation labels written by ``segmentation=True`` and stored in rollout files.
 LABELS: dict[str, int] = {"background": 0, "red_cube": 1, "green_cube": 2, "gripper": 3}
 CAMERA_NAME = "roboalign"
-N_TASK_VARS = 2  # appended to the MuJoCo state: [colours_swapped, instruction_id]
+# appended to the MuJoCo state: [gripper command (2), colours_swapped, instruction_id, wrong_seen]
+N_TASK_VARS = 5
 
 
 @dataclass(frozen=True)
@@ -198,8 +199,7 @@ class RoboAlignEnv(gym.Env):
         return np.array(self.sim.data.site_xpos[robot.eef_site_id["right"]])
 
     def _gripper_opening(self) -> float:
-        grip = self._rs.robots[0].gripper["right"]
-        qpos = [self.sim.data.get_joint_qpos(j) for j in grip.joints]
+        qpos = [self.sim.data.get_joint_qpos(j) for j in self._gripper.joints]
         return float(qpos[0] - qpos[1])
 
     # ------------------------------------------------------------------ gym API
@@ -240,18 +240,19 @@ class RoboAlignEnv(gym.Env):
     def reset_to(self, sim_state: np.ndarray):
         """Restore a state from ``info["sim_state"]``; returns ``(obs, info)``."""
         state = np.asarray(sim_state, dtype=np.float64)
-        if self._needs_reset:
-            self._rs.reset()
-            self._after_model_load()
+        self._rs.reset()  # soft reset (~2 ms): clears robosuite's controller-side state
+        self._after_model_load()
         expected = self._mj_state_size() + N_TASK_VARS
         if state.shape != (expected,):
             raise ValueError(f"sim_state must have shape ({expected},) for task {self.task.name}, "
                              f"got {state.shape}; pass info['sim_state'] from this task's env")
-        self._set_task_vars(bool(state[-2]), int(state[-1]))
+        grip_cmd, swapped, instr, wrong = state[-5:-3], state[-3], state[-2], state[-1]
+        self._set_task_vars(bool(swapped), int(instr))
+        self._gripper.current_action = grip_cmd.copy()
         mujoco.mj_setState(self.sim.model._model, self.sim.data._data, state[:-N_TASK_VARS],
                            mujoco.mjtState.mjSTATE_INTEGRATION)
         mujoco.mj_forward(self.sim.model._model, self.sim.data._data)
-        return self._begin_episode()
+        return self._begin_episode(wrong_seen=bool(wrong))
 
     def step(self, action):
         if self._needs_reset:
@@ -262,6 +263,9 @@ class RoboAlignEnv(gym.Env):
         if not np.all(np.isfinite(action)):
             raise ValueError(f"action has non-finite entries: {action}")
         _, reward, _, _ = self._rs.step(np.clip(action, -1.0, 1.0))
+        # robosuite's split stepping leaves derived quantities (body poses) one sub-step
+        # old; recompute them so frames and readouts match the state (and a restored state).
+        mujoco.mj_forward(self.sim.model._model, self.sim.data._data)
         info = self._info()
         if self.task.randomize_colours:
             reward = self._pick_reward()
@@ -284,11 +288,20 @@ class RoboAlignEnv(gym.Env):
     def get_sim_state(self) -> np.ndarray:
         """``(n,)`` float64: MuJoCo's full integration state (``mjSTATE_INTEGRATION``:
         time, qpos, qvel, act, warm-start, controls, applied forces, mocap) followed by
-        the task variables ``[colours_swapped, instruction_id]``."""
+        the task variables ``[gripper command (2), colours_swapped, instruction_id,
+        wrong_seen]`` (robosuite's gripper integrates its command across steps)."""
         m, d = self.sim.model._model, self.sim.data._data
         out = np.empty(self._mj_state_size())
         mujoco.mj_getState(m, d, out, mujoco.mjtState.mjSTATE_INTEGRATION)
-        return np.concatenate([out, [float(self._swapped), float(self._instruction)]])
+        grip = np.zeros(2)
+        cmd = getattr(self._gripper, "current_action", None)
+        if cmd is not None:
+            grip[:len(cmd)] = cmd
+        return np.concatenate([out, grip, [float(self._swapped), float(self._instruction), float(self._wrong_seen)]])
+
+    @property
+    def _gripper(self):
+        return self._rs.robots[0].gripper["right"]
 
     def _mj_state_size(self) -> int:
         return mujoco.mj_stateSize(self.sim.model._model, mujoco.mjtState.mjSTATE_INTEGRATION)
@@ -333,8 +346,13 @@ class RoboAlignEnv(gym.Env):
                 m.vis.quality.offsamples = 0
         self._needs_reset = False
 
-    def _begin_episode(self):
-        self._wrong_seen = False
+    def _begin_episode(self, wrong_seen: bool = False):
+        # Controllers cache kinematics from robosuite's reset; as after any step, let the
+        # first step refresh them from the current (placed or restored) state, so that a
+        # restored state continues exactly like the original.
+        for controller in self._rs.robots[0].composite_controller.part_controllers.values():
+            controller.new_update = True
+        self._wrong_seen = wrong_seen
         info = self._info()
         return self._obs(), info
 

@@ -8,6 +8,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from envs.rollouts import atomic_path
+
 
 def caption_frame(frame: np.ndarray, lines: Sequence[str], scale: int = 1) -> np.ndarray:
     """``(H, W, 3)`` uint8 -> ``(H*scale + strip, W*scale, 3)`` with text lines under the image."""
@@ -36,23 +38,23 @@ def write_video(frames: Sequence[np.ndarray], path: str | os.PathLike, fps: int 
         raise ValueError("write_video needs at least one frame")
     if captions is not None and len(captions) != len(frames):
         raise ValueError(f"{len(captions)} captions for {len(frames)} frames")
+    shapes = {np.shape(f) for f in frames}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 3 or next(iter(shapes))[2] != 3:
+        raise ValueError(f"frames must all have one (H, W, 3) shape; got {sorted(shapes)}")
     out = [caption_frame(f, captions[i] if captions else [], scale) for i, f in enumerate(frames)]
     h, w = out[0].shape[:2]
     pad_h, pad_w = h + h % 2, w + w % 2  # yuv420p needs even sizes
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.mp4")
-    writer = FFMPEG_VideoWriter(str(tmp), (pad_w, pad_h), fps, codec="libx264",
-                                ffmpeg_params=["-pix_fmt", "yuv420p"], logfile=None)
-    try:
-        for f in out:
-            canvas = np.zeros((pad_h, pad_w, 3), np.uint8)
-            canvas[:h, :w] = f
-            writer.write_frame(canvas)
-    finally:
-        writer.close()
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        writer = FFMPEG_VideoWriter(str(tmp), (pad_w, pad_h), fps, codec="libx264",
+                                    ffmpeg_params=["-pix_fmt", "yuv420p"], logfile=None)
+        try:
+            for f in out:
+                canvas = np.zeros((pad_h, pad_w, 3), np.uint8)
+                canvas[:h, :w] = f
+                writer.write_frame(canvas)
+        finally:
+            writer.close()
+    return Path(path)
 
 
 def read_video_frame_count(path: str | os.PathLike) -> int:

@@ -1,0 +1,44 @@
+"""Write a named section of BENCHMARKS.md (with command, machine and date), replacing any old one."""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import re
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+HEADER = "# Benchmarks\n\nNumbers measured by the scripts in `benchmarks/`; each section names its command, machine and date.\n"
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import torch
+
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    except ImportError:
+        gpu = "no torch"
+    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores ({cpu}), {gpu}, Python {platform.python_version()}"
+
+
+def write_section(title: str, body: str, command: str | None = None) -> None:
+    """Replace (or append) ``## title`` in BENCHMARKS.md, atomically."""
+    command = command or "python " + " ".join(sys.argv)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    section = (f"## {title}\n\n- command: `{command}`\n- machine: {machine()}\n- date: {stamp}\n\n"
+               f"{body.strip()}\n")
+    text = BENCH.read_text() if BENCH.exists() else HEADER
+    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
+    text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
+    tmp = BENCH.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, BENCH)

@@ -1,0 +1,199 @@
+"""The closed loop: statistics, the hydra entry points, result files and videos."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from agent.collect import EpisodeResult, make_agent
+from agent.evaluate import FAILURES, results_table, summarize, wilson_interval
+from envs.rollouts import read_episode
+from envs.splits import split_of, split_seeds
+from envs.video import read_video_frame_count, write_video
+from tests.conftest import CONF_DIR
+
+
+def _compose(config_name: str, overrides: list[str]):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides)
+
+
+# ----------------------------------------------------------------------------- statistics
+def test_wilson_interval_known_values():
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(0.2775, abs=5e-4)
+    lo, hi = wilson_interval(10, 10)
+    assert hi == pytest.approx(1.0) and lo == pytest.approx(0.7225, abs=5e-4)
+    lo, hi = wilson_interval(5, 10)
+    assert lo == pytest.approx(0.2366, abs=5e-4) and hi == pytest.approx(0.7634, abs=5e-4)
+    lo, hi = wilson_interval(50, 100)
+    assert lo == pytest.approx(0.4038, abs=5e-4) and hi == pytest.approx(0.5962, abs=5e-4)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    # narrower with more episodes, always containing the point estimate
+    assert np.diff(wilson_interval(30, 100)) < np.diff(wilson_interval(3, 10))
+    for k, n in [(1, 7), (6, 7), (3, 50)]:
+        lo, hi = wilson_interval(k, n)
+        assert 0.0 <= lo < k / n < hi <= 1.0
+
+
+def _result(seed, success, failure, length, wrong=False):
+    return EpisodeResult(seed=seed, success=success, wrong_object=wrong, length=length,
+                         instruction="lift the red cube", failure=failure)
+
+
+def test_summarize_counts():
+    results = [_result(0, True, "none", 40), _result(1, False, "missed_grasp", 100),
+               _result(2, False, "wrong_object", 100, wrong=True), _result(3, True, "none", 60),
+               _result(4, False, "drop", 100)]
+    s = summarize(results)
+    assert s["episodes"] == 5 and s["successes"] == 2
+    assert s["success_rate"] == pytest.approx(0.4)
+    assert s["success_ci95"] == pytest.approx(list(wilson_interval(2, 5)))
+    assert s["wrong_object_rate"] == pytest.approx(0.2)
+    assert s["failures"] == {"none": 2, "missed_grasp": 1, "drop": 1, "wrong_object": 1, "timeout": 0}
+    assert set(s["failures"]) == set(FAILURES)
+    assert s["length_mean"] == pytest.approx(80.0)
+    assert s["length_std"] == pytest.approx(np.std([40, 100, 100, 60, 100]))
+    json.dumps(s)  # JSON-serialisable
+    empty = summarize([])
+    assert empty["episodes"] == 0 and empty["success_rate"] == 0.0 and empty["success_ci95"] == [0.0, 1.0]
+    table = results_table([{"env_id": "roboalign/Lift-v0", "agent": "x", **s}])
+    assert "| roboalign/Lift-v0 | x | 5 | 0.40 |" in table
+
+
+# ----------------------------------------------------------------------------- closed loop
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from experiments.closed_loop import run
+
+    artifacts = tmp_path_factory.mktemp("artifacts")
+    cfg = _compose("closed_loop", ["preset=tiny", f"artifacts={artifacts}"])
+    assert cfg.episodes == 1 and cfg.videos == 1 and cfg.split == "test"
+    return artifacts, run(cfg)
+
+
+def test_closed_loop_tiny_summary(tiny_run):
+    _, summary = tiny_run
+    assert summary["episodes"] == 1
+    assert summary["success_rate"] == 1.0 and summary["successes"] == 1
+    assert summary["env_id"] == "roboalign/Lift-v0" and summary["agent"] == "scripted"
+    assert summary["seeds"] == split_seeds("test", 1)
+    assert split_of(summary["seeds"][0]) == "test"
+    assert summary["failures"]["none"] == 1
+    assert summary["wall_s"] > 0
+
+
+def test_closed_loop_tiny_files(tiny_run):
+    artifacts, summary = tiny_run
+    out = artifacts / "closed_loop" / "lift" / "scripted"
+    for name in ("results.md", "summary.json", "episodes.jsonl"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["episodes"] == 1 and saved["success_rate"] == 1.0
+    rows = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["seed"] == summary["seeds"][0] and row["success"] is True and row["failure"] == "none"
+    assert "frames" not in row and "episode" not in row
+    assert "roboalign/Lift-v0" in (out / "results.md").read_text()
+
+    videos = sorted(out.rglob("*.mp4"))
+    assert len(videos) == 1, videos
+    # every frame is kept: the reset frame plus one per step
+    assert read_video_frame_count(videos[0]) == row["length"] + 1
+    assert not list(artifacts.rglob("*.tmp*"))
+
+
+def test_unknown_config_key_fails_at_compose():
+    from hydra.errors import HydraException
+
+    with pytest.raises(HydraException, match="nonexistent_key"):
+        _compose("closed_loop", ["nonexistent_key=3"])
+    with pytest.raises(HydraException):
+        _compose("closed_loop", ["preset=huge"])
+    with pytest.raises(HydraException):
+        _compose("collect", ["env=moon"])
+
+
+def test_configs_compose():
+    for env in ("lift", "pick_color", "stack"):
+        for agent in ("scripted", "noisy", "random"):
+            cfg = _compose("closed_loop", [f"env={env}", f"agent={agent}", "artifacts=/x"])
+            assert cfg.env.name == env and cfg.agent.name == agent
+            assert cfg.out_dir == f"/x/closed_loop/{env}/{agent}"
+            make_agent(cfg.agent.name, **cfg.agent.kwargs)  # every agent config is valid
+    for preset, n in (("tiny", 1), ("quick", 5), ("default", 10), ("full", 50)):
+        assert _compose("closed_loop", [f"preset={preset}"]).episodes == n
+    # the preset is applied after _self_, so it sets episodes; an explicit override still wins
+    assert _compose("closed_loop", ["preset=tiny", "episodes=3"]).episodes == 3
+
+
+def test_unknown_agent_name():
+    with pytest.raises(KeyError, match="scripted"):
+        make_agent("planner_that_does_not_exist")
+
+
+# ----------------------------------------------------------------------------- videos
+def test_write_video_keeps_every_frame(tmp_path):
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (33, 35, 3), dtype=np.uint8) for _ in range(7)]  # odd sizes
+    path = write_video(frames, tmp_path / "v" / "x.mp4", fps=20,
+                       captions=[["caption", f"step {i}"] for i in range(7)])
+    assert path == tmp_path / "v" / "x.mp4" and path.stat().st_size > 0
+    assert read_video_frame_count(path) == 7
+    assert [p.name for p in path.parent.iterdir()] == ["x.mp4"]
+    path = write_video(frames[:1], tmp_path / "one.mp4")
+    assert read_video_frame_count(path) == 1
+
+
+def test_write_video_errors(tmp_path):
+    frame = np.zeros((16, 16, 3), np.uint8)
+    with pytest.raises(ValueError):
+        write_video([], tmp_path / "x.mp4")
+    with pytest.raises(ValueError):
+        write_video([frame, frame], tmp_path / "x.mp4", captions=[["only one"]])
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_write_video_failure_leaves_no_temporary(tmp_path):
+    frames = [np.zeros((16, 16, 3), np.uint8), np.zeros((32, 32, 3), np.uint8)]
+    with pytest.raises(ValueError):
+        write_video(frames, tmp_path / "x.mp4")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- collect entry
+def test_collect_entry_point(tmp_path):
+    from experiments.collect import run
+
+    cfg = _compose("collect", ["env=lift", "agent=random", "episodes=1", "workers=1", f"artifacts={tmp_path}"])
+    summary = run(cfg)
+    path = tmp_path / "rollouts" / "lift_random_train_0_1.hdf5"
+    assert path.is_file() and summary["path"] == str(path)
+    assert summary["episodes"] == 1 and summary["workers"] == 1
+    ep = read_episode(path, 0)
+    assert ep["attrs"]["agent"] == "random" and int(ep["attrs"]["seed"]) == 0
+    assert len(ep["actions"]) == summary["steps"] > 0
+    assert math.isfinite(summary["steps_per_s"])
+
+
+@pytest.mark.slow
+def test_evaluate_in_worker_processes_matches_serial(tmp_path):
+    """Episodes are a function of the seed: 2 spawned workers give the serial results."""
+    from agent.evaluate import evaluate
+
+    seeds = split_seeds("test", 2, start=3)
+    serial = evaluate("roboalign/Lift-v0", make_agent("noisy", fail_prob=0.5), seeds, workers=1,
+                      progress=False)
+    parallel = evaluate("roboalign/Lift-v0", make_agent("noisy", fail_prob=0.5), seeds, workers=2,
+                        out_dir=tmp_path, videos=2, progress=False)
+    assert serial == parallel
+    rows = [json.loads(line) for line in (tmp_path / "episodes.jsonl").read_text().splitlines()]
+    assert [r["seed"] for r in rows] == seeds
+    videos = sorted((tmp_path / "videos").glob("*.mp4"))
+    assert [v.name for v in videos] == [f"noisy_seed{s}.mp4" for s in seeds]
+    for v, r in zip(videos, rows):
+        assert read_video_frame_count(v) == r["length"] + 1
