@@ -122,7 +122,8 @@ PERTURBATIONS: tuple[str, ...] = (
 
 class NoisyExpert(ScriptedExpert):
     """The expert with action noise and, with probability ``fail_prob`` per episode,
-    one or two perturbations drawn from :data:`PERTURBATIONS` (no retries then).
+    one or two perturbations drawn from :data:`PERTURBATIONS` (then it retries a
+    missed grasp in only half of the episodes).
 
     ``fail_prob`` is the knob for how often it fails; ``noise`` is the std of the
     Gaussian noise on the xyz action every step.
@@ -147,7 +148,8 @@ class NoisyExpert(ScriptedExpert):
         if rng.random() < self.fail_prob and self.perturbations:
             k = 1 + int(rng.random() < 0.3)
             self.active = tuple(rng.choice(self.perturbations, size=k, replace=False))
-        p = ScriptParams(retry=not self.active)
+        # perturbed episodes retry a missed grasp only half the time: recoveries are data too
+        p = ScriptParams(retry=not self.active or rng.random() < 0.5)
         angle = rng.uniform(0, 2 * np.pi)
         if "offset_grasp" in self.active:
             r = rng.uniform(0.015, 0.04)

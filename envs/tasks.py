@@ -3,7 +3,7 @@
 Placement (all tasks): each cube's centre is drawn uniformly in a square of
 half-width ``placement_half_range`` around the table centre (robosuite's Lift uses
 +-3 cm; ours is +-8 cm), with a random yaw; in two-cube scenes the cubes are
-redrawn until their centres are >= ``min_separation`` apart.
+redrawn until their centres are >= ``min_separation`` (10 cm) apart.
 
 Success is robosuite's own criterion evaluated at every step:
 - lifted: the cube's centre is more than 4 cm above the table top (Lift's check,
@@ -25,7 +25,7 @@ class TaskSpec:
     max_episode_steps: int
     randomize_colours: bool = False  # PickColor: which cube (small/large) is red
     placement_half_range: float = 0.08
-    min_separation: float = 0.07
+    min_separation: float = 0.10  # open fingers span ~8 cm: closer cubes get in the way
     lift_margin: float = 0.04    # robosuite: centre > table top + 0.04
 
     @property
