@@ -24,3 +24,22 @@ def setup_torch(threads: int | None = None) -> int:
     except RuntimeError:  # already set once in this process
         pass
     return n
+
+
+def rollout_paths(paths, split: str, artifacts: str | os.PathLike = "artifacts") -> list[Path]:
+    """Configured rollout files, or every ``<artifacts>/rollouts/*_<split>_*.hdf5``.
+
+    Raises ``FileNotFoundError`` naming the command that makes them when none exist.
+    """
+    if paths:
+        found = [resolve(p) for p in paths]
+        missing = [str(p) for p in found if not p.exists()]
+        if missing:
+            raise FileNotFoundError(f"rollout files not found: {missing}")
+        return found
+    found = sorted(resolve(artifacts).joinpath("rollouts").glob(f"*_{split}_*.hdf5"))
+    if not found:
+        raise FileNotFoundError(
+            f"no {split} rollouts in {resolve(artifacts) / 'rollouts'}; collect some with "
+            f"`python experiments/collect.py env=lift agent=noisy episodes=100 split={split}`")
+    return found

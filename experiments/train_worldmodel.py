@@ -1,0 +1,102 @@
+"""Pre-train the action-conditioned dynamics transformer on tokenized rollouts.
+
+    python experiments/train_worldmodel.py [dynamics=quick] [tokenizer_ckpt=...]
+    torchrun --nproc_per_node 2 experiments/train_worldmodel.py dynamics=tiny   # DDP (gloo on CPU)
+
+Tokenizes the training windows once (cached under ``artifacts/tokens``), trains with
+next-token cross-entropy on dynamics tokens, and writes ``<out_dir>/last.pt``
+(resumable training state) and ``<out_dir>/worldmodel.pt`` (tokenizer + dynamics,
+everything needed to rebuild :class:`worldmodel.world_model.WorldModel`).
+"""
+from __future__ import annotations
+
+import hydra
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.common import resolve, rollout_paths, setup_torch
+from worldmodel.tokenizer import DualFSQTokenizer
+from worldmodel.tokens import cached_tokens, file_hash
+from worldmodel.training import cleanup_distributed, setup_distributed, train
+from worldmodel.world_model import WorldModel
+
+
+def _stream(data: dict, batch_size: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    n = len(data["ctx"])
+    while True:
+        idx = torch.randint(n, (batch_size,), generator=g)
+        yield {k: v[idx] for k, v in data.items()}
+
+
+def _loss(net, batch):
+    logits = net(batch["ctx"], batch["prev0"], batch["actions"], batch["tokens"])
+    ce = F.cross_entropy(logits.float().flatten(0, 2), batch["tokens"].flatten())
+    return ce, {"acc": (logits.argmax(-1) == batch["tokens"]).float().mean()}
+
+
+def _evaluate(model, val: dict, batch_size: int = 64) -> dict:
+    ce, acc, n = 0.0, 0.0, len(val["ctx"])
+    for i in range(0, n, batch_size):
+        batch = {k: v[i:i + batch_size] for k, v in val.items()}
+        loss, m = _loss(model, batch)
+        ce, acc = ce + float(loss) * len(batch["ctx"]), acc + float(m["acc"]) * len(batch["ctx"])
+    return {"ce": ce / n, "acc": acc / n}
+
+
+def run(cfg: DictConfig) -> dict:
+    setup_torch(cfg.threads)
+    dist = setup_distributed()
+    try:
+        tok_path = resolve(cfg.tokenizer_ckpt)
+        tokenizer = DualFSQTokenizer.from_checkpoint(tok_path)
+        tok_hash = file_hash(tok_path)
+        paths = {s: rollout_paths(cfg.data[s], s, cfg.artifacts) for s in ("train", "val")}
+        cache = resolve(cfg.artifacts) / "tokens"
+        data = {}
+        for split in ("train", "val"):  # main rank tokenizes (and caches) first
+            if not dist.is_main:
+                torch.distributed.barrier()
+            data[split] = cached_tokens(tokenizer, tok_hash, paths[split], cfg.window, cfg.action_repeat,
+                                        cfg.stride, cache, progress=dist.is_main)
+            if dist.is_main and dist.world_size > 1:
+                torch.distributed.barrier()
+        if cfg.dynamics.max_windows:
+            data["train"] = {k: v[: cfg.dynamics.max_windows] for k, v in data["train"].items()}
+        val = {k: v[: cfg.val_windows] for k, v in data["val"].items()}
+
+        wm = WorldModel.build(tokenizer, OmegaConf.to_container(cfg.dynamics.model),
+                              cfg.action_repeat, cfg.swr_window)
+        for p in wm.tokenizer.parameters():
+            p.requires_grad_(False)
+        tcfg = cfg.dynamics.train
+        config = {"dynamics": wm.dynamics.cfg.to_dict(), "tokenizer_hash": tok_hash,
+                  "window": cfg.window, "action_repeat": cfg.action_repeat, "stride": cfg.stride,
+                  "data": {s: [str(p) for p in ps] for s, ps in paths.items()},
+                  "train": OmegaConf.to_container(tcfg), "max_windows": cfg.dynamics.max_windows}
+        out = resolve(cfg.out_dir)
+        train(wm.dynamics, lambda start: _stream(data["train"], tcfg.batch_size, 7919 * start + dist.rank),
+              _loss, steps=tcfg.steps, lr=tcfg.lr, out_dir=out, kind="dynamics", config=config,
+              eval_fn=lambda m: _evaluate(m, val), eval_every=tcfg.eval_every, ckpt_every=tcfg.ckpt_every,
+              log_every=tcfg.log_every, weight_decay=tcfg.weight_decay, warmup=tcfg.warmup,
+              amp=cfg.amp, dist=dist)
+        metrics = {}
+        if dist.is_main:
+            wm.dynamics.eval()
+            with torch.no_grad():
+                metrics = _evaluate(wm.dynamics, val)
+            wm.save(out / "worldmodel.pt", metrics=metrics, upstream={"tokenizer": tok_hash})
+            print(f"val ce {metrics['ce']:.3f} acc {metrics['acc']:.3f}; world model in {out / 'worldmodel.pt'}")
+        return metrics
+    finally:
+        cleanup_distributed()
+
+
+@hydra.main(config_path="conf", config_name="train_worldmodel", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

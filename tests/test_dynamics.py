@@ -1,0 +1,117 @@
+"""Dynamics transformer: causality, KV-cache equivalence, sampling, log-probs."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from worldmodel.dynamics import DynamicsConfig, DynamicsModel, sample_tokens
+
+CFG = DynamicsConfig(vocab=50, ctx_vocab=40, n_ctx=8, n_dyn=4, action_dim=8, d_model=32, n_layers=2, n_heads=2)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = DynamicsModel(CFG).eval()
+    for p in m.parameters():  # larger weights so every input visibly matters
+        p.data.normal_(0, 0.3)
+    return m
+
+
+def _batch(b=3, t=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ctx = torch.randint(0, CFG.ctx_vocab, (b, CFG.n_ctx), generator=g)
+    prev0 = torch.randint(0, CFG.vocab, (b, CFG.n_dyn), generator=g)
+    actions = torch.rand(b, t, CFG.action_dim, generator=g) * 2 - 1
+    tokens = torch.randint(0, CFG.vocab, (b, t, CFG.n_dyn), generator=g)
+    return ctx, prev0, actions, tokens
+
+
+def test_logits_shape(model):
+    ctx, prev0, actions, tokens = _batch()
+    assert model(ctx, prev0, actions, tokens).shape == (3, 5, CFG.n_dyn, CFG.vocab)
+
+
+def test_future_cannot_influence_earlier_logits(model):
+    ctx, prev0, actions, tokens = _batch()
+    base = model(ctx, prev0, actions, tokens)
+    t = 2
+    tokens2, actions2 = tokens.clone(), actions.clone()
+    tokens2[:, t:] = (tokens2[:, t:] + 7) % CFG.vocab      # frames t+1.. (inputs of blocks t+2..)
+    actions2[:, t + 1:] = -actions2[:, t + 1:]             # actions of later steps
+    out = model(ctx, prev0, actions2, tokens2)
+    assert torch.allclose(out[:, : t + 1], base[:, : t + 1], atol=1e-5)
+    assert not torch.allclose(out[:, t + 1:], base[:, t + 1:], atol=1e-3)
+
+
+def test_action_of_a_step_changes_its_own_frame(model):
+    ctx, prev0, actions, tokens = _batch()
+    actions2 = actions.clone()
+    actions2[:, 1] = -actions2[:, 1]
+    a, b = model(ctx, prev0, actions, tokens), model(ctx, prev0, actions2, tokens)
+    assert torch.allclose(a[:, :1], b[:, :1], atol=1e-5)
+    assert not torch.allclose(a[:, 1], b[:, 1], atol=1e-3)
+
+
+def test_kv_cache_logits_equal_full_pass(model):
+    ctx, prev0, actions, tokens = _batch()
+    full = model(ctx, prev0, actions, tokens)
+    cache = model.start(ctx)
+    prev = prev0
+    for t in range(actions.shape[1]):
+        logits = model.step(cache, prev, actions[:, t])
+        assert torch.allclose(logits, full[:, t], atol=1e-4), t
+        prev = tokens[:, t]
+
+
+def test_cached_sampling_equals_uncached_sampling(model):
+    ctx, prev0, actions, _ = _batch(b=2, t=4)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    cache, prev, cached = model.start(ctx), prev0, []
+    for t in range(4):
+        prev = sample_tokens(model.step(cache, prev, actions[:, t]), 1.0, 10, g1)
+        cached.append(prev)
+    uncached = torch.zeros(2, 4, CFG.n_dyn, dtype=torch.long)
+    for t in range(4):  # recompute the whole prefix each step, no cache
+        logits = model(ctx, prev0, actions[:, : t + 1], uncached[:, : t + 1])[:, t]
+        uncached[:, t] = sample_tokens(logits, 1.0, 10, g2)
+    assert torch.equal(torch.stack(cached, 1), uncached)
+
+
+def test_naive_window_caps_the_cache(model):
+    ctx, prev0, actions, tokens = _batch(t=6)
+    cap = CFG.n_ctx + 2 * (1 + CFG.n_dyn)
+    cache, prev = model.start(ctx), prev0
+    for t in range(6):
+        model.step(cache, prev, actions[:, t], max_len=cap)
+        prev = tokens[:, t]
+        assert cache["kv"][0][0].shape[2] <= cap
+
+
+def test_log_prob_matches_logits_and_has_grad(model):
+    ctx, prev0, actions, tokens = _batch(b=2, t=3)
+    lp = model.log_prob(ctx, prev0, actions, tokens)
+    assert lp.shape == (2,) and torch.all(lp < 0)
+    logits = model(ctx, prev0, actions, tokens)
+    manual = torch.log_softmax(logits, -1).gather(-1, tokens[..., None]).sum((1, 2, 3))
+    assert torch.allclose(lp, manual, atol=1e-4)
+    m2 = DynamicsModel(CFG)
+    m2.load_state_dict(model.state_dict())
+    m2.log_prob(ctx, prev0, actions, tokens).sum().backward()
+    assert m2.head.weight.grad is not None and m2.head.weight.grad.abs().sum() > 0
+
+
+def test_sample_tokens_temperature_and_top_k():
+    logits = torch.tensor([[0.0, 1.0, 5.0, 2.0]]).repeat(500, 1)
+    assert torch.all(sample_tokens(logits, 0.0) == 2)
+    g = torch.Generator().manual_seed(0)
+    top2 = sample_tokens(logits, 5.0, top_k=2, generator=g)
+    assert set(top2.tolist()) == {2, 3}
+
+
+def test_clear_errors_for_wrong_shapes(model):
+    ctx, prev0, actions, tokens = _batch()
+    with pytest.raises(ValueError, match="actions must have 8 features"):
+        model(ctx, prev0, actions[..., :4], tokens)
+    with pytest.raises(ValueError, match="context tokens"):
+        model(ctx[:, :3], prev0, actions, tokens)

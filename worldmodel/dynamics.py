@@ -1,0 +1,200 @@
+"""Action-conditioned causal transformer over tokenized video.
+
+One sequence per clip::
+
+    [ctx_1 .. ctx_Nc] [a_1, x^0_1 .. x^0_Nd] [a_2, x^1_1 .. x^1_Nd] ... [a_T, x^{T-1}_1 .. x^{T-1}_Nd]
+     context block      step block 1            step block 2                step block T
+
+``ctx`` are the context-branch tokens of the start frame, ``a_t`` is an embedded
+(continuous) action token and ``x^{t-1}`` are the dynamics tokens of the previous
+frame (``x^0``: the start frame's own dynamics tokens). The outputs at the
+``Nd`` token positions of block ``t`` predict all dynamics tokens of frame ``t``
+in one pass: attention is causal between blocks and free within a block, whose
+inputs only hold frames before ``t``. Frame order enters through rotary position
+embeddings on the block index, so a KV cache can drop old blocks (naive sliding
+window) and relative positions stay right.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DynamicsConfig:
+    vocab: int = 1000        # dynamics-branch codebook size (what is predicted)
+    ctx_vocab: int = 1000    # context-branch codebook size
+    n_ctx: int = 64          # context tokens per start frame
+    n_dyn: int = 16          # dynamics tokens per frame
+    action_dim: int = 8      # action_repeat x 4
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    dropout: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _rope(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` (B, H, L, Dh) by positions ``pos`` (L,) (rotate-half convention)."""
+    dh = x.shape[-1]
+    inv = 1.0 / (10000 ** (torch.arange(0, dh, 2, device=x.device, dtype=torch.float32) / dh))
+    ang = pos.to(torch.float32)[:, None] * inv[None]              # (L, Dh/2)
+    cos, sin = ang.cos().repeat(1, 2).to(x.dtype), ang.sin().repeat(1, 2).to(x.dtype)
+    x1, x2 = x[..., : dh // 2], x[..., dh // 2:]
+    return x * cos + torch.cat([-x2, x1], -1) * sin
+
+
+class _Block(nn.Module):
+    def __init__(self, d: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x, pos, mask=None, cache=None):
+        """x (B, L, d); pos (L,) block indices; mask (L, L) bool (True = may attend) or None;
+        cache: (k, v) of earlier positions, each (B, H, Lc, Dh). Returns (x, (k, v))."""
+        b, l, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(b, l, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k = _rope(q, pos), _rope(k, pos)
+        if cache is not None:
+            k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)
+        att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x = x + self.drop(self.proj(att.transpose(1, 2).reshape(b, l, d)))
+        x = x + self.drop(self.mlp(self.ln2(x)))
+        return x, (k, v)
+
+
+class DynamicsModel(nn.Module):
+    """Predicts dynamics tokens frame by frame given context tokens and actions."""
+
+    def __init__(self, cfg: DynamicsConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        if d % cfg.n_heads or (d // cfg.n_heads) % 2:
+            raise ValueError("d_model / n_heads must be an even integer (rotary embeddings)")
+        self.tok_emb = nn.Embedding(cfg.vocab, d)
+        self.ctx_emb = nn.Embedding(cfg.ctx_vocab, d)
+        self.ctx_pos = nn.Parameter(torch.randn(cfg.n_ctx, d) * 0.02)
+        self.dyn_pos = nn.Parameter(torch.randn(cfg.n_dyn, d) * 0.02)
+        self.type_emb = nn.Embedding(3, d)  # 0 context, 1 action, 2 dynamics
+        self.act_mlp = nn.Sequential(nn.Linear(cfg.action_dim, d), nn.GELU(), nn.Linear(d, d))
+        self.blocks = nn.ModuleList(_Block(d, cfg.n_heads, cfg.dropout) for _ in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(d)
+        self.head = nn.Linear(d, cfg.vocab)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    # ------------------------------------------------------------------ inputs
+    def _check(self, ctx: torch.Tensor, prev0: torch.Tensor, actions: torch.Tensor) -> None:
+        c = self.cfg
+        if ctx.dim() != 2 or ctx.shape[1] != c.n_ctx:
+            raise ValueError(f"context tokens must be (B, {c.n_ctx}), got {tuple(ctx.shape)}")
+        if prev0.dim() != 2 or prev0.shape[1] != c.n_dyn:
+            raise ValueError(f"dynamics tokens must be (B, {c.n_dyn}), got {tuple(prev0.shape)}")
+        if actions.shape[-1] != c.action_dim:
+            raise ValueError(f"actions must have {c.action_dim} features (action_repeat x 4), "
+                             f"got {tuple(actions.shape)}")
+
+    def _ctx_embed(self, ctx: torch.Tensor) -> torch.Tensor:
+        return self.ctx_emb(ctx) + self.ctx_pos + self.type_emb.weight[0]
+
+    def _step_embed(self, prev: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """prev (B, Nd) tokens of the previous frame, action (B, A) -> (B, 1 + Nd, d)."""
+        a = self.act_mlp(action.to(self.ctx_pos.dtype)) + self.type_emb.weight[1]
+        x = self.tok_emb(prev) + self.dyn_pos + self.type_emb.weight[2]
+        return torch.cat([a[:, None], x], 1)
+
+    def _positions(self, n_steps: int, first_step: int = 1) -> torch.Tensor:
+        blk = 1 + self.cfg.n_dyn
+        return torch.arange(first_step, first_step + n_steps, device=self.ctx_pos.device).repeat_interleave(blk)
+
+    # ------------------------------------------------------------------ full pass
+    def forward(self, ctx: torch.Tensor, prev0: torch.Tensor, actions: torch.Tensor,
+                tokens: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits.
+
+        ctx (B, Nc), prev0 (B, Nd) tokens of the start frame; actions (B, T, A);
+        tokens (B, T, Nd) dynamics tokens of frames 1..T. Returns (B, T, Nd, vocab).
+        """
+        self._check(ctx, prev0, actions)
+        b, t = actions.shape[:2]
+        c = self.cfg
+        prevs = torch.cat([prev0[:, None], tokens[:, :-1]], 1)              # (B, T, Nd)
+        steps = torch.cat([self._step_embed(prevs[:, i], actions[:, i]) for i in range(t)], 1)
+        x = torch.cat([self._ctx_embed(ctx), steps], 1)
+        blk = 1 + c.n_dyn
+        pos = torch.cat([torch.zeros(c.n_ctx, dtype=torch.long, device=x.device), self._positions(t)])
+        mask = pos[:, None] >= pos[None, :]                                  # block-causal
+        for block in self.blocks:
+            x, _ = block(x, pos, mask)
+        h = self.ln_f(x[:, c.n_ctx:]).view(b, t, blk, -1)[:, :, 1:]          # token positions
+        return self.head(h)
+
+    def loss(self, ctx, prev0, actions, tokens) -> tuple[torch.Tensor, dict]:
+        """Next-frame token cross-entropy (dynamics tokens only); metrics include accuracy."""
+        logits = self(ctx, prev0, actions, tokens)
+        ce = F.cross_entropy(logits.float().flatten(0, 2), tokens.flatten())
+        acc = (logits.argmax(-1) == tokens).float().mean()
+        return ce, {"ce": float(ce.detach()), "acc": float(acc)}
+
+    def log_prob(self, ctx, prev0, actions, tokens) -> torch.Tensor:
+        """Log-probability of the given tokens (B, T, Nd) -> (B,) summed over all tokens."""
+        logp = torch.log_softmax(self(ctx, prev0, actions, tokens).float(), -1)
+        return logp.gather(-1, tokens[..., None]).squeeze(-1).flatten(1).sum(1)
+
+    # ------------------------------------------------------------------ incremental
+    @torch.no_grad()
+    def start(self, ctx: torch.Tensor) -> dict:
+        """A KV cache holding the context block. ctx (B, Nc)."""
+        x = self._ctx_embed(ctx)
+        pos = torch.zeros(self.cfg.n_ctx, dtype=torch.long, device=x.device)
+        kv = []
+        for block in self.blocks:
+            x, layer_kv = block(x, pos)
+            kv.append(layer_kv)
+        return {"kv": kv, "t": 0}
+
+    @torch.no_grad()
+    def step(self, cache: dict, prev: torch.Tensor, action: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
+        """Logits (B, Nd, vocab) for the next frame; appends the step block to ``cache``.
+
+        prev (B, Nd) tokens of the latest frame, action (B, A). ``max_len`` caps the
+        cached positions (oldest dropped first: the naive sliding window)."""
+        cache["t"] += 1
+        x = self._step_embed(prev, action)
+        pos = self._positions(1, cache["t"])
+        for i, block in enumerate(self.blocks):
+            x, cache["kv"][i] = block(x, pos, cache=cache["kv"][i])
+            if max_len is not None and cache["kv"][i][0].shape[2] > max_len:
+                k, v = cache["kv"][i]
+                cache["kv"][i] = (k[:, :, -max_len:], v[:, :, -max_len:])
+        return self.head(self.ln_f(x[:, 1:]))
+
+
+def sample_tokens(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Sample (..., vocab) logits -> (...) tokens; temperature 0 is argmax."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, -1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, -1)
+    flat = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator)
+    return flat.view(probs.shape[:-1])

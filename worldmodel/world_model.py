@@ -1,0 +1,159 @@
+"""The world model's public verbs: ``encode``, ``rollout``, ``decode``, ``log_prob``.
+
+Everything else (planner, aligner, evaluation) talks to :class:`WorldModel` only.
+Frames are float in [0, 1], ``(B, 3, H, W)``; actions are grouped per model step,
+``(B, T, action_repeat * 4)`` (see :func:`group_actions`).
+
+Rollout modes (same code path):
+
+- ``"swr"`` -- Sliding Window Re-encoding: ceil(T / W) segments; at each boundary the
+  last predicted frame is decoded to pixels, re-encoded by the context branch as
+  fresh context, and the prompt and KV cache restart (active context O(W));
+- ``"full"`` -- plain autoregression over the growing context (one cache for all T);
+- ``"naive"`` -- a sliding window that only drops the oldest cached tokens, keeping
+  as many as SWR's largest segment holds.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from worldmodel.dynamics import DynamicsConfig, DynamicsModel, sample_tokens
+from worldmodel.training import load_checkpoint, save_checkpoint
+
+KIND = "worldmodel"
+
+MODES = ("swr", "full", "naive")
+
+
+def group_actions(actions: torch.Tensor, repeat: int) -> torch.Tensor:
+    """Control actions (B, T * repeat, 4) -> model-step actions (B, T, repeat * 4)."""
+    b, n, a = actions.shape
+    if n % repeat:
+        raise ValueError(f"{n} control steps do not split into model steps of {repeat}")
+    return actions.reshape(b, n // repeat, repeat * a)
+
+
+@dataclass
+class Segment:
+    ctx: torch.Tensor      # (B, Nc) context tokens the segment was generated under
+    prev0: torch.Tensor    # (B, Nd) dynamics tokens of the segment's start frame
+    start: int             # first model step of the segment (0-based)
+    stop: int              # one past the last
+
+
+@dataclass
+class Rollout:
+    frames: torch.Tensor           # (B, T, 3, H, W) predicted frames 1..T
+    tokens: torch.Tensor           # (B, T, Nd) sampled dynamics tokens
+    segments: list[Segment] = field(default_factory=list)
+    peak_cache_len: int = 0        # largest number of cached positions (per layer)
+
+
+class WorldModel(nn.Module):
+    """Tokenizer + dynamics transformer, with SWR rollouts."""
+
+    def __init__(self, tokenizer: nn.Module, dynamics: DynamicsModel, action_repeat: int = 2, window: int = 6):
+        super().__init__()
+        self.tokenizer, self.dynamics = tokenizer, dynamics
+        self.action_repeat, self.window = int(action_repeat), int(window)
+        if dynamics.cfg.action_dim != 4 * self.action_repeat:
+            raise ValueError(f"dynamics expects {dynamics.cfg.action_dim}-D step actions; "
+                             f"action_repeat {action_repeat} gives {4 * action_repeat}")
+
+    @classmethod
+    def build(cls, tokenizer: nn.Module, dyn_cfg: dict, action_repeat: int = 2, window: int = 6) -> "WorldModel":
+        tc = tokenizer.config
+        cfg = DynamicsConfig(**{**dyn_cfg, "vocab": tc.dyn_codebook_size, "ctx_vocab": tc.ctx_codebook_size,
+                                "n_ctx": tc.n_ctx_tokens, "n_dyn": tc.n_dyn_tokens,
+                                "action_dim": 4 * action_repeat})
+        return cls(tokenizer, DynamicsModel(cfg), action_repeat, window)
+
+    def describe(self) -> dict:
+        from dataclasses import asdict
+
+        return {"tokenizer": asdict(self.tokenizer.config), "dynamics": self.dynamics.cfg.to_dict(),
+                "action_repeat": self.action_repeat, "window": self.window}
+
+    def save(self, path, *, metrics: dict | None = None, upstream: dict | None = None):
+        """One self-describing file: both configs, both weights, upstream hashes."""
+        return save_checkpoint(path, kind=KIND, config=self.describe(), model=self, step=0,
+                               metrics=metrics, extra={"upstream": dict(upstream or {})})
+
+    @classmethod
+    def from_checkpoint(cls, path, map_location="cpu") -> "WorldModel":
+        from worldmodel.tokenizer import DualFSQTokenizer, TokenizerConfig
+
+        ckpt = load_checkpoint(path, kind=KIND, map_location=map_location)
+        cfg = ckpt["config"]
+        model = cls(DualFSQTokenizer(TokenizerConfig.from_dict(cfg["tokenizer"])),
+                    DynamicsModel(DynamicsConfig(**cfg["dynamics"])), cfg["action_repeat"], cfg["window"])
+        model.load_state_dict(ckpt["model"])
+        return model.to(map_location).eval()
+
+    # ------------------------------------------------------------------ verbs
+    @torch.no_grad()
+    def encode(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """frames (B, 3, H, W) -> (context tokens (B, Nc), own dynamics tokens (B, Nd))."""
+        ctx = self.tokenizer.encode_context(frames)
+        return ctx, self.tokenizer.encode_dynamics(frames, ctx)
+
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        """tokens (B, T, Nd) under context ctx (B, Nc) -> frames (B, T, 3, H, W)."""
+        b, t = tokens.shape[:2]
+        ctx_rep = ctx[:, None].expand(b, t, ctx.shape[-1]).reshape(b * t, -1)
+        frames = self.tokenizer.decode(tokens.reshape(b * t, -1), ctx_rep)
+        return frames.view(b, t, *frames.shape[1:])
+
+    @torch.no_grad()
+    def rollout(self, frames: torch.Tensor, actions: torch.Tensor, *, mode: str = "swr",
+                window: int | None = None, temperature: float = 1.0, top_k: int | None = None,
+                generator: torch.Generator | None = None) -> Rollout:
+        """Imagine T frames from start frames (B, 3, H, W) under actions (B, T, A)."""
+        if mode not in MODES:
+            raise ValueError(f"unknown rollout mode {mode!r}; known: {MODES}")
+        if actions.dim() != 3 or actions.shape[0] != frames.shape[0]:
+            raise ValueError(f"actions must be (B, T, {self.dynamics.cfg.action_dim}) with the frames' "
+                             f"batch size {frames.shape[0]}, got {tuple(actions.shape)}")
+        w = int(window or self.window)
+        b, t = actions.shape[:2]
+        dyn = self.dynamics
+        blk = 1 + dyn.cfg.n_dyn
+        max_len = dyn.cfg.n_ctx + w * blk if mode == "naive" else None
+        seg_len = w if mode == "swr" else t
+        out_frames, out_tokens, segments, peak = [], [], [], 0
+        current = frames
+        ctx, prev = self.encode(current)
+        for s0 in range(0, t, seg_len):
+            s1 = min(t, s0 + seg_len)
+            if s0 > 0:  # SWR boundary: re-encode the last predicted frame as fresh context
+                ctx, prev = self.encode(current)
+            segments.append(Segment(ctx, prev, s0, s1))
+            cache = dyn.start(ctx)
+            seg_tokens = []
+            for i in range(s0, s1):
+                logits = dyn.step(cache, prev, actions[:, i].to(frames.dtype), max_len=max_len)
+                prev = sample_tokens(logits, temperature, top_k, generator)
+                seg_tokens.append(prev)
+                peak = max(peak, cache["kv"][0][0].shape[2])
+            seg_tokens = torch.stack(seg_tokens, 1)
+            seg_frames = self.decode(seg_tokens, ctx)
+            out_tokens.append(seg_tokens)
+            out_frames.append(seg_frames)
+            current = seg_frames[:, -1]
+        return Rollout(torch.cat(out_frames, 1), torch.cat(out_tokens, 1), segments, peak)
+
+    def log_prob(self, rollout: Rollout, actions: torch.Tensor) -> torch.Tensor:
+        """Log-probability (B,) of a rollout's tokens under the current dynamics (with grad)."""
+        total = 0.0
+        for seg in rollout.segments:
+            total = total + self.dynamics.log_prob(seg.ctx, seg.prev0, actions[:, seg.start:seg.stop],
+                                                   rollout.tokens[:, seg.start:seg.stop])
+        return total
+
+    def n_segments(self, t: int, mode: str = "swr") -> int:
+        return math.ceil(t / self.window) if mode == "swr" else 1
