@@ -116,9 +116,11 @@ class WorldModel(nn.Module):
         """Imagine T frames from start frames (B, 3, H, W) under actions (B, T, A)."""
         if mode not in MODES:
             raise ValueError(f"unknown rollout mode {mode!r}; known: {MODES}")
-        if actions.dim() != 3 or actions.shape[0] != frames.shape[0]:
-            raise ValueError(f"actions must be (B, T, {self.dynamics.cfg.action_dim}) with the frames' "
-                             f"batch size {frames.shape[0]}, got {tuple(actions.shape)}")
+        if actions.dim() != 3 or actions.shape[0] != frames.shape[0] \
+                or actions.shape[-1] != self.dynamics.cfg.action_dim:
+            raise ValueError(f"actions must be (B, T, {self.dynamics.cfg.action_dim}) ({self.action_repeat} "
+                             f"control steps x 4 features per model step; see group_actions) with the "
+                             f"frames' batch size {frames.shape[0]}, got {tuple(actions.shape)}")
         w = int(window or self.window)
         b, t = actions.shape[:2]
         dyn = self.dynamics
