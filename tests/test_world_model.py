@@ -105,3 +105,52 @@ def test_open_loop_metrics_on_a_recorded_episode(wm, tmp_path):
     same = frame_metrics(real, real, mask)
     assert torch.all(same["ssim"] > 0.999) and torch.all(same["region_mse"] == 0)
     assert np.all(np.isfinite(r["copy_last"]["psnr"]))
+
+
+def test_tokenized_windows_match_direct_encoding_and_are_cached(wm, tmp_path):
+    from agent.collect import collect
+    from worldmodel.data import RolloutWindows
+    from worldmodel.tokens import cached_tokens
+
+    path = tmp_path / "r.hdf5"
+    collect("roboalign/Lift-v0", "random", 1, path, split="val", workers=1, progress=False)
+    data = cached_tokens(wm.tokenizer, "h", [path], window=3, action_repeat=2, stride=20, cache_dir=tmp_path / "c")
+    windows = RolloutWindows([path], window=3, action_repeat=2, stride=20)
+    assert len(data["ctx"]) == len(windows) and data["tokens"].shape[1:] == (3, wm.dynamics.cfg.n_dyn)
+    item = windows[1]
+    frames = item["frames"].float() / 255
+    ctx = wm.tokenizer.encode_context(frames[:1])
+    assert torch.equal(data["ctx"][1], ctx[0])
+    dyn = wm.tokenizer.encode_dynamics(frames, ctx.expand(4, -1))
+    assert torch.equal(data["prev0"][1], dyn[0]) and torch.equal(data["tokens"][1], dyn[1:])
+    assert torch.equal(data["actions"][1], item["actions"])
+    assert len(list((tmp_path / "c").glob("tokens_*.pt"))) == 1
+    again = cached_tokens(wm.tokenizer, "h", [path], window=3, action_repeat=2, stride=20, cache_dir=tmp_path / "c")
+    assert torch.equal(again["tokens"], data["tokens"])
+
+
+@pytest.mark.slow
+def test_train_worldmodel_runs_under_torchrun_with_two_processes(wm, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from agent.collect import collect
+
+    root = Path(__file__).resolve().parents[1]
+    for split in ("train", "val"):
+        collect("roboalign/Lift-v0", "random", 1, tmp_path / "rollouts" / f"lift_random_{split}_0_1.hdf5",
+                split=split, workers=1, progress=False)
+    wm.tokenizer.save(tmp_path / "tok.pt")
+    import socket
+
+    with socket.socket() as sock:  # a free port, so parallel runs do not collide
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           str(root / "experiments" / "train_worldmodel.py"), "dynamics=tiny", f"artifacts={tmp_path}",
+           f"tokenizer_ckpt={tmp_path / 'tok.pt'}"]
+    res = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path / "worldmodel" / "tiny" / "worldmodel.pt").exists()
+    assert WorldModel.from_checkpoint(tmp_path / "worldmodel" / "tiny" / "worldmodel.pt").window == 6
