@@ -86,3 +86,67 @@ class RolloutWindows(Dataset):
         actions = self.actions[ep][start:start + span].reshape(self.window, self.repeat * 4)
         return {"frames": torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2),
                 "actions": torch.from_numpy(actions), "episode": ep, "start": start}
+
+
+class FramePairs(Dataset):
+    """(context frame, future frame ``k`` control steps later in the same episode) pairs
+    for the tokenizer, ``k`` uniform in ``[0, max_gap]`` (clipped at the episode's end).
+
+    Item ``i`` is deterministic: frame ``i // (max_gap + 1)`` of the concatenated episodes
+    and gap ``i % (max_gap + 1)``, so sampling ``i`` uniformly samples pairs uniformly::
+
+        context, frame  (3, H, W) float32 in [0, 1]
+        gap, episode, t int
+        context_mask, mask  (H, W) uint8 segmentation labels (0 background, 1 red cube,
+                        2 green cube, 3 gripper); only with ``masks=True`` and files that have them
+
+    Episodes are loaded into memory once, as uint8 (``frames``: one ``(N+1, H, W, 3)``
+    array per episode, the same layout as :class:`RolloutWindows`).
+    """
+
+    def __init__(self, paths: str | os.PathLike | Sequence[str | os.PathLike], max_gap: int = 16,
+                 image_key: str = "image", image_size: int = 64, masks: bool = False):
+        if max_gap < 0:
+            raise ValueError(f"max_gap must be >= 0, got {max_gap}")
+        paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        if not paths:
+            raise RolloutFileError("FramePairs needs at least one rollout file")
+        self.max_gap = max_gap
+        self.frames: list[np.ndarray] = []
+        self.masks: list[np.ndarray] | None = [] if masks else None
+        for path in paths:
+            with open_rollouts(path) as f:
+                for key in demo_keys(f):
+                    g = f["data"][key]
+                    self.frames.append(_resize(frames_and_actions(g, image_key)[0], image_size))
+                    if self.masks is not None:
+                        if "segmentation" not in g["obs"]:
+                            raise RolloutFileError(f"{path}:{g.name} has no obs/segmentation; "
+                                                   "use masks=False for files without masks")
+                        self.masks.append(frames_and_actions(g, "segmentation")[0])
+        lengths = np.array([len(f) for f in self.frames])
+        self.episode = np.repeat(np.arange(len(lengths)), lengths)
+        self.t = np.concatenate([np.arange(n) for n in lengths])
+        self.last = lengths[self.episode] - 1
+
+    def __len__(self) -> int:
+        return len(self.t) * (self.max_gap + 1)
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < len(self):
+            raise IndexError(f"pair {i} out of range [0, {len(self)})")
+        j, gap = divmod(int(i), self.max_gap + 1)
+        ep, t = int(self.episode[j]), int(self.t[j])
+        gap = min(gap, int(self.last[j]) - t)
+        frames = self.frames[ep]
+        item = {"context": _unit(frames[t]), "frame": _unit(frames[t + gap]), "gap": gap,
+                "episode": ep, "t": t}
+        if self.masks is not None:
+            item["context_mask"] = torch.from_numpy(self.masks[ep][t])
+            item["mask"] = torch.from_numpy(self.masks[ep][t + gap])
+        return item
+
+
+def _unit(frame: np.ndarray) -> torch.Tensor:
+    """``(H, W, 3)`` uint8 -> ``(3, H, W)`` float32 in [0, 1]."""
+    return torch.from_numpy(frame).permute(2, 0, 1).float().div_(255.0)

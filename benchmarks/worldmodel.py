@@ -1,0 +1,55 @@
+"""World-model benchmarks -> BENCHMARKS.md (tokenizer reconstruction + open-loop evaluation).
+
+    python benchmarks/worldmodel.py [--name quick]
+
+Reads the trained tokenizer's last eval (``artifacts/tokenizer/<name>/metrics.jsonl``) and
+runs ``experiments/eval_worldmodel.py name=<name>`` on the held-out (val-split) rollouts.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+from benchmarks.report import write_section  # noqa: E402
+from experiments.common import resolve  # noqa: E402
+from experiments.eval_worldmodel import run as eval_run  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--name", default="quick")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args()
+    rows = [json.loads(line) for line in (resolve("artifacts/tokenizer") / args.name / "metrics.jsonl").open()]
+    ev = [r for r in rows if "eval/ctx_psnr" in r][-1]
+    tok = (f"Tokenizer `{args.name}` after {ev['step']} steps, held-out (val-split) frame pairs:\n\n"
+           "| branch | PSNR whole frame | PSNR object+gripper region | code usage |\n|---|---|---|---|\n"
+           f"| context (8x8 tokens) | {ev['eval/ctx_psnr']:.2f} | {ev['eval/ctx_region_psnr']:.2f} | "
+           f"{ev['eval/ctx_code_usage']:.3f} |\n"
+           f"| dynamics (4x4 tokens + context) | {ev['eval/dyn_psnr']:.2f} | {ev['eval/dyn_region_psnr']:.2f} | "
+           f"{ev['eval/dyn_code_usage']:.3f} |\n"
+           f"| copy context frame (reference) | {ev['eval/copy_psnr']:.2f} | {ev['eval/copy_region_psnr']:.2f} | |\n\n"
+           f"Command: `python experiments/train_tokenizer.py tokenizer={args.name}`. Target (default preset): "
+           f"PSNR >= 30 dB over the whole frame -- {'met' if ev['eval/ctx_psnr'] >= 30 and ev['eval/dyn_psnr'] >= 30 else 'NOT met'}.")
+    write_section(f"Tokenizer reconstruction ({args.name})", tok,
+                  command=f"python experiments/train_tokenizer.py tokenizer={args.name}")
+    with initialize_config_dir(str(ROOT / "experiments" / "conf"), version_base="1.3"):
+        cfg = compose("eval_worldmodel", [f"name={args.name}", *args.overrides])
+    eval_run(cfg)
+    table = (resolve(cfg.out_dir) / "results.md").read_text()
+    write_section(f"World model open loop ({args.name})",
+                  f"World model `{args.name}` (`python experiments/train_worldmodel.py dynamics={args.name}`), "
+                  f"evaluated on held-out val-split episodes; plots and a side-by-side video in "
+                  f"`{cfg.out_dir}`.\n\n" + table,
+                  command=f"python benchmarks/worldmodel.py --name {args.name} {' '.join(args.overrides)}".strip())
+
+
+if __name__ == "__main__":
+    main()
