@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the project is installed editable; this is a fallback
@@ -73,3 +74,13 @@ def set_cube(env, colour: str, xyz=None, dz: float = 0.0, quat=None) -> np.ndarr
 
 def label_mask(env, colour: str, size: int = 64) -> np.ndarray:
     return env.unwrapped._segment(size) == LABELS[f"{colour}_cube"]
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread: on a shared 2-core machine two threads next to another busy
+    process run ~7x slower (OpenMP oversubscription), one thread never does."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

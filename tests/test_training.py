@@ -20,14 +20,7 @@ from worldmodel.training import (CheckpointError, JsonlLogger, autocast, load_ch
 CONFIG = {"model": {"width": 8}, "lr": 0.01}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One torch thread: on a shared 2-core machine two threads next to another busy
-    process run ~7x slower (OpenMP oversubscription), one thread never does."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Interrupt(Exception):
