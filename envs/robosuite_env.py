@@ -229,7 +229,7 @@ class RoboAlignEnv(gym.Env):
         self._rs.reset()
         self._after_model_load()
         self._set_task_vars(swap, instr)
-        for obj, (xy, yaw) in zip(self._placement_order(), placement):
+        for obj, (xy, yaw) in zip(self._cubes.values(), placement):
             joint = obj.joints[0]
             z = self.sim.data.get_joint_qpos(joint)[2]
             self.sim.data.set_joint_qpos(joint, np.array([*xy, z, np.cos(yaw / 2), 0, 0, np.sin(yaw / 2)]))
@@ -317,9 +317,6 @@ class RoboAlignEnv(gym.Env):
             m = self.sim.model
             m.geom_matid[ga], m.geom_matid[gb] = (green, red) if swapped else (red, green)
         self._label_lut = self._make_label_lut()
-
-    def _placement_order(self):
-        return list(self._cubes.values())
 
     def _sample_placement(self, rng) -> list[tuple[np.ndarray, float]]:
         h = self.task.placement_half_range

@@ -18,7 +18,6 @@ from pathlib import Path
 import hydra
 import numpy as np
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch.utils.data import default_collate
@@ -27,6 +26,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio
 from experiments.common import ROOT, resolve, setup_torch
 from worldmodel.data import FramePairs
 from worldmodel.tokenizer import KIND, DualFSQTokenizer, TokenizerConfig
+from worldmodel.evaluate import region_mask
 from worldmodel.training import (cleanup_distributed, load_checkpoint, setup_distributed, train)
 
 TRAIN_KEYS = ("steps", "batch_size", "lr", "warmup", "weight_decay", "grad_clip", "amp")
@@ -70,7 +70,7 @@ def loss_fn(model, batch):
 def region_psnr(pred: torch.Tensor, target: torch.Tensor, labels: torch.Tensor, dilate: int = 2) -> torch.Tensor:
     """Per-image PSNR over object + gripper pixels (segmentation label > 0, dilated by
     ``dilate`` px): ``(B, 3, H, W)`` x2, labels ``(B, H, W)`` -> ``(B',)`` for images with any."""
-    mask = F.max_pool2d((labels > 0).float()[:, None], 2 * dilate + 1, stride=1, padding=dilate)
+    mask = region_mask(labels, dilate).float()[:, None]
     n = mask.sum((1, 2, 3)) * 3
     mse = ((pred - target) ** 2 * mask).sum((1, 2, 3)) / n.clamp(min=1)
     return -10 * torch.log10(mse[n > 0].clamp(min=1e-10))

@@ -15,7 +15,6 @@ Rollout modes (same code path):
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -156,6 +155,3 @@ class WorldModel(nn.Module):
             total = total + self.dynamics.log_prob(seg.ctx, seg.prev0, actions[:, seg.start:seg.stop],
                                                    rollout.tokens[:, seg.start:seg.stop])
         return total
-
-    def n_segments(self, t: int, mode: str = "swr") -> int:
-        return math.ceil(t / self.window) if mode == "swr" else 1
