@@ -1,0 +1,204 @@
+"""The stage cache: build each missing artifact of the pipeline, reuse every one that matches.
+
+A stage (collect, tokenizer, worldmodel, bench, student, aligned) is one of the stage
+scripts' ``run(cfg)`` functions, called with a config composed from its Hydra file
+(``experiments/conf/<script>.yaml``) plus the overrides the main job's preset gives.
+Its **key** is a hash of the stage name, its semantic config (paths, thread counts
+and progress flags left out) and the keys of the stages it reads, so a change anywhere
+upstream changes every key downstream. Its artifacts live in::
+
+    <artifacts>/stages/<stage>-<key[:12]>/      # e.g. artifacts/stages/tokenizer-3f2a.../last.pt
+        stage.json                              # written last, atomically: the "finished" mark
+
+A stage whose folder has a ``stage.json`` with its key is reused; otherwise it runs
+(an interrupted stage resumes: the stage scripts resume from their own checkpoints in
+the same folder) and ``stage.json`` is written when it returns.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.common import ROOT, resolve
+
+CONF_DIR = ROOT / "experiments" / "conf"
+#: Config keys that do not change what a stage produces.
+NON_SEMANTIC = {"artifacts", "out", "out_dir", "threads", "workers", "progress", "hydra"}
+
+
+@dataclass
+class StageResult:
+    name: str
+    key: str
+    dir: Path
+    reused: bool
+    manifest: dict = field(default_factory=dict)
+
+
+@contextmanager
+def _hydra_ready():
+    """Compose configs whether or not a Hydra app is already running."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        yield
+    else:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            yield
+
+
+def compose(config_name: str, overrides: list[str] | None = None) -> DictConfig:
+    """A stage script's config (``experiments/conf/<config_name>.yaml``) with overrides."""
+    from hydra import compose as hydra_compose
+
+    if not (CONF_DIR / f"{config_name}.yaml").exists():
+        raise FileNotFoundError(f"no stage config {CONF_DIR / config_name}.yaml")
+    with _hydra_ready():
+        return hydra_compose(config_name=config_name, overrides=list(overrides or []))
+
+
+def semantic(cfg: DictConfig | dict) -> dict:
+    """The part of a config that decides the artifact (see :data:`NON_SEMANTIC`)."""
+    d = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+
+    def strip(x):
+        if isinstance(x, dict):
+            return {k: strip(v) for k, v in sorted(x.items()) if k not in NON_SEMANTIC}
+        if isinstance(x, list):
+            return [strip(v) for v in x]
+        return x
+    return strip(d)
+
+
+def stage_key(name: str, config: dict, inputs: dict[str, str]) -> str:
+    blob = json.dumps({"stage": name, "config": config, "inputs": dict(sorted(inputs.items()))},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def run_stage(name: str, config: dict, inputs: dict[str, str], build: Callable[[Path], dict | None], *,
+              artifacts: str | os.PathLike = "artifacts", log: Callable[[str], None] = print) -> StageResult:
+    """Reuse ``<artifacts>/stages/<name>-<key>`` if finished, else ``build(dir)`` it.
+
+    ``config`` is the stage's semantic config, ``inputs`` maps upstream stage names to
+    their keys; ``build`` gets the stage folder and returns metrics to record.
+    """
+    key = stage_key(name, config, inputs)
+    out = resolve(artifacts) / "stages" / f"{name}-{key[:12]}"
+    mark = out / "stage.json"
+    if mark.exists():
+        try:
+            manifest = json.loads(mark.read_text())
+        except (OSError, json.JSONDecodeError):
+            manifest = {}
+        if manifest.get("key") == key:
+            log(f"[pipeline] {name}: reusing {out.relative_to(resolve(artifacts))} "
+                f"(built {manifest.get('finished_at', '?')}, {manifest.get('wall_s', 0):.0f} s)")
+            return StageResult(name, key, out, True, manifest)
+        log(f"[pipeline] {name}: {mark} is unreadable or stale; rebuilding")
+    out.mkdir(parents=True, exist_ok=True)
+    log(f"[pipeline] {name}: building in {out}")
+    t0 = time.time()
+    metrics = build(out) or {}
+    manifest = {"stage": name, "key": key, "config": config, "inputs": inputs,
+                "metrics": _jsonable(metrics), "wall_s": time.time() - t0,
+                "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+    tmp = mark.with_name(f".stage.json.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(manifest, indent=2, default=str))
+    os.replace(tmp, mark)
+    log(f"[pipeline] {name}: done in {manifest['wall_s']:.0f} s")
+    return StageResult(name, key, out, False, manifest)
+
+
+def _jsonable(x):
+    try:
+        return json.loads(json.dumps(x, default=float))
+    except (TypeError, ValueError):
+        return str(x)
+
+
+def run_script_stage(name: str, script: str, overrides: list[str], inputs: dict[str, str],
+                     paths: dict[str, str], *, artifacts: str | os.PathLike = "artifacts",
+                     log: Callable[[str], None] = print) -> StageResult:
+    """Run ``experiments/<script>.py``'s ``run(cfg)`` as a cached stage.
+
+    ``overrides`` choose the stage's config (hashed); ``paths`` are extra overrides
+    naming input files (not hashed: their content is covered by ``inputs``); the
+    stage's own output folder is passed as ``out_dir`` (and ``out``, when the config
+    has one, as ``<dir>/<basename of out>``).
+    """
+    import importlib
+
+    base = compose(script, [*overrides, f"artifacts={artifacts}"])
+    config = semantic(base)
+    for dotted in paths:  # input paths are not part of the key: `inputs` covers their content
+        node = config
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(leaf, None)
+    module = importlib.import_module(f"experiments.{script}")
+
+    def build(out: Path):
+        extra = [f"{k}={v}" for k, v in paths.items()]
+        if "out_dir" in base:
+            extra.append(f"out_dir={out}")
+        if "out" in base:
+            extra.append(f"out={out / Path(str(base.out)).name}")
+        return module.run(compose(script, [*overrides, f"artifacts={artifacts}", *extra]))
+    return run_stage(name, config, inputs, build, artifacts=artifacts, log=log)
+
+
+def _list(paths) -> str:
+    """A Hydra override value for a list of paths."""
+    return "[" + ",".join(str(p) for p in paths) + "]"
+
+
+#: Stages in build order; each reads the ones before it.
+STAGES = ("collect", "tokenizer", "worldmodel", "bench", "student", "aligned")
+
+
+def build(pcfg: DictConfig, upto: str, *, artifacts: str | os.PathLike = "artifacts",
+          log: Callable[[str], None] = print) -> dict[str, StageResult | list[StageResult]]:
+    """Build (or reuse) every stage up to and including ``upto``; returns them by name.
+
+    ``pcfg`` is the main job's ``pipeline`` config: ``envs`` (tasks whose rollouts
+    train the models), ``collect`` (agent, episodes per split) and, per later stage,
+    the overrides of its script's config.
+    """
+    if upto not in STAGES:
+        raise KeyError(f"unknown stage {upto!r}; stages: {STAGES}")
+    need = STAGES[: STAGES.index(upto) + 1]
+    done: dict = {}
+    rollouts: dict[str, list[Path]] = {"train": [], "val": []}
+    collected = []
+    for env in pcfg.envs:
+        for split in ("train", "val"):
+            n = int(pcfg.collect.episodes[split])
+            res = run_script_stage(
+                "collect", "collect",
+                [f"env={env}", f"agent={pcfg.collect.agent}", f"episodes={n}", f"split={split}",
+                 *pcfg.collect.get("overrides", [])], {}, {}, artifacts=artifacts, log=log)
+            collected.append(res)
+            rollouts[split] += sorted(res.dir.glob("*.hdf5"))
+    done["collect"] = collected
+    coll_keys = {f"collect{i}": r.key for i, r in enumerate(collected)}
+    data = {"data.train": _list(rollouts["train"]), "data.val": _list(rollouts["val"])}
+    if "tokenizer" in need:
+        done["tokenizer"] = run_script_stage("tokenizer", "train_tokenizer", list(pcfg.tokenizer),
+                                             coll_keys, data, artifacts=artifacts, log=log)
+    if "worldmodel" in need:
+        tok = done["tokenizer"]
+        done["worldmodel"] = run_script_stage(
+            "worldmodel", "train_worldmodel", list(pcfg.worldmodel), {**coll_keys, "tokenizer": tok.key},
+            {**data, "tokenizer_ckpt": tok.dir / "last.pt"}, artifacts=artifacts, log=log)
+    return done
