@@ -48,6 +48,9 @@ def run_episode(env, agent: Agent, seed: int, *, record: bool = False, frames: b
                 options: dict | None = None) -> EpisodeResult:
     """One episode; the agent sees observations only. ``record`` keeps the rollout arrays,
     ``frames`` keeps ``env.render()`` (or the observation image) per step."""
+    attach = getattr(agent, "attach_privileged_env", None)  # PRIVILEGED: oracles only (agent/oracle.py)
+    if attach is not None:
+        attach(env)
     agent.reset(seed=seed)
     obs, info = env.reset(seed=seed, options=options)
     first_obs, first_info, steps = obs, info, []

@@ -235,3 +235,16 @@ def test_train_tokenizer_without_data_says_how_to_collect(tmp_path):
     cfg = _compose(["tokenizer=tiny", f"artifacts={tmp_path}"])
     with pytest.raises(FileNotFoundError, match="experiments/collect.py .*split=train"):
         run(cfg)
+
+
+def test_decode_sequence_matches_per_frame_decode(tok):
+    """The once-per-clip context path gives the per-frame decode's frames."""
+    ctx = tok.encode_context(torch.rand(2, 3, 64, 64))
+    dyn = torch.randint(0, tok.config.dyn_codebook_size, (2, 3, tok.config.n_dyn_tokens))
+    with torch.no_grad():
+        seq = tok.decode_sequence(dyn, ctx)
+        per = torch.stack([tok.decode(dyn[:, i], ctx) for i in range(3)], 1)
+    assert seq.shape == (2, 3, 3, 64, 64)
+    torch.testing.assert_close(seq, per)
+    with pytest.raises(ValueError, match="batch sizes"):
+        tok.decode_sequence(dyn, ctx[:1])

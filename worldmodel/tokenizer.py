@@ -301,6 +301,24 @@ class DualFSQTokenizer(nn.Module):
         ctx_out, feats = self._context_features(ctx)
         return self._to_unit(self._dyn_decode(self._dequantize(self.dyn_fsq, dyn), ctx_out, feats))
 
+    def decode_sequence(self, dyn_tokens: torch.Tensor, ctx_tokens: torch.Tensor) -> torch.Tensor:
+        """Dynamics tokens ``(B, T, dyn_grid**2)`` of T frames that share one context
+        ``(B, ctx_grid**2)`` -> frames ``(B, T, 3, S, S)`` in [0, 1]. Same result as
+        :meth:`decode` per frame, but the context decoder runs once per clip, not per frame."""
+        if dyn_tokens.ndim != 3:
+            raise ValueError(f"expected dynamics tokens (B, T, {self.config.n_dyn_tokens}), "
+                             f"got {tuple(dyn_tokens.shape)}")
+        b, t = dyn_tokens.shape[:2]
+        dyn = self._tokens(dyn_tokens.reshape(b * t, -1), "dyn")
+        ctx = self._tokens(ctx_tokens, "ctx")
+        if ctx.shape[0] != b:
+            raise ValueError(f"batch sizes differ: {b} dynamics vs {ctx.shape[0]} context")
+        ctx_out, feats = self._context_features(ctx)
+        ctx_out = ctx_out.repeat_interleave(t, 0)
+        feats = {r: f.repeat_interleave(t, 0) for r, f in feats.items()}
+        frames = self._to_unit(self._dyn_decode(self._dequantize(self.dyn_fsq, dyn), ctx_out, feats))
+        return frames.view(b, t, *frames.shape[1:])
+
     def decode_context(self, ctx_tokens: torch.Tensor) -> torch.Tensor:
         """Context tokens ``(B, ctx_grid**2)`` -> frames ``(B, 3, S, S)`` float32 in [0, 1]."""
         return self._to_unit(self._context_features(self._tokens(ctx_tokens, "ctx"))[0])

@@ -103,10 +103,7 @@ class WorldModel(nn.Module):
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
         """tokens (B, T, Nd) under context ctx (B, Nc) -> frames (B, T, 3, H, W)."""
-        b, t = tokens.shape[:2]
-        ctx_rep = ctx[:, None].expand(b, t, ctx.shape[-1]).reshape(b * t, -1)
-        frames = self.tokenizer.decode(tokens.reshape(b * t, -1), ctx_rep)
-        return frames.view(b, t, *frames.shape[1:])
+        return self.tokenizer.decode_sequence(tokens, ctx)
 
     @torch.no_grad()
     def rollout(self, frames: torch.Tensor, actions: torch.Tensor, *, mode: str = "swr",
