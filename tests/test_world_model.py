@@ -154,3 +154,13 @@ def test_train_worldmodel_runs_under_torchrun_with_two_processes(wm, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert (tmp_path / "worldmodel" / "tiny" / "worldmodel.pt").exists()
     assert WorldModel.from_checkpoint(tmp_path / "worldmodel" / "tiny" / "worldmodel.pt").window == 6
+
+
+def test_rollout_shares_one_start_frame_across_candidates(wm):
+    """One start frame with B action sequences == the frame repeated B times."""
+    frames = torch.rand(1, 3, 64, 64)
+    actions = torch.rand(3, 7, wm.dynamics.cfg.action_dim) * 2 - 1
+    shared = wm.rollout(frames, actions, mode="swr", window=3, temperature=0)
+    repeated = wm.rollout(frames.expand(3, -1, -1, -1), actions, mode="swr", window=3, temperature=0)
+    assert torch.equal(shared.tokens, repeated.tokens)
+    torch.testing.assert_close(shared.frames, repeated.frames)

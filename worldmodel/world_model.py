@@ -109,10 +109,14 @@ class WorldModel(nn.Module):
     def rollout(self, frames: torch.Tensor, actions: torch.Tensor, *, mode: str = "swr",
                 window: int | None = None, temperature: float = 1.0, top_k: int | None = None,
                 generator: torch.Generator | None = None) -> Rollout:
-        """Imagine T frames from start frames (B, 3, H, W) under actions (B, T, A)."""
+        """Imagine T frames from start frames (B, 3, H, W) under actions (B, T, A).
+
+        A single start frame (1, 3, H, W) is shared by all B action sequences (planning:
+        many candidates from the latest real frame): it is encoded and its context block
+        prefilled once."""
         if mode not in MODES:
             raise ValueError(f"unknown rollout mode {mode!r}; known: {MODES}")
-        if actions.dim() != 3 or actions.shape[0] != frames.shape[0] \
+        if actions.dim() != 3 or actions.shape[0] != frames.shape[0] and frames.shape[0] != 1 \
                 or actions.shape[-1] != self.dynamics.cfg.action_dim:
             raise ValueError(f"actions must be (B, T, {self.dynamics.cfg.action_dim}) ({self.action_repeat} "
                              f"control steps x 4 features per model step; see group_actions) with the "
@@ -130,8 +134,13 @@ class WorldModel(nn.Module):
             s1 = min(t, s0 + seg_len)
             if s0 > 0:  # SWR boundary: re-encode the last predicted frame as fresh context
                 ctx, prev = self.encode(current)
+            if ctx.shape[0] == 1 and b > 1:  # shared start: prefill once, then broadcast
+                cache = dyn.start(ctx)
+                cache["kv"] = [(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in cache["kv"]]
+                ctx, prev = ctx.expand(b, -1), prev.expand(b, -1)
+            else:
+                cache = dyn.start(ctx)
             segments.append(Segment(ctx, prev, s0, s1))
-            cache = dyn.start(ctx)
             seg_tokens = []
             for i in range(s0, s1):
                 logits = dyn.step(cache, prev, actions[:, i].to(frames.dtype), max_len=max_len)
