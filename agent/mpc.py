@@ -1,0 +1,196 @@
+"""The world-model MPC agent: plan in imagination, act in the real simulator.
+
+Each replan (every ``execute`` control steps):
+
+1. the planner (:mod:`agent.planner`, CEM or MPPI) proposes ``N`` candidate plans of
+   ``horizon * repeat`` control actions;
+2. the world model imagines all ``N`` futures in ONE batched rollout
+   (``WorldModel.rollout``, SWR by default) from the latest real frame
+   ``obs["image"]``;
+3. the real start frame is prepended and the clips ``(N, horizon + 1, 3, 64, 64)`` are
+   scored by the reward model (``reward.score(clips, instruction)``, the student);
+4. objective = weighted normalized dims (task: IF, MS; realism: AOC, TC, CR, PA as
+   plausibility terms) + ``w_rise * target_rise - w_grip * grip_dist``;
+5. the chosen plan's first ``execute`` control steps are executed, then it replans,
+   warm-started from the shifted plan.
+
+The agent sees observations only (``image`` and ``instruction``; never ``info``, never
+the privileged ``objects``) and calls only public verbs: ``WorldModel.rollout`` and
+``reward.score``. For videos it keeps the imagined future of every chosen plan
+(:attr:`WorldModelMPC.imagined`, :attr:`WorldModelMPC.last_imagined`) and a per-replan
+timing log (:attr:`WorldModelMPC.log`). Given checkpoint paths it loads them lazily, so
+it pickles cheaply into worker processes.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import torch
+
+from agent.base import Agent
+from agent.planner import make_planner, shift_actions
+
+DIM_KEYS = ("IF", "MS", "AOC", "TC", "CR", "PA")   # order of worldmodel.judge.DIMENSIONS
+DEFAULT_WEIGHTS = {"IF": 1.0, "MS": 0.5, "AOC": 0.2, "TC": 0.1, "CR": 0.1, "PA": 0.1,
+                   "target_rise": 1.0, "grip_dist": 0.5}
+
+
+def _load_world_model(path):
+    from worldmodel.world_model import WorldModel
+
+    return WorldModel.from_checkpoint(path)
+
+
+def _load_reward(path):
+    from worldmodel.judge.student import StudentReward
+
+    return StudentReward.from_checkpoint(path)
+
+
+class WorldModelMPC(Agent):
+    """``WorldModelMPC(world_model, reward, planner={...}, weights={...}, ...)``.
+
+    ``world_model``: a :class:`worldmodel.world_model.WorldModel` or a checkpoint path;
+    ``reward``: an object with ``score(frames (B, T+1, 3, 64, 64) float [0, 1],
+    instruction (B,) long) -> {"dims": (B, 6), "shaping": (B, 2), "total": (B,)}`` or a
+    student checkpoint path; ``weights``: objective weights by dim short name and
+    ``target_rise`` / ``grip_dist`` (missing keys take :data:`DEFAULT_WEIGHTS`).
+    """
+
+    name = "mpc"
+
+    def __init__(self, world_model, reward, planner: dict | None = None, execute: int | None = None,
+                 weights: dict | None = None, rollout_mode: str = "swr", window: int | None = None,
+                 temperature: float = 1.0, top_k: int | None = None, seed: int = 0,
+                 threads: int | None = None, keep_imagined: bool = True, name: str | None = None):
+        planner = dict(planner or {"name": "cem"})
+        self.planner_cfg = planner
+        self.planner = make_planner(planner)
+        self.execute = int(execute or planner.get("execute", 2))
+        if not 1 <= self.execute <= self.planner.param.steps:
+            raise ValueError(f"execute must be in [1, {self.planner.param.steps}], got {self.execute}")
+        unknown = set(weights or {}) - set(DEFAULT_WEIGHTS)
+        if unknown:
+            raise ValueError(f"unknown objective weights {sorted(unknown)}; known: {sorted(DEFAULT_WEIGHTS)}")
+        self.weights = {**DEFAULT_WEIGHTS, **(weights or {})}
+        self._wm_src, self._reward_src = world_model, reward
+        self._wm = None if isinstance(world_model, (str, os.PathLike)) else world_model
+        self._reward = None if isinstance(reward, (str, os.PathLike)) else reward
+        self.rollout_mode, self.window = rollout_mode, window
+        self.temperature, self.top_k = float(temperature), top_k
+        self.base_seed, self.threads, self.keep_imagined = int(seed), threads, bool(keep_imagined)
+        self.name = name or f"mpc_{self.planner.name}"
+        self.reset()
+
+    # ------------------------------------------------------------------ lazy models
+    @property
+    def world_model(self):
+        if self._wm is None:
+            self._wm = _load_world_model(self._wm_src)
+        return self._wm
+
+    @property
+    def reward(self):
+        if self._reward is None:
+            self._reward = _load_reward(self._reward_src)
+        return self._reward
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        if isinstance(self._wm_src, (str, os.PathLike)):
+            state["_wm"] = None
+        if isinstance(self._reward_src, (str, os.PathLike)):
+            state["_reward"] = None
+        return state
+
+    # ------------------------------------------------------------------ Agent API
+    def reset(self, seed: int | None = None) -> None:
+        self._rng = np.random.default_rng(self.base_seed if seed is None else (self.base_seed, seed))
+        self._gen = torch.Generator().manual_seed(int(self._rng.integers(2**62)))
+        self._plan, self._t, self._step = None, 0, 0
+        self.log: list[dict] = []          # per replan: step, plan_s, wm_s, reward_s, score, ...
+        self.imagined: list[tuple[int, np.ndarray]] = []   # (control step, (T+1, 64, 64, 3) uint8)
+        self.last_imagined: np.ndarray | None = None
+
+    def act(self, obs: dict) -> np.ndarray:
+        if self.threads:
+            torch.set_num_threads(int(self.threads))
+        if self._plan is None or self._t >= self.execute:
+            self._replan(obs["image"], int(obs["instruction"]))
+        action = self._plan[self._t]
+        self._t += 1
+        self._step += 1
+        return np.clip(action, -1.0, 1.0).astype(np.float32)
+
+    # ------------------------------------------------------------------ planning
+    def objective(self, out: dict) -> torch.Tensor:
+        """Scalar objective (B,) from the reward's ``score`` output."""
+        dims = torch.as_tensor(out["dims"], dtype=torch.float32)
+        w = torch.tensor([self.weights[k] for k in DIM_KEYS], dtype=torch.float32)
+        obj = (dims * w).sum(-1)
+        shaping = out.get("shaping")
+        if shaping is not None:
+            shaping = torch.as_tensor(shaping, dtype=torch.float32)
+            obj = obj + self.weights["target_rise"] * shaping[:, 0] - self.weights["grip_dist"] * shaping[:, 1]
+        return obj
+
+    def imagine(self, image: np.ndarray, actions: np.ndarray) -> torch.Tensor:
+        """Imagined clips ``(N, horizon + 1, 3, H, W)`` (real start frame first) of control
+        action sequences ``(N, horizon * repeat, 4)`` from a real frame ``(H, W, 3)`` uint8."""
+        from worldmodel.world_model import group_actions
+
+        wm = self.world_model
+        n = len(actions)
+        start = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(255.0)
+        frames = start[None].expand(n, *start.shape).contiguous()
+        acts = group_actions(torch.as_tensor(actions, dtype=torch.float32), wm.action_repeat)
+        roll = wm.rollout(frames, acts, mode=self.rollout_mode, window=self.window,
+                          temperature=self.temperature, top_k=self.top_k, generator=self._gen)
+        return torch.cat([frames[:, None], roll.frames.clamp(0, 1)], 1)
+
+    def _replan(self, image: np.ndarray, instruction: int) -> None:
+        if self.planner.param.repeat != self.world_model.action_repeat:
+            raise ValueError(f"planner repeat {self.planner.param.repeat} != world model action_repeat "
+                             f"{self.world_model.action_repeat}")
+        t0 = time.perf_counter()
+        warm = None if self._plan is None else shift_actions(self._plan, self._t)
+        timing = {"wm_s": 0.0, "reward_s": 0.0}
+        best = {"score": -np.inf, "actions": None, "clip": None}
+
+        def score(cands: np.ndarray) -> np.ndarray:
+            ta = time.perf_counter()
+            clips = self.imagine(image, cands)
+            tb = time.perf_counter()
+            instr = torch.full((len(cands),), instruction, dtype=torch.long)
+            with torch.no_grad():
+                obj = self.objective(self.reward.score(clips, instr)).numpy().astype(np.float64)
+            timing["wm_s"] += tb - ta
+            timing["reward_s"] += time.perf_counter() - tb
+            i = int(np.argmax(obj))
+            if obj[i] > best["score"]:
+                best.update(score=float(obj[i]), actions=cands[i].copy(), clip=clips[i])
+            return obj
+
+        with torch.no_grad():
+            res = self.planner.plan(score, warm_start=warm, rng=self._rng)
+            clip = best["clip"]
+            if clip is None or not np.allclose(best["actions"], res.actions):
+                ta = time.perf_counter()
+                clip = self.imagine(image, res.actions[None])[0]     # the chosen plan's own future
+                timing["wm_s"] += time.perf_counter() - ta
+        self._plan, self._t = res.actions, 0
+        imagined = (clip.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+        self.last_imagined = imagined
+        if self.keep_imagined:
+            self.imagined.append((self._step, imagined))
+        self.log.append({"step": self._step, "plan_s": time.perf_counter() - t0, **timing,
+                         "score": res.score, "best_score": res.best_score, "evaluations": res.evaluations})
+
+    def planning_time_per_step(self) -> float:
+        """Planning seconds per executed control step so far (this episode)."""
+        return sum(e["plan_s"] for e in self.log) / max(self._step, 1)
+
+
+__all__ = ["WorldModelMPC", "DEFAULT_WEIGHTS", "DIM_KEYS"]

@@ -1,0 +1,153 @@
+"""Oracle-P: the MPC planner run in the TRUE simulator with a privileged dense reward.
+
+It answers "can this planner, horizon and sample budget solve the task at all?"
+before any learned model is involved (DESIGN section 3). Each replan:
+
+1. read the real env's full simulator state through the **privileged** hook
+   (:meth:`OracleP.attach_privileged_env`; ``agent.collect.run_episode`` calls it for
+   any agent that has it -- learned agents do not);
+2. score every candidate plan by restoring that state in the oracle's own env instance
+   (state observations: nothing is rendered) and stepping the candidate's control
+   actions, summing robosuite's dense shaped reward (Lift: reach + grasp + lifted;
+   PickColor: the same on the instructed cube; Stack: robosuite's staged reward);
+   a candidate that reaches success is credited the success reward for its remaining
+   steps (and stops simulating);
+3. execute the chosen plan's first ``execute`` control steps, then replan, warm-started
+   from the shifted plan.
+
+The oracle never reads ``info`` and never renders; its observations are ignored except
+as a clock. It is picklable (the simulator env is rebuilt lazily in each process).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from agent.base import Agent
+from agent.planner import make_planner, shift_actions
+
+OBJECTIVES = ("robosuite", "shaped")
+
+
+class OracleP(Agent):
+    """``OracleP(planner={...}, execute=2, objective="robosuite", discount=1.0)``."""
+
+    name = "oracle_p"
+
+    def __init__(self, planner: dict | None = None, execute: int | None = None, objective: str = "robosuite",
+                 discount: float = 1.0, seed: int = 0):
+        planner = dict(planner or {"name": "cem"})
+        if objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {objective!r}; known: {OBJECTIVES}")
+        self.planner_cfg = planner
+        self.planner = make_planner(planner)
+        self.execute = int(execute or planner.get("execute", 2))
+        if not 1 <= self.execute <= self.planner.param.steps:
+            raise ValueError(f"execute must be in [1, {self.planner.param.steps}], got {self.execute}")
+        self.objective, self.discount, self.base_seed = objective, float(discount), int(seed)
+        self.name = f"oracle_p_{self.planner.name}"
+        self._real = None        # the attached real env (privileged)
+        self._sim = None         # the oracle's own simulator (state observations, no rendering)
+        self.reset()
+
+    # ------------------------------------------------------------------ privileged hook
+    def attach_privileged_env(self, env) -> None:
+        """PRIVILEGED: give the oracle the real env whose state it may read. Only oracles
+        have this method; ``run_episode`` calls it before each episode."""
+        self._real = env.unwrapped
+        if self._sim is not None and self._sim.task != self._real.task:
+            self._sim.close()
+            self._sim = None
+
+    def _privileged_state(self) -> np.ndarray:
+        """PRIVILEGED: the real env's full simulator state (``get_sim_state``)."""
+        if self._real is None:
+            raise RuntimeError("OracleP needs the real env: call attach_privileged_env(env) first "
+                               "(agent.collect.run_episode does this for you)")
+        return self._real.get_sim_state()
+
+    def _simulator(self):
+        if self._sim is None:
+            from envs.robosuite_env import RoboAlignEnv
+
+            self._sim = RoboAlignEnv(task=self._real.task, obs_mode="state",
+                                     control_freq=self._real.control_freq)
+        return self._sim
+
+    # ------------------------------------------------------------------ Agent API
+    def reset(self, seed: int | None = None) -> None:
+        self._rng = np.random.default_rng(self.base_seed if seed is None else (self.base_seed, seed))
+        self._plan, self._t = None, 0
+        self.log: list[dict] = []           # one entry per replan
+
+    def act(self, obs: dict) -> np.ndarray:
+        if self._plan is None or self._t >= self.execute:
+            self._replan()
+        action = self._plan[self._t]
+        self._t += 1
+        return action.astype(np.float32)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_real"] = state["_sim"] = None
+        return state
+
+    # ------------------------------------------------------------------ planning
+    def _replan(self) -> None:
+        start = self._privileged_state()
+        warm = None if self._plan is None else shift_actions(self._plan, self._t)
+        sim_steps = [0]
+
+        def score(cands: np.ndarray) -> np.ndarray:
+            out = np.empty(len(cands))
+            for i, seq in enumerate(cands):
+                out[i], n = self.rollout_return(start, seq)
+                sim_steps[0] += n
+            return out
+
+        res = self.planner.plan(score, warm_start=warm, rng=self._rng)
+        self._plan, self._t = res.actions, 0
+        self.log.append({"plan_s": res.seconds, "score": res.score, "best_score": res.best_score,
+                         "sim_steps": sim_steps[0], "evaluations": res.evaluations})
+
+    def rollout_return(self, state: np.ndarray, actions: np.ndarray) -> tuple[float, int]:
+        """(discounted return of ``actions`` from ``state`` in the oracle's simulator,
+        control steps simulated)."""
+        sim = self._simulator()
+        sim.reset_to(state)
+        start = self._target_pos(sim) if self.objective == "shaped" else None
+        total, disc = 0.0, 1.0
+        for t, a in enumerate(actions):
+            _, r, success, _, info = sim.step(a)
+            if self.objective == "shaped":
+                r = self._shaped(sim, info, start)
+            if success:  # terminal: credit the success reward for the remaining steps
+                total += disc * r * sum(self.discount ** k for k in range(len(actions) - t))
+                return total, t + 1
+            total += disc * r
+            disc *= self.discount
+        return total, len(actions)
+
+    # "shaped": distance to the instructed cube + grasp + how far it rose (privileged)
+    @staticmethod
+    def _target_pos(sim) -> np.ndarray:
+        from envs.vocab import target_colour
+
+        return sim._body_pos(sim._cubes[target_colour(sim._instruction)])
+
+    def _shaped(self, sim, info, start) -> float:
+        if info["success"]:
+            return 2.0
+        cube = self._target_pos(sim)
+        reach = 1 - np.tanh(10.0 * np.linalg.norm(info["eef_pos"] - cube))
+        rise = np.clip((cube[2] - start[2]) / sim.task.lift_margin, 0.0, 1.0)
+        return float(reach + rise - 0.5 * info["wrong_object"])
+
+    def close(self) -> None:
+        if self._sim is not None:
+            self._sim.close()
+            self._sim = None
+
+
+__all__ = ["OracleP", "OBJECTIVES"]

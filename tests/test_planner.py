@@ -1,0 +1,189 @@
+"""Planner: CEM / MPPI find a known optimum, warm start shifts, the world-model MPC
+agent acts from observations only, oracle-P beats random on the true dense reward."""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from agent.base import RandomAgent
+from agent.collect import run_episode
+from agent.mpc import WorldModelMPC
+from agent.oracle import OracleP
+from agent.planner import CEM, MPPI, ChunkParam, make_planner, shift_actions
+from envs.splits import split_seeds
+
+LIFT = "roboalign/Lift-v0"
+
+
+def _quadratic(target: np.ndarray):
+    def score(cands: np.ndarray) -> np.ndarray:
+        return -((cands - target) ** 2).sum(axis=(1, 2))
+    return score
+
+
+@pytest.mark.parametrize("name,extra", [("cem", {"elites": 16}), ("mppi", {"temperature": 0.5, "pick": "mean"})])
+def test_planners_find_the_optimum_of_a_quadratic(name, extra):
+    param = ChunkParam(horizon=4, repeat=2)
+    target = param.decode(np.random.default_rng(0).uniform(-0.8, 0.8, (1, 4, 4)))[0]
+    planner = make_planner({"name": name, "horizon": 4, "repeat": 2, "samples": 128, "iterations": 15,
+                            "init_std": 0.6, "min_std": 0.01, **extra})
+    res = planner.plan(_quadratic(target), rng=np.random.default_rng(1))
+    assert res.actions.shape == (8, 4) and res.evaluations == 128 * 15
+    assert np.abs(res.actions - target).max() < 0.1
+    # one iteration from scratch is far worse: the iterations do the work
+    one = make_planner({"name": name, "horizon": 4, "samples": 128, "iterations": 1, **extra})
+    assert _quadratic(target)(res.actions[None])[0] > _quadratic(target)(one.plan(
+        _quadratic(target), rng=np.random.default_rng(1)).actions[None])[0]
+
+
+def test_knot_parametrization_interpolates_and_round_trips():
+    p = ChunkParam(horizon=8, repeat=2, knots=3)
+    params = np.array([[[-1, 0, 0, -1], [0, 0, 0, 0], [1, 0, 0, 1]]], float)
+    a = p.decode(params)[0]
+    assert a.shape == (16, 4) and np.allclose(a[0], [-1, 0, 0, -1]) and np.allclose(a[-1], [1, 0, 0, 1])
+    assert np.all(np.diff(a[::2, 0]) >= 0)                    # linear ramp per model step
+    assert np.allclose(p.encode(a), params[0], atol=1e-6)
+    with pytest.raises(ValueError):
+        ChunkParam(horizon=4, knots=5)
+
+
+def test_warm_start_shifts_and_seeds_the_mean():
+    a = np.repeat(np.arange(8 * 4, dtype=np.float32).reshape(8, 4) / 50, 2, axis=0)  # held for 2 steps
+    s = shift_actions(a, 2)
+    assert np.array_equal(s[:14], a[2:]) and np.array_equal(s[14:], a[[15, 15]])
+    seen = []
+
+    def score(c):
+        seen.append(c.copy())
+        return np.zeros(len(c))
+
+    CEM(horizon=8, samples=8, iterations=1).plan(score, warm_start=s, rng=np.random.default_rng(0))
+    assert np.allclose(seen[0][0], s, atol=1e-6)              # candidate 0 is the warm start
+    with pytest.raises(TypeError):
+        make_planner({"name": "cem", "sample": 3})            # a typo is an error, not ignored
+    with pytest.raises(KeyError):
+        make_planner({"name": "nope"})
+
+
+def test_mppi_weights_are_a_softmax_over_scores():
+    w = MPPI(horizon=2, samples=4).weights(np.array([0.0, 1.0, 2.0, -np.inf]))
+    assert np.isclose(w.sum(), 1) and w[3] == 0 and w[2] > w[1] > w[0]
+
+
+# ---------------------------------------------------------------------- world-model MPC
+class ToyReward:
+    """Stands in for the student: brighter imagined last frames score higher."""
+
+    def __init__(self):
+        self.calls = []
+
+    def score(self, frames, instruction):
+        assert frames.dim() == 5 and frames.shape[2:] == (3, 64, 64) and instruction.dtype == torch.long
+        self.calls.append(tuple(frames.shape))
+        b = frames.shape[0]
+        dims = frames[:, -1].mean((1, 2, 3))[:, None].expand(b, 6).clamp(0, 1)
+        return {"dims": dims, "shaping": torch.zeros(b, 2), "total": dims.sum(-1)}
+
+
+class SpyObs(dict):
+    """An observation dict that records which keys the agent read."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.read = set()
+
+    def __getitem__(self, k):
+        self.read.add(k)
+        return super().__getitem__(k)
+
+    def get(self, k, default=None):
+        self.read.add(k)
+        return super().get(k, default)
+
+
+@pytest.fixture(scope="module")
+def tiny_wm():
+    from worldmodel.tokenizer import DualFSQTokenizer, TokenizerConfig
+    from worldmodel.world_model import WorldModel
+
+    torch.manual_seed(0)
+    tok = TokenizerConfig(channels=8, latent_dim=8, ctx_levels=(5, 5, 5), dyn_levels=(5, 5, 5))
+    return WorldModel.build(DualFSQTokenizer(tok), {"d_model": 32, "n_layers": 1, "n_heads": 2},
+                            action_repeat=2, window=3).eval()
+
+
+def test_world_model_mpc_acts_from_observations_only(tiny_wm, one_torch_thread, tmp_path):
+    reward = ToyReward()
+    agent = WorldModelMPC(tiny_wm, reward, planner={"name": "cem", "horizon": 4, "samples": 6,
+                                                    "iterations": 2, "elites": 2}, execute=2)
+    agent.reset(seed=3)
+    rng = np.random.default_rng(0)
+    for step in range(5):
+        obs = SpyObs(image=rng.integers(0, 255, (64, 64, 3), dtype=np.uint8),
+                     proprio=np.zeros(4, np.float32), instruction=0, objects=np.zeros(3, np.float32))
+        a = agent.act(obs)
+        assert a.shape == (4,) and a.dtype == np.float32 and np.all(np.abs(a) <= 1)
+        assert obs.read <= {"image", "instruction"}          # never objects (privileged), never info
+    assert len(agent.log) == 3 and [e["step"] for e in agent.log] == [0, 2, 4]
+    assert reward.calls[0] == (6, 5, 3, 64, 64)               # all candidates in one batch, start prepended
+    assert agent.last_imagined.shape == (5, 64, 64, 3) and agent.last_imagined.dtype == np.uint8
+    assert all(e["plan_s"] >= e["wm_s"] > 0 for e in agent.log)
+    agent.reset()
+    assert agent._plan is None and agent.log == [] and agent.last_imagined is None
+    # constructible in worker processes: checkpoint paths are loaded lazily, pickles cheaply
+    path = tmp_path / "wm.pt"
+    tiny_wm.save(path)
+    lazy = pickle.loads(pickle.dumps(WorldModelMPC(str(path), reward, planner={"name": "mppi", "horizon": 2,
+                                                                              "samples": 4, "iterations": 1})))
+    assert lazy._wm is None
+    assert lazy.act(obs).shape == (4,) and lazy._wm is not None
+
+
+def test_oracle_p_beats_random_on_the_dense_reward(make_env):
+    env = make_env(LIFT, obs_mode="image", segmentation=False)
+    seed = split_seeds("val", 1)[0]
+    steps = 12
+
+    def dense_return(agent):
+        agent.reset(seed=seed)
+        if hasattr(agent, "attach_privileged_env"):
+            agent.attach_privileged_env(env)
+        obs, _ = env.reset(seed=seed)
+        total = 0.0
+        for _ in range(steps):
+            obs, r, term, _, _ = env.step(agent.act(obs))
+            total += r
+            if term:
+                break
+        return total
+
+    oracle = OracleP(planner={"name": "cem", "horizon": 4, "samples": 8, "iterations": 1, "elites": 2},
+                     execute=2)
+    planned, random = dense_return(oracle), dense_return(RandomAgent())
+    assert planned > 2 * random + 0.2, (planned, random)     # it approaches the cube; random does not
+    assert len(oracle.log) == steps // 2 and all(e["sim_steps"] > 0 for e in oracle.log)
+    clone = pickle.loads(pickle.dumps(oracle))                 # picklable: no env travels
+    assert clone._real is None and clone._sim is None
+    with pytest.raises(RuntimeError, match="attach_privileged_env"):
+        clone.reset(seed=seed)
+        clone.act(env.reset(seed=seed)[0])
+
+
+def test_run_episode_attaches_the_privileged_env_to_oracles_only(make_env):
+    env = make_env(LIFT, obs_mode="image", segmentation=False)
+    oracle = OracleP(planner={"name": "cem", "horizon": 2, "samples": 2, "iterations": 1, "elites": 1})
+
+    class Stop(Exception):
+        pass
+
+    def act(obs):
+        raise Stop
+
+    oracle.act = act
+    with pytest.raises(Stop):
+        run_episode(env, oracle, split_seeds("val", 1)[0])
+    assert oracle._real is env.unwrapped
+    assert not hasattr(RandomAgent(), "attach_privileged_env")
