@@ -40,8 +40,10 @@ class EpisodeResult:
     length: int
     instruction: str
     failure: str                      # "none", "missed_grasp", "drop", "wrong_object", "timeout"
+    act_s: float = 0.0                # mean wall seconds per agent.act call (planning time per step)
     frames: list = field(default_factory=list, repr=False)   # (H, W, 3) uint8 per step, if recorded
     episode: dict | None = field(default=None, repr=False)   # rollout arrays, if recorded
+    extras: dict = field(default_factory=dict, repr=False)   # the agent's episode_log(), if it has one
 
 
 def run_episode(env, agent: Agent, seed: int, *, record: bool = False, frames: bool = False,
@@ -57,8 +59,11 @@ def run_episode(env, agent: Agent, seed: int, *, record: bool = False, frames: b
     rendered = [_frame(env, obs)] if frames else []
     target_rise, lifted_ever = 0.0, False
     start = _target_z(info)
+    act_s = 0.0
     while True:
+        t0 = time.perf_counter()
         action = np.asarray(agent.act(obs), np.float32)
+        act_s += time.perf_counter() - t0
         obs, reward, terminated, truncated, info = env.step(action)
         if record:
             steps.append((action, obs, reward, terminated, info))
@@ -73,7 +78,8 @@ def run_episode(env, agent: Agent, seed: int, *, record: bool = False, frames: b
     failure = _failure(info, target_rise)
     return EpisodeResult(
         seed=seed, success=bool(info["success"]), wrong_object=bool(info["wrong_object"]),
-        length=len(steps), instruction=info["instruction"], failure=failure, frames=rendered,
+        length=len(steps), instruction=info["instruction"], failure=failure, act_s=act_s / len(steps),
+        frames=rendered,
         episode=episode_from_steps(first_obs, first_info, steps) if record else None,
     )
 

@@ -45,33 +45,69 @@ def summarize(results: list[EpisodeResult]) -> dict:
         "failures": {f: sum(r.failure == f for r in results) for f in FAILURES},
         "length_mean": float(lengths.mean()) if n else 0.0,
         "length_std": float(lengths.std()) if n else 0.0,
+        "act_s_mean": float(np.mean([r.act_s for r in results])) if n else 0.0,
     }
 
 
 def evaluate(env_id: str, agent: Agent, seeds: list[int], *, out_dir: str | os.PathLike | None = None,
              videos: int = 0, env_kwargs: dict | None = None, workers: int = 1,
-             options: list[dict | None] | None = None, progress: bool = True) -> dict:
+             options: list[dict | None] | None = None, progress: bool = True, resume: bool = True,
+             name: str | None = None) -> dict:
     """Run ``agent`` on ``env_id`` for each seed; return (and save in ``out_dir``) the summary.
 
     Writes ``episodes.jsonl``, ``summary.json`` and ``results.md`` to ``out_dir`` and an
     MP4 for each of the first ``videos`` episodes (rendered frames with a caption).
     ``workers`` simulator processes run episodes in parallel; ``options`` are per-seed
-    reset options (e.g. a fixed instruction).
+    reset options (e.g. a fixed instruction). Each finished episode is also written to
+    ``out_dir/episodes/seed_<seed>.json`` at once; with ``resume`` those seeds are not
+    run again (a long evaluation can be interrupted and continued, or sharded).
     """
+    name = name or agent.name
     env_kwargs = {**(env_kwargs or {}), **({"render_mode": "rgb_array"} if videos else {})}
-    results = []
-    stream = run_episodes(env_id, agent, seeds, workers=workers, env_kwargs=env_kwargs,
-                          options=options, frames=videos)
-    for res in tqdm(stream, total=len(seeds), desc=f"closed loop {env_id} [{agent.name}]",
+    done = _finished(Path(out_dir), seeds) if (out_dir is not None and resume) else {}
+    todo = [i for i, s in enumerate(seeds) if s not in done]
+    results = dict(done)
+    if done:
+        print(f"closed loop {env_id} [{name}]: {len(done)} of {len(seeds)} seeds already done in {out_dir}")
+    stream = run_episodes(env_id, agent, [seeds[i] for i in todo], workers=workers, env_kwargs=env_kwargs,
+                          options=[options[i] for i in todo] if options else None,
+                          frames=sum(i < videos for i in todo))
+    for res in tqdm(stream, total=len(todo), desc=f"closed loop {env_id} [{name}]",
                     disable=not progress, unit="ep"):
-        results.append(res)
-        if out_dir is not None and res.frames:
-            _write_episode_video(res, Path(out_dir) / "videos" / f"{agent.name}_seed{res.seed}.mp4")
-            res.frames = []
-    summary = {"env_id": env_id, "agent": agent.name, "seeds": list(seeds), **summarize(results)}
+        results[res.seed] = res
+        if out_dir is not None:
+            if res.frames:
+                _write_episode_video(res, Path(out_dir) / "videos" / f"{name}_seed{res.seed}.mp4")
+            _save_episode(Path(out_dir), res)
+        res.frames = []
+    results = [results[s] for s in seeds]
+    summary = {"env_id": env_id, "agent": name, "seeds": list(seeds), **summarize(results)}
     if out_dir is not None:
         _save(Path(out_dir), results, summary)
     return summary
+
+
+def _record(res: EpisodeResult) -> dict:
+    return {fl.name: getattr(res, fl.name) for fl in fields(res) if fl.name not in ("frames", "episode", "extras")}
+
+
+def _save_episode(out: Path, res: EpisodeResult) -> None:
+    path = out / "episodes" / f"seed_{res.seed}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(_record(res)))
+
+
+def _finished(out: Path, seeds: list[int]) -> dict[int, EpisodeResult]:
+    """Episodes of ``seeds`` already saved under ``out/episodes`` (unreadable ones are rerun)."""
+    done = {}
+    for s in seeds:
+        path = out / "episodes" / f"seed_{s}.json"
+        try:
+            done[s] = EpisodeResult(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            continue
+    return done
 
 
 def _write_episode_video(res: EpisodeResult, path: Path) -> None:
@@ -84,15 +120,16 @@ def _write_episode_video(res: EpisodeResult, path: Path) -> None:
 
 def results_table(summaries: list[dict]) -> str:
     """A markdown table, one row per (env, agent) summary."""
-    rows = ["| env | agent | episodes | success | 95% CI | wrong object | missed grasp | drop | timeout | length |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| env | agent | episodes | success | 95% CI | wrong object | missed grasp | drop | timeout | "
+            "length | s / step |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summaries:
         f = s["failures"]
         rows.append(
             f"| {s['env_id']} | {s['agent']} | {s['episodes']} | {s['success_rate']:.2f} | "
             f"[{s['success_ci95'][0]:.2f}, {s['success_ci95'][1]:.2f}] | {s['wrong_object_rate']:.2f} | "
             f"{f['missed_grasp']} | {f['drop']} | {f['timeout']} | "
-            f"{s['length_mean']:.1f} +- {s['length_std']:.1f} |")
+            f"{s['length_mean']:.1f} +- {s['length_std']:.1f} | {s.get('act_s_mean', 0.0):.3f} |")
     return "\n".join(rows)
 
 
@@ -101,8 +138,7 @@ def _save(out: Path, results: list[EpisodeResult], summary: dict) -> None:
     with atomic_path(out / "episodes.jsonl") as tmp:
         with open(tmp, "w") as f:
             for r in results:
-                row = {fl.name: getattr(r, fl.name) for fl in fields(r) if fl.name not in ("frames", "episode")}
-                f.write(json.dumps(row) + "\n")
+                f.write(json.dumps(_record(r)) + "\n")
     with atomic_path(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2))
     with atomic_path(out / "results.md") as tmp:

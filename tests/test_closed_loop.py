@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
+from agent.base import Agent
 from agent.collect import EpisodeResult, make_agent
 from agent.evaluate import FAILURES, results_table, summarize, wilson_interval
 from envs.rollouts import read_episode
@@ -181,6 +182,13 @@ def test_collect_entry_point(tmp_path):
 
 
 @pytest.mark.slow
+class _Broken(Agent):
+    name = "broken"
+
+    def act(self, obs):
+        raise RuntimeError("finished episodes must not act again")
+
+
 def test_evaluate_in_worker_processes_matches_serial(tmp_path):
     """Episodes are a function of the seed: 2 spawned workers give the serial results."""
     from agent.evaluate import evaluate
@@ -190,7 +198,17 @@ def test_evaluate_in_worker_processes_matches_serial(tmp_path):
                       progress=False)
     parallel = evaluate("roboalign/Lift-v0", make_agent("noisy", fail_prob=0.5), seeds, workers=2,
                         out_dir=tmp_path, videos=2, progress=False)
-    assert serial == parallel
+    timing = ("act_s_mean",)  # wall-clock, differs run to run
+    assert {k: v for k, v in serial.items() if k not in timing} == \
+        {k: v for k, v in parallel.items() if k not in timing}
+    assert parallel["act_s_mean"] > 0
+    # finished seeds are not run again: an agent that cannot act still gets the summary
+    resumed = evaluate("roboalign/Lift-v0", _Broken(), seeds, workers=1, out_dir=tmp_path, progress=False,
+                       name="noisy")
+    assert resumed == parallel
+    (tmp_path / "episodes" / f"seed_{seeds[1]}.json").write_text("{corrupt")
+    with pytest.raises(RuntimeError, match="must not act"):
+        evaluate("roboalign/Lift-v0", _Broken(), seeds, workers=1, out_dir=tmp_path, progress=False)
     rows = [json.loads(line) for line in (tmp_path / "episodes.jsonl").read_text().splitlines()]
     assert [r["seed"] for r in rows] == seeds
     videos = sorted((tmp_path / "videos").glob("*.mp4"))
