@@ -1,0 +1,295 @@
+"""The distilled student reward: a compact video + instruction encoder with a linear
+head over the six judge dimensions (plus two dense shaping outputs for the planner).
+
+It needs no simulator: it reads the clip's pixels and the instruction id only, and is
+trained (``worldmodel.judge.distill``) to reproduce the privileged teacher's scores.
+
+Architecture (per clip of ``T+1`` frames, 64x64):
+
+- every frame enters with its difference to the previous frame (6 channels; zeros for
+  the start frame), is patchified 4x4 -> 16x16 and goes through one 3x3 conv;
+- the instruction modulates the 16x16 feature map (FiLM, per channel) so "red" and
+  "green" instructions attend to different cubes;
+- the map is read out by a spatial soft-argmax (one (x, y) keypoint per channel: where
+  the cubes and the gripper are) plus mean and max pooling (what is there);
+- per-frame vectors and their frame-to-frame differences pass two temporal convolutions
+  (any ``T >= 1``), are pooled over time (mean, max, first, last) and concatenated with
+  the instruction embedding; an MLP trunk ends in one **linear** layer whose first six
+  outputs (through a sigmoid) are the normalized dimensions ``score / MAX_SCORES`` in
+  ``[0, 1]`` and the last two are the shaping outputs (unbounded, in the teacher's
+  normalized units).
+
+Public verbs::
+
+    out = student.score(frames, instruction)   # dims (B,6) in [0,1], shaping (B,2), total (B,)
+    out = student.score(frames, instruction, weights=(0, 0, 2, 2, 2, 1))
+    out = student.score_clips(clips)            # judge clip dicts; scores in raw units too
+    student.save(path); StudentReward.from_checkpoint(path)
+
+``frames`` is float ``(B, T+1, 3, 64, 64)`` in ``[0, 1]`` or uint8 ``(B, T+1, 64, 64, 3)``
+(as stored in clips and the bench; divided by 255 and moved channels-first).
+``total = sum_k w_k * dims_k * MAX_SCORES[k]`` (all weights 1: the teacher's total, out of 10).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from envs.vocab import INSTRUCTIONS, instruction_id
+from worldmodel.judge import DIMENSIONS, MAX_SCORES
+from worldmodel.training import CheckpointError, autocast, config_diff, load_checkpoint, save_checkpoint
+
+KIND = "student_reward"
+SHAPING: tuple[str, ...] = ("target_rise", "grip_dist")
+N_DIMS, N_SHAPING = len(DIMENSIONS), len(SHAPING)
+
+
+@dataclass
+class StudentConfig:
+    image_size: int = 64
+    patch: int = 4                 # patchify stride: 64x64 -> 16x16
+    channels: int = 16             # conv width at 16x16 (also the number of keypoints)
+    hidden: int = 64               # temporal / trunk width
+    embed: int = 16                # instruction embedding size
+    temporal_kernel: int = 3
+    n_instructions: int = len(INSTRUCTIONS)
+    weights: tuple[float, ...] = (1.0,) * N_DIMS   # default per-dimension weights of `total`
+
+    def __post_init__(self):
+        self.weights = tuple(float(w) for w in self.weights)
+        if len(self.weights) != N_DIMS:
+            raise ValueError(f"weights needs {N_DIMS} entries ({', '.join(DIMENSIONS)}), got {len(self.weights)}")
+        if self.image_size % self.patch:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch {self.patch}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StudentConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown student config keys {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+
+def _spatial_softargmax(m: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """``(N, H*W, C)`` maps (row-major) -> ``(N, 2C)``: per channel the expected (x, y) in
+    [-1, 1] under a softmax over positions (where each channel's feature sits)."""
+    h, w = hw
+    p = torch.softmax(m, dim=1)
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, device=m.device),
+                            torch.linspace(-1, 1, w, device=m.device), indexing="ij")
+    coords = torch.stack([xs.flatten(), ys.flatten()], dim=1).to(m.dtype)      # (H*W, 2)
+    return (p.transpose(1, 2) @ coords).transpose(1, 2).flatten(1)              # (N, 2C): x..., y...
+
+
+def to_unit_frames(frames: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """uint8 ``(..., S, S, 3)`` -> float ``(..., 3, S, S)`` in [0, 1] (the student's float layout)."""
+    frames = torch.as_tensor(frames)
+    if frames.dtype != torch.uint8:
+        raise TypeError(f"expected uint8 frames, got {frames.dtype}")
+    return frames.movedim(-1, -3).float() / 255.0
+
+
+class StudentReward(nn.Module):
+    """Fast learned judge; see the module docstring."""
+
+    def __init__(self, config: StudentConfig | None = None):
+        super().__init__()
+        self.config = cfg = config or StudentConfig()
+        c, h = cfg.channels, cfg.hidden
+        # one patchify conv over the raw frame with 2c outputs: c for the frame itself and c
+        # for its change (the change of a linear map's output is the map of the change, so
+        # the frame difference is taken at 16x16 features, not at 64x64 pixels)
+        self.stem = nn.Conv2d(3, 2 * c, kernel_size=cfg.patch, stride=cfg.patch)
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+        self.embed = nn.Embedding(cfg.n_instructions, cfg.embed)
+        self.film = nn.Linear(cfg.embed, 2 * c)
+        nn.init.zeros_(self.film.weight)
+        nn.init.zeros_(self.film.bias)
+        frame_dim = 4 * c                         # keypoints (2c) + mean (c) + max (c)
+        self.frame_proj = nn.Linear(frame_dim, h)
+        k = cfg.temporal_kernel
+        self.tconv1 = nn.Conv1d(2 * h, h, k, padding=k // 2)
+        self.tconv2 = nn.Conv1d(h, h, k, padding=k // 2)
+        self.trunk = nn.Sequential(nn.Linear(4 * h + cfg.embed, h), nn.GELU(), nn.Linear(h, h), nn.GELU())
+        self.head = nn.Linear(h, N_DIMS + N_SHAPING)     # the linear head
+        self.register_buffer("max_scores", torch.tensor(MAX_SCORES), persistent=False)
+        self.register_buffer("default_weights", torch.tensor(cfg.weights), persistent=False)
+
+    # -- inputs ----------------------------------------------------------------------------
+    def prepare_frames(self, frames) -> torch.Tensor:
+        """Validate clip frames and move them to this model's device: uint8 ``(B, T+1, S, S, 3)``
+        (kept as uint8; :meth:`forward` reads it channels-last and divides by 255 inside the
+        stem, which is what :func:`to_unit_frames` does explicitly) or float
+        ``(B, T+1, 3, S, S)`` in [0, 1]. Raises ``ValueError``/``TypeError`` for anything else."""
+        if isinstance(frames, np.ndarray):
+            frames = torch.from_numpy(np.ascontiguousarray(frames))
+        if not isinstance(frames, torch.Tensor):
+            raise TypeError(f"frames must be a tensor or numpy array, got {type(frames).__name__}")
+        s = self.config.image_size
+        if frames.dim() != 5:
+            raise ValueError(f"frames must be 5-D (B, T+1, 3, {s}, {s}) float or (B, T+1, {s}, {s}, 3) "
+                             f"uint8, got shape {tuple(frames.shape)}")
+        if frames.dtype == torch.uint8:
+            if frames.shape[-1] != 3 or frames.shape[2:4] != (s, s):
+                raise ValueError(f"uint8 frames must be (B, T+1, {s}, {s}, 3), got {tuple(frames.shape)}")
+            frames = frames.to(self.max_scores.device)
+        else:
+            if not frames.is_floating_point():
+                raise TypeError(f"frames must be uint8 or float in [0, 1], got {frames.dtype}")
+            if frames.shape[2] != 3 or frames.shape[3:] != (s, s):
+                raise ValueError(f"float frames must be (B, T+1, 3, {s}, {s}) in [0, 1], got {tuple(frames.shape)}")
+            frames = frames.to(self.max_scores.device)
+        if frames.shape[1] < 2:
+            raise ValueError(f"a clip needs T+1 >= 2 frames (start frame + >= 1 step), got {frames.shape[1]}")
+        return frames
+
+    def prepare_instruction(self, instruction, batch: int) -> torch.Tensor:
+        """Ids (int, sequence, array or tensor) or instruction texts -> long ``(B,)``."""
+        if isinstance(instruction, str):
+            instruction = [instruction]
+        if isinstance(instruction, (list, tuple)) and instruction and isinstance(instruction[0], str):
+            instruction = [instruction_id(t) for t in instruction]
+        ids = torch.as_tensor(np.asarray(instruction) if not isinstance(instruction, torch.Tensor) else instruction)
+        ids = ids.reshape(-1).long().to(self.max_scores.device)
+        if ids.numel() == 1 and batch > 1:
+            ids = ids.expand(batch)
+        if ids.numel() != batch:
+            raise ValueError(f"{ids.numel()} instructions for {batch} clips")
+        bad = (ids < 0) | (ids >= self.config.n_instructions)
+        if bad.any():
+            raise KeyError(f"instruction id {int(ids[bad][0])} outside 0..{self.config.n_instructions - 1} "
+                           f"({list(INSTRUCTIONS)})")
+        return ids
+
+    # -- model -----------------------------------------------------------------------------
+    def forward(self, frames: torch.Tensor, instruction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training forward: frames as accepted by :meth:`prepare_frames` (validated; uint8
+        ``(B, T+1, S, S, 3)`` is converted inside the stem, which is the fast path), long
+        ids ``(B,)`` -> (normalized dims ``(B, 6)`` in [0, 1], shaping ``(B, 2)``), float32."""
+        c, p = self.config.channels, self.config.patch
+        b, t1 = frames.shape[:2]
+        dev = frames.device.type
+        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else torch.float32
+        cl = torch.channels_last
+        w = self.stem.weight                                                          # (2c, 3, p, p)
+        if frames.dtype == torch.uint8:   # (B, T1, S, S, 3): a channels-last view; /255 in the weights
+            x = frames.flatten(0, 1).permute(0, 3, 1, 2).to(dtype)
+            w = w / 255.0
+        else:
+            x = frames.flatten(0, 1).to(dtype).contiguous(memory_format=cl)
+        z = F.conv2d(x, w.to(dtype), None, stride=p)                                  # (N, 2c, s, s)
+        z = z.view(b, t1, 2 * c, *z.shape[-2:]) if z.is_contiguous() else \
+            z.permute(0, 2, 3, 1).reshape(b, t1, *z.shape[-2:], 2 * c).permute(0, 1, 4, 2, 3)
+        a, d = z[:, :, :c], z[:, :, c:]
+        x = a + d
+        x[:, 1:] -= d[:, :-1]             # a_t + (d_t - d_{t-1}); the start frame has no change
+        x = x.flatten(0, 1).contiguous(memory_format=cl)
+        x = F.gelu(x + self.stem.bias[:c, None, None].to(x.dtype))
+        x = F.conv2d(x, self.conv.weight.to(x.dtype), self.conv.bias.to(x.dtype), padding=1)
+        e = self.embed(instruction)                                                   # (B, E)
+        gb = self.film(e).to(x.dtype).repeat_interleave(t1, dim=0)[:, :, None, None]
+        x = F.gelu(torch.addcmul(gb[:, c:], x, 1 + gb[:, :c]))
+        m = x.permute(0, 2, 3, 1).flatten(1, 2)                                       # (N, s*s, c)
+        feats = torch.cat([_spatial_softargmax(m, x.shape[-2:]), m.mean(1), m.amax(1)], dim=1)
+        f = self.frame_proj(feats).view(b, t1, -1)                                     # (B, T1, H)
+        df = torch.cat([torch.zeros_like(f[:, :1]), f[:, 1:] - f[:, :-1]], dim=1)
+        y = torch.cat([f, df], dim=2).transpose(1, 2)                                  # (B, 2H, T1)
+        y = F.gelu(self.tconv1(y))
+        y = F.gelu(self.tconv2(y)) + y
+        pooled = torch.cat([y.mean(2), y.amax(2), y[:, :, 0], y[:, :, -1], e.to(y.dtype)], dim=1)
+        out = self.head(self.trunk(pooled)).float()
+        return torch.sigmoid(out[:, :N_DIMS]), out[:, N_DIMS:]
+
+    def total(self, dims: torch.Tensor, weights: Sequence[float] | torch.Tensor | None = None) -> torch.Tensor:
+        """``sum_k w_k * dims_k * MAX_SCORES[k]`` for normalized ``dims`` ``(B, 6)``."""
+        w = self.default_weights if weights is None else torch.as_tensor(weights, dtype=torch.float32,
+                                                                         device=dims.device)
+        if w.shape != (N_DIMS,):
+            raise ValueError(f"weights needs {N_DIMS} entries ({', '.join(DIMENSIONS)}), got shape {tuple(w.shape)}")
+        return (dims.float() * self.max_scores * w).sum(-1)
+
+    @torch.no_grad()
+    def score(self, frames, instruction, *, weights: Sequence[float] | None = None,
+              batch_size: int = 512, amp: bool = True) -> dict[str, torch.Tensor]:
+        """Judge clips: ``dims (B, 6)`` normalized to [0, 1] (multiply by MAX_SCORES for the
+        teacher's units), ``shaping (B, 2)`` (``SHAPING`` order) and the weighted ``total (B,)``.
+
+        ``frames``: float ``(B, T+1, 3, 64, 64)`` in [0, 1] or uint8 ``(B, T+1, 64, 64, 3)``;
+        ``instruction``: ids or texts, one per clip (or one for all). Deterministic (eval
+        mode, no sampling); bf16 autocast unless ``amp=False``. Results are float32 on CPU
+        when the input came from numpy, else on the model's device.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            dims, shaping = [], []
+            n = frames.shape[0]
+            ids = self.prepare_instruction(instruction, n)
+            device = self.max_scores.device
+            for i in range(0, n, batch_size):
+                x = self.prepare_frames(frames[i:i + batch_size])
+                with autocast(device, enabled=amp):
+                    d, s = self(x, ids[i:i + batch_size])
+                dims.append(d)
+                shaping.append(s)
+            dims_t = torch.cat(dims) if dims else torch.zeros(0, N_DIMS, device=device)
+            shaping_t = torch.cat(shaping) if shaping else torch.zeros(0, N_SHAPING, device=device)
+            return {"dims": dims_t, "shaping": shaping_t, "total": self.total(dims_t, weights)}
+        finally:
+            self.train(was_training)
+
+    def score_clips(self, clips: Sequence[dict], *, weights: Sequence[float] | None = None,
+                    amp: bool = True) -> dict[str, np.ndarray]:
+        """Judge clip dicts (``worldmodel.judge`` format; only ``frames`` and ``instruction``
+        are read) like the teacher's ``score_clips``: numpy ``scores (N, 6)`` in the teacher's
+        units, ``dims (N, 6)`` normalized, ``shaping (N, 2)``, ``total (N,)``. Clips of
+        different lengths are scored in groups of equal length."""
+        n = len(clips)
+        out = {"scores": np.zeros((n, N_DIMS), np.float32), "dims": np.zeros((n, N_DIMS), np.float32),
+               "shaping": np.zeros((n, N_SHAPING), np.float32), "total": np.zeros(n, np.float32)}
+        by_len: dict[int, list[int]] = {}
+        for i, c in enumerate(clips):
+            by_len.setdefault(len(c["frames"]), []).append(i)
+        for idx in by_len.values():
+            frames = np.stack([np.asarray(clips[i]["frames"]) for i in idx])
+            r = self.score(frames, [int(clips[i]["instruction"]) for i in idx], weights=weights, amp=amp)
+            out["dims"][idx] = r["dims"].cpu().numpy()
+            out["shaping"][idx] = r["shaping"].cpu().numpy()
+            out["total"][idx] = r["total"].cpu().numpy()
+        out["scores"] = out["dims"] * np.asarray(MAX_SCORES, np.float32)
+        return out
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def config_dict(self) -> dict:
+        return {"model": asdict(self.config)}
+
+    def save(self, path: str | os.PathLike, *, step: int = 0, metrics: dict | None = None,
+             extra: dict | None = None):
+        """A standalone ``kind="student_reward"`` checkpoint with its config inside."""
+        return save_checkpoint(path, kind=KIND, config=self.config_dict(), model=self, step=step,
+                               metrics=metrics, extra=extra)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, config: StudentConfig | None = None,
+                        map_location="cpu") -> StudentReward:
+        """Rebuild from a ``student_reward`` checkpoint (``save`` or the training loop's
+        ``last.pt``); if ``config`` is given it must match the stored one."""
+        ckpt = load_checkpoint(path, kind=KIND, map_location=map_location)
+        stored = ckpt["config"].get("model")
+        if stored is None:
+            raise CheckpointError(f"{path} is a student_reward checkpoint without config['model']")
+        if config is not None and (diff := config_diff(stored, asdict(config))):
+            raise CheckpointError(f"{path} holds a student of another config:\n  " + "\n  ".join(diff))
+        model = cls(StudentConfig.from_dict(stored))
+        model.load_state_dict(ckpt["model"])
+        return model.to(map_location).eval()
+
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
