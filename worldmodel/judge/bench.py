@@ -1,0 +1,270 @@
+"""The judge benchmark set (RobotWorldBench analog): clips cut from rollouts, their
+degradations and world-model generations, labelled by the teacher.
+
+Clips: 8 model frames = 16 control steps at stride 2, i.e. 9 frames with the start
+frame (:data:`N_FRAMES`, :data:`STRIDE`). Windows per source episode
+(:func:`cut_windows`): one ending at the episode's last step (success or final
+failure state shown), one centred on the first grasp/lift of the instructed cube
+(or, if it never moves, the closest approach), and random others.
+
+Splits are by SOURCE EPISODE: episodes of ``*_train_*`` rollout files go to ``train``
+or ``val`` (a deterministic hash of ``file:demo`` sends ``val_fraction`` of them to
+``val``); episodes of ``*_val_*`` rollout files (their own seed range) go to ``test``.
+Every degradation and generation inherits the split of its source clip; the
+``swap_actions`` partner is drawn from the same split.
+
+File format (one HDF5 file, written atomically with :func:`envs.rollouts.atomic_path`)::
+
+    /                       attrs: format_version, n_frames, stride, dimensions (JSON list),
+                                   max_scores (JSON), config (JSON), teacher (JSON calib)
+      frames       (N, 9, 64, 64, 3) uint8   gzip
+      instruction  (N,)   int64              id into envs.vocab.INSTRUCTIONS
+      scores       (N, 6) float32            teacher scores, order DIMENSIONS
+      shaping      (N, 2) float32            [target_rise, grip_dist] (see teacher)
+      true_stage   (N, 2) int64              (IF, MS) of the simulator replay
+      source       (N,)   str                real | degraded | generated
+      degradation  (N,)   str                "" | a name in degrade.DEGRADATIONS | "wm_t<temp>"
+      episode      (N,)   str                "<rollout file stem>:<demo key>"
+      env_id       (N,)   str
+      split        (N,)   str                train | val | test
+      start_step   (N,)   int64              control step of the clip start in the episode
+      start_state  (N, S_max) float64        zero-padded; state_len (N,) int64 gives S
+      state_len    (N,)   int64
+      actions      (N, 16, 4) float32        the clip's control actions
+      success      (N,)   uint8              source episode succeeded
+      reasons      (N,)   str                teacher reasons joined by ";"
+
+:func:`load_bench` reads it back as a dict of numpy arrays (strings decoded).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from envs.rollouts import atomic_path, demo_keys, env_args, open_rollouts
+from envs.vocab import target_colour
+
+N_FRAMES = 9
+STRIDE = 2
+SPAN = (N_FRAMES - 1) * STRIDE
+FORMAT_VERSION = 1
+STR_KEYS = ("source", "degradation", "episode", "env_id", "split", "reasons")
+
+
+def episode_split(file_stem: str, demo: str, val_fraction: float = 0.2) -> str:
+    """Split of a source episode (see module docstring)."""
+    if "_val_" in file_stem or "_test_" in file_stem:
+        return "test"
+    h = int(hashlib.sha1(f"{file_stem}:{demo}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "val" if h < val_fraction else "train"
+
+
+def load_source_episodes(paths, max_episodes: int | None = None) -> list[dict]:
+    """Episodes with everything a clip needs: frames (N+1, 64, 64, 3), seg (N+1, 64, 64),
+    actions (N, 4), states (N, S), eef (N+1, 3), cubes colour -> (N+1, 3), opening (N+1,),
+    success (N+1,) bool, instruction, env_id, key, split."""
+    out = []
+    for path in paths:
+        path = Path(path)
+        env_id = env_args(path)["env_id"]
+        with open_rollouts(path) as f:
+            for key in demo_keys(f)[:max_episodes]:
+                g = f["data"][key]
+                ob, nx = g["obs"], g["next_obs"]
+                cat = lambda k: np.concatenate([ob[k][()], nx[k][-1:]])  # noqa: E731
+                cubes = {c: cat(f"{c}_cube_pose")[:, :3].astype(np.float64)
+                         for c in ("red", "green") if f"{c}_cube_pose" in ob}
+                n = int(g.attrs["num_samples"])
+                success = np.zeros(n + 1, bool)
+                success[-1] = bool(g.attrs["success"])
+                out.append({"frames": cat("image"), "seg": cat("segmentation"), "actions": g["actions"][()],
+                            "states": g["states"][()], "eef": cat("eef_pos").astype(np.float64),
+                            "cubes": cubes, "opening": cat("gripper_opening").astype(np.float64),
+                            "success": success, "ep_success": bool(g.attrs["success"]),
+                            "instruction": int(g.attrs["instruction_id"]), "env_id": env_id,
+                            "key": f"{path.stem}:{key}", "split": episode_split(path.stem, key)})
+    return out
+
+
+def cut_windows(ep: dict, n_windows: int, rng: np.random.Generator) -> list[int]:
+    """Start steps of up to ``n_windows`` distinct clips in one episode (see module doc)."""
+    n = len(ep["actions"])
+    if n < SPAN:
+        return []
+    last = n - SPAN
+    starts = [last]
+    cube = ep["cubes"].get(target_colour(ep["instruction"]))
+    if cube is not None:
+        rise = cube[:, 2] - cube[0, 2]
+        moved = np.linalg.norm(cube - cube[0], axis=1) > 0.01
+        if (rise > 0.01).any():
+            t = int(np.argmax(rise > 0.01))
+        elif moved.any():
+            t = int(np.argmax(moved))
+        else:
+            t = int(np.argmin(np.linalg.norm(ep["eef"] - cube, axis=1)))
+        starts.append(int(np.clip(t - SPAN // 2, 0, last)))
+        starts.append(int(np.clip(t - SPAN + 2, 0, last)))  # ends just after the grasp/lift
+    tries = 0
+    while len(set(starts)) < n_windows and tries < 50:
+        starts.append(int(rng.integers(0, last + 1)))
+        tries += 1
+    seen, uniq = set(), []
+    for s in starts:
+        if s not in seen:
+            seen.add(s)
+            uniq.append(s)
+    return uniq[:n_windows]
+
+
+def make_clip(ep: dict, start: int) -> dict:
+    """The clip (format :mod:`worldmodel.judge`) starting at control step ``start``, plus
+    its recorded trajectory under ``"record"`` (for :meth:`Teacher.prime_replay`)."""
+    idx = start + STRIDE * np.arange(N_FRAMES)
+    return {"frames": ep["frames"][idx], "seg": ep["seg"][idx], "actions": ep["actions"][start:start + SPAN].astype(np.float32),
+            "stride": STRIDE, "start_state": ep["states"][start], "env_id": ep["env_id"],
+            "instruction": ep["instruction"], "episode": ep["key"], "split": ep["split"],
+            "start_step": int(start), "ep_success": ep["ep_success"],
+            "record": {"eef": ep["eef"][idx], "cubes": {c: v[idx] for c, v in ep["cubes"].items()},
+                       "opening": ep["opening"][idx], "success": ep["success"][idx]}}
+
+
+def prime(teacher, clip: dict) -> None:
+    """Seed the teacher's replay cache with the clip's recorded trajectory."""
+    r = clip["record"]
+    teacher.prime_replay(clip["env_id"], clip["start_state"], clip["actions"], clip["stride"],
+                         r["eef"], r["cubes"], r["opening"], r["success"])
+
+
+# ---------------------------------------------------------------------- file io
+def write_bench(path: str | os.PathLike, rows: dict, attrs: dict | None = None) -> None:
+    """Write ``rows`` (dict of per-clip arrays / string lists, keys as in the module doc)."""
+    n = len(rows["frames"])
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["n_frames"], f.attrs["stride"] = N_FRAMES, STRIDE
+            for k, v in (attrs or {}).items():
+                f.attrs[k] = v if isinstance(v, (int, float, str)) else json.dumps(v)
+            for k, v in rows.items():
+                if k in STR_KEYS:
+                    f.create_dataset(k, data=np.array([str(s) for s in v], dtype=h5py.string_dtype()))
+                elif k == "frames":
+                    f.create_dataset(k, data=np.asarray(v, np.uint8), compression="gzip", compression_opts=4,
+                                     chunks=(min(n, 16), N_FRAMES, 64, 64, 3))
+                else:
+                    f.create_dataset(k, data=np.asarray(v))
+
+
+def load_bench(path: str | os.PathLike, split: str | None = None, keys=None) -> dict:
+    """The bench file as a dict of numpy arrays (strings as ``str`` object arrays),
+    optionally only one ``split`` (train | val | test) and only ``keys``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no bench file at {path}; build it with `python experiments/build_bench.py`")
+    with h5py.File(path, "r") as f:
+        sel = slice(None)
+        if split is not None:
+            s = f["split"].asstr()[()]
+            if split not in set(s):
+                raise KeyError(f"split {split!r} not in {path} (has {sorted(set(s))})")
+            sel = np.nonzero(s == split)[0]
+        out = {}
+        for k in (keys or list(f.keys())):
+            d = f[k]
+            out[k] = np.array(d.asstr()[()], dtype=object)[sel] if k in STR_KEYS else d[()][sel]
+        out["attrs"] = {k: (v if not isinstance(v, bytes) else v.decode()) for k, v in f.attrs.items()}
+    return out
+
+
+def bench_clip(b: dict, i: int) -> dict:
+    """Row ``i`` of a loaded bench as a teacher clip dict."""
+    return {"frames": b["frames"][i], "actions": b["actions"][i], "stride": STRIDE,
+            "start_state": b["start_state"][i][:int(b["state_len"][i])], "env_id": str(b["env_id"][i]),
+            "instruction": int(b["instruction"][i])}
+
+
+# ---------------------------------------------------------------------- building
+def label_clips(teacher, clips: list[dict], source: str, degradation_names: list[str]) -> dict:
+    """Score ``clips`` with the teacher (priming replays from recorded trajectories where the
+    clip still carries its ``record``) and return bench rows (see module doc)."""
+    for c in clips:
+        if "record" in c:
+            prime(teacher, c)
+    out = teacher.score_clips(clips)
+    s_max = max(len(c["start_state"]) for c in clips)
+    states = np.zeros((len(clips), s_max))
+    for i, c in enumerate(clips):
+        states[i, :len(c["start_state"])] = c["start_state"]
+    return {
+        "frames": np.stack([c["frames"] for c in clips]).astype(np.uint8),
+        "instruction": np.array([c["instruction"] for c in clips], np.int64),
+        "scores": out["scores"].astype(np.float32), "shaping": out["shaping"].astype(np.float32),
+        "true_stage": out["true_stage"].astype(np.int64),
+        "source": [source] * len(clips), "degradation": list(degradation_names),
+        "episode": [c["episode"] for c in clips], "env_id": [c["env_id"] for c in clips],
+        "split": [c["split"] for c in clips], "start_step": np.array([c["start_step"] for c in clips], np.int64),
+        "start_state": states, "state_len": np.array([len(c["start_state"]) for c in clips], np.int64),
+        "actions": np.stack([c["actions"] for c in clips]).astype(np.float32),
+        "success": np.array([c["ep_success"] for c in clips], np.uint8),
+        "reasons": [";".join(r) for r in out["reasons"]],
+    }
+
+
+def concat_rows(parts: list[dict]) -> dict:
+    """Concatenate row dicts (padding ``start_state`` to the widest)."""
+    parts = [p for p in parts if p and len(p["frames"])]
+    s_max = max(p["start_state"].shape[1] for p in parts)
+    out = {}
+    for k in parts[0]:
+        if k in STR_KEYS:
+            out[k] = [s for p in parts for s in p[k]]
+        elif k == "start_state":
+            out[k] = np.concatenate([np.pad(p[k], ((0, 0), (0, s_max - p[k].shape[1]))) for p in parts])
+        else:
+            out[k] = np.concatenate([np.asarray(p[k]) for p in parts])
+    return out
+
+
+def degraded_clips(real: list[dict], names, per_clip: int, rng: np.random.Generator) -> tuple[list, list]:
+    """``per_clip`` random degradations (from ``names``) of each real clip; the
+    swap partner is a clip of the same env and split from another episode."""
+    out, labels = [], []
+    by_group: dict = {}
+    for c in real:
+        by_group.setdefault((c["env_id"], c["split"]), []).append(c)
+    names = list(names)
+    from worldmodel.judge.degrade import degrade
+    for c in real:
+        chosen = rng.choice(names, size=min(per_clip, len(names)), replace=False)
+        for name in chosen:
+            partner = None
+            if name == "swap_actions":
+                pool = [p for p in by_group[(c["env_id"], c["split"])] if p["episode"] != c["episode"]]
+                partner = pool[int(rng.integers(len(pool)))] if pool else None
+            d = degrade(c, str(name), rng, partner)
+            if d is not None:
+                out.append(d)
+                labels.append(str(name))
+    return out, labels
+
+
+def summary_table(rows: dict) -> str:
+    """Markdown table of mean (std) teacher scores per source / degradation."""
+    from worldmodel.judge import MAX_SCORES, SHORT
+    src = np.asarray(rows["source"], dtype=object)
+    deg = np.asarray(rows["degradation"], dtype=object)
+    groups = [(s if not d else f"{s}:{d}") for s, d in zip(src, deg)]
+    lines = ["| source | n | " + " | ".join(f"{n} (/{m:g})" for n, m in zip(SHORT, MAX_SCORES)) + " | total (/10) |",
+             "|---" * (len(SHORT) + 3) + "|"]
+    S = np.asarray(rows["scores"])
+    for g in sorted(set(groups), key=lambda x: (x.split(":")[0] != "real", x)):
+        m = np.array([x == g for x in groups])
+        cells = [f"{S[m, k].mean():.2f} ({S[m, k].std():.2f})" for k in range(S.shape[1])]
+        lines.append(f"| {g} | {m.sum()} | " + " | ".join(cells) + f" | {S[m].sum(1).mean():.2f} |")
+    return "\n".join(lines)
