@@ -1,0 +1,229 @@
+"""GRPO alignment: advantages, clipped objective, KL, a toy step with a known answer, resume."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from worldmodel.align import (GRPOConfig, GRPOTrainer, HackingMonitor, WEIGHT_PRESETS, clipped_objective,
+                              group_advantages, kl_to_reference, rollout_log_probs, single_metric_reward)
+from worldmodel.world_model import WorldModel
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+VOCAB, T, H = 8, 2, 16
+
+
+class ToyTokenizer(nn.Module):
+    """Frames decode to a grey level equal to the mean token value / (vocab - 1): a reward
+    on brightness then has a known optimum (every token = vocab - 1)."""
+
+    def __init__(self, vocab=VOCAB, n_ctx=4, n_dyn=4):
+        super().__init__()
+        self.config = SimpleNamespace(dyn_codebook_size=vocab, ctx_codebook_size=vocab,
+                                      n_ctx_tokens=n_ctx, n_dyn_tokens=n_dyn)
+
+    def encode_context(self, frames):
+        return torch.zeros(frames.shape[0], self.config.n_ctx_tokens, dtype=torch.long)
+
+    def encode_dynamics(self, frames, ctx):
+        return torch.zeros(frames.shape[0], self.config.n_dyn_tokens, dtype=torch.long)
+
+    def decode(self, tokens, ctx):
+        """(B, Nd) -> (B, 3, H, H)"""
+        v = tokens.float().mean(-1) / (self.config.dyn_codebook_size - 1)
+        return v[..., None, None, None].expand(*v.shape, 3, H, H).clone()
+
+    def decode_sequence(self, tokens, ctx):
+        """(B, T, Nd) -> (B, T, 3, H, H)"""
+        return self.decode(tokens, ctx)
+
+
+def brightness(frames, instruction):
+    """Stand-in reward: every one of the six dims = mean brightness of the imagined frames."""
+    return frames[:, 1:].mean((1, 2, 3, 4))[:, None].expand(-1, 6)
+
+
+def toy_model(seed=0):
+    torch.manual_seed(seed)
+    return WorldModel.build(ToyTokenizer(), {"d_model": 16, "n_layers": 1, "n_heads": 2}, action_repeat=2,
+                            window=T).eval()
+
+
+def toy_batch(b=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"frames": torch.rand(b, 3, H, H, generator=g), "actions": torch.rand(b, T, 8, generator=g) * 2 - 1,
+            "instruction": torch.zeros(b, dtype=torch.long), "real": torch.rand(b, T, 3, H, H, generator=g)}
+
+
+def expected_first_token(wm, batch) -> torch.Tensor:
+    """Exact E[token value] of the first predicted frame (B, Nd) under the model."""
+    ctx, prev = wm.encode(batch["frames"])
+    logits = wm.dynamics.step(wm.dynamics.start(ctx), prev, batch["actions"][:, 0])
+    return (torch.softmax(logits.float(), -1) * torch.arange(VOCAB)).sum(-1)
+
+
+# ----------------------------------------------------------------------------- maths
+def test_group_advantages_zero_mean_unit_scale_and_flat_groups():
+    r = torch.tensor([[1.0, 2.0, 3.0, 6.0], [5.0, 5.0, 5.0, 5.0], [0.0, 0.0, 0.0, 1e-9]])
+    a = group_advantages(r)
+    assert torch.all(torch.isfinite(a))
+    assert torch.allclose(a.mean(1), torch.zeros(3), atol=1e-6)
+    assert torch.allclose(a[0].std(unbiased=False), torch.tensor(1.0), atol=1e-3)
+    assert torch.equal(a[1], torch.zeros(4))                     # equal rewards: no signal, no NaN
+    assert a[2].abs().max() < 1e-4                               # float noise is not amplified
+    assert torch.argmax(a[0]) == 3 and torch.argmin(a[0]) == 0
+
+
+@pytest.mark.parametrize("adv,ratio,vanishes", [
+    (1.0, 1.5, True),    # good sample already pushed up beyond 1 + clip: no more push
+    (1.0, 0.5, False),   # good sample pushed down too far: still pulled back up
+    (-1.0, 0.5, True),   # bad sample already pushed down beyond 1 - clip
+    (-1.0, 1.5, False),  # bad sample pushed up: still pushed down
+    (1.0, 1.1, False), (-1.0, 0.9, False),                      # inside the range
+])
+def test_clipped_objective_gradient_vanishes_outside_the_clip_range(adv, ratio, vanishes):
+    logp_old = torch.zeros(1, 3)
+    logp_new = torch.full((1, 3), float(np.log(ratio)), requires_grad=True)
+    loss, frac = clipped_objective(logp_new, logp_old, torch.tensor([adv]), clip=0.2)
+    loss.backward()
+    if vanishes:
+        assert torch.all(logp_new.grad == 0) and float(frac) == 1.0
+    else:
+        # d(-ratio * adv)/d logp = -adv * ratio / n_tokens: descent raises logp for adv > 0
+        assert torch.allclose(logp_new.grad, torch.full((1, 3), -adv * ratio / 3)) and float(frac) == 0.0
+
+
+def test_kl_is_zero_for_identical_models_and_positive_after_a_change():
+    wm = toy_model()
+    trainer = GRPOTrainer(wm, brightness, GRPOConfig(group_size=2, amp=False, refresh_every=0))
+    s = trainer.sample(toy_batch())
+    roll, acts = s["rollout"], s["actions"]
+    with torch.no_grad():
+        new = rollout_log_probs(wm.dynamics, roll, acts)
+        ref = rollout_log_probs(trainer.reference, roll, acts)
+        for est in ("exact", "k3"):
+            assert float(kl_to_reference(new, ref, roll.tokens, est)) == pytest.approx(0.0, abs=1e-7)
+        wm.dynamics.head.bias.add_(torch.linspace(-1, 1, VOCAB))
+        new = rollout_log_probs(wm.dynamics, roll, acts)
+        assert float(kl_to_reference(new, ref, roll.tokens, "exact")) > 1e-3
+        assert float(kl_to_reference(new, ref, roll.tokens, "k3")) > 0
+
+
+# ----------------------------------------------------------------------------- the trainer
+def test_one_grpo_step_moves_towards_the_rewarded_tokens():
+    wm, batch = toy_model(), toy_batch()
+    trainer = GRPOTrainer(wm, brightness, GRPOConfig(group_size=16, lr=1e-2, epochs=1, kl_weight=0.0, amp=False,
+                                                     refresh_every=0))
+    tokenizer_before = [p.clone() for p in wm.tokenizer.parameters()]
+    before = expected_first_token(wm, batch)
+    with torch.no_grad():
+        roll = trainer.sample(batch)["rollout"]
+        ref_lp = rollout_log_probs(trainer.reference, roll, batch["actions"].repeat_interleave(16, 0))
+    m = trainer.step(batch)
+    assert m["train/reward_std"] > 0 and m["train/kl"] == pytest.approx(0.0, abs=1e-6)  # first pass: pi == pi_ref
+    after = expected_first_token(wm, batch)
+    assert torch.all(after > before), (before, after)            # brighter tokens became likelier, everywhere
+    with torch.no_grad():                                        # top token up, bottom token down
+        lp = rollout_log_probs(wm.dynamics, roll, batch["actions"].repeat_interleave(16, 0))
+    assert float((lp - ref_lp)[..., -1].mean()) > 0 > float((lp - ref_lp)[..., 0].mean())
+    assert all(torch.equal(a, b) for a, b in zip(tokenizer_before, wm.tokenizer.parameters()))
+    for _ in range(5):                                           # and the reward itself rises
+        trainer.step(batch)
+    s = trainer.sample(batch, group_size=64, generator=torch.Generator().manual_seed(1))
+    s0 = GRPOTrainer(toy_model(), brightness, GRPOConfig(amp=False)).sample(
+        batch, group_size=64, generator=torch.Generator().manual_seed(1))
+    assert float(brightness(s["clip"], None).mean()) > float(brightness(s0["clip"], None).mean()) + 0.02
+
+
+def test_kl_penalty_holds_the_model_near_the_reference():
+    batch, kls = toy_batch(), {}
+    for beta in (0.0, 5.0):
+        trainer = GRPOTrainer(toy_model(), brightness, GRPOConfig(group_size=8, lr=1e-2, epochs=2, kl_weight=beta,
+                                                                  amp=False, refresh_every=0))
+        for _ in range(6):
+            m = trainer.step(batch)
+        kls[beta] = m["train/kl"]
+    assert kls[5.0] < kls[0.0]
+
+
+def test_single_metric_reward_uses_the_real_frames():
+    real = torch.rand(3, T, 3, H, H)
+    r = single_metric_reward(torch.stack([real[0], real[0] * 0.5, torch.zeros_like(real[0])]), real[:1].expand(3, -1, -1, -1, -1), "neg_mse")
+    assert r[0] == 0 and r[0] > r[1] > r[2]
+    ssim = single_metric_reward(real, real, "ssim")
+    assert torch.allclose(ssim, torch.ones(3), atol=1e-4)
+    trainer = GRPOTrainer(toy_model(), None, GRPOConfig(group_size=4, reward="neg_mse", amp=False, refresh_every=0))
+    m = trainer.step(toy_batch())
+    assert np.isfinite(m["train/reward_mean"]) and "reward/IF_mean" not in m
+    with pytest.raises(ValueError, match="real future frames"):
+        trainer.step({k: v for k, v in toy_batch().items() if k != "real"})
+
+
+def test_weights_default_to_faithfulness_and_validate():
+    w = GRPOConfig().weight_vector()
+    assert w[2:].min() > w[:2].max()                             # AOC, TC, CR, PA above IF, MS
+    assert len(WEIGHT_PRESETS["all_six"]) == 6
+    with pytest.raises(ValueError, match="weights must be one of"):
+        GRPOConfig(weights="everything")
+    with pytest.raises(ValueError, match="reward must be one of"):
+        GRPOConfig(reward="lpips")
+
+
+def test_refresh_hook_gets_judge_clips_and_logs_the_gap():
+    calls = []
+    batch = toy_batch()
+    batch["meta"] = [{"start_state": np.zeros(5), "env_id": "roboalign/Lift-v0"} for _ in range(2)]
+
+    def teacher(clips):
+        return np.full((len(clips), 6), 0.25)
+
+    def refresh(clips, teacher_dims):
+        calls.append((clips, teacher_dims))
+        return {"loss": 0.1}
+
+    trainer = GRPOTrainer(toy_model(), brightness, GRPOConfig(group_size=2, amp=False, refresh_every=2,
+                                                              refresh_clips=3), teacher_fn=teacher, refresh_fn=refresh)
+    m1, m2 = trainer.step(batch), trainer.step(batch)
+    assert "distill/gap" not in m1 and len(calls) == 1           # every K = 2 updates
+    clips, tdims = calls[0]
+    assert len(clips) == 3 and tdims.shape == (3, 6)
+    c = clips[0]
+    assert c["frames"].shape == (T + 1, H, H, 3) and c["frames"].dtype == np.uint8
+    assert c["actions"].shape == (T * 2, 4) and c["stride"] == 2 and c["env_id"] == "roboalign/Lift-v0"
+    assert 0 <= m2["distill/gap"] <= 1 and m2["distill/loss"] == 0.1
+    assert m2["distill/teacher_R"] == pytest.approx(0.25)
+
+
+def test_hacking_monitor_flags_student_up_teacher_down():
+    mon = HackingMonitor(window=3)
+    assert mon.update(0, 0.5, 0.5)["hacking"] == 0
+    assert mon.update(10, 0.6, 0.6)["hacking"] == 0
+    assert mon.update(20, 0.7, 0.65)["hacking"] == 0              # both rise: fine
+    with pytest.warns(RuntimeWarning, match="REWARD HACKING"):
+        assert mon.update(30, 0.8, 0.55)["hacking"] == 1         # student up, teacher down over 10..30
+    assert mon.update(40, 0.8, 0.8)["hacking"] == 0              # the teacher recovered
+
+
+def test_resume_reproduces_the_optimizer_state_and_the_next_update(tmp_path):
+    cfg = GRPOConfig(group_size=4, lr=1e-2, amp=False, refresh_every=0)
+    batch = toy_batch()
+    a = GRPOTrainer(toy_model(), brightness, cfg)
+    a.step(batch)
+    a.save(tmp_path / "last.pt", config={"grpo": cfg.to_dict()})
+    a.step(batch)
+    b = GRPOTrainer(toy_model(), brightness, cfg)                 # a fresh pre-trained model, then resume
+    b.load(tmp_path / "last.pt", config={"grpo": cfg.to_dict()})
+    assert b.updates == 1
+    sa, sb = a.opt.state_dict(), b.opt.state_dict()
+    b2 = GRPOTrainer(toy_model(), brightness, cfg)
+    b2.load(tmp_path / "last.pt")
+    for k, v in b2.opt.state_dict()["state"].items():
+        assert set(v) == set(sb["state"][k]) and all(torch.equal(v[n], sb["state"][k][n]) for n in v)
+    b.step(batch)
+    assert all(torch.equal(p, q) for p, q in zip(a.wm.dynamics.parameters(), b.wm.dynamics.parameters()))
+    assert all(torch.equal(sa["state"][k]["exp_avg"], b.opt.state_dict()["state"][k]["exp_avg"]) for k in sa["state"])
+    assert all(torch.equal(p, q) for p, q in zip(a.reference.parameters(), b.reference.parameters()))
