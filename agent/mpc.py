@@ -34,7 +34,7 @@ from agent.planner import make_planner, shift_actions
 
 DIM_KEYS = ("IF", "MS", "AOC", "TC", "CR", "PA")   # order of worldmodel.judge.DIMENSIONS
 DEFAULT_WEIGHTS = {"IF": 1.0, "MS": 0.5, "AOC": 0.2, "TC": 0.1, "CR": 0.1, "PA": 0.1,
-                   "target_rise": 1.0, "grip_dist": 0.5}
+                   "target_rise": 1.0, "grip_dist": 1.0}
 
 
 def _load_world_model(path):
@@ -144,11 +144,11 @@ class WorldModelMPC(Agent):
         wm = self.world_model
         n = len(actions)
         start = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(255.0)
-        frames = start[None].expand(n, *start.shape).contiguous()
         acts = group_actions(torch.as_tensor(actions, dtype=torch.float32), wm.action_repeat)
-        roll = wm.rollout(frames, acts, mode=self.rollout_mode, window=self.window,
+        # one shared start frame: the world model encodes and prefills it once for all N
+        roll = wm.rollout(start[None], acts, mode=self.rollout_mode, window=self.window,
                           temperature=self.temperature, top_k=self.top_k, generator=self._gen)
-        return torch.cat([frames[:, None], roll.frames.clamp(0, 1)], 1)
+        return torch.cat([start[None, None].expand(n, 1, *start.shape), roll.frames.clamp(0, 1)], 1)
 
     def _replan(self, image: np.ndarray, instruction: int) -> None:
         if self.planner.param.repeat != self.world_model.action_repeat:
@@ -187,6 +187,13 @@ class WorldModelMPC(Agent):
             self.imagined.append((self._step, imagined))
         self.log.append({"step": self._step, "plan_s": time.perf_counter() - t0, **timing,
                          "score": res.score, "best_score": res.best_score, "evaluations": res.evaluations})
+
+    def episode_log(self) -> dict:
+        """This episode's extras for the closed loop: ``imagined`` ``[(replan step s, clip
+        (T+1, 64, 64, 3) uint8)]`` (clip frame j shows control step ``s + j * repeat``),
+        ``repeat``, the per-replan ``log`` and ``plan_s_per_step``."""
+        return {"imagined": list(self.imagined), "repeat": self.planner.param.repeat,
+                "log": list(self.log), "plan_s_per_step": self.planning_time_per_step()}
 
     def planning_time_per_step(self) -> float:
         """Planning seconds per executed control step so far (this episode)."""

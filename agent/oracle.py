@@ -78,7 +78,7 @@ class OracleP(Agent):
     # ------------------------------------------------------------------ Agent API
     def reset(self, seed: int | None = None) -> None:
         self._rng = np.random.default_rng(self.base_seed if seed is None else (self.base_seed, seed))
-        self._plan, self._t = None, 0
+        self._plan, self._t, self._steps = None, 0, 0
         self.log: list[dict] = []           # one entry per replan
 
     def act(self, obs: dict) -> np.ndarray:
@@ -86,12 +86,17 @@ class OracleP(Agent):
             self._replan()
         action = self._plan[self._t]
         self._t += 1
+        self._steps += 1
         return action.astype(np.float32)
 
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_real"] = state["_sim"] = None
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.__dict__.setdefault("_steps", len(self.__dict__.get("log", ())) * self.execute)
 
     # ------------------------------------------------------------------ planning
     def _replan(self) -> None:
@@ -143,6 +148,14 @@ class OracleP(Agent):
         reach = 1 - np.tanh(10.0 * np.linalg.norm(info["eef_pos"] - cube))
         rise = np.clip((cube[2] - start[2]) / sim.task.lift_margin, 0.0, 1.0)
         return float(reach + rise - 0.5 * info["wrong_object"])
+
+    def planning_time_per_step(self) -> float:
+        """Planning seconds per executed control step so far (this episode)."""
+        return sum(e["plan_s"] for e in self.log) / max(self._steps, 1)
+
+    def episode_log(self) -> dict:
+        """This episode's extras for the closed loop: the per-replan ``log`` and ``plan_s_per_step``."""
+        return {"log": list(self.log), "plan_s_per_step": self.planning_time_per_step()}
 
     def close(self) -> None:
         if self._sim is not None:

@@ -131,6 +131,8 @@ def test_world_model_mpc_acts_from_observations_only(tiny_wm, one_torch_thread, 
     assert reward.calls[0] == (6, 5, 3, 64, 64)               # all candidates in one batch, start prepended
     assert agent.last_imagined.shape == (5, 64, 64, 3) and agent.last_imagined.dtype == np.uint8
     assert all(e["plan_s"] >= e["wm_s"] > 0 for e in agent.log)
+    extras = agent.episode_log()                              # what the closed loop's videos read
+    assert [s for s, _ in extras["imagined"]] == [0, 2, 4] and extras["repeat"] == 2
     agent.reset()
     assert agent._plan is None and agent.log == [] and agent.last_imagined is None
     # constructible in worker processes: checkpoint paths are loaded lazily, pickles cheaply
