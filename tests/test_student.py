@@ -232,3 +232,35 @@ def test_from_bench_and_subset():
     d2 = data_from_clips([{"frames": clips["frames"][0], "instruction": 1}],
                          {"scores": clips["scores"][:1]})
     assert torch.isnan(d2["shaping"]).all()
+
+
+def test_distill_reward_entry_point(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from experiments.distill_reward import run
+    from tests.conftest import CONF_DIR
+    from worldmodel.judge.bench import write_bench
+
+    clips = synthetic_clips(24, t1=9)
+    n = 24
+    rows = {"frames": clips["frames"], "instruction": clips["instruction"], "scores": clips["scores"],
+            "shaping": clips["shaping"], "split": ["train"] * 12 + ["val"] * 6 + ["test"] * 6,
+            "source": ["real", "generated", "generated", "degraded"] * 6, "degradation": [""] * n,
+            "episode": [f"ep{i // 4}" for i in range(n)], "start_step": np.zeros(n, np.int64)}
+    bench = tmp_path / "bench.h5"
+    write_bench(bench, rows)
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("distill_reward", overrides=["student=tiny", f"bench_file={bench}",
+                                                   f"out_dir={tmp_path / 'student'}", "progress=false"])
+    metrics = run(cfg)
+    assert metrics["rows"] == {"train": 12, "val": 6, "test": 6}
+    assert set(metrics["test"]) == {"all", "real", "generated", "degraded"}
+    assert metrics["test"]["generated"]["pairs"] > 0
+    st = StudentReward.from_checkpoint(tmp_path / "student" / "student.pt")
+    assert st.config.channels == 8
+    assert json.loads((tmp_path / "student" / "metrics.json").read_text())["bench_hash"]
+    assert run(cfg)["rows"]["train"] == 12            # finished run: resumes and returns at once
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        missing = compose("distill_reward", overrides=["student=tiny", f"bench_file={tmp_path / 'nope.h5'}"])
+    with pytest.raises(FileNotFoundError, match="build_bench.py"):
+        run(missing)

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -69,22 +71,33 @@ def _group_ids(group) -> np.ndarray:
     return ids.astype(np.int64)
 
 
-#: bench columns that identify clips sharing one start (first one present wins)
-GROUP_KEYS = ("group", "start_id", "start", "context_id", "episode_id", "episode")
+#: bench columns that identify clips sharing one start, if ``episode``/``start_step`` are absent
+GROUP_KEYS = ("group", "start_id", "start", "context_id")
+#: bench columns the data dict keeps (as numpy) besides the training tensors
+BENCH_COLUMNS = ("split", "source", "degradation", "episode", "start_step", "env_id")
+
+
+def bench_groups(bench: dict, group_key: str | None = None) -> np.ndarray | None:
+    """One label per row naming its shared start: ``group_key``'s column, else
+    ``"<episode>@<start_step>"`` (the bench's clips cut from one episode at one control
+    step: the real clip, its degradations and the world-model generations from it), else
+    the first of :data:`GROUP_KEYS` present, else None."""
+    if group_key is not None:
+        return np.asarray(bench[group_key])
+    if "episode" in bench and "start_step" in bench:
+        return np.array([f"{e}@{int(s)}" for e, s in zip(bench["episode"], bench["start_step"])])
+    key = next((k for k in GROUP_KEYS if k in bench), None)
+    return np.asarray(bench[key]) if key is not None else None
 
 
 def from_bench(bench: dict, group_key: str | None = None) -> dict:
     """The benchmark set's arrays (``worldmodel.judge.bench.load_bench``) -> data dict.
 
-    ``group`` (for pairwise ranking) comes from ``group_key`` or the first of
-    :data:`GROUP_KEYS` present; the string columns (``split``, ``source``,
-    ``degradation``) ride along as numpy arrays."""
-    key = group_key or next((k for k in GROUP_KEYS if k in bench), None)
-    extra = {k: bench[k] for k in ("split", "source", "degradation") if k in bench}
-    if key is not None and key != "group":
-        extra[key] = bench[key]
+    ``group`` (for pairwise ranking) comes from :func:`bench_groups`; the string columns
+    (:data:`BENCH_COLUMNS`) ride along as numpy arrays."""
+    extra = {k: bench[k] for k in BENCH_COLUMNS if k in bench}
     return make_data(bench["frames"], bench["instruction"], bench["scores"], bench.get("shaping"),
-                     group=bench[key] if key is not None else None, **extra)
+                     group=bench_groups(bench, group_key), **extra)
 
 
 def data_from_clips(clips: Sequence[dict], labels: dict) -> dict:
@@ -97,6 +110,27 @@ def data_from_clips(clips: Sequence[dict], labels: dict) -> dict:
         raise ValueError(f"label_fn returned scores of shape {scores.shape}, expected ({len(clips)}, {N_DIMS})")
     return make_data(np.stack([np.asarray(c["frames"], dtype=np.uint8) for c in clips]),
                      [int(c["instruction"]) for c in clips], scores, labels.get("shaping"))
+
+
+_BENCH_CACHE: dict = {}
+#: bench columns training and evaluation need (the rest of the file is not read)
+BENCH_KEYS = ("frames", "instruction", "scores", "shaping") + BENCH_COLUMNS
+
+
+def load_bench_data(path: str | os.PathLike, split: str | None = None) -> dict:
+    """A bench file (``worldmodel.judge.bench``) as a data dict, cached per (path, mtime,
+    split). Raises ``FileNotFoundError`` naming the command that builds it."""
+    from worldmodel.judge.bench import load_bench
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no bench file at {path}; build it with `python experiments/build_bench.py`")
+    key = (str(path.resolve()), path.stat().st_mtime_ns, split)
+    if key not in _BENCH_CACHE:
+        _BENCH_CACHE.clear()
+        raw = load_bench(path, split=split)
+        _BENCH_CACHE[key] = from_bench({k: v for k, v in raw.items() if k in BENCH_KEYS})
+    return _BENCH_CACHE[key]
 
 
 def n_rows(data: dict) -> int:
@@ -350,7 +384,9 @@ def refresh(student: StudentReward, label_fn: Callable[[list[dict]], dict], new_
     """Online distillation step for the alignment loop (against reward hacking).
 
     Labels ``new_clips`` (judge clip dicts) with ``label_fn`` (the teacher's
-    ``score_clips``), appends them to ``old_data`` (dropping the oldest rows beyond
+    ``score_clips``), appends them to ``old_data`` (a data dict, the ``data`` returned by
+    the previous call, a bench file path -- its train split, loaded once and cached --
+    or None), dropping the oldest rows beyond
     ``max_rows``) and fine-tunes ``student`` in place for ``steps`` steps with
     ``new_fraction`` of every batch drawn from the new clips. Returns
     ``(student, data, metrics)``: the combined data to pass to the next call, and the
@@ -360,6 +396,8 @@ def refresh(student: StudentReward, label_fn: Callable[[list[dict]], dict], new_
     """
     if not len(new_clips):
         raise ValueError("refresh needs at least one new clip")
+    if isinstance(old_data, (str, os.PathLike)):
+        old_data = load_bench_data(old_data, split="train")
     t0 = time.time()
     labels = label_fn(list(new_clips))
     t_label = time.time() - t0
