@@ -264,3 +264,19 @@ def test_distill_reward_entry_point(tmp_path):
         missing = compose("distill_reward", overrides=["student=tiny", f"bench_file={tmp_path / 'nope.h5'}"])
     with pytest.raises(FileNotFoundError, match="build_bench.py"):
         run(missing)
+
+
+def test_online_refresher_carries_data_and_works_under_no_grad():
+    from worldmodel.judge.distill import OnlineRefresher
+
+    torch.manual_seed(0)
+    student = StudentReward(TINY)
+    new = synthetic_clips(6, seed=7)
+    clips = [{"frames": new["frames"][i], "instruction": int(new["instruction"][i])} for i in range(6)]
+    label = lambda cs: {"scores": new["scores"][: len(cs)], "shaping": new["shaping"][: len(cs)]}  # noqa: E731
+    hook = OnlineRefresher(student, label, None, steps=2, batch_size=4)
+    with torch.no_grad():
+        m1 = hook(clips[:3], None)
+        m2 = hook(clips[3:], None)
+    assert m1["n_data"] == 3 and m2["n_data"] == 6 and len(hook.history) == 2
+    assert all(isinstance(v, (int, float)) for v in m2.values())

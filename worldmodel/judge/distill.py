@@ -357,6 +357,7 @@ def distill(student: StudentReward, data: dict, val_data: dict | None = None, *,
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(_rng_guard())
+        stack.enter_context(torch.enable_grad())      # callers may sit inside torch.no_grad()
         if out_dir is None:
             out_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="student-"))
         student = train(student, lambda start: _stream(data, batch_size, 7919 * start + seed, device,
@@ -421,6 +422,32 @@ def refresh(student: StudentReward, label_fn: Callable[[list[dict]], dict], new_
     metrics.update({f"before/{k}": v for k, v in before.items()})
     metrics.update({f"after/{k}": v for k, v in after.items()})
     return student, data, metrics
+
+
+class OnlineRefresher:
+    """The refresh hook in the alignment loop's shape: ``hook(clips, teacher_dims=None) -> dict``
+    of flat float metrics, carrying the combined data from call to call.
+
+        hook = OnlineRefresher(student, teacher.score_clips, "artifacts/judge/default/bench.h5", steps=30)
+        trainer = GRPOTrainer(..., refresh_fn=hook)
+
+    ``old_data``: a data dict, a bench path (its train split) or None. ``kwargs`` go to
+    :func:`refresh`. ``teacher_dims`` is ignored (``label_fn`` labels; pass a caching
+    ``label_fn`` to avoid labelling twice). ``self.data`` is the current combined data,
+    ``self.history`` the metrics of every call.
+    """
+
+    def __init__(self, student: StudentReward, label_fn: Callable[[list[dict]], dict], old_data=None, **kwargs):
+        self.student, self.label_fn, self.kwargs = student, label_fn, kwargs
+        self.data = load_bench_data(old_data, split="train") if isinstance(old_data, (str, os.PathLike)) else old_data
+        self.history: list[dict] = []
+
+    def __call__(self, clips: Sequence[dict], teacher_dims=None) -> dict:
+        kw = dict(self.kwargs)
+        kw.setdefault("seed", len(self.history))
+        self.student, self.data, m = refresh(self.student, self.label_fn, clips, self.data, **kw)
+        self.history.append(m)
+        return m
 
 
 def finite(x: float) -> float | None:
