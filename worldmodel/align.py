@@ -352,7 +352,8 @@ class GRPOTrainer:
                 m.update({"distill/student_R": st, "distill/teacher_R": tt})
         if self.refresh_fn is not None:
             out = self.refresh_fn(clips, teacher) or {}
-            m.update({f"distill/{k}": v for k, v in out.items() if isinstance(v, (int, float))})
+            m.update({f"distill/{k}": float(v) if np.isfinite(v) else None
+                      for k, v in out.items() if isinstance(v, (int, float))})
         return m
 
     @torch.no_grad()
@@ -403,9 +404,11 @@ class GRPOTrainer:
 class ContextSet:
     """Alignment contexts from recorded rollouts (successes and failures alike): every
     window of ``horizon`` model steps (``horizon * repeat`` control steps) starting each
-    ``every`` control steps. :meth:`batch` gives the trainer's batch dict."""
+    ``every`` control steps. :meth:`batch` gives the trainer's batch dict (with ``seg``
+    (B, T, H, W) segmentation labels of the real future frames when ``segmentation``)."""
 
-    def __init__(self, paths, horizon: int, repeat: int, every: int, max_episodes: int | None = None):
+    def __init__(self, paths, horizon: int, repeat: int, every: int, max_episodes: int | None = None,
+                 segmentation: bool = False):
         from envs.rollouts import demo_keys, env_args, open_rollouts
 
         self.horizon, self.repeat, self.episodes = int(horizon), int(repeat), []
@@ -420,6 +423,9 @@ class ContextSet:
                         "actions": g["actions"][()].astype(np.float32), "states": g["states"][()],
                         "instruction": int(g.attrs["instruction_id"]), "success": bool(g.attrs["success"]),
                         "env_id": env_id})
+                    if segmentation:
+                        self.episodes[-1]["seg"] = np.concatenate([g["obs"]["segmentation"][()],
+                                                                   g["next_obs"]["segmentation"][-1:]])
         self.items = [(i, s) for i, ep in enumerate(self.episodes)
                       for s in range(0, len(ep["actions"]) - span + 1, every)]
         if not self.items:
@@ -440,10 +446,13 @@ class ContextSet:
         u8 = torch.from_numpy(np.stack([ep["frames"][s:s + span + 1:r] for ep, s in eps]))
         clip = u8.permute(0, 1, 4, 2, 3).float() / 255.0                     # (B, T+1, 3, H, W)
         acts = torch.from_numpy(np.stack([ep["actions"][s:s + span] for ep, s in eps]))
-        return {"frames": clip[:, 0], "real": clip[:, 1:], "actions": acts.reshape(len(eps), self.horizon, -1),
-                "instruction": torch.tensor([ep["instruction"] for ep, _ in eps]),
-                "meta": [{"start_state": ep["states"][s], "env_id": ep["env_id"], "success": ep["success"]}
-                         for ep, s in eps]}
+        out = {"frames": clip[:, 0], "real": clip[:, 1:], "actions": acts.reshape(len(eps), self.horizon, -1),
+               "instruction": torch.tensor([ep["instruction"] for ep, _ in eps]),
+               "meta": [{"start_state": ep["states"][s], "env_id": ep["env_id"], "success": ep["success"]}
+                        for ep, s in eps]}
+        if eps and "seg" in eps[0][0]:
+            out["seg"] = torch.from_numpy(np.stack([ep["seg"][s + r:s + span + 1:r] for ep, s in eps]))
+        return out
 
     def sample(self, n: int, seed: int) -> dict:
         """A batch of ``n`` contexts drawn (without replacement) by ``seed``: a function of the seed only."""
