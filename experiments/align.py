@@ -134,7 +134,9 @@ def run(cfg: DictConfig) -> dict:
                           teacher_fn=teacher_fn, refresh_fn=refresh_fn)
     out = out_dir(cfg)
     upstream = {"worldmodel": file_hash(wm_path), "student": file_hash(student_path) if student else None}
-    config = {"grpo": gcfg.to_dict(), "run": OmegaConf.to_container(r), "upstream": upstream}
+    # what a resumed run must share (more updates or other logging intervals may extend a run)
+    same = {k: v for k, v in OmegaConf.to_container(r).items() if k not in ("updates", "probe_every", "ckpt_every")}
+    config = {"grpo": gcfg.to_dict(), "run": same, "seed": cfg.seed, "upstream": upstream}
     ckpt_path, final = out / "last.pt", out / "worldmodel.pt"
     if ckpt_path.exists():
         ckpt = trainer.load(ckpt_path, config)

@@ -227,3 +227,102 @@ def test_resume_reproduces_the_optimizer_state_and_the_next_update(tmp_path):
     assert all(torch.equal(p, q) for p, q in zip(a.wm.dynamics.parameters(), b.wm.dynamics.parameters()))
     assert all(torch.equal(sa["state"][k]["exp_avg"], b.opt.state_dict()["state"][k]["exp_avg"]) for k in sa["state"])
     assert all(torch.equal(p, q) for p, q in zip(a.reference.parameters(), b.reference.parameters()))
+
+
+# ----------------------------------------------------------------------------- the entry point
+@pytest.fixture(scope="module")
+def align_artifacts(tmp_path_factory):
+    """A tiny pre-trained world model, an untrained student and one recorded training episode."""
+    from agent.collect import collect
+    from worldmodel.judge.student import StudentReward
+    from worldmodel.tokenizer import DualFSQTokenizer, TokenizerConfig
+
+    root = tmp_path_factory.mktemp("align")
+    collect("roboalign/Lift-v0", "scripted", 1, root / "rollouts" / "lift_scripted_train_0_1.hdf5",
+            split="train", workers=1, progress=False)
+    torch.manual_seed(0)
+    tok = DualFSQTokenizer(TokenizerConfig(channels=8, latent_dim=8, ctx_levels=(5, 5, 5), dyn_levels=(5, 5, 5)))
+    WorldModel.build(tok, {"d_model": 32, "n_layers": 1, "n_heads": 2}).save(root / "wm.pt")
+    StudentReward().save(root / "student.pt")
+    return root
+
+
+def _align_cfg(root, out, *overrides):
+    from hydra import compose, initialize_config_dir
+
+    from tests.conftest import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("align", ["align=tiny", f"artifacts={root}", f"worldmodel_ckpt={root / 'wm.pt'}",
+                                 f"student_ckpt={root / 'student.pt'}", "teacher=false", "threads=1",
+                                 f"out_dir={out}", *overrides])
+
+
+def test_align_entry_point_writes_a_world_model_and_resumes_exactly(align_artifacts):
+    import json
+
+    from experiments.align import run
+    from worldmodel.training import load_checkpoint
+
+    root = align_artifacts
+    run(_align_cfg(root, root / "straight", "run.updates=2"))
+    run(_align_cfg(root, root / "resumed", "run.updates=1"))
+    run(_align_cfg(root, root / "resumed", "run.updates=2"))      # same command, more updates: continues
+    straight, resumed = (load_checkpoint(root / d / "last.pt", kind="align") for d in ("straight", "resumed"))
+    assert straight["step"] == resumed["step"] == 2
+    assert all(torch.equal(straight["model"][k], resumed["model"][k]) for k in straight["model"])
+    assert straight["optimizer"]["state"].keys() == resumed["optimizer"]["state"].keys()
+    for k, st in straight["optimizer"]["state"].items():
+        assert all(torch.equal(st[n], resumed["optimizer"]["state"][k][n]) for n in st)
+    aligned = WorldModel.from_checkpoint(root / "resumed" / "worldmodel.pt")
+    assert torch.equal(aligned.dynamics.head.weight, resumed["model"]["head.weight"])
+    rows = [json.loads(line) for line in (root / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["data/contexts"] > 0 and "probe/student_R" in rows[0]
+    train = [r for r in rows if "train/kl" in r]
+    assert [r["step"] for r in train] == [1, 2]
+    assert {"reward/AOC_mean", "reward/AOC_std", "train/clip_frac", "train/reward_mean"} <= set(train[0])
+
+
+def test_align_entry_point_needs_the_student_and_names_the_command(align_artifacts):
+    from experiments.align import run
+
+    with pytest.raises(FileNotFoundError, match="distill_reward.py"):
+        run(_align_cfg(align_artifacts, align_artifacts / "x", f"student_ckpt={align_artifacts / 'none.pt'}"))
+
+
+def test_optimism_rate_and_paired_difference():
+    from experiments.eval_alignment import mean_ci, optimism, paired
+
+    # imagined IF vs replay IF: two replays fail; one of those clips shows success anyway
+    o = optimism(np.array([3, 0, 3, 3]), np.array([0, 0, 3, 3]))
+    assert o["rate"] == 0.5 and o["replay_failures"] == 2 and o["optimistic_clips"] == 1
+    m, ci = mean_ci([1.0, 1.0, 1.0])
+    assert m == 1.0 and ci == 0.0
+    p = paired(np.array([1.0, 1.0, 2.0, 2.0]), np.array([2.0, 2.0, 2.0, 4.0]), np.array([0, 0, 1, 1]))
+    assert p["diff"] == pytest.approx(1.0) and p["contexts"] == 2
+
+
+def test_eval_alignment_runs_without_a_teacher(align_artifacts, tmp_path):
+    import json
+
+    from hydra import compose, initialize_config_dir
+
+    from experiments.align import run as align
+    from experiments.eval_alignment import run
+    from tests.conftest import CONF_DIR
+
+    root = align_artifacts
+    if not (root / "straight" / "worldmodel.pt").exists():
+        align(_align_cfg(root, root / "straight", "run.updates=2"))
+    rollouts = root / "rollouts" / "lift_scripted_train_0_1.hdf5"
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("eval_alignment", [f"models.pretrained={root / 'wm.pt'}",
+                                         f"models.aligned={root / 'straight' / 'worldmodel.pt'}",
+                                         f"student_ckpt={root / 'student.pt'}", "teacher=false", f"data.val=[{rollouts}]",
+                                         "horizon=2", "every=16", "samples=2", "videos=1", "threads=1",
+                                         f"out_dir={tmp_path}"])
+    out = run(cfg)
+    assert set(out["models"]) == {"pretrained", "aligned"}
+    assert 0 < out["models"]["aligned"]["fidelity"]["ssim"] <= 1
+    assert json.loads((tmp_path / "results.json").read_text())["contexts"] == out["contexts"]
+    assert (tmp_path / "side_by_side.mp4").stat().st_size > 0 and "PSNR" in (tmp_path / "results.md").read_text()
