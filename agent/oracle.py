@@ -8,8 +8,8 @@ before any learned model is involved (DESIGN section 3). Each replan:
    any agent that has it -- learned agents do not);
 2. score every candidate plan by restoring that state in the oracle's own env instance
    (state observations: nothing is rendered) and stepping the candidate's control
-   actions, summing robosuite's dense shaped reward (Lift: reach + grasp + lifted;
-   PickColor: the same on the instructed cube; Stack: robosuite's staged reward);
+   actions, summing a privileged dense reward (``objective``: reach + rise of the
+   instructed cube, or robosuite's own shaped reward);
    a candidate that reaches success is credited the success reward for its remaining
    steps (and stops simulating);
 3. execute the chosen plan's first ``execute`` control steps, then replan, warm-started
@@ -31,11 +31,18 @@ OBJECTIVES = ("robosuite", "shaped")
 
 
 class OracleP(Agent):
-    """``OracleP(planner={...}, execute=2, objective="robosuite", discount=1.0)``."""
+    """``OracleP(planner={...}, execute=2, objective="shaped", discount=1.0)``.
+
+    ``objective``: ``"shaped"`` (default) = per step reach ``1 - tanh(10 d)`` + the
+    instructed cube's rise / success height (clipped to [0, 1]) - 0.5 once a wrong cube
+    was lifted, 2 on success; ``"robosuite"`` = the env's reward (robosuite's shaped
+    reward). robosuite's grasp flag can be earned by pressing a tilted cube into the
+    table, where the robosuite objective gets stuck; the rise term pays for lifting.
+    """
 
     name = "oracle_p"
 
-    def __init__(self, planner: dict | None = None, execute: int | None = None, objective: str = "robosuite",
+    def __init__(self, planner: dict | None = None, execute: int | None = None, objective: str = "shaped",
                  discount: float = 1.0, seed: int = 0):
         planner = dict(planner or {"name": "cem"})
         if objective not in OBJECTIVES:

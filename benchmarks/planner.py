@@ -18,6 +18,7 @@ simulator state mid-episode) after ``--budget-s`` seconds, so the benchmark span
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import pickle
 import sys
@@ -46,11 +47,11 @@ def planner_cfg(name: str) -> dict:
     return OmegaConf.to_container(OmegaConf.load(ROOT / "experiments" / "conf" / "planner" / f"{name}.yaml"))
 
 
-def _path(task: str, planner: str, seed: int) -> Path:
-    return OUT / f"{task}_{planner}" / f"{seed}.json"
+def _path(task: str, planner: str, seed: int, objective: str = "shaped") -> Path:
+    return OUT / f"{task}_{planner}_{objective}" / f"{seed}.json"
 
 
-def run(tasks, planners, n_seeds: int, budget_s: float) -> None:
+def run(tasks, planners, n_seeds: int, budget_s: float, objective: str = "shaped") -> None:
     """Run unfinished episodes until ``budget_s`` is spent; an episode cut by the budget is
     saved (exact simulator state, agent, counters) and resumed by the next call."""
     import torch
@@ -62,28 +63,29 @@ def run(tasks, planners, n_seeds: int, budget_s: float) -> None:
         for planner in planners:
             cfg = planner_cfg(planner)
             for seed in split_seeds("test", n_seeds, SPLIT_OFFSET):
-                path = _path(task, planner, seed)
+                path = _path(task, planner, seed, objective)
                 if path.exists():
                     continue
                 if time.time() > deadline:
                     print(f"budget of {budget_s:.0f} s spent; run again to continue", flush=True)
                     return
-                row = _episode(env, OracleP(planner=cfg), task, planner, seed, deadline)
+                row = _episode(env, OracleP(planner=cfg, objective=objective), path, seed, deadline)
                 if row is None:
                     print(f"{task} {planner} seed {seed}: paused (budget spent); run again to continue", flush=True)
                     return
-                path.write_text(json.dumps({**row, "config": cfg}, indent=1))
+                path.write_text(json.dumps({**row, "task": task, "planner": planner, "objective": objective,
+                                            "config": cfg}, indent=1))
                 print(f"{task} {planner} seed {seed}: success={row['success']} length={row['length']} "
                       f"failure={row['failure']} plan/step={row['plan_s_per_step']:.2f}s", flush=True)
         env.close()
 
 
-def _episode(env, agent: OracleP, task: str, planner: str, seed: int, deadline: float) -> dict | None:
+def _episode(env, agent: OracleP, path: Path, seed: int, deadline: float) -> dict | None:
     """One oracle-P episode (as ``agent.collect.run_episode``), resumable: returns None
     after saving its progress when ``deadline`` passes."""
     from agent.collect import _failure, _target_z
 
-    partial = _path(task, planner, seed).with_suffix(".partial.pkl")
+    partial = path.with_suffix(".partial.pkl")
     partial.parent.mkdir(parents=True, exist_ok=True)
     u = env.unwrapped
     if partial.exists():
@@ -114,41 +116,42 @@ def _episode(env, agent: OracleP, task: str, planner: str, seed: int, deadline: 
         if terminated or st["t"] >= limit:
             break
     partial.unlink(missing_ok=True)
-    return {"task": task, "planner": planner, "seed": seed, "success": bool(info["success"]),
+    return {"seed": seed, "success": bool(info["success"]),
             "length": st["t"], "failure": _failure(info, st["rise"]), "instruction": info["instruction"],
             "wrong_object": bool(info["wrong_object"]), "plan_s": st["plan_s"],
             "plan_s_per_step": st["plan_s"] / st["t"], "replans": st["replans"], "sim_steps": st["sim_steps"]}
 
 
-def report(tasks, planners, n_seeds: int) -> str:
-    lines = ["| task | planner | episodes | success | 95% CI | length (successes) | plan s / control step "
-             "| sim steps / control step | failures |", "|---|---|---|---|---|---|---|---|---|"]
-    for task in tasks:
-        for planner in planners:
-            rows = [json.loads(p.read_text()) for s in split_seeds("test", n_seeds, SPLIT_OFFSET)
-                    if (p := _path(task, planner, s)).exists()]
-            if not rows:
-                continue
-            n, k = len(rows), sum(r["success"] for r in rows)
-            lo, hi = wilson_interval(k, n)
-            lens = [r["length"] for r in rows if r["success"]]
-            steps = sum(r["length"] for r in rows)
-            fails = {}
-            for r in rows:
-                if not r["success"]:
-                    fails[r["failure"]] = fails.get(r["failure"], 0) + 1
-            lines.append(
-                f"| {task} | {planner} | {n} | {k / n:.2f} | [{lo:.2f}, {hi:.2f}] | "
-                f"{(f'{np.mean(lens):.1f} ({min(lens)}-{max(lens)})') if lens else '-'} | "
-                f"{sum(r['plan_s'] for r in rows) / steps:.2f} | {sum(r['sim_steps'] for r in rows) / steps:.0f} | "
-                f"{', '.join(f'{f} {c}' for f, c in sorted(fails.items())) or '-'} |")
+def report(tasks, planners, n_seeds: int, objectives=("shaped", "robosuite")) -> str:
+    lines = ["| task | planner | objective | episodes | success | 95% CI | length (successes) | plan s / control step "
+             "| sim steps / control step | failures |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for task, planner, objective in itertools.product(tasks, planners, objectives):
+        rows = [json.loads(p.read_text()) for s in split_seeds("test", n_seeds, SPLIT_OFFSET)
+                if (p := _path(task, planner, s, objective)).exists()]
+        if not rows:
+            continue
+        n, k = len(rows), sum(r["success"] for r in rows)
+        lo, hi = wilson_interval(k, n)
+        lens = [r["length"] for r in rows if r["success"]]
+        steps = sum(r["length"] for r in rows)
+        fails = {}
+        for r in rows:
+            if not r["success"]:
+                fails[r["failure"]] = fails.get(r["failure"], 0) + 1
+        lines.append(
+            f"| {task} | {planner} | {objective} | {n} | {k / n:.2f} | [{lo:.2f}, {hi:.2f}] | "
+            f"{(f'{np.mean(lens):.1f} ({min(lens)}-{max(lens)})') if lens else '-'} | "
+            f"{sum(r['plan_s'] for r in rows) / steps:.2f} | {sum(r['sim_steps'] for r in rows) / steps:.0f} | "
+            f"{', '.join(f'{f} {c}' for f, c in sorted(fails.items())) or '-'} |")
     cfgs = {p: planner_cfg(p) for p in planners}
     desc = "; ".join(f"**{p}**: " + ", ".join(f"{k}={v}" for k, v in c.items() if k != "name")
                      for p, c in cfgs.items())
     body = (f"Oracle-P: the MPC planner in the true simulator (state cloning, no rendering), scoring "
-            f"each candidate by robosuite's dense shaped reward summed over its horizon (PickColor: the "
-            f"same reward on the instructed cube; success credits the success reward for the remaining "
-            f"steps). Held-out test seeds (test split offset {SPLIT_OFFSET}, the closed loop's seeds), one "
+            f"each candidate by a privileged dense reward summed over its horizon: `robosuite` = robosuite's "
+            f"shaped reward (reach + grasp flag + lifted; PickColor: on the instructed cube), `shaped` = "
+            f"reach (1 - tanh(10 d)) + the instructed cube's rise as a fraction of the success height - 0.5 "
+            f"if a wrong cube was lifted, 2 on success (`agent/oracle.py`); a candidate that succeeds is "
+            f"credited the success reward for its remaining steps. Held-out test seeds (test split offset {SPLIT_OFFSET}, the closed loop's seeds), one "
             f"process, torch 1 thread; planning seconds are wall time on 2 shared cores (upper bounds). "
             f"Planner configs (`experiments/conf/planner/`): {desc}.\n\n" + "\n".join(lines))
     return body
@@ -160,10 +163,11 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="+", default=["lift"], choices=sorted(TASKS))
     ap.add_argument("--planners", nargs="+", default=["cem", "mppi"])
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--objective", default="shaped", choices=["shaped", "robosuite"])
     ap.add_argument("--budget-s", type=float, default=200.0, help="pause (resumably) after this many seconds")
     args = ap.parse_args()
     if args.what == "run":
-        run(args.tasks, args.planners, args.seeds, args.budget_s)
+        run(args.tasks, args.planners, args.seeds, args.budget_s, args.objective)
     else:
         body = report(args.tasks, args.planners, args.seeds)
         print(body)
