@@ -33,7 +33,8 @@ from worldmodel.judge.student import StudentConfig, StudentReward  # noqa: E402
 from worldmodel.tokens import file_hash  # noqa: E402
 
 BENCH_COMMAND = "python experiments/build_bench.py"
-KEYS = ("frames", "instruction", "scores", "shaping", "split", "source", "degradation", "episode", "start_step")
+KEYS = ("frames", "instruction", "scores", "shaping", "actions", "split", "source", "degradation", "episode",
+        "start_step")
 
 
 def load_bench_file(path: Path) -> dict:
@@ -47,8 +48,12 @@ def load_bench_file(path: Path) -> dict:
 
 
 def fidelity(student: StudentReward, data: dict, amp: bool = True) -> dict:
-    """:func:`evaluate` on all rows and per ``source`` (pairwise accuracy within shared starts)."""
+    """:func:`evaluate` on all rows and per ``source`` (pairwise accuracy within shared
+    starts), and on all rows without actions (``video_only``: how ``score(frames,
+    instruction)`` without actions does)."""
     out = {"all": evaluate(student, data, amp=amp)}
+    if "actions" in data and student.config.actions:
+        out["video_only"] = evaluate(student, data, amp=amp, use_actions=False)
     if "source" in data:
         for src in sorted(set(map(str, data["source"]))):
             rows = subset(data, np.asarray(data["source"]).astype(str) == src)

@@ -21,12 +21,9 @@ TINY = StudentConfig(channels=8, hidden=32, embed=8)
 MAX = np.asarray(MAX_SCORES, np.float32)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# one torch thread (conftest); module-scoped fixtures below depend on it explicitly, since
+# pytest sets up wider-scoped fixtures before function-scoped ones
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def synthetic_clips(n: int, t1: int = 4, seed: int = 0) -> dict:
@@ -48,7 +45,7 @@ def synthetic_clips(n: int, t1: int = 4, seed: int = 0) -> dict:
 
 
 @pytest.fixture(scope="module")
-def student():
+def student(one_torch_thread):
     torch.manual_seed(0)
     return StudentReward(TINY).eval()
 
@@ -70,6 +67,28 @@ def test_score_shapes_ranges_and_determinism(student):
     assert student.score(clips["frames"][:, :2], INSTRUCTIONS[0])["dims"].shape == (5, 6)
     small = student.score(clips["frames"], clips["instruction"], batch_size=2, amp=False)
     assert torch.allclose(small["dims"], u8["dims"], atol=1e-5)
+
+
+def test_optional_actions(student):
+    clips = synthetic_clips(5, t1=9)
+    acts = np.random.default_rng(0).uniform(-1, 1, (5, 16, 4)).astype(np.float32)   # T=8 steps, stride 2
+    torch.manual_seed(1)
+    s = StudentReward(TINY)
+    torch.nn.init.normal_(s.act_proj.weight)            # zero-initialised: make actions matter
+    a = s.score(clips["frames"], clips["instruction"], actions=acts)["dims"]
+    b = s.score(clips["frames"], clips["instruction"])["dims"]
+    assert a.shape == (5, 6) and not torch.allclose(a, b)
+    assert torch.equal(a, s.score(clips["frames"], clips["instruction"], actions=torch.as_tensor(acts))["dims"])
+    f = s.action_features(torch.as_tensor(acts), 5, 9, "cpu")
+    assert torch.allclose(f[:, 1, :3], torch.as_tensor(acts[:, :2, :3].sum(1))) and (f[:, 0, :5] == 0).all()
+    assert (f[:, :, 5] == 1).all() and (s.action_features(None, 5, 9, "cpu") == 0).all()
+    with pytest.raises(ValueError, match="actions must be"):
+        s.score(clips["frames"], clips["instruction"], actions=acts[:, :15])
+    # video-only students ignore actions
+    v = StudentReward(StudentConfig(**{**TINY.__dict__, "actions": False}))
+    assert v.act_proj is None
+    assert torch.equal(v.score(clips["frames"], clips["instruction"], actions=acts)["dims"],
+                       v.score(clips["frames"], clips["instruction"])["dims"])
 
 
 def test_total_uses_weights(student):
@@ -164,7 +183,7 @@ def test_pairwise_accuracy_and_spearman():
 
 # ----------------------------------------------------------------------------- distill + refresh
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, one_torch_thread):
     torch.manual_seed(0)
     st = StudentReward(TINY)
     train = make_data(**synthetic_clips(192, seed=1))
@@ -231,7 +250,10 @@ def test_from_bench_and_subset():
     assert len(test["frames"]) == 2 and list(test["source"]) == ["real", "real"]
     d2 = data_from_clips([{"frames": clips["frames"][0], "instruction": 1}],
                          {"scores": clips["scores"][:1]})
-    assert torch.isnan(d2["shaping"]).all()
+    assert torch.isnan(d2["shaping"]).all() and "actions" not in d2
+    d3 = data_from_clips([{"frames": clips["frames"][0], "instruction": 1, "actions": np.zeros((6, 4))}],
+                         {"scores": clips["scores"][:1]})
+    assert d3["actions"].shape == (1, 6, 4)
 
 
 def test_distill_reward_entry_point(tmp_path):
@@ -246,7 +268,8 @@ def test_distill_reward_entry_point(tmp_path):
     rows = {"frames": clips["frames"], "instruction": clips["instruction"], "scores": clips["scores"],
             "shaping": clips["shaping"], "split": ["train"] * 12 + ["val"] * 6 + ["test"] * 6,
             "source": ["real", "generated", "generated", "degraded"] * 6, "degradation": [""] * n,
-            "episode": [f"ep{i // 4}" for i in range(n)], "start_step": np.zeros(n, np.int64)}
+            "episode": [f"ep{i // 4}" for i in range(n)], "start_step": np.zeros(n, np.int64),
+            "actions": np.zeros((n, 16, 4), np.float32)}
     bench = tmp_path / "bench.h5"
     write_bench(bench, rows)
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
@@ -254,7 +277,7 @@ def test_distill_reward_entry_point(tmp_path):
                                                    f"out_dir={tmp_path / 'student'}", "progress=false"])
     metrics = run(cfg)
     assert metrics["rows"] == {"train": 12, "val": 6, "test": 6}
-    assert set(metrics["test"]) == {"all", "real", "generated", "degraded"}
+    assert set(metrics["test"]) == {"all", "video_only", "real", "generated", "degraded"}
     assert metrics["test"]["generated"]["pairs"] > 0
     st = StudentReward.from_checkpoint(tmp_path / "student" / "student.pt")
     assert st.config.channels == 8

@@ -6,7 +6,8 @@ as ``source`` strings ride along)::
 
     {"frames": uint8 (N, T+1, 64, 64, 3), "instruction": long (N,),
      "scores": float32 (N, 6) in the teacher's units (0..MAX_SCORES[k]),
-     "shaping": float32 (N, 2) (NaN = no target), optional "group": long (N,)}
+     "shaping": float32 (N, 2) (NaN = no target), optional "group": long (N,),
+     optional "actions": float32 (N, T*stride, 4) control actions}
 
 built by :func:`make_data`, :func:`from_bench` (the benchmark set's arrays) or
 :func:`data_from_clips` (judge clip dicts + the teacher's labels).
@@ -41,7 +42,7 @@ TENSOR_KEYS = ("frames", "instruction", "scores", "shaping", "group")
 
 
 # ----------------------------------------------------------------------------- data
-def make_data(frames, instruction, scores, shaping=None, group=None, **extra) -> dict:
+def make_data(frames, instruction, scores, shaping=None, group=None, actions=None, **extra) -> dict:
     """Validated data dict (see the module docstring); ``extra`` columns are kept as numpy."""
     frames = torch.as_tensor(np.ascontiguousarray(frames) if isinstance(frames, np.ndarray) else frames)
     if frames.dtype != torch.uint8 or frames.dim() != 5 or frames.shape[-1] != 3:
@@ -54,6 +55,8 @@ def make_data(frames, instruction, scores, shaping=None, group=None, **extra) ->
                        else torch.as_tensor(np.asarray(shaping, dtype=np.float32)).reshape(n, N_SHAPING))
     if group is not None:
         data["group"] = torch.as_tensor(_group_ids(group))
+    if actions is not None:
+        data["actions"] = torch.as_tensor(np.asarray(actions, dtype=np.float32))
     for k, v in extra.items():
         data[k] = np.asarray(v)
     for k, v in data.items():
@@ -97,7 +100,7 @@ def from_bench(bench: dict, group_key: str | None = None) -> dict:
     (:data:`BENCH_COLUMNS`) ride along as numpy arrays."""
     extra = {k: bench[k] for k in BENCH_COLUMNS if k in bench}
     return make_data(bench["frames"], bench["instruction"], bench["scores"], bench.get("shaping"),
-                     group=bench_groups(bench, group_key), **extra)
+                     group=bench_groups(bench, group_key), actions=bench.get("actions"), **extra)
 
 
 def data_from_clips(clips: Sequence[dict], labels: dict) -> dict:
@@ -108,13 +111,16 @@ def data_from_clips(clips: Sequence[dict], labels: dict) -> dict:
     scores = np.asarray(labels["scores"], dtype=np.float32)
     if scores.shape != (len(clips), N_DIMS):
         raise ValueError(f"label_fn returned scores of shape {scores.shape}, expected ({len(clips)}, {N_DIMS})")
+    actions = None
+    if all("actions" in c for c in clips) and len({np.shape(c["actions"]) for c in clips}) == 1:
+        actions = np.stack([np.asarray(c["actions"], np.float32) for c in clips])
     return make_data(np.stack([np.asarray(c["frames"], dtype=np.uint8) for c in clips]),
-                     [int(c["instruction"]) for c in clips], scores, labels.get("shaping"))
+                     [int(c["instruction"]) for c in clips], scores, labels.get("shaping"), actions=actions)
 
 
 _BENCH_CACHE: dict = {}
 #: bench columns training and evaluation need (the rest of the file is not read)
-BENCH_KEYS = ("frames", "instruction", "scores", "shaping") + BENCH_COLUMNS
+BENCH_KEYS = ("frames", "instruction", "scores", "shaping", "actions") + BENCH_COLUMNS
 
 
 def load_bench_data(path: str | os.PathLike, split: str | None = None) -> dict:
@@ -262,19 +268,22 @@ def pairwise_accuracy(pred_total, true_total, groups, *, tie_tol: float = 1e-6,
 
 @torch.no_grad()
 def predict(student: StudentReward, data: dict, *, batch_size: int = 512, amp: bool = True,
-            weights: Sequence[float] | None = None) -> dict[str, np.ndarray]:
-    """The student's ``dims``, ``shaping`` and ``total`` on every row (numpy)."""
-    out = student.score(data["frames"], data["instruction"], batch_size=batch_size, amp=amp, weights=weights)
+            weights: Sequence[float] | None = None, use_actions: bool = True) -> dict[str, np.ndarray]:
+    """The student's ``dims``, ``shaping`` and ``total`` on every row (numpy); with the
+    data's ``actions`` column unless ``use_actions`` is off."""
+    actions = data.get("actions") if use_actions else None
+    out = student.score(data["frames"], data["instruction"], actions=actions, batch_size=batch_size, amp=amp,
+                        weights=weights)
     return {k: v.float().cpu().numpy() for k, v in out.items()}
 
 
 def evaluate(student: StudentReward, data: dict, *, batch_size: int = 512, amp: bool = True,
-             weights: Sequence[float] | None = None) -> dict[str, float]:
+             weights: Sequence[float] | None = None, use_actions: bool = True) -> dict[str, float]:
     """Student vs teacher on ``data``: ``spearman_total``, ``spearman_<DIM>``, ``mae_total``
     and ``mae_<DIM>`` (teacher units), ``mae_norm`` (mean over dims of normalized MAE),
     ``mae_shaping`` (where targets exist), and ``pairwise_acc``/``pairs`` when the data
     has a ``group`` column. ``weights`` weight both totals (default: all 1)."""
-    pred = predict(student, data, batch_size=batch_size, amp=amp, weights=weights)
+    pred = predict(student, data, batch_size=batch_size, amp=amp, weights=weights, use_actions=use_actions)
     true = data["scores"].float().numpy()
     w = np.asarray(weights if weights is not None else [1.0] * N_DIMS, dtype=np.float64)
     maxs = np.asarray(MAX_SCORES)
@@ -310,7 +319,8 @@ def _stream(data: dict, batch_size: int, seed: int, device, new_index: np.ndarra
         idx = torch.randint(n, (batch_size - k_new,), generator=g)
         if k_new:
             idx = torch.cat([idx, new_t[torch.randint(len(new_t), (k_new,), generator=g)]])
-        yield {k: data[k][idx].to(device) for k in ("frames", "instruction", "scores", "shaping")}
+        yield {k: data[k][idx].to(device) for k in ("frames", "instruction", "scores", "shaping", "actions")
+               if k in data}
 
 
 def _rng_guard():
@@ -347,7 +357,7 @@ def distill(student: StudentReward, data: dict, val_data: dict | None = None, *,
     full_config = {**student.config_dict(), "train": train_cfg, **(config or {})}
 
     def loss_fn(net, batch):
-        dims, shaping = net(batch["frames"], batch["instruction"])
+        dims, shaping = net(batch["frames"], batch["instruction"], batch.get("actions"))
         return distill_loss(dims, shaping, batch["scores"], batch["shaping"], dim_weights=dim_weights,
                             shaping_weight=shaping_weight, delta=huber_delta)
 

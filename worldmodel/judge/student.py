@@ -12,6 +12,10 @@ Architecture (per clip of ``T+1`` frames, 64x64):
   "green" instructions attend to different cubes;
 - the map is read out by a spatial soft-argmax (one (x, y) keypoint per channel: where
   the cubes and the gripper are) plus mean and max pooling (what is there);
+- optionally the clip's control actions (per model step: commanded displacement and grip)
+  are added to the per-frame vectors; trained with action dropout, so the student scores
+  clips with or without actions (without, action-outcome consistency can only be judged
+  from visual plausibility);
 - per-frame vectors and their frame-to-frame differences pass two temporal convolutions
   (any ``T >= 1``), are pooled over time (mean, max, first, last) and concatenated with
   the instruction embedding; an MLP trunk ends in one **linear** layer whose first six
@@ -22,6 +26,7 @@ Architecture (per clip of ``T+1`` frames, 64x64):
 Public verbs::
 
     out = student.score(frames, instruction)   # dims (B,6) in [0,1], shaping (B,2), total (B,)
+    out = student.score(frames, instruction, actions=actions)   # (B, T*stride, 4), optional
     out = student.score(frames, instruction, weights=(0, 0, 2, 2, 2, 1))
     out = student.score_clips(clips)            # judge clip dicts; scores in raw units too
     student.save(path); StudentReward.from_checkpoint(path)
@@ -48,6 +53,7 @@ from worldmodel.training import CheckpointError, autocast, config_diff, load_che
 KIND = "student_reward"
 SHAPING: tuple[str, ...] = ("target_rise", "grip_dist")
 N_DIMS, N_SHAPING = len(DIMENSIONS), len(SHAPING)
+N_ACT_FEATS = 6
 
 
 @dataclass
@@ -60,6 +66,8 @@ class StudentConfig:
     temporal_kernel: int = 3
     n_instructions: int = len(INSTRUCTIONS)
     weights: tuple[float, ...] = (1.0,) * N_DIMS   # default per-dimension weights of `total`
+    actions: bool = True           # optional action input (see `forward`); False: video only
+    action_dropout: float = 0.3    # training: fraction of clips whose actions are hidden
 
     def __post_init__(self):
         self.weights = tuple(float(w) for w in self.weights)
@@ -115,6 +123,12 @@ class StudentReward(nn.Module):
         frame_dim = 4 * c                         # keypoints (2c) + mean (c) + max (c)
         self.frame_proj = nn.Linear(frame_dim, h)
         k = cfg.temporal_kernel
+        # per model step: commanded displacement (sum of dx, dy, dz over the step), mean and last
+        # grip command, and a "have actions" flag; zero-initialised so video features lead
+        self.act_proj = nn.Linear(N_ACT_FEATS, h) if cfg.actions else None
+        if self.act_proj is not None:
+            nn.init.zeros_(self.act_proj.weight)
+            nn.init.zeros_(self.act_proj.bias)
         self.tconv1 = nn.Conv1d(2 * h, h, k, padding=k // 2)
         self.tconv2 = nn.Conv1d(h, h, k, padding=k // 2)
         self.trunk = nn.Sequential(nn.Linear(4 * h + cfg.embed, h), nn.GELU(), nn.Linear(h, h), nn.GELU())
@@ -169,10 +183,33 @@ class StudentReward(nn.Module):
         return ids
 
     # -- model -----------------------------------------------------------------------------
-    def forward(self, frames: torch.Tensor, instruction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def action_features(self, actions: torch.Tensor | None, b: int, t1: int, device) -> torch.Tensor:
+        """Control actions ``(B, T*stride, 4)`` (or None) -> per-frame features ``(B, T+1, 6)``:
+        frame t >= 1 gets the step into it (sum of dx, dy, dz, mean and last grip), every
+        frame a 1 flag when actions are given; all zeros without actions."""
+        out = torch.zeros(b, t1, N_ACT_FEATS, device=device)
+        if actions is None:
+            return out
+        actions = torch.as_tensor(actions, dtype=torch.float32, device=device)
+        t = t1 - 1
+        if actions.dim() != 3 or actions.shape[0] != b or actions.shape[-1] != 4 or actions.shape[1] % t:
+            raise ValueError(f"actions must be (B={b}, T*stride, 4) with T={t} model steps, "
+                             f"got {tuple(actions.shape)}")
+        a = actions.view(b, t, actions.shape[1] // t, 4)
+        out[:, 1:, :3] = a[..., :3].sum(2)
+        out[:, 1:, 3] = a[..., 3].mean(2)
+        out[:, 1:, 4] = a[:, :, -1, 3]
+        out[:, :, 5] = 1.0
+        return out
+
+    def forward(self, frames: torch.Tensor, instruction: torch.Tensor,
+                actions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Training forward: frames as accepted by :meth:`prepare_frames` (validated; uint8
         ``(B, T+1, S, S, 3)`` is converted inside the stem, which is the fast path), long
-        ids ``(B,)`` -> (normalized dims ``(B, 6)`` in [0, 1], shaping ``(B, 2)``), float32."""
+        ids ``(B,)``, optional control actions ``(B, T*stride, 4)`` -> (normalized dims
+        ``(B, 6)`` in [0, 1], shaping ``(B, 2)``), float32. In training mode a fraction
+        ``action_dropout`` of the clips have their actions hidden, so the same model
+        scores clips with and without actions."""
         c, p = self.config.channels, self.config.patch
         b, t1 = frames.shape[:2]
         dev = frames.device.type
@@ -199,6 +236,12 @@ class StudentReward(nn.Module):
         m = x.permute(0, 2, 3, 1).flatten(1, 2)                                       # (N, s*s, c)
         feats = torch.cat([_spatial_softargmax(m, x.shape[-2:]), m.mean(1), m.amax(1)], dim=1)
         f = self.frame_proj(feats).view(b, t1, -1)                                     # (B, T1, H)
+        if self.act_proj is not None and actions is not None:
+            af = self.action_features(actions, b, t1, f.device)
+            if self.training and self.config.action_dropout > 0:
+                keep = torch.rand(b, device=f.device) >= self.config.action_dropout
+                af = af * keep[:, None, None]
+            f = f + self.act_proj(af).to(f.dtype)
         df = torch.cat([torch.zeros_like(f[:, :1]), f[:, 1:] - f[:, :-1]], dim=1)
         y = torch.cat([f, df], dim=2).transpose(1, 2)                                  # (B, 2H, T1)
         y = F.gelu(self.tconv1(y))
@@ -216,13 +259,15 @@ class StudentReward(nn.Module):
         return (dims.float() * self.max_scores * w).sum(-1)
 
     @torch.no_grad()
-    def score(self, frames, instruction, *, weights: Sequence[float] | None = None,
+    def score(self, frames, instruction, *, actions=None, weights: Sequence[float] | None = None,
               batch_size: int = 512, amp: bool = True) -> dict[str, torch.Tensor]:
         """Judge clips: ``dims (B, 6)`` normalized to [0, 1] (multiply by MAX_SCORES for the
         teacher's units), ``shaping (B, 2)`` (``SHAPING`` order) and the weighted ``total (B,)``.
 
         ``frames``: float ``(B, T+1, 3, 64, 64)`` in [0, 1] or uint8 ``(B, T+1, 64, 64, 3)``;
-        ``instruction``: ids or texts, one per clip (or one for all). Deterministic (eval
+        ``instruction``: ids or texts, one per clip (or one for all); ``actions``: optional
+        control actions ``(B, T*stride, 4)`` of the clips (lets a student trained with
+        actions check action-outcome consistency; ignored if ``config.actions`` is off). Deterministic (eval
         mode, no sampling); bf16 autocast unless ``amp=False``. Results are float32 on CPU
         when the input came from numpy, else on the model's device.
         """
@@ -235,8 +280,12 @@ class StudentReward(nn.Module):
             device = self.max_scores.device
             for i in range(0, n, batch_size):
                 x = self.prepare_frames(frames[i:i + batch_size])
+                act = None
+                if actions is not None and self.act_proj is not None:
+                    act = torch.as_tensor(np.asarray(actions[i:i + batch_size]) if isinstance(actions, np.ndarray)
+                                          else actions[i:i + batch_size])
                 with autocast(device, enabled=amp):
-                    d, s = self(x, ids[i:i + batch_size])
+                    d, s = self(x, ids[i:i + batch_size], act)
                 dims.append(d)
                 shaping.append(s)
             dims_t = torch.cat(dims) if dims else torch.zeros(0, N_DIMS, device=device)
@@ -246,9 +295,9 @@ class StudentReward(nn.Module):
             self.train(was_training)
 
     def score_clips(self, clips: Sequence[dict], *, weights: Sequence[float] | None = None,
-                    amp: bool = True) -> dict[str, np.ndarray]:
-        """Judge clip dicts (``worldmodel.judge`` format; only ``frames`` and ``instruction``
-        are read) like the teacher's ``score_clips``: numpy ``scores (N, 6)`` in the teacher's
+                    amp: bool = True, use_actions: bool = True) -> dict[str, np.ndarray]:
+        """Judge clip dicts (``worldmodel.judge`` format; ``frames``, ``instruction`` and, if
+        present and ``use_actions``, ``actions`` are read) like the teacher's ``score_clips``: numpy ``scores (N, 6)`` in the teacher's
         units, ``dims (N, 6)`` normalized, ``shaping (N, 2)``, ``total (N,)``. Clips of
         different lengths are scored in groups of equal length."""
         n = len(clips)
@@ -259,7 +308,10 @@ class StudentReward(nn.Module):
             by_len.setdefault(len(c["frames"]), []).append(i)
         for idx in by_len.values():
             frames = np.stack([np.asarray(clips[i]["frames"]) for i in idx])
-            r = self.score(frames, [int(clips[i]["instruction"]) for i in idx], weights=weights, amp=amp)
+            acts = None
+            if use_actions and all("actions" in clips[i] for i in idx):
+                acts = np.stack([np.asarray(clips[i]["actions"], np.float32) for i in idx])
+            r = self.score(frames, [int(clips[i]["instruction"]) for i in idx], actions=acts, weights=weights, amp=amp)
             out["dims"][idx] = r["dims"].cpu().numpy()
             out["shaping"][idx] = r["shaping"].cpu().numpy()
             out["total"][idx] = r["total"].cpu().numpy()
