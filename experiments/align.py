@@ -125,7 +125,8 @@ def run(cfg: DictConfig) -> dict:
     need_student = gcfg.reward == "student" or (cfg.monitor_student and student_path.exists())
     student = load_student(student_path, device) if need_student else None
     teacher = load_teacher(cfg.teacher)
-    teacher_fn, refresh_fn = teacher_fns(teacher, student, cfg)
+    # the student is refreshed only when it is the reward (the single-metric ablations just log it)
+    teacher_fn, refresh_fn = teacher_fns(teacher, student if gcfg.reward == "student" else None, cfg)
     r = cfg.run
     contexts = ContextSet(rollout_paths(cfg.data.train, "train", cfg.artifacts), r.horizon, wm.action_repeat,
                           r.every, r.max_episodes)
@@ -166,6 +167,8 @@ def run(cfg: DictConfig) -> dict:
     if not final.exists() or final.stat().st_mtime < ckpt_path.stat().st_mtime:
         keep = {k: v for k, v in metrics.items() if k.startswith(("probe/", "train/reward"))}
         wm.save(final, metrics={"updates": trainer.updates, **keep}, upstream=upstream)
+        if refresh_fn is not None:   # the student as refreshed online (for the planner)
+            student.save(out / "student.pt", step=trainer.updates)
     print(f"aligned world model ({trainer.updates} GRPO updates) in {final}")
     return metrics
 

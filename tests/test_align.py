@@ -326,3 +326,17 @@ def test_eval_alignment_runs_without_a_teacher(align_artifacts, tmp_path):
     assert 0 < out["models"]["aligned"]["fidelity"]["ssim"] <= 1
     assert json.loads((tmp_path / "results.json").read_text())["contexts"] == out["contexts"]
     assert (tmp_path / "side_by_side.mp4").stat().st_size > 0 and "PSNR" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.parametrize("preset", ["tiny", "quick", "default", "full"])
+def test_align_presets_compose_into_valid_configs(preset, tmp_path):
+    from omegaconf import OmegaConf
+
+    from experiments.align import out_dir
+
+    cfg = _align_cfg(tmp_path, "", f"align={preset}")
+    g = GRPOConfig(**OmegaConf.to_container(cfg.grpo, resolve=True))
+    assert cfg.preset_name == preset and cfg.run.updates > 0 and g.group_size >= 2
+    assert out_dir(cfg) == tmp_path / "aligned" / preset
+    ablation = _align_cfg(tmp_path, "", f"align={preset}", "grpo.weights=all_six", "grpo.reward=neg_mse")
+    assert out_dir(ablation) == tmp_path / "aligned" / f"{preset}_neg_mse_all_six"

@@ -54,9 +54,9 @@ REWARDS = ("student", "neg_mse", "ssim")   # student dims, or one low-level metr
 class GRPOConfig:
     group_size: int = 8            # G rollouts per context
     clip: float = 0.2              # PPO ratio clip
-    kl_weight: float = 0.05        # beta: per-token KL(pi || pi_ref) penalty
+    kl_weight: float = 0.1         # beta: per-token KL(pi || pi_ref) penalty
     kl_estimator: str = "exact"    # "exact" (full token distribution) or "k3" (sampled tokens)
-    lr: float = 3e-5
+    lr: float = 1e-5
     temperature: float = 1.0       # sampling temperature; ratios use the tempered distributions
     epochs: int = 2                # optimisation passes over each batch of rollouts
     minibatches: int = 1           # per pass (split along rollouts)
