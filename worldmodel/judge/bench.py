@@ -64,10 +64,29 @@ def episode_split(file_stem: str, demo: str, val_fraction: float = 0.2) -> str:
     return "val" if h < val_fraction else "train"
 
 
+def source_episode(episode: dict, env_id: str, key: str, split: str, success: bool, instruction: int) -> dict:
+    """One episode in the layout of :func:`envs.rollouts.read_episode` /
+    :func:`envs.rollouts.episode_from_steps` (``actions``, ``states``, ``obs``,
+    ``next_obs`` with image, segmentation, eef_pos, gripper_opening, <colour>_cube_pose)
+    -> the dict the bench cuts clips from (see :func:`load_source_episodes`)."""
+    ob, nx = episode["obs"], episode["next_obs"]
+    cat = lambda k: np.concatenate([np.asarray(ob[k]), np.asarray(nx[k])[-1:]])  # noqa: E731
+    cubes = {c: cat(f"{c}_cube_pose")[:, :3].astype(np.float64)
+             for c in ("red", "green") if f"{c}_cube_pose" in ob}
+    n = len(episode["actions"])
+    succ = np.zeros(n + 1, bool)
+    succ[-1] = bool(success)
+    return {"frames": cat("image"), "seg": cat("segmentation"), "actions": np.asarray(episode["actions"]),
+            "states": np.asarray(episode["states"]), "eef": cat("eef_pos").astype(np.float64),
+            "cubes": cubes, "opening": cat("gripper_opening").astype(np.float64).reshape(-1),
+            "success": succ, "ep_success": bool(success), "instruction": int(instruction),
+            "env_id": env_id, "key": key, "split": split}
+
+
 def load_source_episodes(paths, max_episodes: int | None = None) -> list[dict]:
     """Episodes with everything a clip needs: frames (N+1, 64, 64, 3), seg (N+1, 64, 64),
     actions (N, 4), states (N, S), eef (N+1, 3), cubes colour -> (N+1, 3), opening (N+1,),
-    success (N+1,) bool, instruction, env_id, key, split."""
+    success (N+1,) bool (episodes end at their first success), instruction, env_id, key, split."""
     out = []
     for path in paths:
         path = Path(path)
@@ -75,19 +94,12 @@ def load_source_episodes(paths, max_episodes: int | None = None) -> list[dict]:
         with open_rollouts(path) as f:
             for key in demo_keys(f)[:max_episodes]:
                 g = f["data"][key]
-                ob, nx = g["obs"], g["next_obs"]
-                cat = lambda k: np.concatenate([ob[k][()], nx[k][-1:]])  # noqa: E731
-                cubes = {c: cat(f"{c}_cube_pose")[:, :3].astype(np.float64)
-                         for c in ("red", "green") if f"{c}_cube_pose" in ob}
-                n = int(g.attrs["num_samples"])
-                success = np.zeros(n + 1, bool)
-                success[-1] = bool(g.attrs["success"])
-                out.append({"frames": cat("image"), "seg": cat("segmentation"), "actions": g["actions"][()],
-                            "states": g["states"][()], "eef": cat("eef_pos").astype(np.float64),
-                            "cubes": cubes, "opening": cat("gripper_opening").astype(np.float64),
-                            "success": success, "ep_success": bool(g.attrs["success"]),
-                            "instruction": int(g.attrs["instruction_id"]), "env_id": env_id,
-                            "key": f"{path.stem}:{key}", "split": episode_split(path.stem, key)})
+                keys = ("image", "segmentation", "eef_pos", "gripper_opening", "red_cube_pose", "green_cube_pose")
+                ep = {"actions": g["actions"][()], "states": g["states"][()],
+                      "obs": {k: g["obs"][k][()] for k in keys if k in g["obs"]},
+                      "next_obs": {k: g["next_obs"][k][-1:] for k in keys if k in g["next_obs"]}}
+                out.append(source_episode(ep, env_id, f"{path.stem}:{key}", episode_split(path.stem, key),
+                                          bool(g.attrs["success"]), int(g.attrs["instruction_id"])))
     return out
 
 
@@ -268,3 +280,86 @@ def summary_table(rows: dict) -> str:
         cells = [f"{S[m, k].mean():.2f} ({S[m, k].std():.2f})" for k in range(S.shape[1])]
         lines.append(f"| {g} | {m.sum()} | " + " | ".join(cells) + f" | {S[m].sum(1).mean():.2f} |")
     return "\n".join(lines)
+
+
+def calibrated_teacher(train_paths, out_dir: str | os.PathLike, calib_episodes: int, windows: int,
+                       seed: int = 0, recalibrate: bool = False, perception_episodes: int = 40):
+    """Fit perception (on train rollouts' segmentation) and calibrate the teacher on real
+    TRAIN-split clips of ``train_paths``; both saved in ``out_dir`` (reused unless
+    ``recalibrate``). Returns ``(teacher, calibration stats or None)``."""
+    from worldmodel.judge.perception import Perception, load_frames_and_seg, pixel_accuracy
+    from worldmodel.judge.teacher import Teacher
+
+    out_dir = Path(out_dir)
+    p_path, t_path = out_dir / "perception.npz", out_dir / "teacher.json"
+    if t_path.exists() and p_path.exists() and not recalibrate:
+        return Teacher.load(t_path), None
+    frames, seg = load_frames_and_seg(train_paths, max_episodes=perception_episodes, every=2)
+    perception = Perception.fit(frames, seg)
+    perception.save(p_path)
+    teacher = Teacher(perception)
+    rng = np.random.default_rng(seed)
+    eps = [e for e in load_source_episodes(train_paths, calib_episodes) if e["split"] == "train"]
+    clips = [make_clip(e, s) for e in eps for s in cut_windows(e, windows, rng)]
+    for c in clips:
+        prime(teacher, c)
+    stats = teacher.calibrate(clips)
+    stats["perception_fit_frames"] = int(len(frames))
+    stats["perception_train_accuracy"] = pixel_accuracy(perception, frames[::4], seg[::4])
+    teacher.save(t_path)
+    return teacher, stats
+
+
+def generate_clips(wm, real: list[dict], temperatures, batch: int = 16, seed: int = 0) -> tuple[list, list]:
+    """World-model generations from each real clip's start frame and actions, one per
+    temperature. The replay of the same actions is the clip's recorded trajectory, so
+    the clips keep their ``record``."""
+    import torch
+
+    from worldmodel.world_model import group_actions
+
+    out, labels = [], []
+    g = torch.Generator().manual_seed(seed)
+    for temp in temperatures:
+        for i in range(0, len(real), batch):
+            chunk = real[i:i + batch]
+            x = torch.from_numpy(np.stack([c["frames"][0] for c in chunk])).float().div(255).permute(0, 3, 1, 2)
+            a = group_actions(torch.from_numpy(np.stack([c["actions"] for c in chunk])), wm.action_repeat)
+            with torch.no_grad():
+                fr = wm.rollout(x, a, temperature=float(temp), generator=g).frames
+            fr = (fr.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 1, 3, 4, 2).numpy()
+            for c, f in zip(chunk, fr):
+                d = dict(c)
+                d["frames"] = np.concatenate([c["frames"][:1], f])
+                d.pop("seg", None)
+                out.append(d)
+                labels.append(f"wm_t{temp:g}")
+    return out, labels
+
+
+def build_shard(path, teacher, *, max_episodes, windows: int, degradations_per_clip: int,
+                wm=None, wm_starts: int = 0, wm_temperatures=(), wm_batch: int = 16, seed: int = 0) -> dict:
+    """All bench rows from one rollout file: real clips, degradations, generations."""
+    from worldmodel.judge.degrade import DEGRADATIONS
+
+    rng = np.random.default_rng([seed, int(hashlib.sha1(Path(path).stem.encode()).hexdigest()[:6], 16)])
+    eps = load_source_episodes([path], max_episodes)
+    real = [make_clip(e, s) for e in eps for s in cut_windows(e, windows, rng)]
+    if not real:
+        return {}
+    parts = [label_clips(teacher, real, "real", [""] * len(real))]
+    deg, names = degraded_clips(real, DEGRADATIONS, degradations_per_clip, rng)
+    if deg:
+        parts.append(label_clips(teacher, deg, "degraded", names))
+    if wm is not None and wm_starts > 0 and len(wm_temperatures):
+        pick = rng.choice(len(real), size=min(wm_starts, len(real)), replace=False)
+        gen, labels = generate_clips(wm, [real[i] for i in sorted(pick)], wm_temperatures, wm_batch, seed)
+        parts.append(label_clips(teacher, gen, "generated", labels))
+    teacher.clear_cache()
+    return concat_rows(parts)
+
+
+def read_rows(path) -> dict:
+    b = load_bench(path)
+    b.pop("attrs")
+    return {k: (list(v) if k in STR_KEYS else v) for k, v in b.items()}

@@ -19,7 +19,7 @@ row, origin top-left):
   gripper rows, 90th-percentile row), ``area``, ``conf``.
 
 Parameters are saved / loaded as ``.npz`` (atomically). The default fitted file
-lives at ``artifacts/judge/perception.npz`` and is fitted on demand from the
+lives at ``artifacts/judge/default/perception.npz`` and is fitted on demand from the
 train rollouts (:func:`default_perception`).
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ from envs.rollouts import atomic_path, demo_keys, open_rollouts
 
 N_CLASSES = 4
 CLASS_NAMES = ("background", "red", "green", "gripper")
-DEFAULT_PATH = Path(__file__).resolve().parents[2] / "artifacts" / "judge" / "perception.npz"
+DEFAULT_PATH = Path(__file__).resolve().parents[2] / "artifacts" / "judge" / "default" / "perception.npz"
 
 
 class Perception:
@@ -170,7 +170,7 @@ def default_perception(path: str | os.PathLike | None = None, rollout_paths=None
     if path.exists():
         return Perception.load(path)
     if rollout_paths is None:
-        rollout_paths = sorted((path.parents[1] / "rollouts").glob("*_train_*.hdf5"))
+        rollout_paths = sorted((Path(__file__).resolve().parents[2] / "artifacts" / "rollouts").glob("*_train_*.hdf5"))
     if not rollout_paths:
         raise FileNotFoundError(f"no perception at {path} and no train rollouts to fit one on; "
                                 "collect with `python experiments/collect.py env=lift agent=noisy split=train`")

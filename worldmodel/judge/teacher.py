@@ -29,9 +29,9 @@ Dimensions (``reasons`` name the check that fired, e.g. ``"TC:frozen"``):
 | IF 0-3 | X | 0 nothing / wrong cube lifted / target not in the scene; 1 near >= 2 frames; 2 held >= 2 frames; 3 done at the last frame (lifted; Stack: stacked) |
 | MS 0-2 | X | 0 never held; 2 held from the first held frame to the end (Stack: or resting stacked); 1 lost it (drop / slip) or the cube moves with the gripper far away |
 | AOC 0-1 | X vs R | 0.5 x fraction of frames whose gripper point and cubes lie within ``tol_px`` of R's projections (unreadable frames count as misses) + 0.5 x [stage (IF, MS) of X == stage of R] |
-| TC 0-1 | X, R | min of: 1 - frozen fraction (X static while R moves); 1 - order disagreements (gripper motion direction of X vs R); 1 - flicker fraction (background brightness shift / noise beyond real-clip levels); 1 - fraction of frames with a split cube (blob count != 1) |
+| TC 0-1 | X, R | min of: 1 - frozen fraction (X static while R moves); 1 - inverted frame pairs (each X frame matched to its nearest R state); 1 - flicker fraction (background brightness shift / noise beyond real-clip levels); 1 - fraction of frames with a split cube (blob count != 1) |
 | CR 0-1 | X | 1 - fraction of steps where a cube moves with no gripper or other cube near it |
-| PA 0-2 | X | 2 - one per violation type: jump, vanish (incl. unreadable frames), hover unsupported, sink into the table |
+| PA 0-2 | X (R discounts real motion) | 2 - one per violation type: jump (a cube's X step differs from its R step by > ``jump_px``, or the gripper steps > ``grip_jump_px``), vanish (seen, then gone where R says it is in view; unreadable frames), hover (>= 2 frames > 2 cm above rest, nothing under or holding it), sink (X's height reading below the same reading of R's projected track by > ``sink_m``) |
 
 Thresholds marked "calibrated" are set by :meth:`Teacher.calibrate` from real clips
 (99th percentiles of real-clip quantities plus a small margin), never from
@@ -39,7 +39,9 @@ degradations, and stored with the teacher (:meth:`Teacher.save`, JSON).
 
 Shaping (read from X only, so a student can learn them from video):
 ``target_rise`` = rise of the instructed cube's centroid between the first and the
-last frame in pixels / the pixel rise of ``lift_margin`` (clipped to [-0.5, 1.5]);
+last frame in pixels / the pixel rise that takes a resting cube to the task's lift
+height (``lift_margin`` - half-size above its rest; 1 = a full lift within the clip;
+clipped to [-0.5, 1.5]);
 ``grip_dist`` = gripper-point-to-target pixel distance at the last frame / 64
 (clipped to [0, 1]; 1 when either is unreadable).
 """
@@ -61,9 +63,11 @@ from envs.vocab import INSTRUCTIONS, target_colour
 from worldmodel.judge import DIMENSIONS, MAX_SCORES, SHORT
 from worldmodel.judge.perception import Perception, default_perception
 
+#: Bumped whenever a rule changes, so cached bench shards are rebuilt.
+TEACHER_VERSION = 6
 TABLE_Z = 0.8          # table top of the robosuite scenes (m)
 IMAGE_SIZE = 64
-DEFAULT_CALIB_PATH = Path(__file__).resolve().parents[2] / "artifacts" / "judge" / "teacher.json"
+DEFAULT_CALIB_PATH = Path(__file__).resolve().parents[2] / "artifacts" / "judge" / "default" / "teacher.json"
 
 #: Fixed physical constants of the stage rules (not tuned on degradations).
 CONSTANTS = dict(near_m=0.05, off_table_m=0.01, displaced_m=0.01, x_lift_slack=0.005,
@@ -75,14 +79,14 @@ DEFAULT_CALIB = dict(
     cube_offset=[0.0, 0.4],          # median X centroid - projected centre (px)
     grip_offset=[4.5, -4.3],         # median X finger-tip point - projected eef (px)
     tol_cube_px=3.0, tol_grip_px=5.0,  # 99th pct of |X - R| per frame, + margin
-    jump_px=6.0,                     # 99th pct of a cube's per-frame displacement (+ margin)
+    jump_px=6.0,                     # 99th pct over real clips of the largest |X step - R step| of a cube (+ margin)
     grip_jump_px=12.0,
     move_px=1.5,                     # 99.5th pct of an untouched cube's per-frame step (+ margin)
     frozen_mad=0.25,                 # mean |frame diff| below this = identical frames
-    r_moving_px=1.5,                 # R moves in a step if something moves this far
-    order_px=3.0,                    # R gripper step big enough to judge its direction
+    r_moving_px=0.5,                 # R moves in a step if something moves this far (or the fingers)
+    order_px=3.0,                    # R states this far apart (px) are distinguishable for the order check
     flicker_shift=3.0, flicker_noise=3.0,  # background median shift / median |diff|
-    sink_m=0.015,                    # 0.5th pct of a cube's height read below its rest (+ 5 mm)
+    sink_m=0.015,                    # 0.5th pct of X's height reading below the same reading of R (+ 5 mm)
 )
 
 
@@ -171,14 +175,18 @@ class Teacher:
     # ------------------------------------------------------------------ io
     def save(self, path: str | os.PathLike = DEFAULT_CALIB_PATH) -> None:
         with atomic_path(path) as tmp:
-            Path(tmp).write_text(json.dumps({"calib": self.calib, "calibrated": self.calibrated,
+            Path(tmp).write_text(json.dumps({"version": TEACHER_VERSION, "calib": self.calib, "calibrated": self.calibrated,
                                              "constants": self.c}, indent=2))
 
     @classmethod
     def load(cls, path: str | os.PathLike = DEFAULT_CALIB_PATH, perception: Perception | None = None) -> "Teacher":
-        d = json.loads(Path(path).read_text())
-        t = cls(perception or default_perception(), dict(DEFAULT_CALIB, **d["calib"]), d.get("calibrated", True))
-        return t
+        """The teacher saved at ``path``; its perception is ``perception.npz`` beside it."""
+        path = Path(path)
+        d = json.loads(path.read_text())
+        if perception is None:
+            beside = path.parent / "perception.npz"
+            perception = Perception.load(beside) if beside.exists() else default_perception()
+        return cls(perception, dict(DEFAULT_CALIB, **d["calib"]), d.get("calibrated", True))
 
     # ------------------------------------------------------------------ replay
     def _env(self, env_id: str):
@@ -250,13 +258,16 @@ class Teacher:
         feats.update(Xc=Xc, Xg=Xg)
         # heights from X: the cube's true start height (R) plus its pixel rise in X since
         # frame 0 (X's own frame-0 centroid when seen there, else R's projection)
-        zx = {}
+        zx, zr = {}, {}
         for c in colours:
             p0 = R.cubes[c][0]
             dvdz = (project(p0 + [0, 0, 0.01])[0][1] - Rpx[c][0][1]) / 0.01
             v0 = Xc[c][0, 1] if X[c]["conf"][0] >= self.c["min_conf"] else Rpx[c][0][1]
             zx[c] = p0[2] + (Xc[c][:, 1] - v0) / dvdz
-        feats["zx"] = zx
+            # the same estimator on R's projected track: where it also reads "down", the
+            # cube really moved toward the camera (single-view ambiguity), not into the table
+            zr[c] = p0[2] + (Rpx[c][:, 1] - Rpx[c][0, 1]) / dvdz
+        feats["zx"], feats["zr"] = zx, zr
         feats["dvdz_target"] = None
         if feats["target_present"]:
             p0 = R.cubes[target][0]
@@ -275,8 +286,9 @@ class Teacher:
                   (np.abs(Rpx[c][:, 0] - Rg[:, 0]) < 1.6 * self.c["occlusion_px"])
             occ |= np.linalg.norm(Rpx[c] - Rg, axis=1) < self.c["occlusion_px"]
             for o in colours:
-                if o != c:  # behind the other cube
-                    occ |= (Rdepth[c] > Rdepth[o]) & (np.linalg.norm(Rpx[c] - Rpx[o], axis=1) < self.c["occlusion_px"])
+                if o != c:  # behind or under the other cube
+                    below = (Rdepth[c] > Rdepth[o]) | (R.cubes[c][:, 2] < R.cubes[o][:, 2])
+                    occ |= below & (np.linalg.norm(Rpx[c] - Rpx[o], axis=1) < self.c["occlusion_px"])
             occluded[c] = occ
             exp[c] = in_view(Rpx[c]) & ~occ
         feats["occluded"] = occluded
@@ -425,14 +437,10 @@ class Teacher:
         r_move = np.zeros(T1 - 1)
         for arr in [F["Rg"]] + [F["Rpx"][col] for col in F["colours"]]:
             r_move = np.maximum(r_move, np.linalg.norm(np.diff(arr, axis=0), axis=1))
-        moving = r_move > k["r_moving_px"]
+        moving = (r_move > k["r_moving_px"]) | (np.abs(np.diff(R.opening)) > 0.003)
         frozen = moving & (mad < k["frozen_mad"])
         tc_frozen = 1.0 - frozen.sum() / max(1, moving.sum()) if moving.any() else 1.0
-        dR = np.diff(F["Rg"], axis=0)
-        dX = np.diff(F["Xg"], axis=0)
-        judge = (np.linalg.norm(dR, axis=1) > k["order_px"]) & ~np.isnan(dX).any(1)
-        bad_order = judge & ((dR * np.nan_to_num(dX)).sum(1) <= 0)
-        tc_order = 1.0 - bad_order.sum() / max(1, judge.sum()) if judge.any() else 1.0
+        tc_order = self._order(F)
         bg = F["X"]["labels"] == 0
         shift = np.zeros(T1 - 1)
         noise = np.zeros(T1 - 1)
@@ -475,8 +483,8 @@ class Teacher:
         pa_viol = []
         jump = False
         for col in F["colours"]:
-            rel = F["reliable"][col]
-            step = np.linalg.norm(np.diff(F["Xc"][col], axis=0), axis=1) * (rel[1:] & rel[:-1])
+            seen = F["seen"][col]
+            step = self._residual_steps(F, col) * (seen[1:] & seen[:-1])
             jump |= bool((np.nan_to_num(step, nan=0.0) > k["jump_px"]).any())
         gstep = np.nan_to_num(np.linalg.norm(np.diff(F["Xg"], axis=0), axis=1), nan=0.0)
         jump |= bool((gstep > k["grip_jump_px"]).any())
@@ -502,7 +510,7 @@ class Teacher:
             up = np.nan_to_num(z - rest, nan=0.0) > c["hover_m"]
             bad = up & ~supported & F["reliable"][col]
             hover |= bool((bad[1:] & bad[:-1]).any())
-            sink |= bool(((np.nan_to_num(z - rest, nan=0.0) < -k["sink_m"]) & F["reliable"][col]).any())
+            sink |= bool(((np.nan_to_num(z - F["zr"][col], nan=0.0) < -k["sink_m"]) & F["reliable"][col]).any())
         if hover:
             pa_viol.append("hover")
         if sink:
@@ -515,6 +523,29 @@ class Teacher:
         return {"scores": scores, "shaping": self._shaping(F), "reasons": reasons,
                 "true_stage": (IF_R, MS_R)}
 
+    @staticmethod
+    def _residual_steps(F: dict, col: str) -> np.ndarray:
+        """(T,) |X step - R step| of a cube's centroid in pixels (NaN where unseen)."""
+        return np.linalg.norm(np.diff(F["Xc"][col], axis=0) - np.diff(F["Rpx"][col], axis=0), axis=1)
+
+    def _order(self, F: dict) -> float:
+        """1 - fraction of inverted frame pairs: each X frame is matched to the R frame whose
+        gripper and cube positions it is closest to; a pair (i < j) of frames whose R states
+        differ by > ``order_px`` is inverted when the matches come in the other order."""
+        xs = [F["Xg"]] + [F["Xc"][c] for c in F["colours"]]
+        rs = [F["Rg"]] + [F["Rpx"][c] for c in F["colours"]]
+        PX, PR = np.concatenate(xs, 1), np.concatenate(rs, 1)          # (T+1, D)
+        valid = ~np.isnan(PX)
+        d = np.where(valid[:, None], (PX[:, None] - PR[None]) ** 2, 0.0).sum(-1)   # (T+1, T+1)
+        match = d.argmin(1)
+        rdist = np.abs(PR[:, None] - PR[None]).max(-1)
+        i, j = np.triu_indices(len(PX), 1)
+        judge = (rdist[i, j] > self.calib["order_px"]) & valid[i].any(1) & valid[j].any(1)
+        if not judge.any():
+            return 1.0
+        inverted = match[i] > match[j]
+        return 1.0 - float((inverted & judge).sum() / judge.sum())
+
     def _shaping(self, F: dict) -> np.ndarray:
         if not F["target_present"]:
             return np.array([0.0, 1.0], np.float32)
@@ -523,7 +554,7 @@ class Teacher:
         seen = F["seen"][t]
         rise = 0.0
         if seen[0] and seen[-1]:
-            px_lift = abs(F["dvdz_target"]) * F["task"].lift_margin
+            px_lift = abs(F["dvdz_target"]) * (F["task"].lift_margin - F["R"].half[t])
             rise = float(np.clip((cen[0, 1] - cen[-1, 1]) / px_lift, -0.5, 1.5))
         gd = 1.0
         if seen[-1] and F["seen"]["gripper"][-1]:
@@ -548,8 +579,11 @@ class Teacher:
 
     # ------------------------------------------------------------------ calibration
     def calibrate(self, clips, margin: float = 1.0) -> dict:
-        """Set the calibrated thresholds from REAL clips (never degradations): 99th
-        percentiles of real-clip quantities plus ``margin`` pixels. Returns the stats."""
+        """Set the calibrated thresholds from REAL clips (never degradations): the 99th
+        percentile over real clips of each clip's extreme (largest residual step, largest
+        untouched step, lowest height reading, largest flicker) plus ``margin`` pixels
+        (5 mm for heights), and per-frame 99th percentiles of the track errors. Returns
+        the stats."""
         off_c, off_g, cerr, gerr, gsteps = [], [], [], [], []
         mads_moving, shifts, noises = [], [], []
         for clip in clips:
@@ -564,16 +598,21 @@ class Teacher:
                 s = X[col]["conf"] >= self.c["min_conf"]
                 off_c.append((X[col]["centroid"] - Rpx)[s])
             gst = np.linalg.norm(np.diff(X["gripper"]["point"], axis=0), axis=1)
-            gsteps.append(gst[~np.isnan(gst)])
+            gsteps.append(np.nanmax(gst, initial=0.0))
             fr = clip["frames"].astype(np.int16)
             d = fr[1:] - fr[:-1]
             bg = X["labels"] == 0
+            sh, no = [0.0], [0.0]
             for i in range(len(d)):
                 m = bg[i] & bg[i + 1]
+                if m.sum() <= 100:
+                    continue
                 dd = d[i][m].astype(np.float32)
                 med = np.median(dd, axis=0)
-                shifts.append(float(np.abs(np.median(dd))))
-                noises.append(float(np.median(np.abs(dd - med))))
+                sh.append(float(np.abs(np.median(dd))))
+                no.append(float(np.median(np.abs(dd - med))))
+            shifts.append(max(sh))
+            noises.append(max(no))
         off_c, off_g = np.concatenate(off_c), np.concatenate(off_g)
         k = dict(self.calib)
         k["cube_offset"] = np.median(off_c, 0).round(3).tolist()
@@ -586,6 +625,7 @@ class Teacher:
             clip = validate_clip(clip)
             R = self.replay(clip["env_id"], clip["start_state"], clip["actions"], clip["stride"])
             F = self._frames_features(clip, R)
+            c_steps, c_rest, c_sink = [0.0], [0.0], [0.0]
             ok = F["expected"]["gripper"] & F["seen"]["gripper"]
             gerr.append(np.linalg.norm(F["Xg"] - F["Rg"], axis=1)[ok])
             for col in R.cubes:
@@ -593,26 +633,29 @@ class Teacher:
                 cerr.append(np.linalg.norm(F["Xc"][col] - F["Rpx"][col], axis=1)[rel])
                 pair = rel[1:] & rel[:-1]
                 st = np.linalg.norm(np.diff(F["Xc"][col], axis=0), axis=1)
-                steps.append(st[pair])
+                seen = F["seen"][col]
+                c_steps += list(self._residual_steps(F, col)[seen[1:] & seen[:-1]])
                 rstep = np.linalg.norm(np.diff(R.cubes[col], axis=0), axis=1)
                 ppm = FOCAL / F["Rdepth"][col][0]
                 far = np.nan_to_num(np.linalg.norm(F["Xg"] - F["Xc"][col], axis=1), nan=1e9) > self.c["near_m"] * ppm
-                rest_steps.append(st[pair & far[1:] & far[:-1]])
-                sinks.append((F["zx"][col] - TABLE_Z - R.half[col])[rel])
+                c_rest += list(st[pair & far[1:] & far[:-1]])
+                c_sink += list((F["zx"][col] - F["zr"][col])[rel])
+            steps.append(max(c_steps))        # clip-level extremes: thresholds pass 99% of real clips
+            rest_steps.append(max(c_rest))
+            sinks.append(min(c_sink))
         cerr, gerr = np.concatenate(cerr), np.concatenate(gerr)
-        steps, gsteps = np.concatenate(steps), np.concatenate(gsteps)
-        rest, sinks = np.concatenate(rest_steps), np.concatenate(sinks)
+        steps, gsteps, rest, sinks = map(np.asarray, (steps, gsteps, rest_steps, sinks))
         p = lambda a, q=99: float(np.percentile(a, q)) if len(a) else 0.0  # noqa: E731
         k.update(tol_cube_px=p(cerr) + margin, tol_grip_px=p(gerr) + margin,
-                 jump_px=p(steps, 99.5) + 2 * margin, grip_jump_px=p(gsteps, 99.5) + 2 * margin,
-                 move_px=p(rest, 99.5) + margin, flicker_shift=p(shifts, 99.5) + 2 * margin,
-                 flicker_noise=p(noises, 99.5) + 2 * margin, sink_m=max(0.01, -p(sinks, 0.5) + 0.005))
+                 jump_px=p(steps) + margin, grip_jump_px=p(gsteps) + margin,
+                 move_px=p(rest) + margin, flicker_shift=p(shifts) + 2 * margin,
+                 flicker_noise=p(noises) + 2 * margin, sink_m=max(0.01, -p(sinks, 1) + 0.005))
         self.calib, self.calibrated = k, True
         return {"n_clips": len(clips), "cube_err_p50": p(cerr, 50), "grip_err_p50": p(gerr, 50), **k}
 
 
 def default_teacher(path: str | os.PathLike | None = None) -> Teacher:
-    """The calibrated teacher saved at ``path`` (default ``artifacts/judge/teacher.json``)."""
+    """The calibrated teacher saved at ``path`` (default ``artifacts/judge/default/teacher.json``)."""
     path = Path(path or DEFAULT_CALIB_PATH)
     if not path.exists():
         raise FileNotFoundError(f"no calibrated teacher at {path}; run "

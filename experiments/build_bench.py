@@ -1,0 +1,91 @@
+"""Build the judge benchmark set (worldmodel/judge/bench.py documents clips, splits and the file).
+
+    python experiments/build_bench.py                 # default: all train/val rollouts, ~4,500 clips
+    python experiments/build_bench.py bench=tiny      # tests: seconds
+    python experiments/build_bench.py worldmodel=null # no world-model generations
+
+Steps: fit perception + calibrate the teacher on real TRAIN clips (saved next to the
+bench); then one resumable shard per rollout file (real clips, degradations,
+world-model generations, all labelled by the teacher; a shard whose config matches is
+reused); merge into ``out`` atomically and write ``summary.md`` beside it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from experiments.common import resolve, setup_torch
+from worldmodel.judge.teacher import TEACHER_VERSION
+from worldmodel.judge.bench import (build_shard, calibrated_teacher, concat_rows, read_rows, summary_table,
+                                    write_bench)
+
+
+def source_paths(cfg) -> list[Path]:
+    if cfg.rollouts:
+        return [resolve(p) for p in cfg.rollouts]
+    root = resolve(cfg.artifacts) / "rollouts"
+    paths = sorted(root.glob("*_train_*.hdf5")) + sorted(root.glob("*_val_*.hdf5"))
+    if not paths:
+        raise FileNotFoundError(f"no rollouts in {root}; collect with "
+                                "`python experiments/collect.py env=lift agent=noisy episodes=100 split=train`")
+    return paths
+
+
+def run(cfg: DictConfig) -> dict:
+    setup_torch(cfg.threads)
+    b = cfg.bench
+    out_dir, out = resolve(cfg.out_dir), resolve(cfg.out)
+    paths = source_paths(cfg)
+    # calibration always uses every train rollout file (not only this run's shards)
+    train = ([resolve(p) for p in cfg.calib_rollouts] if cfg.calib_rollouts else
+             sorted((resolve(cfg.artifacts) / "rollouts").glob("*_train_*.hdf5"))) or \
+        [p for p in paths if "_train_" in p.name] or paths
+    teacher, stats = calibrated_teacher(train, out_dir, b.calib_episodes, b.windows, cfg.seed, cfg.recalibrate)
+    if stats:
+        print("teacher calibrated:", json.dumps(stats, default=float))
+    wm, wm_path = None, resolve(cfg.worldmodel) if cfg.worldmodel else None
+    if wm_path is not None and wm_path.exists():
+        from worldmodel.world_model import WorldModel
+
+        wm = WorldModel.from_checkpoint(wm_path).eval()
+    elif wm_path is not None:
+        print(f"no world model at {wm_path}: building without generations")
+    shard_cfg = {"bench": OmegaConf.to_container(b), "seed": cfg.seed, "teacher": teacher.calib,
+                 "teacher_version": TEACHER_VERSION,
+                 "worldmodel": str(wm_path) if wm is not None else None,
+                 "wm_mtime": wm_path.stat().st_mtime if wm is not None else None}
+    key = hashlib.sha1(json.dumps(shard_cfg, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    parts = []
+    for path in tqdm(paths, desc="shards"):
+        shard = out_dir / "shards" / f"{path.stem}_{key}.h5"
+        if not shard.exists():
+            rows = build_shard(path, teacher, max_episodes=b.max_episodes, windows=b.windows,
+                               degradations_per_clip=b.degradations_per_clip, wm=wm, wm_starts=b.wm_starts,
+                               wm_temperatures=list(b.wm_temperatures), wm_batch=cfg.wm_batch, seed=cfg.seed)
+            if rows:
+                write_bench(shard, rows, {"config": shard_cfg})
+        if shard.exists():
+            parts.append(read_rows(shard))
+    rows = concat_rows(parts)
+    write_bench(out, rows, {"config": shard_cfg, "dimensions": json.dumps(list(
+        __import__("worldmodel.judge", fromlist=["DIMENSIONS"]).DIMENSIONS))})
+    table = summary_table(rows)
+    splits = {s: rows["split"].count(s) for s in ("train", "val", "test")}
+    text = f"# Judge bench summary ({len(rows['frames'])} clips; splits {splits})\n\n{table}\n"
+    (out_dir / "summary.md").write_text(text)
+    print(text)
+    return {"path": str(out), "n": len(rows["frames"]), "splits": splits}
+
+
+@hydra.main(config_path="conf", config_name="build_bench", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

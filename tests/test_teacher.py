@@ -1,0 +1,198 @@
+"""The privileged teacher judge, its perception, the degradations and the bench file.
+
+Real episodes are generated in-test with the scripted expert (Lift and PickColor);
+perception is fitted and the teacher calibrated on one set of episodes and tested
+on another, so nothing depends on artifacts/.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agent.collect import run_episode
+from agent.scripted import ScriptedExpert
+from envs.vocab import instruction_id
+from worldmodel.judge import MAX_SCORES
+from worldmodel.judge.bench import (SPAN, bench_clip, cut_windows, label_clips, load_bench, make_clip, prime,
+                                    source_episode, write_bench)
+from worldmodel.judge.degrade import DEGRADATIONS, EXPECTED, HELD_OUT, degrade
+from worldmodel.judge.perception import Perception, pixel_accuracy
+from worldmodel.judge.teacher import ClipError, Teacher
+
+LIFT, PICK = "roboalign/Lift-v0", "roboalign/PickColor-v0"
+IF, MS, AOC, TC, CR, PA = range(6)
+
+
+def _episode(env, env_id, seed, split, instruction=None):
+    opts = {"instruction": instruction} if instruction else None
+    r = run_episode(env, ScriptedExpert(), seed, record=True, options=opts)
+    assert r.success, f"scripted expert failed {env_id} seed {seed}"
+    return source_episode(r.episode, env_id, f"{env_id}:{seed}", split, r.success,
+                          instruction_id(r.instruction))
+
+
+@pytest.fixture(scope="module")
+def data(make_env, one_torch_thread):
+    lift, pick = make_env(LIFT), make_env(PICK)
+    fit = [_episode(lift, LIFT, 0, "train"), _episode(pick, PICK, 0, "train", "lift the red cube"),
+           _episode(pick, PICK, 1, "train", "lift the green cube")]
+    test = {"lift": _episode(lift, LIFT, 5, "test"), "pick": _episode(pick, PICK, 6, "test", "lift the red cube")}
+    frames = np.concatenate([e["frames"] for e in fit])
+    seg = np.concatenate([e["seg"] for e in fit])
+    perception = Perception.fit(frames, seg)
+    teacher = Teacher(perception)
+    rng = np.random.default_rng(0)
+    calib = [make_clip(e, s) for e in fit for s in cut_windows(e, 6, rng)]
+    for c in calib:
+        prime(teacher, c)
+    teacher.calibrate(calib)
+    return {"teacher": teacher, "perception": perception, "test": test}
+
+
+def _final_clip(ep):
+    """The window that ends at the episode's success."""
+    return make_clip(ep, len(ep["actions"]) - SPAN)
+
+
+def _score(teacher, clip):
+    if "record" in clip:
+        prime(teacher, clip)
+    return teacher.score_clip(clip)
+
+
+def test_perception_accuracy_and_readout(data):
+    ep = data["test"]["pick"]
+    acc = pixel_accuracy(data["perception"], ep["frames"], ep["seg"])
+    assert acc["overall"] > 0.95 and acc["red"] > 0.9 and acc["green"] > 0.9, acc
+    out = data["perception"].read(ep["frames"][:5])
+    assert out["red"]["centroid"].shape == (5, 2) and out["gripper"]["point"].shape == (5, 2)
+    assert np.all(out["red"]["conf"] > 0.5) and np.all(out["red"]["blobs"] == 1)
+
+
+def test_perception_save_load(data, tmp_path):
+    data["perception"].save(tmp_path / "p.npz")
+    q = Perception.load(tmp_path / "p.npz")
+    f = data["test"]["lift"]["frames"][:3]
+    assert np.array_equal(q.classify(f)[0], data["perception"].classify(f)[0])
+
+
+def test_real_success_clip_scores_full(data):
+    for name in ("lift", "pick"):
+        out = _score(data["teacher"], _final_clip(data["test"][name]))
+        s = out["scores"]
+        assert s[IF] == 3 and s[MS] == 2, (name, s, out["reasons"])
+        assert out["true_stage"] == (3, 2)
+        assert s[2:].sum() >= 4.5, (name, s, out["reasons"])
+        assert np.all(s <= np.asarray(MAX_SCORES)) and np.all(s >= 0)
+        rise, dist = out["shaping"]
+        assert rise > 0.8 and dist < 0.2
+
+
+def test_replay_matches_recording(data):
+    t, clip = data["teacher"], _final_clip(data["test"]["lift"])
+    r = t.replay(clip["env_id"], clip["start_state"], clip["actions"] + 0.0, clip["stride"])  # fresh replay
+    t.clear_cache()
+    r2 = t.replay(clip["env_id"], clip["start_state"], clip["actions"], clip["stride"])
+    assert np.allclose(r.eef, clip["record"]["eef"], atol=1e-6)
+    assert np.allclose(r2.cubes["red"], clip["record"]["cubes"]["red"], atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["freeze", "reverse", "teleport", "shuffle", "flicker"])
+def test_degradation_lowers_primary(data, name):
+    clip = _final_clip(data["test"]["lift"])
+    base = _score(data["teacher"], clip)["scores"]
+    dims = {"IF": IF, "MS": MS, "AOC": AOC, "TC": TC, "CR": CR, "PA": PA}
+    worse = []
+    for seed in range(3):
+        d = degrade(clip, name, np.random.default_rng(seed))
+        worse.append(_score(data["teacher"], d)["scores"][dims[EXPECTED[name][0]]])
+    assert np.mean(worse) < base[dims[EXPECTED[name][0]]], (name, base, worse)
+
+
+def test_wrong_instruction_gives_if_zero(data):
+    clip = _final_clip(data["test"]["pick"])           # lifts the red cube
+    wrong = degrade(clip, "wrong_instruction", np.random.default_rng(0))
+    assert wrong["instruction"] == instruction_id("lift the green cube")
+    out = _score(data["teacher"], wrong)
+    assert out["scores"][IF] == 0, out["reasons"]
+    assert any(r.startswith("IF:") for r in out["reasons"])
+
+
+def test_deterministic(data):
+    clip = _final_clip(data["test"]["pick"])
+    a = _score(data["teacher"], clip)
+    data["teacher"].clear_cache()
+    b = data["teacher"].score_clip(clip)                # replayed in MuJoCo this time
+    assert np.array_equal(a["scores"], b["scores"]) and np.array_equal(a["shaping"], b["shaping"])
+    assert a["reasons"] == b["reasons"]
+    batch = data["teacher"].score_clips([clip, clip])
+    assert batch["scores"].shape == (2, 6) and batch["shaping"].shape == (2, 2) and len(batch["reasons"]) == 2
+
+
+def test_malformed_clips_raise(data):
+    clip = _final_clip(data["test"]["lift"])
+    t = data["teacher"]
+    with pytest.raises(ClipError, match="frames"):
+        t.score_clip({**clip, "frames": clip["frames"][:, :32]})
+    with pytest.raises(ClipError, match="actions"):
+        t.score_clip({**clip, "actions": clip["actions"][:-1]})
+    with pytest.raises(ClipError, match="instruction"):
+        t.score_clip({**clip, "instruction": 17})
+    with pytest.raises(ClipError, match="env_id"):
+        t.score_clip({**clip, "env_id": "roboalign/Nope-v0"})
+    with pytest.raises(ClipError, match="lacks"):
+        t.score_clip({k: v for k, v in clip.items() if k != "start_state"})
+    with pytest.raises(ClipError, match="uint8"):
+        t.score_clip({**clip, "frames": clip["frames"].astype(np.float32)})
+
+
+def test_degradations_change_only_what_they_claim(data):
+    clip = _final_clip(data["test"]["pick"])
+    partner = _final_clip(data["test"]["lift"])
+    partner = {**partner, "env_id": clip["env_id"]}
+    rng = np.random.default_rng(0)
+    assert set(HELD_OUT) <= set(DEGRADATIONS) and set(EXPECTED) == set(DEGRADATIONS)
+    for name in DEGRADATIONS:
+        d = degrade(clip, name, rng, partner)
+        assert d is not None, name
+        same = [k for k in ("instruction", "start_state", "env_id", "stride")
+                if not np.array_equal(np.asarray(d[k]), np.asarray(clip[k]))]
+        if name == "wrong_instruction":
+            assert same == ["instruction"] and np.array_equal(d["frames"], clip["frames"])
+        else:
+            assert same == [], (name, same)
+        if name == "swap_actions":
+            assert not np.array_equal(d["actions"], clip["actions"]) and np.array_equal(d["frames"], clip["frames"])
+            assert "record" not in d
+        else:
+            assert np.array_equal(d["actions"], clip["actions"]), name
+        if name in ("shuffle", "freeze", "reverse", "truncate"):  # frames reordered / repeated, never new ones
+            orig = {f.tobytes() for f in clip["frames"]}
+            assert all(f.tobytes() in orig for f in d["frames"]) and not np.array_equal(d["frames"], clip["frames"])
+        if name in ("teleport", "vanish"):  # pixels change only near the cube (its mask, dilated / shifted)
+            changed = (d["frames"] != clip["frames"]).any(-1)
+            assert changed.any() and changed.mean() < 0.05 and not changed[0].any()
+        if name == "flicker":
+            assert np.array_equal(d["frames"][0], clip["frames"][0]) and not np.array_equal(d["frames"], clip["frames"])
+    with pytest.raises(KeyError, match="unknown degradation"):
+        degrade(clip, "melt", rng)
+
+
+def test_bench_roundtrip(data, tmp_path):
+    eps = [data["test"]["lift"], data["test"]["pick"]]
+    rng = np.random.default_rng(0)
+    real = [make_clip(e, s) for e in eps for s in cut_windows(e, 2, rng)]
+    rows = label_clips(data["teacher"], real, "real", [""] * len(real))
+    rows["split"] = ["train", "test"] * (len(real) // 2) + ["train"] * (len(real) % 2)
+    write_bench(tmp_path / "b.h5", rows, {"config": {"x": 1}})
+    b = load_bench(tmp_path / "b.h5")
+    assert b["frames"].shape == (len(real), 9, 64, 64, 3) and b["scores"].shape == (len(real), 6)
+    assert b["shaping"].shape == (len(real), 2) and b["actions"].shape == (len(real), 16, 4)
+    test = load_bench(tmp_path / "b.h5", split="test")
+    assert set(test["split"]) == {"test"}
+    c = bench_clip(b, 0)
+    assert np.array_equal(c["start_state"], real[0]["start_state"])
+    data["teacher"].clear_cache()
+    assert np.allclose(data["teacher"].score_clip(c)["scores"], b["scores"][0])
+    with pytest.raises(KeyError, match="split"):
+        load_bench(tmp_path / "b.h5", split="val")
