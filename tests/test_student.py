@@ -73,7 +73,7 @@ def test_optional_actions(student):
     clips = synthetic_clips(5, t1=9)
     acts = np.random.default_rng(0).uniform(-1, 1, (5, 16, 4)).astype(np.float32)   # T=8 steps, stride 2
     torch.manual_seed(1)
-    s = StudentReward(TINY)
+    s = StudentReward(StudentConfig(**{**TINY.__dict__, "actions": True}))
     torch.nn.init.normal_(s.act_proj.weight)            # zero-initialised: make actions matter
     a = s.score(clips["frames"], clips["instruction"], actions=acts)["dims"]
     b = s.score(clips["frames"], clips["instruction"])["dims"]
@@ -84,8 +84,8 @@ def test_optional_actions(student):
     assert (f[:, :, 5] == 1).all() and (s.action_features(None, 5, 9, "cpu") == 0).all()
     with pytest.raises(ValueError, match="actions must be"):
         s.score(clips["frames"], clips["instruction"], actions=acts[:, :15])
-    # video-only students ignore actions
-    v = StudentReward(StudentConfig(**{**TINY.__dict__, "actions": False}))
+    # video-only students (the default) ignore actions
+    v = StudentReward(TINY)
     assert v.act_proj is None
     assert torch.equal(v.score(clips["frames"], clips["instruction"], actions=acts)["dims"],
                        v.score(clips["frames"], clips["instruction"])["dims"])
@@ -277,7 +277,7 @@ def test_distill_reward_entry_point(tmp_path):
                                                    f"out_dir={tmp_path / 'student'}", "progress=false"])
     metrics = run(cfg)
     assert metrics["rows"] == {"train": 12, "val": 6, "test": 6}
-    assert set(metrics["test"]) == {"all", "video_only", "real", "generated", "degraded"}
+    assert set(metrics["test"]) == {"all", "real", "generated", "degraded"}
     assert metrics["test"]["generated"]["pairs"] > 0
     st = StudentReward.from_checkpoint(tmp_path / "student" / "student.pt")
     assert st.config.channels == 8

@@ -66,7 +66,7 @@ class StudentConfig:
     temporal_kernel: int = 3
     n_instructions: int = len(INSTRUCTIONS)
     weights: tuple[float, ...] = (1.0,) * N_DIMS   # default per-dimension weights of `total`
-    actions: bool = True           # optional action input (see `forward`); False: video only
+    actions: bool = False          # optional action input (see `forward`); False: video only
     action_dropout: float = 0.3    # training: fraction of clips whose actions are hidden
 
     def __post_init__(self):
