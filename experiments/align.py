@@ -47,10 +47,13 @@ def load_student(path: Path, device):
 
 
 def student_reward_fn(student):
-    """reward_fn(frames (N, T+1, 3, H, W), instruction (N,)) -> (N, 6) normalized dims."""
-    def fn(frames, instruction):
+    """reward_fn(frames (N, T+1, 3, H, W), instruction (N,), actions (N, T*stride, 4)) -> (N, 6)
+    normalized dims; the actions reach a student trained with action input only."""
+    uses_actions = bool(getattr(getattr(student, "config", None), "actions", False))
+
+    def fn(frames, instruction, actions=None):
         with torch.no_grad():
-            return student.score(frames, instruction)["dims"]
+            return student.score(frames, instruction, actions=actions if uses_actions else None)["dims"]
     return fn
 
 

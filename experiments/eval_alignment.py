@@ -101,7 +101,10 @@ def evaluate_model(wm, contexts, cfg, teacher=None, student=None) -> dict:
         r["optimism"] = optimism(t["if_x"], t["if_replay"])
         r["_total"] = t["total"]
     if student is not None:
-        dims = student.score(s["clip"], s["instruction"])["dims"].float().cpu()
+        from experiments.align import student_reward_fn
+
+        acts = s["actions"].reshape(len(s["clip"]), -1, 4)
+        dims = torch.as_tensor(student_reward_fn(student)(s["clip"], s["instruction"], acts)).float().cpu()
         r["student_total"] = mean_ci((dims * torch.tensor(MAX_SCORES)).sum(1).numpy())
     return r
 

@@ -340,3 +340,14 @@ def test_align_presets_compose_into_valid_configs(preset, tmp_path):
     assert out_dir(cfg) == tmp_path / "aligned" / preset
     ablation = _align_cfg(tmp_path, "", f"align={preset}", "grpo.weights=all_six", "grpo.reward=neg_mse")
     assert out_dir(ablation) == tmp_path / "aligned" / f"{preset}_neg_mse_all_six"
+
+
+def test_a_reward_with_an_actions_parameter_gets_the_control_actions():
+    seen = []
+
+    def reward(frames, instruction, actions=None):
+        seen.append(actions.shape)
+        return brightness(frames, instruction)
+
+    GRPOTrainer(toy_model(), reward, GRPOConfig(group_size=2, amp=False, refresh_every=0)).step(toy_batch())
+    assert seen == [(4, T * 2, 4)]

@@ -11,7 +11,8 @@ log-probabilities plus a KL penalty to the frozen pre-trained model.
 Everything the trainer needs from outside is a callable:
 
 - ``reward_fn(frames (N, T+1, 3, H, W) float [0, 1], instruction (N,) long) -> (N, 6)``
-  normalized dims (or a dict with ``"dims"``, e.g. ``StudentReward.score``);
+  normalized dims (or a dict with ``"dims"``, e.g. ``StudentReward.score``); a reward_fn
+  with an ``actions`` parameter also gets the control actions ``(N, T * repeat, 4)``;
 - ``teacher_fn(clips) -> (N, 6)`` normalized teacher dims (optional, slow);
 - ``refresh_fn(clips, teacher_dims) -> dict`` online distillation of the student
   (optional; called every ``refresh_every`` updates with fresh rollouts).
@@ -25,6 +26,7 @@ total) is the ablation.
 from __future__ import annotations
 
 import copy
+import inspect
 import time
 import warnings
 from collections.abc import Callable
@@ -228,6 +230,7 @@ class GRPOTrainer:
             raise ValueError("reward='student' needs a reward_fn(frames, instruction) -> (N, 6)")
         self.wm, self.cfg = wm, cfg
         self.reward_fn, self.teacher_fn, self.refresh_fn = reward_fn, teacher_fn, refresh_fn
+        self._reward_takes_actions = reward_fn is not None and "actions" in inspect.signature(reward_fn).parameters
         for p in wm.tokenizer.parameters():
             p.requires_grad_(False)
         self.reference = copy.deepcopy(wm.dynamics).eval()
@@ -245,8 +248,9 @@ class GRPOTrainer:
         return next(self.wm.parameters()).device
 
     # -------------------------------------------------------------- sampling and scoring
-    def _dims(self, frames: torch.Tensor, instruction: torch.Tensor) -> torch.Tensor:
-        out = self.reward_fn(frames, instruction)
+    def _dims(self, frames: torch.Tensor, instruction: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        kw = {"actions": actions.reshape(actions.shape[0], -1, 4)} if self._reward_takes_actions else {}
+        out = self.reward_fn(frames, instruction, **kw)
         dims = out["dims"] if isinstance(out, dict) else out
         return torch.as_tensor(dims, dtype=torch.float32).reshape(frames.shape[0], -1).cpu()
 
@@ -272,7 +276,7 @@ class GRPOTrainer:
 
     def rewards(self, s: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(R (N,), dims (N, 6) or None) for sampled rollouts."""
-        dims = self._dims(s["clip"], s["instruction"]) if self.reward_fn is not None else None
+        dims = self._dims(s["clip"], s["instruction"], s["actions"]) if self.reward_fn is not None else None
         if self.cfg.reward == "student":
             return dims @ self.weights, dims
         if s["real"] is None:
@@ -362,7 +366,7 @@ class GRPOTrainer:
         seed), and the reward-hacking verdict over the recent probes."""
         s = self.sample(batch, group_size=1, generator=torch.Generator(self.device).manual_seed(seed))
         m = {}
-        dims = self._dims(s["clip"], s["instruction"]) if self.reward_fn is not None else None
+        dims = self._dims(s["clip"], s["instruction"], s["actions"]) if self.reward_fn is not None else None
         if dims is not None:
             m["probe/student_R"] = float((dims @ self.weights).mean())
         if self.teacher_fn is not None and s["meta"] is not None:
