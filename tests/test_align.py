@@ -152,7 +152,8 @@ def test_kl_penalty_holds_the_model_near_the_reference():
 
 def test_single_metric_reward_uses_the_real_frames():
     real = torch.rand(3, T, 3, H, H)
-    r = single_metric_reward(torch.stack([real[0], real[0] * 0.5, torch.zeros_like(real[0])]), real[:1].expand(3, -1, -1, -1, -1), "neg_mse")
+    pred = torch.stack([real[0], real[0] * 0.5, torch.zeros_like(real[0])])
+    r = single_metric_reward(pred, real[:1].expand(3, -1, -1, -1, -1), "neg_mse")
     assert r[0] == 0 and r[0] > r[1] > r[2]
     ssim = single_metric_reward(real, real, "ssim")
     assert torch.allclose(ssim, torch.ones(3), atol=1e-4)
@@ -318,7 +319,8 @@ def test_eval_alignment_runs_without_a_teacher(align_artifacts, tmp_path):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("eval_alignment", [f"models.pretrained={root / 'wm.pt'}",
                                          f"models.aligned={root / 'straight' / 'worldmodel.pt'}",
-                                         f"student_ckpt={root / 'student.pt'}", "teacher=false", f"data.val=[{rollouts}]",
+                                         f"student_ckpt={root / 'student.pt'}", "teacher=false",
+                                         f"data.val=[{rollouts}]",
                                          "horizon=2", "every=16", "samples=2", "videos=1", "threads=1",
                                          f"out_dir={tmp_path}"])
     out = run(cfg)

@@ -34,7 +34,6 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from worldmodel.judge import MAX_SCORES, SHORT
 from worldmodel.training import autocast, load_checkpoint, save_checkpoint
@@ -342,7 +341,8 @@ class GRPOTrainer:
         if s["meta"] is None:
             raise ValueError("refresh needs batch['meta'] (start_state, env_id per context) to build judge clips")
         n = s["clip"].shape[0]
-        idx = torch.randperm(n, generator=self.generator, device=self.device)[: self.cfg.refresh_clips].sort().values.cpu()
+        idx = torch.randperm(n, generator=self.generator, device=self.device)[: self.cfg.refresh_clips]
+        idx = idx.sort().values.cpu()
         clips = make_clips(s["clip"][idx], s["actions"][idx], s["instruction"][idx],
                            [s["meta"][i] for i in idx.tolist()], self.wm.action_repeat)
         m, teacher = {}, None
