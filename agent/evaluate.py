@@ -110,12 +110,44 @@ def _finished(out: Path, seeds: list[int]) -> dict[int, EpisodeResult]:
     return done
 
 
+def imagined_track(imagined: list[tuple[int, np.ndarray]], repeat: int, n: int) -> list[tuple[int, np.ndarray]]:
+    """For control steps 0..n, the imagined frame of the plan being executed and the step
+    that plan was made at. ``imagined``: ``(replan step s, clip (T+1, h, w, 3))`` in step
+    order, clip frame j showing step ``s + j * repeat``."""
+    out, k = [], -1
+    for t in range(n + 1):
+        while k + 1 < len(imagined) and imagined[k + 1][0] <= t:
+            k += 1
+        if k < 0:
+            out.append((-1, None))
+            continue
+        s, clip = imagined[k]
+        out.append((s, clip[min((t - s + repeat - 1) // repeat, len(clip) - 1)]))
+    return out
+
+
+def _side_by_side(real: np.ndarray, imagined: np.ndarray | None) -> np.ndarray:
+    """``real (H, W, 3)`` | ``imagined (h, w, 3)`` upscaled (nearest) to H x W."""
+    h, w = real.shape[:2]
+    if imagined is None:
+        imagined = np.zeros_like(real)
+    else:
+        imagined = imagined.repeat(h // imagined.shape[0], 0).repeat(w // imagined.shape[1], 1)
+    return np.concatenate([real, imagined[:h, :w]], 1)
+
+
 def _write_episode_video(res: EpisodeResult, path: Path) -> None:
     n = len(res.frames) - 1
     outcome = "SUCCESS" if res.success else f"failed: {res.failure}"
+    frames = res.frames
     captions = [[res.instruction, f"seed {res.seed}  step {t}/{n}" + (f"  {outcome}" if t == n else "")]
                 for t in range(n + 1)]
-    write_video(res.frames, path, fps=20, captions=captions)
+    if res.extras.get("imagined"):
+        track = imagined_track(res.extras["imagined"], int(res.extras.get("repeat", 1)), n)
+        frames = [_side_by_side(f, im) for f, (_, im) in zip(frames, track)]
+        captions = [[c[0] + "   | left: real, right: imagined", c[1] + f"  (plan of step {s})"]
+                    for c, (s, _) in zip(captions, track)]
+    write_video(frames, path, fps=20, captions=captions)
 
 
 def results_table(summaries: list[dict]) -> str:

@@ -59,9 +59,17 @@ def student_reward_fn(student):
 
 def load_teacher(setting):
     """The privileged teacher (worldmodel.judge.teacher, imported lazily), or None:
-    ``setting`` true (required), false (never), or "auto" (when importable)."""
+    ``setting`` true (required), false (never), "auto" (when importable), or the path
+    of a calibrated ``teacher.json`` (the bench stage writes one beside its bench file)."""
     if setting is False or str(setting).lower() == "false":
         return None
+    if str(setting).endswith(".json"):
+        from worldmodel.judge.teacher import Teacher
+
+        if not Path(str(setting)).exists():
+            raise FileNotFoundError(f"teacher calibration {setting} not found; build it with "
+                                    f"`python experiments/build_bench.py`")
+        return Teacher.load(str(setting))
     try:
         from worldmodel.judge.perception import default_perception
         from worldmodel.judge.teacher import DEFAULT_CALIB_PATH, Teacher

@@ -1,36 +1,124 @@
-"""Main job: run an agent for N held-out episodes in the real simulator.
+"""Main job: build what is missing, then run agents for N held-out episodes in the real simulator.
 
-    python experiments/closed_loop.py [env=lift] [agent=scripted] [preset=default]
+    python experiments/closed_loop.py                       # MPC on Lift, ~10 episodes, builds every stage
+    python experiments/closed_loop.py preset=quick          # ~15 min from scratch
+    python experiments/closed_loop.py agent=scripted baselines=[]     # no models needed
+    python experiments/closed_loop.py preset=full env=stack            # sharded/resumable per episode
 
-Writes a results table, per-episode JSONL, a summary and videos under
-``artifacts/closed_loop/<env>/<agent>/``.
+Every upstream artifact (rollouts, tokenizer, world model, benchmark set, student
+reward, aligned world model) is built by :mod:`experiments.pipeline` when missing and
+reused when its config and inputs match. Then the main agent and each baseline run on
+the same held-out test seeds. Writes under ``<artifacts>/closed_loop/<env>/``: per
+method ``<method>/{summary.json,episodes.jsonl,results.md,episodes/,videos/}`` (MPC
+videos show the real episode next to the imagined future of the plan being executed),
+``results.md`` (all methods, one table), ``success.png`` and ``run.json`` (wall time,
+stage folders).
 """
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from agent.collect import make_agent
 from agent.evaluate import evaluate, results_table
+from envs.rollouts import atomic_path
 from envs.splits import split_seeds
+from experiments import pipeline
 from experiments.common import resolve, setup_torch
+
+#: Methods that plan with a world model, and the pipeline stage whose model they use.
+WORLD_MODEL_METHODS = {
+    "mpc": ("aligned", {}),                          # the aligned model, SWR rollouts
+    "mpc_pretrained": ("worldmodel", {}),            # the same planner on the pre-trained model
+    "mpc_noswr": ("aligned", {"rollout_mode": "full"}),   # plain autoregression (horizon > W)
+}
+
+
+def _stage_for(method: str) -> str | None:
+    return WORLD_MODEL_METHODS[method][0] if method in WORLD_MODEL_METHODS else None
+
+
+def make_method(method: str, cfg: DictConfig, stages: dict):
+    """An agent for a method name: a world-model MPC variant, ``oracle_p``, or a plain
+    agent of ``agent/collect.py``'s registry (scripted, noisy, random)."""
+    planner = OmegaConf.to_container(cfg.planner)
+    if method in WORLD_MODEL_METHODS:
+        from agent.mpc import WorldModelMPC
+
+        stage, extra = WORLD_MODEL_METHODS[method]
+        kwargs = {**OmegaConf.to_container(cfg.mpc), **extra}
+        return WorldModelMPC(str(pipeline.model_path(stages, stage)), str(pipeline.model_path(stages, "student")),
+                             planner=planner, name=method, **kwargs)
+    if method == "oracle_p":
+        from agent.oracle import OracleP
+
+        return OracleP(planner=planner)
+    kwargs = OmegaConf.to_container(cfg.agent.kwargs) if method == cfg.agent.name else {}
+    return make_agent(method, **kwargs)
+
+
+def plot_success(summaries: list[dict], path: Path, title: str) -> None:
+    """Bar chart of success per method with the 95% Wilson interval."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [s["agent"] for s in summaries]
+    rate = [s["success_rate"] for s in summaries]
+    lo = [s["success_rate"] - s["success_ci95"][0] for s in summaries]
+    hi = [s["success_ci95"][1] - s["success_rate"] for s in summaries]
+    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 3.2))
+    ax.bar(names, rate, yerr=[lo, hi], capsize=4, color="#4c72b0")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("success (95% CI)")
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(axis="x", labelrotation=20)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
 
 
 def run(cfg: DictConfig) -> dict:
-    """The importable closed loop: builds the agent, evaluates it, returns the summary."""
+    """The importable main job; returns ``{"summaries": [...], "wall_s": ..., "stages": {...}}``."""
     setup_torch(cfg.threads)
     t0 = time.time()
-    agent = make_agent(cfg.agent.name, **OmegaConf.to_container(cfg.agent.kwargs))
+    methods = list(dict.fromkeys([cfg.agent.name, *cfg.baselines]))
+    needed = [s for s in map(_stage_for, methods) if s] + (["student"] if any(map(_stage_for, methods)) else [])
+    stages = {}
+    if needed:
+        upto = max(needed, key=pipeline.STAGES.index)
+        stages = pipeline.build(cfg.pipeline, upto, artifacts=cfg.artifacts)
+    t_built = time.time()
     seeds = split_seeds(cfg.split, cfg.episodes, cfg.seed_start)
-    summary = evaluate(cfg.env.id, agent, seeds, out_dir=resolve(cfg.out_dir), videos=cfg.videos,
-                       workers=cfg.workers,
-                       env_kwargs=OmegaConf.to_container(cfg.env.kwargs))
-    summary["wall_s"] = time.time() - t0
-    print(results_table([summary]))
-    print(f"wall time {summary['wall_s']:.1f} s; results in {resolve(cfg.out_dir)}")
-    return summary
+    out = resolve(cfg.out_dir)
+    summaries = []
+    for method in methods:
+        agent = make_method(method, cfg, stages)
+        s = evaluate(cfg.env.id, agent, seeds, out_dir=out / method, videos=cfg.videos, workers=cfg.workers,
+                     env_kwargs=OmegaConf.to_container(cfg.env.kwargs), name=method)
+        summaries.append(s)
+    table = results_table(summaries)
+    wall = time.time() - t0
+    report = {"env_id": cfg.env.id, "episodes": cfg.episodes, "seeds": seeds, "wall_s": wall,
+              "build_s": t_built - t0, "preset": cfg.get("preset_name"),
+              "stages": {k: [str(r.dir) for r in v] if isinstance(v, list) else str(v.dir)
+                         for k, v in stages.items()},
+              "summaries": summaries}
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "results.md") as tmp:
+        tmp.write_text(f"# Closed loop: {cfg.env.id}, {cfg.episodes} held-out episodes\n\n{table}\n\n"
+                       f"wall time {wall:.0f} s (building artifacts {t_built - t0:.0f} s)\n")
+    with atomic_path(out / "run.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=2, default=str))
+    plot_success(summaries, out / "success.png", f"{cfg.env.id}: {cfg.episodes} held-out seeds")
+    print(table)
+    print(f"wall time {wall:.1f} s (building artifacts {t_built - t0:.1f} s); results in {out}")
+    return report
 
 
 @hydra.main(config_path="conf", config_name="closed_loop", version_base="1.3")

@@ -201,4 +201,38 @@ def build(pcfg: DictConfig, upto: str, *, artifacts: str | os.PathLike = "artifa
         done["worldmodel"] = run_script_stage(
             "worldmodel", "train_worldmodel", list(pcfg.worldmodel), {**coll_keys, "tokenizer": tok.key},
             {**data, "tokenizer_ckpt": tok.dir / "last.pt"}, artifacts=artifacts, log=log)
+    if "bench" in need:
+        wm = done["worldmodel"]
+        done["bench"] = run_script_stage(
+            "bench", "build_bench", list(pcfg.bench), {**coll_keys, "worldmodel": wm.key},
+            {"rollouts": _list(rollouts["train"] + rollouts["val"]), "worldmodel": wm.dir / "worldmodel.pt"},
+            artifacts=artifacts, log=log)
+    if "student" in need:
+        bench = done["bench"]
+        done["student"] = run_script_stage("student", "distill_reward", list(pcfg.student), {"bench": bench.key},
+                                           {"bench_file": bench.dir / "bench.h5"}, artifacts=artifacts, log=log)
+    if "aligned" in need:
+        wm, student = done["worldmodel"], done["student"]
+        done["aligned"] = run_script_stage(
+            "aligned", "align", list(pcfg.align), {**coll_keys, "worldmodel": wm.key, "student": student.key},
+            {"worldmodel_ckpt": wm.dir / "worldmodel.pt", "student_ckpt": student.dir / "student.pt",
+             "data.train": _list(rollouts["train"]), "refresh.old_data": done["bench"].dir / "bench.h5",
+             "teacher": done["bench"].dir / "teacher.json"},
+            artifacts=artifacts, log=log)
     return done
+
+
+#: The file each model stage leaves in its folder.
+MODEL_FILES = {"tokenizer": "last.pt", "worldmodel": "worldmodel.pt", "bench": "bench.h5",
+               "student": "student.pt", "aligned": "worldmodel.pt"}
+
+
+def model_path(stages: dict, name: str) -> Path:
+    """The artifact file of a built stage, with a clear error when it was not built."""
+    if name not in stages:
+        raise KeyError(f"stage {name!r} was not built (built: {sorted(stages)})")
+    path = stages[name].dir / MODEL_FILES[name]
+    if not path.exists():
+        raise FileNotFoundError(f"stage {name!r} finished but {path} is missing; delete "
+                                f"{stages[name].dir} and re-run to rebuild it")
+    return path

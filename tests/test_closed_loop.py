@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,44 +69,58 @@ def test_summarize_counts():
 # ----------------------------------------------------------------------------- closed loop
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
+    """The main job end to end with tiny models: every stage built, MPC + a baseline run."""
     from experiments.closed_loop import run
 
     artifacts = tmp_path_factory.mktemp("artifacts")
     cfg = _compose("closed_loop", ["preset=tiny", f"artifacts={artifacts}"])
     assert cfg.episodes == 1 and cfg.videos == 1 and cfg.split == "test"
-    return artifacts, run(cfg)
+    return artifacts, cfg, run(cfg)
 
 
-def test_closed_loop_tiny_summary(tiny_run):
-    _, summary = tiny_run
-    assert summary["episodes"] == 1
-    assert summary["success_rate"] == 1.0 and summary["successes"] == 1
-    assert summary["env_id"] == "roboalign/Lift-v0" and summary["agent"] == "scripted"
-    assert summary["seeds"] == split_seeds("test", 1)
-    assert split_of(summary["seeds"][0]) == "test"
-    assert summary["failures"]["none"] == 1
-    assert summary["wall_s"] > 0
+def test_closed_loop_tiny_builds_every_stage_and_runs_each_method(tiny_run):
+    artifacts, cfg, report = tiny_run
+    assert set(report["stages"]) == {"collect", "tokenizer", "worldmodel", "bench", "student", "aligned"}
+    for name, dirs in report["stages"].items():
+        for d in dirs if isinstance(dirs, list) else [dirs]:
+            assert json.loads((Path(d) / "stage.json").read_text())["stage"] == name
+    by_agent = {s["agent"]: s for s in report["summaries"]}
+    assert list(by_agent) == ["mpc", "scripted"]
+    for s in by_agent.values():
+        assert s["episodes"] == 1 and s["seeds"] == split_seeds("test", 1)
+        assert split_of(s["seeds"][0]) == "test"
+    assert by_agent["scripted"]["success_rate"] == 1.0
+    assert by_agent["mpc"]["act_s_mean"] > 0
+    assert report["wall_s"] >= report["build_s"] > 0
 
 
 def test_closed_loop_tiny_files(tiny_run):
-    artifacts, summary = tiny_run
-    out = artifacts / "closed_loop" / "lift" / "scripted"
-    for name in ("results.md", "summary.json", "episodes.jsonl"):
-        assert (out / name).is_file(), name
-    saved = json.loads((out / "summary.json").read_text())
-    assert saved["episodes"] == 1 and saved["success_rate"] == 1.0
-    rows = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
-    assert len(rows) == 1
-    row = rows[0]
-    assert row["seed"] == summary["seeds"][0] and row["success"] is True and row["failure"] == "none"
-    assert "frames" not in row and "episode" not in row
-    assert "roboalign/Lift-v0" in (out / "results.md").read_text()
-
-    videos = sorted(out.rglob("*.mp4"))
-    assert len(videos) == 1, videos
-    # every frame is kept: the reset frame plus one per step
-    assert read_video_frame_count(videos[0]) == row["length"] + 1
+    artifacts, cfg, report = tiny_run
+    root = artifacts / "closed_loop" / "lift"
+    for name in ("results.md", "run.json", "success.png"):
+        assert (root / name).is_file(), name
+    assert "| roboalign/Lift-v0 | mpc |" in (root / "results.md").read_text()
+    for method in ("mpc", "scripted"):
+        out = root / method
+        for name in ("results.md", "summary.json", "episodes.jsonl"):
+            assert (out / name).is_file(), name
+        rows = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
+        assert len(rows) == 1 and "frames" not in rows[0] and "extras" not in rows[0]
+        videos = sorted(out.rglob("*.mp4"))
+        assert len(videos) == 1, videos
+        assert read_video_frame_count(videos[0]) == rows[0]["length"] + 1   # reset frame + one per step
     assert not list(artifacts.rglob("*.tmp*"))
+
+
+def test_closed_loop_tiny_rerun_reuses_every_stage(tiny_run, capsys):
+    from experiments.closed_loop import run
+
+    artifacts, cfg, report = tiny_run
+    again = run(cfg)
+    out = capsys.readouterr().out
+    assert "building" not in out and out.count("reusing") == 7   # 2 collections + 5 stages
+    assert again["stages"] == report["stages"]
+    assert again["summaries"] == report["summaries"]              # finished seeds are not re-run
 
 
 def test_unknown_config_key_fails_at_compose():
@@ -215,3 +230,16 @@ def test_evaluate_in_worker_processes_matches_serial(tmp_path):
     assert [v.name for v in videos] == [f"noisy_seed{s}.mp4" for s in seeds]
     for v, r in zip(videos, rows):
         assert read_video_frame_count(v) == r["length"] + 1
+
+
+def test_imagined_track_follows_the_plan_being_executed():
+    from agent.evaluate import _side_by_side, imagined_track
+
+    clip = lambda v: np.full((5, 4, 4, 3), v, np.uint8) + np.arange(5, dtype=np.uint8)[:, None, None, None]
+    track = imagined_track([(0, clip(0)), (4, clip(100))], repeat=2, n=7)
+    assert [s for s, _ in track] == [0, 0, 0, 0, 4, 4, 4, 4]
+    # frame j of a plan made at step s shows step s + 2j
+    assert [int(im[0, 0, 0]) for _, im in track] == [0, 1, 1, 2, 100, 101, 101, 102]
+    assert imagined_track([(3, clip(0))], 2, 3)[0] == (-1, None)
+    both = _side_by_side(np.zeros((8, 8, 3), np.uint8), track[1][1])
+    assert both.shape == (8, 16, 3) and both[0, 8, 0] == 1
