@@ -76,10 +76,11 @@ def run_episode(env, agent: Agent, seed: int, *, record: bool = False, frames: b
         if terminated or truncated:
             break
     failure = _failure(info, target_rise)
+    log = getattr(agent, "episode_log", None)    # e.g. the MPC agent's imagined futures
     return EpisodeResult(
         seed=seed, success=bool(info["success"]), wrong_object=bool(info["wrong_object"]),
         length=len(steps), instruction=info["instruction"], failure=failure, act_s=act_s / len(steps),
-        frames=rendered,
+        frames=rendered, extras=log() if callable(log) and frames else {},
         episode=episode_from_steps(first_obs, first_info, steps) if record else None,
     )
 
