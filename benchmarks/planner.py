@@ -21,6 +21,7 @@ import argparse
 import itertools
 import json
 import pickle
+import signal
 import sys
 import time
 from pathlib import Path
@@ -57,6 +58,7 @@ def run(tasks, planners, n_seeds: int, budget_s: float, objective: str = "shaped
     import torch
 
     torch.set_num_threads(1)
+    signal.signal(signal.SIGTERM, _on_sigterm)
     deadline = time.time() + budget_s
     for task in tasks:
         env = envs.make(TASKS[task])
@@ -80,6 +82,14 @@ def run(tasks, planners, n_seeds: int, budget_s: float, objective: str = "shaped
         env.close()
 
 
+class _Stop(Exception):
+    pass
+
+
+def _on_sigterm(signum, frame):
+    raise _Stop()
+
+
 def _episode(env, agent: OracleP, path: Path, seed: int, deadline: float) -> dict | None:
     """One oracle-P episode (as ``agent.collect.run_episode``), resumable: returns None
     after saving its progress when ``deadline`` passes."""
@@ -100,13 +110,24 @@ def _episode(env, agent: OracleP, path: Path, seed: int, deadline: float) -> dic
         obs, info = env.reset(seed=seed)
         st = {"t": 0, "start_z": _target_z(info), "rise": 0.0, "plan_s": 0.0, "replans": 0, "sim_steps": 0}
     limit = u.task.max_episode_steps
+    step_s = 0.0
+
+    def pause():  # the real env is between steps; the agent's plan is intact
+        st.update(sim_state=u.get_sim_state(), agent=agent)
+        partial.write_bytes(pickle.dumps(st))
+
     while True:
-        if time.time() > deadline:
-            st.update(sim_state=u.get_sim_state(), agent=agent)
-            partial.write_bytes(pickle.dumps(st))
+        if time.time() + 2 * step_s > deadline:
+            pause()
             return None
-        n_log = len(agent.log)
-        obs, _, terminated, _, info = u.step(agent.act(obs))
+        n_log, t0 = len(agent.log), time.time()
+        try:
+            action = agent.act(obs)
+        except _Stop:                # SIGTERM (e.g. `timeout`) during planning: keep the progress
+            pause()
+            return None
+        obs, _, terminated, _, info = u.step(action)
+        step_s = max(step_s, time.time() - t0) if agent.log[n_log:] else step_s
         for e in agent.log[n_log:]:
             st["plan_s"] += e["plan_s"]
             st["replans"] += 1
