@@ -306,9 +306,11 @@ def evaluate(student: StudentReward, data: dict, *, batch_size: int = 512, amp: 
 
 # ----------------------------------------------------------------------------- training
 def _stream(data: dict, batch_size: int, seed: int, device, new_index: np.ndarray | None = None,
-            new_fraction: float = 0.0):
+            new_fraction: float = 0.0, flip: bool = False):
     """Random batches (with replacement), reproducible from ``seed``; with ``new_index``
-    a ``new_fraction`` of every batch is drawn from those rows."""
+    a ``new_fraction`` of every batch is drawn from those rows; ``flip``: mirror half the
+    clips left-right (labels kept: stages, realism and the shaping targets do not depend
+    on the side; a regulariser for small benches)."""
     g = torch.Generator().manual_seed(seed)
     n = n_rows(data)
     k_new = 0
@@ -319,8 +321,13 @@ def _stream(data: dict, batch_size: int, seed: int, device, new_index: np.ndarra
         idx = torch.randint(n, (batch_size - k_new,), generator=g)
         if k_new:
             idx = torch.cat([idx, new_t[torch.randint(len(new_t), (k_new,), generator=g)]])
-        yield {k: data[k][idx].to(device) for k in ("frames", "instruction", "scores", "shaping", "actions")
-               if k in data}
+        batch = {k: data[k][idx] for k in ("frames", "instruction", "scores", "shaping", "actions") if k in data}
+        if flip:
+            m = torch.rand(len(idx), generator=g) < 0.5
+            batch["frames"][m] = batch["frames"][m].flip(-2)
+            if "actions" in batch:
+                batch["actions"][m, :, 1] *= -1     # camera looks along x: mirroring flips y
+        yield {k: v.to(device) for k, v in batch.items()}
 
 
 def _rng_guard():
@@ -336,7 +343,7 @@ def distill(student: StudentReward, data: dict, val_data: dict | None = None, *,
             eval_every: int = 500, ckpt_every: int = 500, log_every: int = 50, warmup: int = 50,
             amp: bool = True, seed: int = 0, progress: bool = True,
             new_index: np.ndarray | None = None, new_fraction: float = 0.0,
-            eval_batch_size: int = 512) -> tuple[StudentReward, dict]:
+            eval_batch_size: int = 512, flip: bool = False) -> tuple[StudentReward, dict]:
     """Train ``student`` to regress the teacher's labels in ``data``; returns
     ``(student, metrics)`` where metrics are :func:`evaluate` on ``val_data`` (if given).
 
@@ -346,14 +353,14 @@ def distill(student: StudentReward, data: dict, val_data: dict | None = None, *,
     them; without, it trains in a temporary directory. ``config`` (JSON-plain) is stored
     with the checkpoint and must match on resume. ``new_index``/``new_fraction``: draw
     that fraction of each batch from those rows (the refresh hook's mixing). The caller's
-    torch RNG state is preserved.
+    torch RNG state is preserved. ``flip``: left-right mirror augmentation (see ``_stream``).
     """
     if n_rows(data) == 0:
         raise ValueError("no training rows")
     device = pick_device()
     train_cfg = {"steps": steps, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
                  "dim_weights": list(dim_weights) if dim_weights is not None else None,
-                 "shaping_weight": shaping_weight, "huber_delta": huber_delta, "seed": seed}
+                 "shaping_weight": shaping_weight, "huber_delta": huber_delta, "seed": seed, "flip": flip}
     full_config = {**student.config_dict(), "train": train_cfg, **(config or {})}
 
     def loss_fn(net, batch):
@@ -371,7 +378,7 @@ def distill(student: StudentReward, data: dict, val_data: dict | None = None, *,
         if out_dir is None:
             out_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="student-"))
         student = train(student, lambda start: _stream(data, batch_size, 7919 * start + seed, device,
-                                                       new_index, new_fraction),
+                                                       new_index, new_fraction, flip),
                         loss_fn, steps=steps, lr=lr, out_dir=out_dir, kind=KIND, config=full_config,
                         eval_fn=eval_fn, eval_every=eval_every, ckpt_every=ckpt_every,
                         log_every=log_every, weight_decay=weight_decay, warmup=warmup, amp=amp,
