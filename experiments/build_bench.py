@@ -6,8 +6,8 @@
 
 Steps: fit perception + calibrate the teacher on real TRAIN clips (saved next to the
 bench); then one resumable shard per rollout file (real clips, degradations,
-world-model generations, all labelled by the teacher; a shard whose config matches is
-reused); merge into ``out`` atomically and write ``summary.md`` beside it.
+world-model generations, all labelled by the teacher; ``bench.shard_episodes`` episodes
+per shard; a shard whose config matches is reused, so an interrupted build resumes); merge into ``out`` atomically and write ``summary.md`` beside it.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from experiments.common import resolve, setup_torch
+from envs.rollouts import demo_keys, open_rollouts
 from worldmodel.judge.teacher import TEACHER_VERSION
 from worldmodel.judge.bench import (build_shard, calibrated_teacher, concat_rows, read_rows, summary_table,
                                     write_bench)
@@ -61,12 +62,21 @@ def run(cfg: DictConfig) -> dict:
                  "wm_mtime": wm_path.stat().st_mtime if wm is not None else None}
     key = hashlib.sha1(json.dumps(shard_cfg, sort_keys=True, default=str).encode()).hexdigest()[:12]
     parts = []
-    for path in tqdm(paths, desc="shards"):
-        shard = out_dir / "shards" / f"{path.stem}_{key}.h5"
+    jobs = []
+    for path in paths:
+        with open_rollouts(path) as f:
+            n = len(demo_keys(f))
+        n = min(n, b.max_episodes or n)
+        size = b.shard_episodes or n
+        jobs += [(path, (i, min(i + size, n)), n) for i in range(0, n, size)]
+    for path, (lo, hi), n in tqdm(jobs, desc="shards"):
+        shard = out_dir / "shards" / f"{path.stem}_{lo}_{hi}_{key}.h5"
         if not shard.exists():
             rows = build_shard(path, teacher, max_episodes=b.max_episodes, windows=b.windows,
-                               degradations_per_clip=b.degradations_per_clip, wm=wm, wm_starts=b.wm_starts,
-                               wm_temperatures=list(b.wm_temperatures), wm_batch=cfg.wm_batch, seed=cfg.seed)
+                               degradations_per_clip=b.degradations_per_clip, wm=wm,
+                               wm_starts=max(1, round(b.wm_starts * (hi - lo) / n)) if b.wm_starts else 0,
+                               wm_temperatures=list(b.wm_temperatures), wm_batch=cfg.wm_batch, seed=cfg.seed,
+                               episodes=(lo, hi))
             if rows:
                 write_bench(shard, rows, {"config": shard_cfg})
         if shard.exists():

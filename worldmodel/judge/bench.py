@@ -1,6 +1,14 @@
 """The judge benchmark set (RobotWorldBench analog): clips cut from rollouts, their
 degradations and world-model generations, labelled by the teacher.
 
+Built by ``python experiments/build_bench.py`` (config ``experiments/conf/build_bench.yaml``,
+``bench=default|tiny``): the teacher is calibrated on real TRAIN clips first; then per
+shard of ``shard_episodes`` episodes of one rollout file: real clips, ``degradations_per_clip``
+random degradations of each (all nine types), and world-model generations (``wm_starts``
+starts per file x ``wm_temperatures``) when a checkpoint exists. Output:
+``artifacts/judge/<bench.name>/bench.h5`` plus ``summary.md``; ``perception.npz`` and
+``teacher.json`` beside it are the fitted teacher (:func:`worldmodel.judge.teacher.default_teacher`).
+
 Clips: 8 model frames = 16 control steps at stride 2, i.e. 9 frames with the start
 frame (:data:`N_FRAMES`, :data:`STRIDE`). Windows per source episode
 (:func:`cut_windows`): one ending at the episode's last step (success or final
@@ -338,12 +346,17 @@ def generate_clips(wm, real: list[dict], temperatures, batch: int = 16, seed: in
 
 
 def build_shard(path, teacher, *, max_episodes, windows: int, degradations_per_clip: int,
-                wm=None, wm_starts: int = 0, wm_temperatures=(), wm_batch: int = 16, seed: int = 0) -> dict:
-    """All bench rows from one rollout file: real clips, degradations, generations."""
+                wm=None, wm_starts: int = 0, wm_temperatures=(), wm_batch: int = 16, seed: int = 0,
+                episodes: tuple[int, int] | None = None) -> dict:
+    """All bench rows from one rollout file (episodes ``[start, stop)`` of it if given):
+    real clips, degradations, generations."""
     from worldmodel.judge.degrade import DEGRADATIONS
 
-    rng = np.random.default_rng([seed, int(hashlib.sha1(Path(path).stem.encode()).hexdigest()[:6], 16)])
+    tag = f"{Path(path).stem}:{episodes}"
+    rng = np.random.default_rng([seed, int(hashlib.sha1(tag.encode()).hexdigest()[:6], 16)])
     eps = load_source_episodes([path], max_episodes)
+    if episodes is not None:
+        eps = eps[episodes[0]:episodes[1]]
     real = [make_clip(e, s) for e in eps for s in cut_windows(e, windows, rng)]
     if not real:
         return {}
