@@ -301,7 +301,9 @@ def calibrated_teacher(train_paths, out_dir: str | os.PathLike, calib_episodes: 
     out_dir = Path(out_dir)
     p_path, t_path = out_dir / "perception.npz", out_dir / "teacher.json"
     if t_path.exists() and p_path.exists() and not recalibrate:
-        return Teacher.load(t_path), None
+        from worldmodel.judge.teacher import TEACHER_VERSION
+        if json.loads(t_path.read_text()).get("version") == TEACHER_VERSION:
+            return Teacher.load(t_path), None
     frames, seg = load_frames_and_seg(train_paths, max_episodes=perception_episodes, every=2)
     perception = Perception.fit(frames, seg)
     perception.save(p_path)

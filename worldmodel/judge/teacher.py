@@ -64,7 +64,7 @@ from worldmodel.judge import DIMENSIONS, MAX_SCORES, SHORT
 from worldmodel.judge.perception import Perception, default_perception
 
 #: Bumped whenever a rule changes, so cached bench shards are rebuilt.
-TEACHER_VERSION = 6
+TEACHER_VERSION = 7
 TABLE_Z = 0.8          # table top of the robosuite scenes (m)
 IMAGE_SIZE = 64
 DEFAULT_CALIB_PATH = Path(__file__).resolve().parents[2] / "artifacts" / "judge" / "default" / "teacher.json"
@@ -86,6 +86,7 @@ DEFAULT_CALIB = dict(
     r_moving_px=0.5,                 # R moves in a step if something moves this far (or the fingers)
     order_px=3.0,                    # R states this far apart (px) are distinguishable for the order check
     flicker_shift=3.0, flicker_noise=3.0,  # background median shift / median |diff|
+    min_area_ratio=0.3,              # 1st pct over real clips of a visible cube's smallest area / frame-0 area, x 0.8
     sink_m=0.015,                    # 0.5th pct of X's height reading below the same reading of R (+ 5 mm)
 )
 
@@ -294,7 +295,12 @@ class Teacher:
         feats["occluded"] = occluded
         exp["gripper"] = in_view(Rg + np.asarray(k["grip_offset"])) & (Rg[:, 1] + k["grip_offset"][1] > 6)
         feats["expected"] = exp
-        seen = {c: X[c]["conf"] >= self.c["min_conf"] for c in colours}
+        # a cube is seen if confidently classified and not a sliver of its start-frame size
+        seen = {}
+        for c in colours:
+            ok = X[c]["conf"] >= self.c["min_conf"]
+            ref = X[c]["area"][0] if ok[0] else 0.0
+            seen[c] = ok & (X[c]["area"] >= k["min_area_ratio"] * ref)
         seen["gripper"] = X["gripper"]["conf"] >= self.c["min_conf"]
         feats["seen"] = seen
         # a cube's read-out is trusted where it is seen and R says it is in view, unoccluded
@@ -585,7 +591,7 @@ class Teacher:
         (5 mm for heights), and per-frame 99th percentiles of the track errors. Returns
         the stats."""
         off_c, off_g, cerr, gerr, gsteps = [], [], [], [], []
-        mads_moving, shifts, noises = [], [], []
+        mads_moving, shifts, noises, ratios = [], [], [], []
         for clip in clips:
             clip = validate_clip(clip)
             R = self.replay(clip["env_id"], clip["start_state"], clip["actions"], clip["stride"])
@@ -626,6 +632,10 @@ class Teacher:
             R = self.replay(clip["env_id"], clip["start_state"], clip["actions"], clip["stride"])
             F = self._frames_features(clip, R)
             c_steps, c_rest, c_sink = [0.0], [0.0], [0.0]
+            for col in R.cubes:  # smallest area of a cube R says is in view, unoccluded
+                a, e = F["X"][col]["area"], F["expected"][col]
+                if a[0] >= self.perception.min_area and e[1:].any():
+                    ratios.append(float(a[1:][e[1:]].min() / a[0]))
             ok = F["expected"]["gripper"] & F["seen"]["gripper"]
             gerr.append(np.linalg.norm(F["Xg"] - F["Rg"], axis=1)[ok])
             for col in R.cubes:
@@ -650,6 +660,7 @@ class Teacher:
                  jump_px=p(steps) + margin, grip_jump_px=p(gsteps) + margin,
                  move_px=p(rest) + margin, flicker_shift=p(shifts) + 2 * margin,
                  flicker_noise=p(noises) + 2 * margin, sink_m=max(0.01, -p(sinks, 1) + 0.005))
+        k["min_area_ratio"] = float(0.8 * np.percentile(ratios, 1)) if ratios else DEFAULT_CALIB["min_area_ratio"]
         self.calib, self.calibrated = k, True
         return {"n_clips": len(clips), "cube_err_p50": p(cerr, 50), "grip_err_p50": p(gerr, 50), **k}
 
