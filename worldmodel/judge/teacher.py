@@ -64,7 +64,7 @@ from worldmodel.judge import DIMENSIONS, MAX_SCORES, SHORT
 from worldmodel.judge.perception import Perception, default_perception
 
 #: Bumped whenever a rule changes, so cached bench shards are rebuilt.
-TEACHER_VERSION = 7
+TEACHER_VERSION = 8
 TABLE_Z = 0.8          # table top of the robosuite scenes (m)
 IMAGE_SIZE = 64
 DEFAULT_CALIB_PATH = Path(__file__).resolve().parents[2] / "artifacts" / "judge" / "default" / "teacher.json"
@@ -86,7 +86,8 @@ DEFAULT_CALIB = dict(
     r_moving_px=0.5,                 # R moves in a step if something moves this far (or the fingers)
     order_px=3.0,                    # R states this far apart (px) are distinguishable for the order check
     flicker_shift=3.0, flicker_noise=3.0,  # background median shift / median |diff|
-    min_area_ratio=0.3,              # 1st pct over real clips of a visible cube's smallest area / frame-0 area, x 0.8
+    min_area_ratio=0.3,
+    max_area_factor=3.0,             # 1.2 x 99.5th pct over real frames of a cube's area / (2 half f / depth)^2              # 1st pct over real clips of a visible cube's smallest area / frame-0 area, x 0.8
     sink_m=0.015,                    # 0.5th pct of X's height reading below the same reading of R (+ 5 mm)
 )
 
@@ -300,7 +301,9 @@ class Teacher:
         for c in colours:
             ok = X[c]["conf"] >= self.c["min_conf"]
             ref = X[c]["area"][0] if ok[0] else 0.0
-            seen[c] = ok & (X[c]["area"] >= k["min_area_ratio"] * ref)
+            # ... nor a blob far bigger than a cube at R's depth (e.g. the green arm read as the cube)
+            size = (2 * R.half[c] * FOCAL / Rdepth[c]) ** 2
+            seen[c] = ok & (X[c]["area"] >= k["min_area_ratio"] * ref) & (X[c]["area"] <= k["max_area_factor"] * size)
         seen["gripper"] = X["gripper"]["conf"] >= self.c["min_conf"]
         feats["seen"] = seen
         # a cube's read-out is trusted where it is seen and R says it is in view, unoccluded
@@ -591,7 +594,7 @@ class Teacher:
         (5 mm for heights), and per-frame 99th percentiles of the track errors. Returns
         the stats."""
         off_c, off_g, cerr, gerr, gsteps = [], [], [], [], []
-        mads_moving, shifts, noises, ratios = [], [], [], []
+        shifts, noises, ratios, sizes = [], [], [], []
         for clip in clips:
             clip = validate_clip(clip)
             R = self.replay(clip["env_id"], clip["start_state"], clip["actions"], clip["stride"])
@@ -600,9 +603,10 @@ class Teacher:
             gs = X["gripper"]["conf"] >= self.c["min_conf"]
             off_g.append((X["gripper"]["point"] - Rg)[gs])
             for col in R.cubes:
-                Rpx = project(R.cubes[col])[0]
+                Rpx, dep = project(R.cubes[col])
                 s = X[col]["conf"] >= self.c["min_conf"]
                 off_c.append((X[col]["centroid"] - Rpx)[s])
+                sizes.append((X[col]["area"] / (2 * R.half[col] * FOCAL / dep) ** 2)[s])
             gst = np.linalg.norm(np.diff(X["gripper"]["point"], axis=0), axis=1)
             gsteps.append(np.nanmax(gst, initial=0.0))
             fr = clip["frames"].astype(np.int16)
@@ -623,6 +627,7 @@ class Teacher:
         k = dict(self.calib)
         k["cube_offset"] = np.median(off_c, 0).round(3).tolist()
         k["grip_offset"] = np.median(off_g, 0).round(3).tolist()
+        k["max_area_factor"] = float(1.2 * np.percentile(np.concatenate(sizes), 99.5))
         # second pass with the offsets: residuals, steps and heights on trusted frames
         self.calib = k
         sinks = []
