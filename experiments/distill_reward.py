@@ -91,7 +91,8 @@ def run(cfg: DictConfig) -> dict:
         shaping_weight=tcfg["shaping_weight"], huber_delta=tcfg["huber_delta"], out_dir=out,
         config={"bench_hash": bench_hash, "max_train": cfg.student.max_train}, eval_every=tcfg["eval_every"],
         ckpt_every=tcfg["ckpt_every"], log_every=tcfg["log_every"], warmup=tcfg["warmup"], amp=cfg.amp,
-        seed=cfg.seed, progress=cfg.progress, flip=tcfg.get("flip", False))
+        seed=cfg.seed, progress=cfg.progress, flip=tcfg.get("flip", False),
+        rank_weight=tcfg.get("rank_weight", 0.0))
     train_s = time.time() - t0
     metrics = {"bench": str(bench_path), "bench_hash": bench_hash, "rows": {s: n_rows(d) for s, d in splits.items()},
                "train_rows_used": n_rows(train_rows), "params": student.n_params(),

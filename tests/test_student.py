@@ -303,3 +303,18 @@ def test_online_refresher_carries_data_and_works_under_no_grad():
         m2 = hook(clips[3:], None)
     assert m1["n_data"] == 3 and m2["n_data"] == 6 and len(hook.history) == 2
     assert all(isinstance(v, (int, float)) for v in m2.values())
+
+
+def test_paired_batches_and_ranking_loss():
+    from worldmodel.judge.distill import _stream, ranking_loss
+
+    clips = synthetic_clips(40)
+    clips["scores"][:, 0] = clips["group"]              # tag each row with its group
+    data = make_data(**clips)
+    b = next(_stream(data, 16, 0, "cpu", pairs=True))
+    assert torch.equal(b["scores"][:8, 0], b["scores"][8:, 0])        # partners share the start
+    scores = torch.tensor([[3.0, 2, 1, 1, 1, 2], [0.0, 0, 0, 0, 0, 0]])
+    good = torch.tensor([[1.0] * 6, [0.0] * 6])
+    bad = good.flip(0)
+    assert float(ranking_loss(good, scores)) < float(ranking_loss(bad, scores))
+    assert float(ranking_loss(good, scores[[0, 0]])) == 0.0               # teacher tie: left out

@@ -208,6 +208,19 @@ def distill_loss(dims: torch.Tensor, shaping: torch.Tensor, target_scores: torch
     return loss, metrics
 
 
+def ranking_loss(dims: torch.Tensor, target_scores: torch.Tensor, tie_tol: float = 1e-6) -> torch.Tensor:
+    """Logistic loss ``softplus(-sign(t_i - t_j) * (p_i - p_j))`` on unweighted totals (teacher
+    units, /10) over the pairs (row i, row i + B/2) of a paired batch; teacher ties left out."""
+    half = len(dims) // 2
+    p = (dims.float() * torch.as_tensor(MAX_SCORES, device=dims.device)).sum(1)
+    t = target_scores.float().to(dims.device).sum(1)
+    dt, dp = t[:half] - t[half:2 * half], p[:half] - p[half:2 * half]
+    mask = dt.abs() > tie_tol
+    if not mask.any():
+        return dp.sum() * 0.0
+    return F.softplus(-torch.sign(dt[mask]) * dp[mask]).mean()
+
+
 # ----------------------------------------------------------------------------- metrics
 def spearman(a, b) -> float:
     """Spearman rank correlation (scipy if available, else average ranks via torch);
@@ -306,20 +319,36 @@ def evaluate(student: StudentReward, data: dict, *, batch_size: int = 512, amp: 
 
 # ----------------------------------------------------------------------------- training
 def _stream(data: dict, batch_size: int, seed: int, device, new_index: np.ndarray | None = None,
-            new_fraction: float = 0.0, flip: bool = False):
+            new_fraction: float = 0.0, flip: bool = False, pairs: bool = False):
     """Random batches (with replacement), reproducible from ``seed``; with ``new_index``
     a ``new_fraction`` of every batch is drawn from those rows; ``flip``: mirror half the
     clips left-right (labels kept: stages, realism and the shaping targets do not depend
-    on the side; a regulariser for small benches)."""
+    on the side; a regulariser for small benches). ``pairs``: the second half of every
+    batch holds, row by row, a random partner of the first half from the same ``group``
+    (for the within-start ranking loss)."""
     g = torch.Generator().manual_seed(seed)
     n = n_rows(data)
+    if pairs:
+        if "group" not in data:
+            raise ValueError("rank_weight > 0 needs a 'group' column (clips sharing one start)")
+        grp = data["group"].numpy()
+        order = np.argsort(grp, kind="stable")
+        uniq, first, count = np.unique(grp[order], return_index=True, return_counts=True)
+        pos = np.searchsorted(uniq, grp)
+        order_t, first_t, count_t = (torch.as_tensor(order), torch.as_tensor(first[pos]),
+                                     torch.as_tensor(count[pos]))
     k_new = 0
     if new_index is not None and len(new_index) and new_fraction > 0:
         new_t = torch.as_tensor(new_index, dtype=torch.long)
         k_new = min(batch_size, max(1, round(batch_size * new_fraction)))
     while True:
-        idx = torch.randint(n, (batch_size - k_new,), generator=g)
-        if k_new:
+        if pairs:
+            anchor = torch.randint(n, (batch_size // 2,), generator=g)
+            off = (torch.rand(len(anchor), generator=g) * count_t[anchor]).long()
+            idx = torch.cat([anchor, order_t[first_t[anchor] + off]])
+        else:
+            idx = torch.randint(n, (batch_size - k_new,), generator=g)
+        if k_new and not pairs:
             idx = torch.cat([idx, new_t[torch.randint(len(new_t), (k_new,), generator=g)]])
         batch = {k: data[k][idx] for k in ("frames", "instruction", "scores", "shaping", "actions") if k in data}
         if flip:
@@ -343,7 +372,7 @@ def distill(student: StudentReward, data: dict, val_data: dict | None = None, *,
             eval_every: int = 500, ckpt_every: int = 500, log_every: int = 50, warmup: int = 50,
             amp: bool = True, seed: int = 0, progress: bool = True,
             new_index: np.ndarray | None = None, new_fraction: float = 0.0,
-            eval_batch_size: int = 512, flip: bool = False) -> tuple[StudentReward, dict]:
+            eval_batch_size: int = 512, flip: bool = False, rank_weight: float = 0.0) -> tuple[StudentReward, dict]:
     """Train ``student`` to regress the teacher's labels in ``data``; returns
     ``(student, metrics)`` where metrics are :func:`evaluate` on ``val_data`` (if given).
 
@@ -354,19 +383,27 @@ def distill(student: StudentReward, data: dict, val_data: dict | None = None, *,
     with the checkpoint and must match on resume. ``new_index``/``new_fraction``: draw
     that fraction of each batch from those rows (the refresh hook's mixing). The caller's
     torch RNG state is preserved. ``flip``: left-right mirror augmentation (see ``_stream``).
+    ``rank_weight``: add a logistic pairwise ranking loss on the total over pairs of clips
+    from one shared start (``group``; teacher ties left out), the ranking alignment and
+    planning rely on.
     """
     if n_rows(data) == 0:
         raise ValueError("no training rows")
     device = pick_device()
     train_cfg = {"steps": steps, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
                  "dim_weights": list(dim_weights) if dim_weights is not None else None,
-                 "shaping_weight": shaping_weight, "huber_delta": huber_delta, "seed": seed, "flip": flip}
+                 "shaping_weight": shaping_weight, "huber_delta": huber_delta, "seed": seed, "flip": flip,
+                 **({"rank_weight": rank_weight} if rank_weight else {})}
     full_config = {**student.config_dict(), "train": train_cfg, **(config or {})}
 
     def loss_fn(net, batch):
         dims, shaping = net(batch["frames"], batch["instruction"], batch.get("actions"))
-        return distill_loss(dims, shaping, batch["scores"], batch["shaping"], dim_weights=dim_weights,
-                            shaping_weight=shaping_weight, delta=huber_delta)
+        loss, m = distill_loss(dims, shaping, batch["scores"], batch["shaping"], dim_weights=dim_weights,
+                               shaping_weight=shaping_weight, delta=huber_delta)
+        if rank_weight:
+            rl = ranking_loss(dims, batch["scores"])
+            loss, m["rank"] = loss + rank_weight * rl, rl.detach()
+        return loss, m
 
     eval_fn = None
     if val_data is not None and n_rows(val_data):
@@ -378,7 +415,7 @@ def distill(student: StudentReward, data: dict, val_data: dict | None = None, *,
         if out_dir is None:
             out_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="student-"))
         student = train(student, lambda start: _stream(data, batch_size, 7919 * start + seed, device,
-                                                       new_index, new_fraction, flip),
+                                                       new_index, new_fraction, flip, rank_weight > 0),
                         loss_fn, steps=steps, lr=lr, out_dir=out_dir, kind=KIND, config=full_config,
                         eval_fn=eval_fn, eval_every=eval_every, ckpt_every=ckpt_every,
                         log_every=log_every, weight_decay=weight_decay, warmup=warmup, amp=amp,
