@@ -22,6 +22,13 @@ on both:
 - ``lifted``: cube centre > ``lift_margin`` above the table (the task's success check;
   X uses ``lift_margin - x_lift_slack``); ``stacked`` (Stack): red on green.
 
+Reading X: a cube is *seen* in a frame when perception is confident (>= ``min_conf``), its
+area is >= ``min_area_ratio`` x its frame-0 area (not a sliver) and <= ``max_area_factor`` x
+the area of a cube at R's depth (not, e.g., the green arm); it is *expected* where R
+projects it inside the image and not behind the robot / under the other cube. A frame is
+**unreadable** when an expected object (either cube, the gripper) is not seen: it counts as
+a track miss in AOC and as a "vanish" violation in PA (reason ``unreadable_frames:<n>``).
+
 Dimensions (``reasons`` name the check that fired, e.g. ``"TC:frozen"``):
 
 | dim | ref | rule |
