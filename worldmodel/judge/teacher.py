@@ -657,7 +657,6 @@ class Teacher:
                 st = np.linalg.norm(np.diff(F["Xc"][col], axis=0), axis=1)
                 seen = F["seen"][col]
                 c_steps += list(self._residual_steps(F, col)[seen[1:] & seen[:-1]])
-                rstep = np.linalg.norm(np.diff(R.cubes[col], axis=0), axis=1)
                 ppm = FOCAL / F["Rdepth"][col][0]
                 far = np.nan_to_num(np.linalg.norm(F["Xg"] - F["Xc"][col], axis=1), nan=1e9) > self.c["near_m"] * ppm
                 c_rest += list(st[pair & far[1:] & far[:-1]])
