@@ -24,7 +24,8 @@ Every degradation and generation inherits the split of its source clip; the
 File format (one HDF5 file, written atomically with :func:`envs.rollouts.atomic_path`)::
 
     /                       attrs: format_version, n_frames, stride, dimensions (JSON list),
-                                   max_scores (JSON), config (JSON), teacher (JSON calib)
+                                   config (JSON: bench config, seed, teacher calibration and
+                                   teacher_version, world-model path)
       frames       (N, 9, 64, 64, 3) uint8   gzip
       instruction  (N,)   int64              id into envs.vocab.INSTRUCTIONS
       scores       (N, 6) float32            teacher scores, order DIMENSIONS
