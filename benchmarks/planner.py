@@ -2,6 +2,7 @@
 
     python benchmarks/planner.py run --tasks lift --planners cem mppi --seeds 5 [--budget-s 200]
     python benchmarks/planner.py report --tasks lift --planners cem mppi --seeds 5
+    python benchmarks/planner.py mpc_timing [--worldmodel PATH] [--student PATH] [--replans 3]
 
 Oracle-P (:class:`agent.oracle.OracleP`) plans in the true simulator (state cloning, no
 rendering) against robosuite's dense shaped reward with the planner configs
@@ -146,6 +147,7 @@ def _episode(env, agent: OracleP, path: Path, seed: int, deadline: float) -> dic
 def report(tasks, planners, n_seeds: int, objectives=("shaped", "robosuite")) -> str:
     lines = ["| task | planner | objective | episodes | success | 95% CI | length (successes) | plan s / control step "
              "| sim steps / control step | failures |", "|---|---|---|---|---|---|---|---|---|---|"]
+    unfinished = []
     for task, planner, objective in itertools.product(tasks, planners, objectives):
         rows = [json.loads(p.read_text()) for s in split_seeds("test", n_seeds, SPLIT_OFFSET)
                 if (p := _path(task, planner, s, objective)).exists()]
@@ -159,6 +161,12 @@ def report(tasks, planners, n_seeds: int, objectives=("shaped", "robosuite")) ->
         for r in rows:
             if not r["success"]:
                 fails[r["failure"]] = fails.get(r["failure"], 0) + 1
+        for s in split_seeds("test", n_seeds, SPLIT_OFFSET):
+            part = _path(task, planner, s, objective).with_suffix(".partial.pkl")
+            if part.exists() and not _path(task, planner, s, objective).exists():
+                st = pickle.loads(part.read_bytes())
+                unfinished.append(f"{task} / {planner} / {objective}: seed {s} unfinished after {st['t']} "
+                                  f"control steps (target rise so far {100 * st['rise']:.1f} cm), not counted")
         lines.append(
             f"| {task} | {planner} | {objective} | {n} | {k / n:.2f} | [{lo:.2f}, {hi:.2f}] | "
             f"{(f'{np.mean(lens):.1f} ({min(lens)}-{max(lens)})') if lens else '-'} | "
@@ -175,12 +183,49 @@ def report(tasks, planners, n_seeds: int, objectives=("shaped", "robosuite")) ->
             f"credited the success reward for its remaining steps. Held-out test seeds (test split offset {SPLIT_OFFSET}, the closed loop's seeds), one "
             f"process, torch 1 thread; planning seconds are wall time on 2 shared cores (upper bounds). "
             f"Planner configs (`experiments/conf/planner/`): {desc}.\n\n" + "\n".join(lines))
+    if unfinished:
+        body += "\n\n" + "\n".join(f"- {u}" for u in unfinished)
     return body
+
+
+def mpc_timing(worldmodel: str, student: str | None, planners, replans: int) -> str:
+    """Planning time of :class:`agent.mpc.WorldModelMPC` on Lift (first test seed): where it goes."""
+    import torch
+
+    from agent.mpc import WorldModelMPC
+    from worldmodel.judge.student import StudentReward
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    reward = StudentReward.from_checkpoint(student) if student else StudentReward().eval()
+    env = envs.make(TASKS["lift"])
+    lines = ["| planner | candidates / replan | model steps | replans | plan s / replan | world model s | "
+             "reward s | plan s / control step |", "|---|---|---|---|---|---|---|---|"]
+    for planner in planners:
+        cfg = planner_cfg(planner)
+        agent = WorldModelMPC(worldmodel, reward, planner=cfg, threads=1)
+        agent.reset(seed=0)
+        obs, _ = env.reset(seed=split_seeds("test", 1, SPLIT_OFFSET)[0])
+        for _ in range(replans * agent.execute):
+            obs = env.step(agent.act(obs))[0]
+        log = agent.log
+        plan, wm, rw = (float(np.mean([e[k] for e in log])) for k in ("plan_s", "wm_s", "reward_s"))
+        lines.append(f"| {planner} | {agent.planner.budget} | {agent.planner.param.horizon} | {len(log)} | "
+                     f"{plan:.2f} | {wm:.2f} | {rw:.2f} | {agent.planning_time_per_step():.2f} |")
+        print(lines[-1], flush=True)
+    env.close()
+    return (f"`WorldModelMPC` (agent/mpc.py) on Lift, world model `{worldmodel}`, reward "
+            f"{'`' + student + '`' if student else 'an untrained StudentReward (timing only)'}; SWR rollouts, all "
+            f"candidates of an iteration in one batched rollout from the shared real frame; torch 1 thread on "
+            f"2 shared cores.\n\n" + "\n".join(lines))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["run", "report"])
+    ap.add_argument("what", choices=["run", "report", "mpc_timing"])
+    ap.add_argument("--worldmodel", default="artifacts/worldmodel/quick/worldmodel.pt")
+    ap.add_argument("--student", default=None, help="student checkpoint (default: untrained, timing only)")
+    ap.add_argument("--replans", type=int, default=3)
     ap.add_argument("--tasks", nargs="+", default=["lift"], choices=sorted(TASKS))
     ap.add_argument("--planners", nargs="+", default=["cem", "mppi"])
     ap.add_argument("--seeds", type=int, default=5)
@@ -189,6 +234,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.what == "run":
         run(args.tasks, args.planners, args.seeds, args.budget_s, args.objective)
+    elif args.what == "mpc_timing":
+        body = mpc_timing(args.worldmodel, args.student, args.planners, args.replans)
+        write_section("Planner: world-model MPC planning time", body)
     else:
         body = report(args.tasks, args.planners, args.seeds)
         print(body)
