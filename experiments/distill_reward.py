@@ -27,8 +27,8 @@ from omegaconf import DictConfig, OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments.common import resolve, setup_torch  # noqa: E402
-from worldmodel.judge.distill import (distill, evaluate, finite, from_bench, n_rows,  # noqa: E402
-                                      subset)
+from worldmodel.judge.distill import (concat_data, distill, evaluate, finite, from_bench,  # noqa: E402
+                                      n_rows, subset)
 from worldmodel.judge.student import StudentConfig, StudentReward  # noqa: E402
 from worldmodel.tokens import file_hash  # noqa: E402
 
@@ -69,12 +69,18 @@ def run(cfg: DictConfig) -> dict:
     del bench
     splits = {s: subset(data, np.asarray(data["split"]).astype(str) == s) for s in ("train", "val", "test")}
     del data
+    train_splits = list(cfg.student.get("train_splits", ["train"]))
     train_rows = splits["train"]
+    for extra in train_splits:
+        if extra == "test":
+            raise ValueError("the test split is held out; train on train (and val) only")
+        if extra != "train":
+            train_rows = concat_data(train_rows, splits[extra])
     if n_rows(train_rows) == 0:
         raise ValueError(f"{bench_path} has no train rows")
     if cfg.student.max_train:
         train_rows = subset(train_rows, np.arange(min(cfg.student.max_train, n_rows(train_rows))))
-    val = splits["val"] if n_rows(splits["val"]) else None
+    val = splits["val"] if n_rows(splits["val"]) and "val" not in train_splits else None
     scfg = StudentConfig.from_dict(OmegaConf.to_container(cfg.student.model))
     tcfg = OmegaConf.to_container(cfg.student.train)
     bench_hash = file_hash(bench_path)
@@ -89,12 +95,14 @@ def run(cfg: DictConfig) -> dict:
         student, train_rows, val, steps=tcfg["steps"], batch_size=tcfg["batch_size"], lr=tcfg["lr"],
         weight_decay=tcfg["weight_decay"], dim_weights=tcfg["dim_weights"],
         shaping_weight=tcfg["shaping_weight"], huber_delta=tcfg["huber_delta"], out_dir=out,
-        config={"bench_hash": bench_hash, "max_train": cfg.student.max_train}, eval_every=tcfg["eval_every"],
+        config={"bench_hash": bench_hash, "max_train": cfg.student.max_train,
+                **({"train_splits": train_splits} if train_splits != ["train"] else {})}, eval_every=tcfg["eval_every"],
         ckpt_every=tcfg["ckpt_every"], log_every=tcfg["log_every"], warmup=tcfg["warmup"], amp=cfg.amp,
         seed=cfg.seed, progress=cfg.progress, flip=tcfg.get("flip", False),
-        rank_weight=tcfg.get("rank_weight", 0.0))
+        rank_weight=tcfg.get("rank_weight", 0.0), source_weights=tcfg.get("source_weights"))
     train_s = time.time() - t0
     metrics = {"bench": str(bench_path), "bench_hash": bench_hash, "rows": {s: n_rows(d) for s, d in splits.items()},
+               "train_splits": train_splits,
                "train_rows_used": n_rows(train_rows), "params": student.n_params(),
                "train_s_this_run": round(train_s, 1)}
     for s in ("val", "test"):

@@ -319,13 +319,14 @@ def evaluate(student: StudentReward, data: dict, *, batch_size: int = 512, amp: 
 
 # ----------------------------------------------------------------------------- training
 def _stream(data: dict, batch_size: int, seed: int, device, new_index: np.ndarray | None = None,
-            new_fraction: float = 0.0, flip: bool = False, pairs: bool = False):
+            new_fraction: float = 0.0, flip: bool = False, pairs: bool = False,
+            row_weights: np.ndarray | None = None):
     """Random batches (with replacement), reproducible from ``seed``; with ``new_index``
     a ``new_fraction`` of every batch is drawn from those rows; ``flip``: mirror half the
     clips left-right (labels kept: stages, realism and the shaping targets do not depend
     on the side; a regulariser for small benches). ``pairs``: the second half of every
     batch holds, row by row, a random partner of the first half from the same ``group``
-    (for the within-start ranking loss)."""
+    (for the within-start ranking loss). ``row_weights``: sampling weight per row."""
     g = torch.Generator().manual_seed(seed)
     n = n_rows(data)
     if pairs:
@@ -337,6 +338,7 @@ def _stream(data: dict, batch_size: int, seed: int, device, new_index: np.ndarra
         pos = np.searchsorted(uniq, grp)
         order_t, first_t, count_t = (torch.as_tensor(order), torch.as_tensor(first[pos]),
                                      torch.as_tensor(count[pos]))
+    row_w = torch.as_tensor(row_weights, dtype=torch.float64) if row_weights is not None else None
     k_new = 0
     if new_index is not None and len(new_index) and new_fraction > 0:
         new_t = torch.as_tensor(new_index, dtype=torch.long)
@@ -346,6 +348,8 @@ def _stream(data: dict, batch_size: int, seed: int, device, new_index: np.ndarra
             anchor = torch.randint(n, (batch_size // 2,), generator=g)
             off = (torch.rand(len(anchor), generator=g) * count_t[anchor]).long()
             idx = torch.cat([anchor, order_t[first_t[anchor] + off]])
+        elif row_weights is not None:
+            idx = torch.multinomial(row_w, batch_size - k_new, replacement=True, generator=g)
         else:
             idx = torch.randint(n, (batch_size - k_new,), generator=g)
         if k_new and not pairs:
@@ -372,7 +376,8 @@ def distill(student: StudentReward, data: dict, val_data: dict | None = None, *,
             eval_every: int = 500, ckpt_every: int = 500, log_every: int = 50, warmup: int = 50,
             amp: bool = True, seed: int = 0, progress: bool = True,
             new_index: np.ndarray | None = None, new_fraction: float = 0.0,
-            eval_batch_size: int = 512, flip: bool = False, rank_weight: float = 0.0) -> tuple[StudentReward, dict]:
+            eval_batch_size: int = 512, flip: bool = False, rank_weight: float = 0.0,
+            source_weights: dict | None = None) -> tuple[StudentReward, dict]:
     """Train ``student`` to regress the teacher's labels in ``data``; returns
     ``(student, metrics)`` where metrics are :func:`evaluate` on ``val_data`` (if given).
 
@@ -385,7 +390,8 @@ def distill(student: StudentReward, data: dict, val_data: dict | None = None, *,
     torch RNG state is preserved. ``flip``: left-right mirror augmentation (see ``_stream``).
     ``rank_weight``: add a logistic pairwise ranking loss on the total over pairs of clips
     from one shared start (``group``; teacher ties left out), the ranking alignment and
-    planning rely on.
+    planning rely on. ``source_weights``: sampling weight per ``source`` value (e.g.
+    ``{"generated": 2.0}``; others 1).
     """
     if n_rows(data) == 0:
         raise ValueError("no training rows")
@@ -393,7 +399,14 @@ def distill(student: StudentReward, data: dict, val_data: dict | None = None, *,
     train_cfg = {"steps": steps, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
                  "dim_weights": list(dim_weights) if dim_weights is not None else None,
                  "shaping_weight": shaping_weight, "huber_delta": huber_delta, "seed": seed, "flip": flip,
-                 **({"rank_weight": rank_weight} if rank_weight else {})}
+                 **({"rank_weight": rank_weight} if rank_weight else {}),
+                 **({"source_weights": dict(source_weights)} if source_weights else {})}
+    row_weights = None
+    if source_weights:
+        if "source" not in data:
+            raise ValueError("source_weights needs a 'source' column")
+        src = np.asarray(data["source"]).astype(str)
+        row_weights = np.array([float(source_weights.get(x, 1.0)) for x in src])
     full_config = {**student.config_dict(), "train": train_cfg, **(config or {})}
 
     def loss_fn(net, batch):
@@ -415,7 +428,8 @@ def distill(student: StudentReward, data: dict, val_data: dict | None = None, *,
         if out_dir is None:
             out_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="student-"))
         student = train(student, lambda start: _stream(data, batch_size, 7919 * start + seed, device,
-                                                       new_index, new_fraction, flip, rank_weight > 0),
+                                                       new_index, new_fraction, flip, rank_weight > 0,
+                                                       row_weights),
                         loss_fn, steps=steps, lr=lr, out_dir=out_dir, kind=KIND, config=full_config,
                         eval_fn=eval_fn, eval_every=eval_every, ckpt_every=ckpt_every,
                         log_every=log_every, weight_decay=weight_decay, warmup=warmup, amp=amp,
