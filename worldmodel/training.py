@@ -36,6 +36,8 @@ FORMAT_VERSION = 1
 TRAIN_COMMANDS = {
     "tokenizer": "python experiments/train_tokenizer.py",
     "dynamics": "python experiments/train_worldmodel.py",
+    "worldmodel": "python experiments/train_worldmodel.py",
+    "student_reward": "python experiments/distill_reward.py",
 }
 
 
