@@ -195,6 +195,13 @@ class WorldModelMPC(Agent):
         return {"imagined": list(self.imagined), "repeat": self.planner.param.repeat,
                 "log": list(self.log), "plan_s_per_step": self.planning_time_per_step()}
 
+    def episode_log(self) -> dict:
+        """What the closed loop keeps of an episode: the imagined future of every executed
+        plan ``[(control step, (T+1, 64, 64, 3) uint8)]``, the model's ``repeat`` (control
+        steps per imagined frame) and the per-replan timing log."""
+        repeat = self._wm.action_repeat if self._wm is not None else self.planner.param.repeat
+        return {"imagined": list(self.imagined), "repeat": int(repeat), "replans": list(self.log)}
+
     def planning_time_per_step(self) -> float:
         """Planning seconds per executed control step so far (this episode)."""
         return sum(e["plan_s"] for e in self.log) / max(self._step, 1)
