@@ -118,7 +118,7 @@ def test_closed_loop_tiny_rerun_reuses_every_stage(tiny_run, capsys):
     artifacts, cfg, report = tiny_run
     again = run(cfg)
     out = capsys.readouterr().out
-    assert "building" not in out and out.count("reusing") == 7   # 2 collections + 5 stages
+    assert ": building in" not in out and out.count(": reusing") == 7   # 2 collections + 5 stages
     assert again["stages"] == report["stages"]
     assert again["summaries"] == report["summaries"]              # finished seeds are not re-run
 
@@ -139,8 +139,13 @@ def test_configs_compose():
         for agent in ("scripted", "noisy", "random"):
             cfg = _compose("closed_loop", [f"env={env}", f"agent={agent}", "artifacts=/x"])
             assert cfg.env.name == env and cfg.agent.name == agent
-            assert cfg.out_dir == f"/x/closed_loop/{env}/{agent}"
+            assert cfg.out_dir == f"/x/closed_loop/{env}"
             make_agent(cfg.agent.name, **cfg.agent.kwargs)  # every agent config is valid
+    from experiments.closed_loop import WORLD_MODEL_METHODS
+    from experiments.pipeline import STAGES
+    assert _compose("closed_loop", []).agent.name == "mpc"    # the main job plans with the world model
+    for method, (stage, _) in WORLD_MODEL_METHODS.items():
+        assert stage in STAGES, method
     for preset, n in (("tiny", 1), ("quick", 5), ("default", 10), ("full", 50)):
         assert _compose("closed_loop", [f"preset={preset}"]).episodes == n
     # the preset is applied after _self_, so it sets episodes; an explicit override still wins

@@ -1,0 +1,57 @@
+"""Record a finished main-job run (``experiments/closed_loop.py``) in BENCHMARKS.md.
+
+    python experiments/closed_loop.py [preset=...] [env=...]      # first: the run itself
+    python benchmarks/main_job.py [--env lift] [--artifacts artifacts] [--title ...]
+
+Reads ``<artifacts>/closed_loop/<env>/run.json`` and the ``stage.json`` of every stage
+it used, and writes the results table (all methods, same seeds), the wall time and each
+stage's build time. Stage times are those of the run that built the stage (a reused
+stage costs nothing in a later run).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from agent.evaluate import results_table  # noqa: E402
+from benchmarks.report import write_section  # noqa: E402
+from experiments.common import resolve  # noqa: E402
+
+
+def stage_rows(stages: dict) -> list[str]:
+    rows = ["| stage | folder | built | build time (s) |", "|---|---|---|---|"]
+    for name, dirs in stages.items():
+        for d in dirs if isinstance(dirs, list) else [dirs]:
+            m = json.loads((Path(d) / "stage.json").read_text())
+            rows.append(f"| {name} | `{Path(d).name}` | {m.get('finished_at', '?')} | {m.get('wall_s', 0):.0f} |")
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--env", default="lift")
+    ap.add_argument("--artifacts", default="artifacts")
+    ap.add_argument("--title", default=None)
+    ap.add_argument("--notes", default="", help="free text appended under the table")
+    args = ap.parse_args()
+    path = resolve(args.artifacts) / "closed_loop" / args.env / "run.json"
+    if not path.exists():
+        raise SystemExit(f"{path} not found; run `python experiments/closed_loop.py env={args.env}` first")
+    run = json.loads(path.read_text())
+    preset = run.get("preset") or "default"
+    body = [f"{run['env_id']}, {run['episodes']} held-out test seeds ({run['seeds'][0]}..{run['seeds'][-1]}), "
+            f"every method on the same seeds.", "", results_table(run["summaries"]), "",
+            f"Wall time of this run: {run['wall_s']:.0f} s, of which {run['build_s']:.0f} s building or "
+            f"reusing artifacts. Stages used:", "", *stage_rows(run.get("stages", {}))]
+    if args.notes:
+        body += ["", args.notes]
+    write_section(args.title or f"Main job: {args.env} ({preset} preset)", "\n".join(body),
+                  command=f"python experiments/closed_loop.py preset={preset} env={args.env}")
+
+
+if __name__ == "__main__":
+    main()
