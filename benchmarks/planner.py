@@ -161,6 +161,10 @@ def report(tasks, planners, n_seeds: int, objectives=("shaped", "robosuite")) ->
         for r in rows:
             if not r["success"]:
                 fails[r["failure"]] = fails.get(r["failure"], 0) + 1
+        if task == "pick_color":
+            drawn = {i: sum(r["instruction"] == i for r in rows) for i in sorted({r["instruction"] for r in rows})}
+            unfinished.append(f"{task} / {planner} / {objective}: instructions drawn by the seeds: "
+                              + ", ".join(f"'{i}' x{c}" for i, c in drawn.items()))
         for s in split_seeds("test", n_seeds, SPLIT_OFFSET):
             part = _path(task, planner, s, objective).with_suffix(".partial.pkl")
             if part.exists() and not _path(task, planner, s, objective).exists():
