@@ -189,18 +189,12 @@ class WorldModelMPC(Agent):
                          "score": res.score, "best_score": res.best_score, "evaluations": res.evaluations})
 
     def episode_log(self) -> dict:
-        """This episode's extras for the closed loop: ``imagined`` ``[(replan step s, clip
-        (T+1, 64, 64, 3) uint8)]`` (clip frame j shows control step ``s + j * repeat``),
-        ``repeat``, the per-replan ``log`` and ``plan_s_per_step``."""
-        return {"imagined": list(self.imagined), "repeat": self.planner.param.repeat,
-                "log": list(self.log), "plan_s_per_step": self.planning_time_per_step()}
-
-    def episode_log(self) -> dict:
         """What the closed loop keeps of an episode: the imagined future of every executed
         plan ``[(control step, (T+1, 64, 64, 3) uint8)]``, the model's ``repeat`` (control
         steps per imagined frame) and the per-replan timing log."""
         repeat = self._wm.action_repeat if self._wm is not None else self.planner.param.repeat
-        return {"imagined": list(self.imagined), "repeat": int(repeat), "replans": list(self.log)}
+        return {"imagined": list(self.imagined), "repeat": int(repeat), "replans": list(self.log),
+                "plan_s_per_step": self.planning_time_per_step()}
 
     def planning_time_per_step(self) -> float:
         """Planning seconds per executed control step so far (this episode)."""
