@@ -31,6 +31,7 @@ import torch
 
 from agent.base import Agent
 from agent.planner import make_planner, shift_actions
+from worldmodel.training import autocast
 
 DIM_KEYS = ("IF", "MS", "AOC", "TC", "CR", "PA")   # order of worldmodel.judge.DIMENSIONS
 DEFAULT_WEIGHTS = {"IF": 1.0, "MS": 0.5, "AOC": 0.2, "TC": 0.1, "CR": 0.1, "PA": 0.1,
@@ -64,7 +65,8 @@ class WorldModelMPC(Agent):
     def __init__(self, world_model, reward, planner: dict | None = None, execute: int | None = None,
                  weights: dict | None = None, rollout_mode: str = "swr", window: int | None = None,
                  temperature: float = 1.0, top_k: int | None = None, seed: int = 0,
-                 threads: int | None = None, keep_imagined: bool = True, name: str | None = None):
+                 threads: int | None = None, keep_imagined: bool = True, name: str | None = None,
+                 amp: bool = True):
         planner = dict(planner or {"name": "cem"})
         self.planner_cfg = planner
         self.planner = make_planner(planner)
@@ -81,6 +83,7 @@ class WorldModelMPC(Agent):
         self.rollout_mode, self.window = rollout_mode, window
         self.temperature, self.top_k = float(temperature), top_k
         self.base_seed, self.threads, self.keep_imagined = int(seed), threads, bool(keep_imagined)
+        self.amp = bool(amp)   # bf16 autocast for imagination (~1.5x faster on CPU)
         self.name = name or f"mpc_{self.planner.name}"
         self.reset()
 
@@ -146,8 +149,11 @@ class WorldModelMPC(Agent):
         start = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(255.0)
         acts = group_actions(torch.as_tensor(actions, dtype=torch.float32), wm.action_repeat)
         # one shared start frame: the world model encodes and prefills it once for all N
-        roll = wm.rollout(start[None], acts, mode=self.rollout_mode, window=self.window,
-                          temperature=self.temperature, top_k=self.top_k, generator=self._gen)
+        device = next(wm.parameters()).device
+        with autocast(device, self.amp):
+            roll = wm.rollout(start[None].to(device), acts.to(device), mode=self.rollout_mode, window=self.window,
+                              temperature=self.temperature, top_k=self.top_k, generator=self._gen)
+        start = start.to(roll.frames.device)
         return torch.cat([start[None, None].expand(n, 1, *start.shape), roll.frames.clamp(0, 1)], 1)
 
     def _replan(self, image: np.ndarray, instruction: int) -> None:
