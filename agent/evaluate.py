@@ -52,7 +52,7 @@ def summarize(results: list[EpisodeResult]) -> dict:
 def evaluate(env_id: str, agent: Agent, seeds: list[int], *, out_dir: str | os.PathLike | None = None,
              videos: int = 0, env_kwargs: dict | None = None, workers: int = 1,
              options: list[dict | None] | None = None, progress: bool = True, resume: bool = True,
-             name: str | None = None) -> dict:
+             name: str | None = None, identity: dict | None = None) -> dict:
     """Run ``agent`` on ``env_id`` for each seed; return (and save in ``out_dir``) the summary.
 
     Writes ``episodes.jsonl``, ``summary.json`` and ``results.md`` to ``out_dir`` and an
@@ -60,11 +60,16 @@ def evaluate(env_id: str, agent: Agent, seeds: list[int], *, out_dir: str | os.P
     ``workers`` simulator processes run episodes in parallel; ``options`` are per-seed
     reset options (e.g. a fixed instruction). Each finished episode is also written to
     ``out_dir/episodes/seed_<seed>.json`` at once; with ``resume`` those seeds are not
-    run again (a long evaluation can be interrupted and continued, or sharded).
+    run again (a long evaluation can be interrupted and continued, or sharded) -- but only
+    if ``identity`` (what defines the agent: its config, the models it uses) matches the
+    one saved with them in ``out_dir/identity.json``; otherwise they are run afresh.
     """
     name = name or agent.name
     env_kwargs = {**(env_kwargs or {}), **({"render_mode": "rgb_array"} if videos else {})}
-    done = _finished(Path(out_dir), seeds) if (out_dir is not None and resume) else {}
+    done = {}
+    if out_dir is not None:
+        same = _same_identity(Path(out_dir), identity)
+        done = _finished(Path(out_dir), seeds) if (resume and same) else {}
     todo = [i for i, s in enumerate(seeds) if s not in done]
     results = dict(done)
     if done:
@@ -96,6 +101,24 @@ def _save_episode(out: Path, res: EpisodeResult) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(_record(res)))
+
+
+def _same_identity(out: Path, identity: dict | None) -> bool:
+    """Whether ``out`` holds episodes of this very agent; (re)writes ``identity.json``."""
+    path = out / "identity.json"
+    want = json.loads(json.dumps(identity or {}, sort_keys=True, default=str))
+    try:
+        same = json.loads(path.read_text()) == want
+    except (OSError, ValueError):
+        same = not (out / "episodes").exists()
+    if not same and (out / "episodes").exists():
+        print(f"{out}: saved episodes belong to another agent configuration; running them again")
+        for old in (out / "episodes").glob("seed_*.json"):
+            old.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(want, indent=2, sort_keys=True))
+    return same
 
 
 def _finished(out: Path, seeds: list[int]) -> dict[int, EpisodeResult]:

@@ -61,6 +61,21 @@ def make_method(method: str, cfg: DictConfig, stages: dict):
     return make_agent(method, **kwargs)
 
 
+def method_identity(method: str, cfg: DictConfig, stages: dict) -> dict:
+    """What defines a method's episodes: its settings and the keys of the models it uses
+    (saved episodes of another identity are not reused)."""
+    ident = {"method": method, "env": OmegaConf.to_container(cfg.env)}
+    if method in WORLD_MODEL_METHODS or method == "oracle_p":
+        ident["planner"] = OmegaConf.to_container(cfg.planner)
+    if method in WORLD_MODEL_METHODS:
+        stage = WORLD_MODEL_METHODS[method][0]
+        ident.update(mpc=OmegaConf.to_container(cfg.mpc), world_model=stages[stage].key,
+                     student=stages["student"].key)
+    elif method == cfg.agent.name:
+        ident["kwargs"] = OmegaConf.to_container(cfg.agent.kwargs)
+    return ident
+
+
 def plot_success(summaries: list[dict], path: Path, title: str) -> None:
     """Bar chart of success per method with the 95% Wilson interval."""
     import matplotlib
@@ -100,7 +115,8 @@ def run(cfg: DictConfig) -> dict:
     for method in methods:
         agent = make_method(method, cfg, stages)
         s = evaluate(cfg.env.id, agent, seeds, out_dir=out / method, videos=cfg.videos, workers=cfg.workers,
-                     env_kwargs=OmegaConf.to_container(cfg.env.kwargs), name=method)
+                     env_kwargs=OmegaConf.to_container(cfg.env.kwargs), name=method,
+                     identity=method_identity(method, cfg, stages))
         summaries.append(s)
     table = results_table(summaries)
     wall = time.time() - t0

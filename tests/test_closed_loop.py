@@ -226,6 +226,13 @@ def test_evaluate_in_worker_processes_matches_serial(tmp_path):
     resumed = evaluate("roboalign/Lift-v0", _Broken(), seeds, workers=1, out_dir=tmp_path, progress=False,
                        name="noisy")
     assert resumed == parallel
+    with pytest.raises(RuntimeError, match="must not act"):   # another agent's episodes are not reused
+        evaluate("roboalign/Lift-v0", _Broken(), seeds, workers=1, out_dir=tmp_path, progress=False,
+                 name="noisy", identity={"planner": "other"})
+    assert json.loads((tmp_path / "identity.json").read_text()) == {"planner": "other"}
+    assert not list((tmp_path / "episodes").glob("*.json"))
+    parallel = evaluate("roboalign/Lift-v0", make_agent("noisy", fail_prob=0.5), seeds, workers=1,
+                        out_dir=tmp_path, videos=2, progress=False)
     (tmp_path / "episodes" / f"seed_{seeds[1]}.json").write_text("{corrupt")
     with pytest.raises(RuntimeError, match="must not act"):
         evaluate("roboalign/Lift-v0", _Broken(), seeds, workers=1, out_dir=tmp_path, progress=False)
