@@ -20,7 +20,6 @@ as a clock. It is picklable (the simulator env is rebuilt lazily in each process
 """
 from __future__ import annotations
 
-import time
 
 import numpy as np
 

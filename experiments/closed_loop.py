@@ -16,7 +16,6 @@ stage folders).
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from agent.evaluate import evaluate, results_table
 from envs.rollouts import atomic_path
 from envs.splits import split_seeds
 from experiments import pipeline
-from experiments.common import resolve, setup_torch
+from experiments.common import resolve, setup_torch, save_results
 
 #: Methods that plan with a world model, and the pipeline stage whose model they use.
 WORLD_MODEL_METHODS = {
@@ -125,12 +124,8 @@ def run(cfg: DictConfig) -> dict:
               "stages": {k: [str(r.dir) for r in v] if isinstance(v, list) else str(v.dir)
                          for k, v in stages.items()},
               "summaries": summaries}
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "results.md") as tmp:
-        tmp.write_text(f"# Closed loop: {cfg.env.id}, {cfg.episodes} held-out episodes\n\n{table}\n\n"
-                       f"wall time {wall:.0f} s (building artifacts {t_built - t0:.0f} s)\n")
-    with atomic_path(out / "run.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=2, default=str))
+    save_results(out, report, f"# Closed loop: {cfg.env.id}, {cfg.episodes} held-out episodes\n\n{table}\n\n"
+                 f"wall time {wall:.0f} s (building artifacts {t_built - t0:.0f} s)", json_name="run.json")
     plot_success(summaries, out / "success.png", f"{cfg.env.id}: {cfg.episodes} held-out seeds")
     print(table)
     print(f"wall time {wall:.1f} s (building artifacts {t_built - t0:.1f} s); results in {out}")

@@ -43,3 +43,17 @@ def rollout_paths(paths, split: str, artifacts: str | os.PathLike = "artifacts")
             f"no {split} rollouts in {resolve(artifacts) / 'rollouts'}; collect some with "
             f"`python experiments/collect.py env=lift agent=noisy episodes=100 split={split}`")
     return found
+
+
+def save_results(out: str | os.PathLike, payload: dict, markdown: str, json_name: str = "results.json") -> None:
+    """Write ``<out>/<json_name>`` and ``<out>/results.md`` atomically."""
+    import json
+
+    from envs.rollouts import atomic_path
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / json_name) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, default=str))
+    with atomic_path(out / "results.md") as tmp:
+        tmp.write_text(markdown.rstrip("\n") + "\n")

@@ -16,16 +16,14 @@ object+gripper-region MSE). Writes ``results.json``, ``results.md`` and
 """
 from __future__ import annotations
 
-import json
 
 import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from envs.rollouts import atomic_path
 from envs.video import write_video
-from experiments.common import resolve, rollout_paths, setup_torch
+from experiments.common import resolve, rollout_paths, setup_torch, save_results
 from worldmodel.align import ContextSet, make_clips
 from worldmodel.evaluate import frame_metrics, region_mask
 from worldmodel.judge import MAX_SCORES, SHORT
@@ -203,10 +201,7 @@ def run(cfg: DictConfig) -> dict:
     public = {n: {k: v for k, v in r.items() if not k.startswith("_")} for n, r in results.items()}
     payload = {"models": public, "real": reference, "paired": pairs, "contexts": len(contexts),
                "config": OmegaConf.to_container(cfg, resolve=True)}
-    with atomic_path(out / "results.json") as tmp:
-        tmp.write_text(json.dumps(payload, indent=2))
-    with atomic_path(out / "results.md") as tmp:
-        tmp.write_text(md + "\n")
+    save_results(out, payload, md)
     print(md)
     return payload
 

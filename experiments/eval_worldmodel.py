@@ -9,7 +9,6 @@ action-conditioning check), ``horizon.png`` (error vs horizon) and
 """
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 
 import hydra
@@ -19,7 +18,7 @@ from omegaconf import DictConfig
 
 from envs.rollouts import atomic_path
 from envs.video import write_video
-from experiments.common import resolve, rollout_paths, setup_torch
+from experiments.common import resolve, rollout_paths, setup_torch, save_results
 from worldmodel.evaluate import action_conditioning, load_episodes, open_loop
 from worldmodel.world_model import WorldModel
 
@@ -108,10 +107,7 @@ def run(cfg: DictConfig) -> dict:
                   f"| other sequences' outcomes | {r['psnr_mismatched']:.2f} | {r['region_mse_mismatched']:.4f} |",
                   "", f"own outcome closer than another's in {100 * r['matched_better_rate']:.0f}% of pairs"]
     table = "\n".join(lines)
-    with atomic_path(out / "results.json") as tmp:
-        tmp.write_text(json.dumps(results, indent=2))
-    with atomic_path(out / "results.md") as tmp:
-        tmp.write_text(table + "\n")
+    save_results(out, results, table)
     print(table)
     return results
 

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from vector_quantize_pytorch import FSQ
 
-from worldmodel.training import CheckpointError, config_diff, load_checkpoint, save_checkpoint
+from worldmodel.training import load_model, save_checkpoint
 
 KIND = "tokenizer"
 
@@ -371,12 +371,5 @@ class DualFSQTokenizer(nn.Module):
                         map_location="cpu") -> DualFSQTokenizer:
         """Rebuild from a ``kind="tokenizer"`` checkpoint (its ``config["model"]``); if
         ``config`` is given it must match the stored one."""
-        ckpt = load_checkpoint(path, kind=KIND, map_location=map_location)
-        stored = ckpt["config"].get("model")
-        if stored is None:
-            raise CheckpointError(f"{path} is a tokenizer checkpoint without config['model']")
-        if config is not None and (diff := config_diff(stored, asdict(config))):
-            raise CheckpointError(f"{path} holds a tokenizer of another config:\n  " + "\n  ".join(diff))
-        model = cls(TokenizerConfig.from_dict(stored))
-        model.load_state_dict(ckpt["model"])
-        return model.to(map_location).eval()
+        return load_model(path, kind=KIND, config_cls=TokenizerConfig, build=cls, config=config,
+                          map_location=map_location)

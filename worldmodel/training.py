@@ -23,7 +23,7 @@ import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -168,6 +168,25 @@ def load_checkpoint(path: str | os.PathLike, *, kind: str | None = None,
                 f"{path} was trained with a different config:\n  " + "\n  ".join(diff)
                 + "\nuse a new out_dir for this config, or the checkpoint's config to resume it")
     return ckpt
+
+
+def load_model(path: str | os.PathLike, *, kind: str, config_cls, build, config=None,
+               map_location="cpu") -> nn.Module:
+    """Rebuild a model from a checkpoint whose ``config["model"]`` is a ``config_cls``
+    dataclass dict (a standalone ``save`` or the training loop's ``last.pt``).
+
+    ``build(config_cls instance) -> model``; if ``config`` is given it must match the
+    stored one. Returns the model on ``map_location`` in eval mode.
+    """
+    ckpt = load_checkpoint(path, kind=kind, map_location=map_location)
+    stored = ckpt["config"].get("model")
+    if stored is None:
+        raise CheckpointError(f"{path} is a {kind} checkpoint without config['model']")
+    if config is not None and (diff := config_diff(stored, asdict(config))):
+        raise CheckpointError(f"{path} holds a {kind} of another config:\n  " + "\n  ".join(diff))
+    model = build(config_cls.from_dict(stored))
+    model.load_state_dict(ckpt["model"])
+    return model.to(map_location).eval()
 
 
 # ----------------------------------------------------------------------------- logging

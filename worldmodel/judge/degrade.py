@@ -108,42 +108,43 @@ def _fill_background(frame: np.ndarray, mask: np.ndarray, seg: np.ndarray) -> np
     return out
 
 
-def teleport(clip, rng):
+def _edit_cube(clip, rng, make_edit):
+    """Edit one random cube in every frame from a random frame k >= 1 on.
+
+    ``make_edit(rng) -> edit(frame, mask, seg) -> frame`` is made after k is drawn;
+    frames where the cube is not visible are left alone."""
     colour = _cube_colour(clip, rng)
     if colour is None:
         return None
     lab = LABELS[f"{colour}_cube"]
     n = len(clip["frames"])
     k = int(rng.integers(1, n - 1))
-    ang = rng.uniform(0, 2 * np.pi)
-    r = rng.uniform(7, 12)
-    dy, dx = int(round(r * np.sin(ang))), int(round(r * np.cos(ang)))
-    frames = clip["frames"].copy()
-    for i in range(k, n):
-        m = clip["seg"][i] == lab
-        if not m.any():
-            continue
-        f = _fill_background(frames[i], m, clip["seg"][i])
-        ys, xs = np.nonzero(m)
-        ty, tx = np.clip(ys + dy, 0, 63), np.clip(xs + dx, 0, 63)
-        f[ty, tx] = frames[i][ys, xs]
-        frames[i] = f
-    return _with(clip, frames=frames)
-
-
-def vanish(clip, rng):
-    colour = _cube_colour(clip, rng)
-    if colour is None:
-        return None
-    lab = LABELS[f"{colour}_cube"]
-    n = len(clip["frames"])
-    k = int(rng.integers(1, n - 1))
+    edit = make_edit(rng)
     frames = clip["frames"].copy()
     for i in range(k, n):
         m = clip["seg"][i] == lab
         if m.any():
-            frames[i] = _fill_background(frames[i], m, clip["seg"][i])
+            frames[i] = edit(frames[i], m, clip["seg"][i])
     return _with(clip, frames=frames)
+
+
+def teleport(clip, rng):
+    def make_edit(rng):
+        ang = rng.uniform(0, 2 * np.pi)
+        r = rng.uniform(7, 12)
+        dy, dx = int(round(r * np.sin(ang))), int(round(r * np.cos(ang)))
+
+        def edit(frame, m, seg):
+            out = _fill_background(frame, m, seg)
+            ys, xs = np.nonzero(m)
+            out[np.clip(ys + dy, 0, 63), np.clip(xs + dx, 0, 63)] = frame[ys, xs]
+            return out
+        return edit
+    return _edit_cube(clip, rng, make_edit)
+
+
+def vanish(clip, rng):
+    return _edit_cube(clip, rng, lambda rng: _fill_background)
 
 
 def wrong_instruction(clip, rng):

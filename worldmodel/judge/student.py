@@ -48,7 +48,7 @@ from torch import nn
 
 from envs.vocab import INSTRUCTIONS, instruction_id
 from worldmodel.judge import DIMENSIONS, MAX_SCORES
-from worldmodel.training import CheckpointError, autocast, config_diff, load_checkpoint, save_checkpoint
+from worldmodel.training import autocast, load_model, save_checkpoint
 
 KIND = "student_reward"
 SHAPING: tuple[str, ...] = ("target_rise", "grip_dist")
@@ -333,15 +333,8 @@ class StudentReward(nn.Module):
                         map_location="cpu") -> StudentReward:
         """Rebuild from a ``student_reward`` checkpoint (``save`` or the training loop's
         ``last.pt``); if ``config`` is given it must match the stored one."""
-        ckpt = load_checkpoint(path, kind=KIND, map_location=map_location)
-        stored = ckpt["config"].get("model")
-        if stored is None:
-            raise CheckpointError(f"{path} is a student_reward checkpoint without config['model']")
-        if config is not None and (diff := config_diff(stored, asdict(config))):
-            raise CheckpointError(f"{path} holds a student of another config:\n  " + "\n  ".join(diff))
-        model = cls(StudentConfig.from_dict(stored))
-        model.load_state_dict(ckpt["model"])
-        return model.to(map_location).eval()
+        return load_model(path, kind=KIND, config_cls=StudentConfig, build=cls, config=config,
+                          map_location=map_location)
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
