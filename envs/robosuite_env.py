@@ -123,6 +123,30 @@ def _register_atexit_once() -> None:
         _ATEXIT_REGISTERED = True
 
 
+def state_vector(proprio, objects, instruction: int, n_instructions: int = len(INSTRUCTIONS)) -> np.ndarray:
+    """The ``obs_mode="state"`` observation from the parts of an image-mode one.
+
+    ``proprio`` ``(4,)`` ``[eef_xyz, gripper_opening]``, ``objects`` ``(3k,)`` cube
+    centres, ``instruction`` an id into :data:`envs.vocab.INSTRUCTIONS` ->
+    ``(4 + 6k + n_instructions,)`` float32: proprio, cube centres, cube-minus-eef
+    offsets, one-hot instruction. Lets a state-trained policy act on image-mode
+    observations (``obs["proprio"], obs["objects"], obs["instruction"]``).
+    """
+    proprio = np.asarray(proprio, np.float32).reshape(-1)
+    objects = np.asarray(objects, np.float32).reshape(-1)
+    if proprio.shape != (4,):
+        raise ValueError(f"proprio must have shape (4,), got {proprio.shape}")
+    if objects.size == 0 or objects.size % 3:
+        raise ValueError(f"objects must hold 3 coordinates per cube, got shape {objects.shape}")
+    instruction = int(instruction)
+    if not 0 <= instruction < n_instructions:
+        raise ValueError(f"instruction id {instruction} is not in [0, {n_instructions})")
+    rel = objects - np.tile(proprio[:3], objects.size // 3)
+    onehot = np.zeros(n_instructions, np.float32)
+    onehot[instruction] = 1.0
+    return np.concatenate([proprio, objects, rel, onehot])
+
+
 class RoboAlignEnv(gym.Env):
     """One robosuite task (``task`` in :data:`envs.tasks.TASKS`) as a gymnasium env."""
 
@@ -383,13 +407,10 @@ class RoboAlignEnv(gym.Env):
         return info
 
     def _obs(self):
-        eef = self._eef_pos()
-        proprio = np.array([*eef, self._gripper_opening()], np.float32)
+        proprio = np.array([*self._eef_pos(), self._gripper_opening()], np.float32)
         cubes = np.concatenate([self._body_pos(self._cubes[c]) for c in self.task.colours]).astype(np.float32)
         if self.obs_mode == "state":
-            rel = cubes - np.tile(eef, len(self.task.colours)).astype(np.float32)
-            onehot = np.eye(len(INSTRUCTIONS), dtype=np.float32)[self._instruction]
-            return np.concatenate([proprio, cubes, rel, onehot])
+            return state_vector(proprio, cubes, self._instruction)
         return {"image": self._render(self.image_size), "proprio": proprio,
                 "instruction": int(self._instruction), "objects": cubes}
 
@@ -445,4 +466,4 @@ class RoboAlignEnv(gym.Env):
         return float(reward)
 
 
-__all__ = ["RoboAlignEnv", "CameraSpec", "LABELS", "CAMERA_NAME", "COLOURS"]
+__all__ = ["RoboAlignEnv", "state_vector", "CameraSpec", "LABELS", "CAMERA_NAME", "COLOURS"]
