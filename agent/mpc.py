@@ -3,7 +3,9 @@
 Each replan (every ``execute`` control steps):
 
 1. the planner (:mod:`agent.planner`, CEM or MPPI) proposes ``N`` candidate plans of
-   ``horizon * repeat`` control actions;
+   ``horizon * repeat`` control actions (Gaussian around the warm start, or -- given a
+   learned ``prior`` (:mod:`agent.prior`) -- the prior's samples for the current
+   observation in the first iteration);
 2. the world model imagines all ``N`` futures in ONE batched rollout
    (``WorldModel.rollout``, SWR by default) from the latest real frame
    ``obs["image"]``;
@@ -14,8 +16,8 @@ Each replan (every ``execute`` control steps):
 5. the chosen plan's first ``execute`` control steps are executed, then it replans,
    warm-started from the shifted plan.
 
-The agent sees observations only (``image`` and ``instruction``; never ``info``, never
-the privileged ``objects``) and calls only public verbs: ``WorldModel.rollout`` and
+The agent sees observations only (``image``, ``instruction`` and, for the prior,
+``proprio``; never ``info``, never the privileged ``objects``) and calls only public verbs: ``WorldModel.rollout`` and
 ``reward.score``. For videos it keeps the imagined future of every chosen plan
 (:attr:`WorldModelMPC.imagined`, :attr:`WorldModelMPC.last_imagined`) and a per-replan
 timing log (:attr:`WorldModelMPC.log`). Given checkpoint paths it loads them lazily, so
@@ -66,7 +68,7 @@ class WorldModelMPC(Agent):
                  weights: dict | None = None, rollout_mode: str = "swr", window: int | None = None,
                  temperature: float = 1.0, top_k: int | None = None, seed: int = 0,
                  threads: int | None = None, keep_imagined: bool = True, name: str | None = None,
-                 amp: bool = True):
+                 amp: bool = True, prior=None):
         planner = dict(planner or {"name": "cem"})
         self.planner_cfg = planner
         self.planner = make_planner(planner)
@@ -84,6 +86,8 @@ class WorldModelMPC(Agent):
         self.temperature, self.top_k = float(temperature), top_k
         self.base_seed, self.threads, self.keep_imagined = int(seed), threads, bool(keep_imagined)
         self.amp = bool(amp)   # bf16 autocast for imagination (~1.5x faster on CPU)
+        self._prior_src = prior  # an agent.prior.ActionPrior / checkpoint: proposes the first iteration
+        self._prior = None if isinstance(prior, (str, os.PathLike)) else prior
         self.name = name or f"mpc_{self.planner.name}"
         self.reset()
 
@@ -100,8 +104,19 @@ class WorldModelMPC(Agent):
             self._reward = _load_reward(self._reward_src)
         return self._reward
 
+    @property
+    def prior(self):
+        """The learned action prior proposing candidates (``None``: Gaussian proposals only)."""
+        if self._prior is None and self._prior_src is not None:
+            from agent.prior import ActionPrior
+
+            self._prior = ActionPrior.from_checkpoint(self._prior_src)
+        return self._prior
+
     def __getstate__(self):
         state = dict(self.__dict__)
+        if isinstance(self._prior_src, (str, os.PathLike)):
+            state["_prior"] = None
         if isinstance(self._wm_src, (str, os.PathLike)):
             state["_wm"] = None
         if isinstance(self._reward_src, (str, os.PathLike)):
@@ -121,7 +136,7 @@ class WorldModelMPC(Agent):
         if self.threads:
             torch.set_num_threads(int(self.threads))
         if self._plan is None or self._t >= self.execute:
-            self._replan(obs["image"], int(obs["instruction"]))
+            self._replan(obs)
         action = self._plan[self._t]
         self._t += 1
         self._step += 1
@@ -156,7 +171,8 @@ class WorldModelMPC(Agent):
         start = start.to(roll.frames.device)
         return torch.cat([start[None, None].expand(n, 1, *start.shape), roll.frames.clamp(0, 1)], 1)
 
-    def _replan(self, image: np.ndarray, instruction: int) -> None:
+    def _replan(self, obs: dict) -> None:
+        image, instruction = obs["image"], int(obs["instruction"])
         if self.planner.param.repeat != self.world_model.action_repeat:
             raise ValueError(f"planner repeat {self.planner.param.repeat} != world model action_repeat "
                              f"{self.world_model.action_repeat}")
@@ -180,7 +196,12 @@ class WorldModelMPC(Agent):
             return obj
 
         with torch.no_grad():
-            res = self.planner.plan(score, warm_start=warm, rng=self._rng)
+            proposals = None
+            if self.prior is not None:
+                tp = time.perf_counter()
+                proposals = self.prior.sample(image, obs["proprio"], instruction, self.planner.samples, self._gen)
+                timing["prior_s"] = time.perf_counter() - tp
+            res = self.planner.plan(score, warm_start=warm, rng=self._rng, proposals=proposals)
             clip = best["clip"]
             if clip is None or not np.allclose(best["actions"], res.actions):
                 ta = time.perf_counter()

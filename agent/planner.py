@@ -142,16 +142,33 @@ class SamplingPlanner:
         raise NotImplementedError
 
     def plan(self, score_fn: ScoreFn, warm_start: np.ndarray | None = None,
-             rng: np.random.Generator | None = None) -> PlanResult:
-        """Optimize ``score_fn`` over plans; ``warm_start`` ``(horizon * repeat, 4)``."""
+             rng: np.random.Generator | None = None, proposals: np.ndarray | None = None) -> PlanResult:
+        """Optimize ``score_fn`` over plans; ``warm_start`` ``(horizon * repeat, 4)``.
+
+        ``proposals`` ``(samples, >= horizon * repeat, 4)`` control actions (e.g. a learned
+        prior's samples) replace the first iteration's Gaussian candidates (the warm
+        start, if any, stays candidate 0); later iterations refine around their elites.
+        """
         t0 = time.perf_counter()
         rng = rng if rng is not None else np.random.default_rng()
         mean, std = self._initial(warm_start)
+        if proposals is not None:
+            proposals = np.asarray(proposals, np.float32)
+            if proposals.ndim != 3 or proposals.shape[0] != self.samples or proposals.shape[1] < self.param.steps \
+                    or proposals.shape[2] != 4:
+                raise ValueError(f"proposals must be ({self.samples}, >= {self.param.steps}, 4), "
+                                 f"got {proposals.shape}")
+            proposals = np.stack([self.param.encode(p[: self.param.steps]) for p in proposals])
         best_p, best_s, history, n_eval = mean, -np.inf, [], 0
         for it in range(self.iterations):
-            noise = rng.standard_normal((self.samples, *self.param.shape))
-            params = np.clip(mean + std * noise, -1.0, 1.0)
-            params[0] = mean                                   # the mean is always a candidate
+            if it == 0 and proposals is not None:
+                params = proposals.copy()
+                if warm_start is not None:
+                    params[0] = mean
+            else:
+                noise = rng.standard_normal((self.samples, *self.param.shape))
+                params = np.clip(mean + std * noise, -1.0, 1.0)
+                params[0] = mean                               # the mean is always a candidate
             scores = np.asarray(score_fn(self.param.decode(params)), np.float64).reshape(-1)
             if scores.shape != (self.samples,):
                 raise ValueError(f"score_fn returned shape {scores.shape}, expected ({self.samples},)")

@@ -34,24 +34,41 @@ WORLD_MODEL_METHODS = {
     "mpc": ("aligned", {}),                          # the aligned model, SWR rollouts
     "mpc_pretrained": ("worldmodel", {}),            # the same planner on the pre-trained model
     "mpc_noswr": ("aligned", {"rollout_mode": "full"}),   # plain autoregression (horizon > W)
+    "mpc_prior": ("aligned", {}),                    # first iteration proposed by the action prior
 }
+#: Methods that use the learned action prior (agent/prior.py).
+PRIOR_METHODS = ("mpc_prior", "prior", "prior_random")
 
 
-def _stage_for(method: str) -> str | None:
-    return WORLD_MODEL_METHODS[method][0] if method in WORLD_MODEL_METHODS else None
+def stages_for(method: str) -> list[str]:
+    """The pipeline stages a method's agent needs."""
+    need = [WORLD_MODEL_METHODS[method][0], "student"] if method in WORLD_MODEL_METHODS else []
+    return need + (["prior"] if method in PRIOR_METHODS else [])
 
 
 def make_method(method: str, cfg: DictConfig, stages: dict):
-    """An agent for a method name: a world-model MPC variant, ``oracle_p``, or a plain
-    agent of ``agent/collect.py``'s registry (scripted, noisy, random)."""
+    """An agent for a method name: a world-model MPC variant, ``oracle_p``, the action
+    prior (``prior``, ``prior_random``), or a plain agent of ``agent/collect.py``'s
+    registry (scripted, noisy, random)."""
     planner = OmegaConf.to_container(cfg.planner)
     if method in WORLD_MODEL_METHODS:
         from agent.mpc import WorldModelMPC
 
         stage, extra = WORLD_MODEL_METHODS[method]
         kwargs = {**OmegaConf.to_container(cfg.mpc), **extra}
+        if method in PRIOR_METHODS:
+            kwargs["prior"] = str(pipeline.model_path(stages, "prior"))
         return WorldModelMPC(str(pipeline.model_path(stages, stage)), str(pipeline.model_path(stages, "student")),
                              planner=planner, name=method, **kwargs)
+    if method in ("prior", "prior_random"):
+        from agent.prior import PriorAgent
+
+        path = str(pipeline.model_path(stages, "prior"))
+        if method == "prior":       # the prior alone, as a diffusion policy
+            return PriorAgent(path, **OmegaConf.to_container(cfg.prior_agent))
+        # the MPC's proposal set (same cadence, same number of samples) with a random pick
+        return PriorAgent(path, execute=planner.get("execute", 2), samples=planner["samples"], pick="random",
+                          threads=cfg.prior_agent.get("threads"))
     if method == "oracle_p":
         from agent.oracle import OracleP
 
@@ -64,12 +81,16 @@ def method_identity(method: str, cfg: DictConfig, stages: dict) -> dict:
     """What defines a method's episodes: its settings and the keys of the models it uses
     (saved episodes of another identity are not reused)."""
     ident = {"method": method, "env": OmegaConf.to_container(cfg.env)}
-    if method in WORLD_MODEL_METHODS or method == "oracle_p":
+    if method in WORLD_MODEL_METHODS or method in ("oracle_p", "prior_random"):
         ident["planner"] = OmegaConf.to_container(cfg.planner)
     if method in WORLD_MODEL_METHODS:
         stage = WORLD_MODEL_METHODS[method][0]
         ident.update(mpc=OmegaConf.to_container(cfg.mpc), world_model=stages[stage].key,
                      student=stages["student"].key)
+    if method in PRIOR_METHODS:
+        ident["prior"] = stages["prior"].key
+    if method == "prior":
+        ident["prior_agent"] = OmegaConf.to_container(cfg.prior_agent)
     elif method == cfg.agent.name:
         ident["kwargs"] = OmegaConf.to_container(cfg.agent.kwargs)
     return ident
@@ -102,11 +123,8 @@ def run(cfg: DictConfig) -> dict:
     setup_torch(cfg.threads)
     t0 = time.time()
     methods = list(dict.fromkeys([cfg.agent.name, *cfg.baselines]))
-    needed = [s for s in map(_stage_for, methods) if s] + (["student"] if any(map(_stage_for, methods)) else [])
-    stages = {}
-    if needed:
-        upto = max(needed, key=pipeline.STAGES.index)
-        stages = pipeline.build(cfg.pipeline, upto, artifacts=cfg.artifacts)
+    needed = sorted({s for m in methods for s in stages_for(m)})
+    stages = pipeline.build(cfg.pipeline, needed, artifacts=cfg.artifacts) if needed else {}
     t_built = time.time()
     seeds = split_seeds(cfg.split, cfg.episodes, cfg.seed_start)
     out = resolve(cfg.out_dir)

@@ -1,6 +1,6 @@
 """The stage cache: build each missing artifact of the pipeline, reuse every one that matches.
 
-A stage (collect, tokenizer, worldmodel, bench, student, aligned) is one of the stage
+A stage (collect, tokenizer, worldmodel, bench, student, aligned, prior) is one of the stage
 scripts' ``run(cfg)`` functions, called with a config composed from its Hydra file
 (``experiments/conf/<script>.yaml``) plus the overrides the main job's preset gives.
 Its **key** is a hash of the stage name, its semantic config (paths, thread counts
@@ -163,21 +163,34 @@ def _list(paths) -> str:
     return "[" + ",".join(str(p) for p in paths) + "]"
 
 
-#: Stages in build order; each reads the ones before it.
-STAGES = ("collect", "tokenizer", "worldmodel", "bench", "student", "aligned")
+#: Stages in build order, and the stages each one reads.
+STAGES = ("collect", "tokenizer", "worldmodel", "bench", "student", "aligned", "prior")
+DEPENDS = {"collect": (), "tokenizer": ("collect",), "worldmodel": ("tokenizer",), "bench": ("worldmodel",),
+           "student": ("bench",), "aligned": ("worldmodel", "student"), "prior": ("collect",)}
 
 
-def build(pcfg: DictConfig, upto: str, *, artifacts: str | os.PathLike = "artifacts",
+def needed(stages) -> set[str]:
+    """The stages (one name or several) together with everything they read."""
+    todo, need = [stages] if isinstance(stages, str) else list(stages), set()
+    while todo:
+        s = todo.pop()
+        if s not in DEPENDS:
+            raise KeyError(f"unknown stage {s!r}; stages: {STAGES}")
+        if s not in need:
+            need.add(s)
+            todo += DEPENDS[s]
+    return need
+
+
+def build(pcfg: DictConfig, stages, *, artifacts: str | os.PathLike = "artifacts",
           log: Callable[[str], None] = print) -> dict[str, StageResult | list[StageResult]]:
-    """Build (or reuse) every stage up to and including ``upto``; returns them by name.
+    """Build (or reuse) ``stages`` (a name or several) and all they read; returns them by name.
 
     ``pcfg`` is the main job's ``pipeline`` config: ``envs`` (tasks whose rollouts
     train the models), ``collect`` (agent, episodes per split) and, per later stage,
     the overrides of its script's config.
     """
-    if upto not in STAGES:
-        raise KeyError(f"unknown stage {upto!r}; stages: {STAGES}")
-    need = STAGES[: STAGES.index(upto) + 1]
+    need = needed(stages)
     done: dict = {}
     rollouts: dict[str, list[Path]] = {"train": [], "val": []}
     collected = []
@@ -219,12 +232,15 @@ def build(pcfg: DictConfig, upto: str, *, artifacts: str | os.PathLike = "artifa
              "data.train": _list(rollouts["train"]), "refresh.old_data": done["bench"].dir / "bench.h5",
              "teacher": done["bench"].dir / "teacher.json"},
             artifacts=artifacts, log=log)
+    if "prior" in need:
+        done["prior"] = run_script_stage("prior", "train_prior", list(pcfg.get("prior", [])), coll_keys, data,
+                                         artifacts=artifacts, log=log)
     return done
 
 
 #: The file each model stage leaves in its folder.
 MODEL_FILES = {"tokenizer": "last.pt", "worldmodel": "worldmodel.pt", "bench": "bench.h5",
-               "student": "student.pt", "aligned": "worldmodel.pt"}
+               "student": "student.pt", "aligned": "worldmodel.pt", "prior": "prior.pt"}
 
 
 def model_path(stages: dict, name: str) -> Path:

@@ -80,17 +80,17 @@ def tiny_run(tmp_path_factory):
 
 def test_closed_loop_tiny_builds_every_stage_and_runs_each_method(tiny_run):
     artifacts, cfg, report = tiny_run
-    assert set(report["stages"]) == {"collect", "tokenizer", "worldmodel", "bench", "student", "aligned"}
+    assert set(report["stages"]) == {"collect", "tokenizer", "worldmodel", "bench", "student", "aligned", "prior"}
     for name, dirs in report["stages"].items():
         for d in dirs if isinstance(dirs, list) else [dirs]:
             assert json.loads((Path(d) / "stage.json").read_text())["stage"] == name
     by_agent = {s["agent"]: s for s in report["summaries"]}
-    assert list(by_agent) == ["mpc", "scripted"]
+    assert list(by_agent) == ["mpc", "scripted", "prior_random", "mpc_prior"]
     for s in by_agent.values():
         assert s["episodes"] == 1 and s["seeds"] == split_seeds("test", 1)
         assert split_of(s["seeds"][0]) == "test"
     assert by_agent["scripted"]["success_rate"] == 1.0
-    assert by_agent["mpc"]["act_s_mean"] > 0
+    assert by_agent["mpc"]["act_s_mean"] > 0 and by_agent["mpc_prior"]["act_s_mean"] > 0
     assert report["wall_s"] >= report["build_s"] > 0
 
 
@@ -118,7 +118,7 @@ def test_closed_loop_tiny_rerun_reuses_every_stage(tiny_run, capsys):
     artifacts, cfg, report = tiny_run
     again = run(cfg)
     out = capsys.readouterr().out
-    assert ": building in" not in out and out.count(": reusing") == 7   # 2 collections + 5 stages
+    assert ": building in" not in out and out.count(": reusing") == 8   # 2 collections + 6 stages
     assert again["stages"] == report["stages"]
     assert again["summaries"] == report["summaries"]              # finished seeds are not re-run
 
@@ -146,6 +146,9 @@ def test_configs_compose():
     assert _compose("closed_loop", []).agent.name == "mpc"    # the main job plans with the world model
     for method, (stage, _) in WORLD_MODEL_METHODS.items():
         assert stage in STAGES, method
+    from experiments.closed_loop import stages_for
+    assert stages_for("mpc_prior") == ["aligned", "student", "prior"] and stages_for("prior") == ["prior"]
+    assert stages_for("scripted") == []
     for preset, n in (("tiny", 1), ("quick", 5), ("default", 10), ("full", 50)):
         assert _compose("closed_loop", [f"preset={preset}"]).episodes == n
     # the preset is applied after _self_, so it sets episodes; an explicit override still wins

@@ -1,0 +1,357 @@
+"""A learned action prior: a small diffusion policy over action chunks (diffusers schedulers).
+
+It proposes plans for the world-model MPC (whose world model and reward then check
+them) and, alone, is a baseline: does planning in imagination add anything to what
+imitation of the collected rollouts already does?
+
+- **Conditioning** (observations only): the 64x64 frame through a small CNN ending in
+  a spatial softmax (keypoint x, y per channel, good at "where is the cube"), the
+  proprio vector ``(4,)`` (eef xyz, gripper opening; normalized with data statistics
+  kept in the model), and the instruction id.
+- **Output**: ``steps`` control actions ``(steps, 4)`` in [-1, 1]. Trained with
+  diffusers' :class:`~diffusers.DDPMScheduler` (epsilon prediction, cosine
+  schedule); sampled with :class:`~diffusers.DDIMScheduler` in ``sample_steps``
+  denoising steps.
+- **Data**: every step of the rollout files (optionally only successful episodes);
+  the target chunk is ``actions[t : t + steps]``, padded past the episode end with
+  its last action. Frames get a random +-``shift`` pixel translation in training.
+
+Verbs: :func:`train_prior` (resumable, the shared loop of :mod:`worldmodel.training`),
+:meth:`ActionPrior.sample`, :meth:`ActionPrior.from_checkpoint`, and the agents
+:class:`PriorAgent` (the prior as a policy, or a random pick among its samples).
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from agent.base import Agent
+from envs.rollouts import RolloutFileError, demo_keys, open_rollouts
+from envs.vocab import INSTRUCTIONS
+
+KIND = "action_prior"
+
+
+@dataclass
+class PriorConfig:
+    steps: int = 16                          # control actions per chunk
+    image_size: int = 64
+    channels: tuple = (32, 64, 64)           # CNN widths (each conv halves the resolution)
+    keypoints: int = 32                      # spatial-softmax channels -> 2 * keypoints features
+    cond_dim: int = 128
+    hidden: int = 512
+    blocks: int = 3                          # residual FiLM blocks of the denoiser
+    n_instructions: int = len(INSTRUCTIONS)
+    diffusion_steps: int = 100               # DDPM training timesteps
+    sample_steps: int = 10                   # DDIM denoising steps when sampling
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PriorConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown PriorConfig keys {sorted(unknown)}; known: {sorted(known)}")
+        d = dict(d)
+        if "channels" in d:
+            d["channels"] = tuple(d["channels"])
+        return cls(**d)
+
+
+def _timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([args.sin(), args.cos()], -1)
+
+
+class SpatialSoftmax(nn.Module):
+    """``(B, C, H, W)`` feature maps -> ``(B, 2C)`` expected (x, y) in [-1, 1] per channel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        p = x.float().flatten(2).softmax(-1).view(b, c, h, w)
+        ys = torch.linspace(-1, 1, h, device=x.device)
+        xs = torch.linspace(-1, 1, w, device=x.device)
+        return torch.cat([(p.sum(2) * xs).sum(-1), (p.sum(3) * ys).sum(-1)], -1)
+
+
+class _FiLMBlock(nn.Module):
+    def __init__(self, hidden: int, cond: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden)
+        self.film = nn.Linear(cond, 2 * hidden)
+        self.fc1, self.fc2 = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)
+
+    def forward(self, x, c):
+        scale, shift = self.film(c).chunk(2, -1)
+        h = self.norm(x) * (1 + scale) + shift
+        return x + self.fc2(F.silu(self.fc1(F.silu(h))))
+
+
+class ActionPrior(nn.Module):
+    """``ActionPrior(PriorConfig)``; ``forward(batch) -> loss`` (training), ``sample(...)``."""
+
+    def __init__(self, config: PriorConfig | None = None):
+        super().__init__()
+        self.config = cfg = config or PriorConfig()
+        layers, c_in = [], 3
+        for c in cfg.channels:
+            layers += [nn.Conv2d(c_in, c, 4, 2, 1), nn.GroupNorm(8, c), nn.SiLU()]
+            c_in = c
+        layers += [nn.Conv2d(c_in, cfg.keypoints, 1)]
+        self.cnn = nn.Sequential(*layers)
+        self.keypoints = SpatialSoftmax()
+        self.instruction = nn.Embedding(cfg.n_instructions, 16)
+        self.cond = nn.Sequential(nn.Linear(2 * cfg.keypoints + 4 + 16, cfg.cond_dim), nn.SiLU(),
+                                  nn.Linear(cfg.cond_dim, cfg.cond_dim))
+        self.time = nn.Sequential(nn.Linear(cfg.cond_dim, cfg.cond_dim), nn.SiLU(),
+                                  nn.Linear(cfg.cond_dim, cfg.cond_dim))
+        act_dim = cfg.steps * 4
+        self.inp = nn.Linear(act_dim, cfg.hidden)
+        self.blocks = nn.ModuleList(_FiLMBlock(cfg.hidden, cfg.cond_dim) for _ in range(cfg.blocks))
+        self.out = nn.Sequential(nn.LayerNorm(cfg.hidden), nn.Linear(cfg.hidden, act_dim))
+        nn.init.zeros_(self.out[1].weight)
+        nn.init.zeros_(self.out[1].bias)
+        self.register_buffer("proprio_mean", torch.zeros(4))
+        self.register_buffer("proprio_std", torch.ones(4))
+
+    # ------------------------------------------------------------------ pieces
+    def set_proprio_stats(self, proprio: np.ndarray) -> None:
+        p = torch.as_tensor(np.asarray(proprio, np.float32))
+        self.proprio_mean.copy_(p.mean(0))
+        self.proprio_std.copy_(p.std(0).clamp_min(1e-3))
+
+    def scheduler(self, sampling: bool = False):
+        from diffusers import DDIMScheduler, DDPMScheduler
+
+        kw = dict(num_train_timesteps=self.config.diffusion_steps, beta_schedule="squaredcos_cap_v2",
+                  clip_sample=True, prediction_type="epsilon")
+        return DDIMScheduler(**kw) if sampling else DDPMScheduler(**kw)
+
+    def encode(self, image: torch.Tensor, proprio: torch.Tensor, instruction: torch.Tensor) -> torch.Tensor:
+        """image ``(B, 3, H, W)`` float [0, 1], proprio ``(B, 4)``, instruction ``(B,)`` -> ``(B, cond_dim)``."""
+        if image.ndim != 4 or image.shape[1] != 3:
+            raise ValueError(f"image must be (B, 3, H, W), got {tuple(image.shape)}")
+        kp = self.keypoints(self.cnn(image * 2 - 1))
+        prop = (proprio.float() - self.proprio_mean) / self.proprio_std
+        return self.cond(torch.cat([kp, prop, self.instruction(instruction.long())], -1))
+
+    def denoise(self, noisy: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Predicted noise ``(B, steps, 4)`` of noisy chunks ``(B, steps, 4)`` at timesteps ``t (B,)``."""
+        c = cond + self.time(_timestep_embedding(t, self.config.cond_dim))
+        h = self.inp(noisy.flatten(1))
+        for block in self.blocks:
+            h = block(h, c)
+        return self.out(h).view_as(noisy)
+
+    # ------------------------------------------------------------------ verbs
+    def forward(self, batch: dict) -> torch.Tensor:
+        """The DDPM loss (MSE on the noise) of a batch ``{"image" (B, 3, H, W) float,
+        "proprio" (B, 4), "instruction" (B,), "actions" (B, steps, 4)}``."""
+        actions = batch["actions"]
+        if actions.shape[1:] != (self.config.steps, 4):
+            raise ValueError(f"actions must be (B, {self.config.steps}, 4), got {tuple(actions.shape)}")
+        cond = self.encode(batch["image"], batch["proprio"], batch["instruction"])
+        noise = torch.randn_like(actions)
+        t = torch.randint(0, self.config.diffusion_steps, (len(actions),), device=actions.device)
+        noisy = self.scheduler().add_noise(actions, noise, t)
+        return F.mse_loss(self.denoise(noisy, t, cond).float(), noise)
+
+    @torch.no_grad()
+    def sample(self, image, proprio, instruction, n: int = 1, generator: torch.Generator | None = None
+               ) -> np.ndarray:
+        """``n`` action chunks ``(n, steps, 4)`` in [-1, 1] for ONE observation: image
+        ``(H, W, 3)`` uint8, proprio ``(4,)``, instruction id."""
+        device = self.proprio_mean.device
+        img = torch.as_tensor(np.ascontiguousarray(image), device=device)
+        if img.ndim != 3 or img.shape[-1] != 3:
+            raise ValueError(f"image must be (H, W, 3) uint8, got {tuple(img.shape)}")
+        img = img.permute(2, 0, 1)[None].float().div(255.0)
+        prop = torch.as_tensor(np.asarray(proprio, np.float32), device=device)[None]
+        instr = torch.as_tensor([int(instruction)], device=device)
+        cond = self.encode(img, prop, instr).expand(n, -1)
+        sched = self.scheduler(sampling=True)
+        sched.set_timesteps(self.config.sample_steps)
+        x = torch.randn((n, self.config.steps, 4), generator=generator).to(device)
+        for t in sched.timesteps:
+            eps = self.denoise(x, t.expand(n).to(device), cond)
+            x = sched.step(eps, t, x).prev_sample
+        return x.clamp(-1, 1).cpu().numpy().astype(np.float32)
+
+    def save(self, path: str | os.PathLike, **kw) -> Path:
+        from worldmodel.training import save_checkpoint
+
+        return save_checkpoint(path, kind=KIND, config={"model": asdict(self.config)}, model=self,
+                               step=kw.pop("step", 0), **kw)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, map_location="cpu") -> "ActionPrior":
+        from worldmodel.training import load_model
+
+        return load_model(path, kind=KIND, config_cls=PriorConfig, build=cls, map_location=map_location)
+
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+# ---------------------------------------------------------------------- data
+class PriorChunks:
+    """Every step of the rollout files as (frame, proprio, instruction, next ``steps``
+    actions). Arrays: ``image (N, H, W, 3) uint8``, ``proprio (N, 4)``,
+    ``instruction (N,)``, ``actions (N, steps, 4)``."""
+
+    def __init__(self, paths: str | os.PathLike | Sequence, steps: int = 16, only_success: bool = True):
+        paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        imgs, props, instrs, chunks, self.episodes = [], [], [], [], 0
+        for path in paths:
+            with open_rollouts(path) as f:
+                for key in demo_keys(f):
+                    g = f["data"][key]
+                    if only_success and not bool(g.attrs.get("success", False)):
+                        continue
+                    if "proprio" not in g["obs"]:
+                        raise RolloutFileError(f"{path}:{g.name} has no obs/proprio (needed by the action prior)")
+                    acts = g["actions"][()].astype(np.float32)
+                    if acts.shape[1] != 4:
+                        raise RolloutFileError(f"{path}: actions have {acts.shape[1]} dims, the prior needs 4")
+                    n = len(acts)
+                    padded = np.concatenate([acts, np.repeat(acts[-1:], steps - 1, 0)])
+                    idx = np.arange(n)[:, None] + np.arange(steps)[None]
+                    chunks.append(padded[idx])
+                    imgs.append(g["obs"]["image"][()])
+                    props.append(g["obs"]["proprio"][()].astype(np.float32))
+                    instrs.append(g["obs"]["instruction"][()].astype(np.int64))
+                    self.episodes += 1
+        if not chunks:
+            raise RolloutFileError(f"no {'successful ' if only_success else ''}episodes in {paths} "
+                                   "to train the action prior on")
+        self.image, self.proprio = np.concatenate(imgs), np.concatenate(props)
+        self.instruction, self.actions = np.concatenate(instrs), np.concatenate(chunks)
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+    def batch(self, idx: np.ndarray, shift: int = 0, rng: np.random.Generator | None = None) -> dict:
+        """Tensors for rows ``idx``; ``shift`` > 0 translates each frame by up to that many pixels."""
+        img = torch.from_numpy(self.image[idx]).permute(0, 3, 1, 2).float().div(255.0)
+        if shift:
+            rng = rng or np.random.default_rng()
+            h, w = img.shape[-2:]
+            pad = F.pad(img, (shift,) * 4, mode="replicate")
+            dx, dy = rng.integers(0, 2 * shift + 1, (2, len(idx)))
+            img = torch.stack([pad[i, :, y:y + h, x:x + w] for i, (x, y) in enumerate(zip(dx, dy))])
+        return {"image": img, "proprio": torch.from_numpy(self.proprio[idx]),
+                "instruction": torch.from_numpy(self.instruction[idx]),
+                "actions": torch.from_numpy(self.actions[idx])}
+
+
+def train_prior(train_paths, val_paths, out_dir: str | os.PathLike, *, config: PriorConfig | None = None,
+                steps: int = 3000, batch_size: int = 64, lr: float = 3e-4, shift: int = 4,
+                only_success: bool = True, seed: int = 0, amp: bool = True, progress: bool = True,
+                eval_every: int = 500) -> tuple[ActionPrior, dict]:
+    """Train (or resume) the prior on rollout files; writes ``out_dir/{last.pt, prior.pt,
+    metrics.jsonl}``. Returns the model and ``{"val_loss", "val_first_action_mae", ...}``."""
+    from worldmodel.training import train
+
+    config = config or PriorConfig()
+    data = PriorChunks(train_paths, config.steps, only_success)
+    val = PriorChunks(val_paths, config.steps, only_success=False) if val_paths else None
+    torch.manual_seed(seed)
+    model = ActionPrior(config)
+    model.set_proprio_stats(data.proprio)
+    hyper = {"steps": steps, "batch_size": batch_size, "lr": lr, "shift": shift, "only_success": only_success,
+             "seed": seed, "train_rows": len(data), "train_episodes": data.episodes}
+
+    def make_batches(start: int):
+        step = start
+        while True:
+            rng = np.random.default_rng((seed, step))
+            yield data.batch(rng.integers(0, len(data), batch_size), shift, rng)
+            step += 1
+
+    def evaluate(m: ActionPrior) -> dict:
+        if val is None:
+            return {}
+        rng = np.random.default_rng(seed)
+        idx = rng.choice(len(val), min(256, len(val)), replace=False)
+        b = val.batch(idx)
+        torch.manual_seed(seed)
+        out = {"loss": float(m(b).detach())}
+        gen = torch.Generator().manual_seed(seed)
+        first = [m.sample(val.image[i], val.proprio[i], val.instruction[i], 1, gen)[0, 0] for i in idx[:64]]
+        out["first_action_mae"] = float(np.abs(np.stack(first) - val.actions[idx[:64], 0]).mean())
+        return out
+
+    model = train(model, make_batches, lambda net, b: (net(b), {}), steps=steps, lr=lr, out_dir=out_dir,
+                  kind=KIND, config={"model": asdict(config), **hyper}, eval_fn=evaluate,
+                  eval_every=eval_every, ckpt_every=eval_every, amp=amp, progress=progress, warmup=100,
+                  weight_decay=1e-4)
+    metrics = {f"val_{k}": v for k, v in (evaluate(model) if val is not None else {}).items()}
+    metrics.update(params=model.n_params(), **hyper)
+    model.save(Path(out_dir) / "prior.pt", step=steps, metrics=metrics)
+    return model, metrics
+
+
+# ---------------------------------------------------------------------- agents
+def _load_prior(src):
+    return src if isinstance(src, ActionPrior) else ActionPrior.from_checkpoint(src)
+
+
+class PriorAgent(Agent):
+    """The prior as a policy: every ``execute`` control steps draw ``samples`` chunks
+    for the current observation and execute the first ``execute`` actions of one of
+    them -- ``pick="first"`` (the prior alone) or ``"random"`` (a uniform pick among
+    the samples: the MPC's proposal set without the world model's judgement).
+    ``prior``: an :class:`ActionPrior` or a checkpoint path (loaded lazily)."""
+
+    name = "prior"
+
+    def __init__(self, prior, execute: int = 8, samples: int = 1, pick: str = "first", seed: int = 0,
+                 threads: int | None = None, name: str | None = None):
+        if pick not in ("first", "random"):
+            raise ValueError(f"pick must be 'first' or 'random', got {pick!r}")
+        self._src = prior
+        self._prior = prior if isinstance(prior, ActionPrior) else None
+        self.execute, self.samples, self.pick = int(execute), int(samples), pick
+        self.base_seed, self.threads = int(seed), threads
+        self.name = name or ("prior" if pick == "first" else "prior_random")
+        self.reset()
+
+    @property
+    def prior(self) -> ActionPrior:
+        if self._prior is None:
+            self._prior = _load_prior(self._src)
+        return self._prior
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        if not isinstance(self._src, ActionPrior):
+            state["_prior"] = None
+        return state
+
+    def reset(self, seed: int | None = None) -> None:
+        self._rng = np.random.default_rng(self.base_seed if seed is None else (self.base_seed, seed))
+        self._gen = torch.Generator().manual_seed(int(self._rng.integers(2**62)))
+        self._plan, self._t = None, 0
+
+    def act(self, obs: dict) -> np.ndarray:
+        if self.threads:
+            torch.set_num_threads(int(self.threads))
+        if self._plan is None or self._t >= min(self.execute, len(self._plan)):
+            chunks = self.prior.sample(obs["image"], obs["proprio"], obs["instruction"], self.samples, self._gen)
+            i = 0 if self.pick == "first" else int(self._rng.integers(len(chunks)))
+            self._plan, self._t = chunks[i], 0
+        action = self._plan[self._t]
+        self._t += 1
+        return np.clip(action, -1.0, 1.0).astype(np.float32)
+
+
+__all__ = ["PriorConfig", "ActionPrior", "PriorChunks", "train_prior", "PriorAgent", "KIND"]

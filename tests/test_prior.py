@@ -1,0 +1,157 @@
+"""Action prior: data chunks pad past the episode end, the diffusion prior learns a
+known conditional answer, checkpoints round-trip, the planner takes its samples as
+proposals, and the prior agents act from observations only."""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from agent.planner import make_planner
+from agent.prior import ActionPrior, PriorAgent, PriorChunks, PriorConfig, train_prior
+from envs.rollouts import RolloutFileError, RolloutWriter, atomic_path
+
+TINY = PriorConfig(steps=4, channels=(8, 16), keypoints=8, cond_dim=32, hidden=64, blocks=1, sample_steps=5)
+
+
+def _episode(n: int, grip: float, rng) -> dict:
+    obs = {"image": rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8),
+           "proprio": rng.normal(size=(n, 4)).astype(np.float32),
+           "instruction": np.zeros(n, np.int64)}
+    actions = np.zeros((n, 4), np.float32)
+    actions[:, 0] = np.arange(n) / n
+    actions[:, 3] = grip
+    return {"actions": actions, "states": np.zeros((n, 3)), "rewards": np.zeros(n, np.float32),
+            "dones": np.zeros(n, np.uint8), "obs": obs, "next_obs": obs}
+
+
+@pytest.fixture
+def rollout_file(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "lift_fake_train_0_2.hdf5"
+    with atomic_path(path) as tmp:
+        w = RolloutWriter(tmp, {"env_id": "roboalign/Lift-v0"})
+        w.add(_episode(5, 1.0, rng), success=True)
+        w.add(_episode(3, -1.0, rng), success=False)
+        w.close()
+    return path
+
+
+def test_chunks_pad_with_the_last_action_and_filter_failures(rollout_file):
+    data = PriorChunks(rollout_file, steps=4, only_success=True)
+    assert data.episodes == 1 and len(data) == 5
+    assert data.image.shape == (5, 64, 64, 3) and data.actions.shape == (5, 4, 4)
+    np.testing.assert_allclose(data.actions[0, :, 0], [0, 0.2, 0.4, 0.6], atol=1e-6)
+    np.testing.assert_allclose(data.actions[3, :, 0], [0.6, 0.8, 0.8, 0.8], atol=1e-6)   # padded
+    assert len(PriorChunks(rollout_file, steps=4, only_success=False)) == 8
+    b = data.batch(np.array([0, 4]), shift=3, rng=np.random.default_rng(0))
+    assert b["image"].shape == (2, 3, 64, 64) and b["image"].dtype == torch.float32
+    assert b["actions"].shape == (2, 4, 4)
+
+
+def test_chunks_errors(tmp_path, rollout_file):
+    with pytest.raises(RolloutFileError, match="does not exist"):
+        PriorChunks(tmp_path / "missing.hdf5")
+    rng = np.random.default_rng(0)
+    path = tmp_path / "fail.hdf5"
+    with atomic_path(path) as tmp:
+        w = RolloutWriter(tmp, {})
+        w.add(_episode(3, 0.0, rng), success=False)
+        w.close()
+    with pytest.raises(RolloutFileError, match="no successful episodes"):
+        PriorChunks(path, only_success=True)
+
+
+def test_prior_learns_an_instruction_conditioned_answer(one_torch_thread):
+    """Chunks are +0.6 for instruction 0 and -0.6 for instruction 1: after a short fit
+    the DDIM samples for each instruction must land near its own value."""
+    torch.manual_seed(0)
+    model = ActionPrior(TINY)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    img = torch.rand(32, 3, 64, 64)
+    instr = torch.arange(32) % 2
+    target = torch.where(instr[:, None, None] == 0, 0.6, -0.6).expand(32, 4, 4).contiguous()
+    batch = {"image": img, "proprio": torch.zeros(32, 4), "instruction": instr, "actions": target}
+    first = float(model(batch).detach())
+    for _ in range(300):
+        loss = model(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(model(batch).detach()) < 0.5 * first
+    model.eval()
+    gen = torch.Generator().manual_seed(0)
+    frame = (img[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    for i, want in ((0, 0.6), (1, -0.6)):
+        s = model.sample(frame, np.zeros(4), i, n=16, generator=gen)
+        assert s.shape == (16, 4, 4) and np.abs(s).max() <= 1.0
+        assert abs(float(np.median(s)) - want) < 0.2, (i, float(np.median(s)))
+
+
+def test_prior_shape_errors():
+    model = ActionPrior(TINY)
+    with pytest.raises(ValueError, match=r"\(B, 4, 4\)"):
+        model({"image": torch.rand(2, 3, 64, 64), "proprio": torch.zeros(2, 4),
+               "instruction": torch.zeros(2, dtype=torch.long), "actions": torch.zeros(2, 5, 4)})
+    with pytest.raises(ValueError, match="image"):
+        model.sample(np.zeros((64, 64), np.uint8), np.zeros(4), 0)
+    with pytest.raises(ValueError, match="unknown PriorConfig"):
+        PriorConfig.from_dict({"stepz": 3})
+
+
+def test_train_prior_resumes_and_round_trips(rollout_file, tmp_path, one_torch_thread):
+    out = tmp_path / "prior"
+    kw = dict(config=TINY, batch_size=4, only_success=False, progress=False, eval_every=5, amp=False)
+    model, metrics = train_prior([rollout_file], [rollout_file], out, steps=10, **kw)
+    assert (out / "prior.pt").is_file() and (out / "last.pt").is_file()
+    assert np.isfinite(metrics["val_loss"]) and metrics["train_rows"] == 8
+    loaded = ActionPrior.from_checkpoint(out / "prior.pt")
+    frame = np.zeros((64, 64, 3), np.uint8)
+    a = model.sample(frame, np.zeros(4), 0, 3, torch.Generator().manual_seed(1))
+    b = loaded.sample(frame, np.zeros(4), 0, 3, torch.Generator().manual_seed(1))
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    # finished: a second call resumes from last.pt and does no more steps
+    lines = (out / "metrics.jsonl").read_text().count("\n")
+    train_prior([rollout_file], [rollout_file], out, steps=10, **kw)
+    assert lines > 0 and (out / "metrics.jsonl").read_text().count("\n") == lines
+    from worldmodel.training import CheckpointError
+    with pytest.raises(CheckpointError, match="does not exist"):
+        ActionPrior.from_checkpoint(tmp_path / "nope.pt")
+
+
+def test_planner_uses_the_proposals_first():
+    planner = make_planner({"name": "cem", "horizon": 2, "repeat": 2, "samples": 4, "iterations": 1, "elites": 2})
+    props = np.zeros((4, 4, 4), np.float32)
+    props[2] = 0.5                                        # the only good proposal
+    seen = []
+
+    def score(c):
+        seen.append(c.copy())
+        return -np.abs(c - 0.5).sum(axis=(1, 2))
+    res = planner.plan(score, rng=np.random.default_rng(0), proposals=props)
+    np.testing.assert_allclose(seen[0], props, atol=1e-6)   # first iteration = the proposals
+    np.testing.assert_allclose(res.actions, 0.5, atol=1e-6)
+    warm = np.full((4, 4), -0.25, np.float32)
+    planner.plan(score, warm_start=warm, rng=np.random.default_rng(0), proposals=props)
+    np.testing.assert_allclose(seen[-1][0], warm, atol=1e-6)  # the warm start stays candidate 0
+    with pytest.raises(ValueError, match="proposals"):
+        planner.plan(score, proposals=props[:3])
+
+
+def test_prior_agents_act_and_pickle(one_torch_thread):
+    model = ActionPrior(TINY).eval()
+    obs = {"image": np.zeros((64, 64, 3), np.uint8), "proprio": np.zeros(4, np.float32), "instruction": 0,
+           "objects": np.zeros(3, np.float32)}
+    agent = PriorAgent(model, execute=2)
+    agent.reset(seed=3)
+    acts = [agent.act(obs) for _ in range(4)]
+    assert all(a.shape == (4,) and a.dtype == np.float32 and np.abs(a).max() <= 1 for a in acts)
+    agent.reset(seed=3)
+    np.testing.assert_allclose([agent.act(obs) for _ in range(4)], acts)   # repeatable per seed
+    rnd = PriorAgent(model, execute=2, samples=4, pick="random")
+    assert rnd.name == "prior_random" and rnd.act(obs).shape == (4,)
+    assert pickle.loads(pickle.dumps(rnd)).act(obs).shape == (4,)
+    with pytest.raises(ValueError, match="pick"):
+        PriorAgent(model, pick="best")
