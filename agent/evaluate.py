@@ -46,7 +46,37 @@ def summarize(results: list[EpisodeResult]) -> dict:
         "length_mean": float(lengths.mean()) if n else 0.0,
         "length_std": float(lengths.std()) if n else 0.0,
         "act_s_mean": float(np.mean([r.act_s for r in results])) if n else 0.0,
+        "success_per_seed": [bool(r.success) for r in results],   # in seed order: paired tests
     }
+
+
+def mcnemar(a: list[bool], b: list[bool]) -> dict:
+    """Exact McNemar test of two methods' successes on the same seeds (paired).
+
+    ``a_only``/``b_only``: seeds only ``a``/``b`` solved; ``p``: two-sided exact binomial
+    p-value of the discordant pairs (1.0 when there are none).
+    """
+    from scipy.stats import binomtest
+
+    if len(a) != len(b):
+        raise ValueError(f"paired test needs the same seeds: {len(a)} vs {len(b)} episodes")
+    a_only = sum(x and not y for x, y in zip(a, b))
+    b_only = sum(y and not x for x, y in zip(a, b))
+    n = a_only + b_only
+    p = binomtest(a_only, n, 0.5).pvalue if n else 1.0
+    return {"a_only": a_only, "b_only": b_only, "p": float(p)}
+
+
+def paired_table(main: dict, others: list[dict]) -> str:
+    """Markdown: the main method against each other one on the same seeds (McNemar)."""
+    rows = [f"| {main['agent']} vs | episodes | only {main['agent']} solved | only other solved | McNemar p |",
+            "|---|---|---|---|---|"]
+    for o in others:
+        if o["seeds"] != main["seeds"]:
+            raise ValueError(f"{o['agent']} ran other seeds than {main['agent']}; no paired test")
+        t = mcnemar(main["success_per_seed"], o["success_per_seed"])
+        rows.append(f"| {o['agent']} | {len(main['seeds'])} | {t['a_only']} | {t['b_only']} | {t['p']:.3f} |")
+    return "\n".join(rows)
 
 
 def evaluate(env_id: str, agent: Agent, seeds: list[int], *, out_dir: str | os.PathLike | None = None,

@@ -23,7 +23,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from agent.collect import make_agent
-from agent.evaluate import evaluate, results_table
+from agent.evaluate import evaluate, paired_table, results_table
 from envs.rollouts import atomic_path
 from envs.splits import split_seeds
 from experiments import pipeline
@@ -38,6 +38,9 @@ WORLD_MODEL_METHODS = {
 }
 #: Methods that use the learned action prior (agent/prior.py).
 PRIOR_METHODS = ("mpc_prior", "prior", "prior_random")
+#: SB3 SAC on state observations (agent/sb3.py), trained on the evaluated env: at the world
+#: model's data budget (`sac`) and a longer reference run (`sac_ref`).
+SAC_METHODS = ("sac", "sac_ref")
 
 
 def stages_for(method: str) -> list[str]:
@@ -49,7 +52,7 @@ def stages_for(method: str) -> list[str]:
 def make_method(method: str, cfg: DictConfig, stages: dict):
     """An agent for a method name: a world-model MPC variant, ``oracle_p``, the action
     prior (``prior``, ``prior_random``), or a plain agent of ``agent/collect.py``'s
-    registry (scripted, noisy, random)."""
+    registry (scripted, noisy, random), or SB3 SAC (``sac``, ``sac_ref``)."""
     planner = OmegaConf.to_container(cfg.planner)
     if method in WORLD_MODEL_METHODS:
         from agent.mpc import WorldModelMPC
@@ -60,6 +63,10 @@ def make_method(method: str, cfg: DictConfig, stages: dict):
             kwargs["prior"] = str(pipeline.model_path(stages, "prior"))
         return WorldModelMPC(str(pipeline.model_path(stages, stage)), str(pipeline.model_path(stages, "student")),
                              planner=planner, name=method, **kwargs)
+    if method in SAC_METHODS:
+        from agent.sb3 import SACAgent
+
+        return SACAgent(str(pipeline.model_path(stages, method)), name=method)
     if method in ("prior", "prior_random"):
         from agent.prior import PriorAgent
 
@@ -91,6 +98,8 @@ def method_identity(method: str, cfg: DictConfig, stages: dict) -> dict:
         ident["prior"] = stages["prior"].key
     if method == "prior":
         ident["prior_agent"] = OmegaConf.to_container(cfg.prior_agent)
+    if method in SAC_METHODS:
+        ident["sac"] = stages[method].key
     elif method == cfg.agent.name:
         ident["kwargs"] = OmegaConf.to_container(cfg.agent.kwargs)
     return ident
@@ -125,6 +134,9 @@ def run(cfg: DictConfig) -> dict:
     methods = list(dict.fromkeys([cfg.agent.name, *cfg.baselines]))
     needed = sorted({s for m in methods for s in stages_for(m)})
     stages = pipeline.build(cfg.pipeline, needed, artifacts=cfg.artifacts) if needed else {}
+    for method in (m for m in methods if m in SAC_METHODS):   # trained on the evaluated env itself
+        stages[method] = pipeline.run_script_stage(method, "train_sac", [f"env_id={cfg.env.id}", *cfg.pipeline[method]],
+                                                   {}, {}, artifacts=cfg.artifacts)
     t_built = time.time()
     seeds = split_seeds(cfg.split, cfg.episodes, cfg.seed_start)
     out = resolve(cfg.out_dir)
@@ -136,6 +148,8 @@ def run(cfg: DictConfig) -> dict:
                      identity=method_identity(method, cfg, stages))
         summaries.append(s)
     table = results_table(summaries)
+    if len(summaries) > 1:
+        table += "\n\nPaired on the same seeds (exact McNemar test):\n\n" + paired_table(summaries[0], summaries[1:])
     wall = time.time() - t0
     report = {"env_id": cfg.env.id, "episodes": cfg.episodes, "seeds": seeds, "wall_s": wall,
               "build_s": t_built - t0, "preset": cfg.get("preset_name"),

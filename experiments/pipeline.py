@@ -152,8 +152,8 @@ def run_script_stage(name: str, script: str, overrides: list[str], inputs: dict[
         extra = [f"{k}={v}" for k, v in paths.items()]
         if "out_dir" in base:
             extra.append(f"out_dir={out}")
-        if "out" in base:
-            extra.append(f"out={out / Path(str(base.out)).name}")
+        if "out" in base:   # a file name keeps its name inside the stage folder; null -> the folder
+            extra.append(f"out={out if base.out is None else out / Path(str(base.out)).name}")
         return module.run(compose(script, [*overrides, f"artifacts={artifacts}", *extra]))
     return run_stage(name, config, inputs, build, artifacts=artifacts, log=log)
 
@@ -240,7 +240,8 @@ def build(pcfg: DictConfig, stages, *, artifacts: str | os.PathLike = "artifacts
 
 #: The file each model stage leaves in its folder.
 MODEL_FILES = {"tokenizer": "last.pt", "worldmodel": "worldmodel.pt", "bench": "bench.h5",
-               "student": "student.pt", "aligned": "worldmodel.pt", "prior": "prior.pt"}
+               "student": "student.pt", "aligned": "worldmodel.pt", "prior": "prior.pt", "sac": "sac.zip",
+               "sac_ref": "sac.zip"}
 
 
 def model_path(stages: dict, name: str) -> Path:

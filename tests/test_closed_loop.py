@@ -80,12 +80,12 @@ def tiny_run(tmp_path_factory):
 
 def test_closed_loop_tiny_builds_every_stage_and_runs_each_method(tiny_run):
     artifacts, cfg, report = tiny_run
-    assert set(report["stages"]) == {"collect", "tokenizer", "worldmodel", "bench", "student", "aligned", "prior"}
+    assert set(report["stages"]) == {"collect", "tokenizer", "worldmodel", "bench", "student", "aligned", "prior", "sac"}
     for name, dirs in report["stages"].items():
         for d in dirs if isinstance(dirs, list) else [dirs]:
             assert json.loads((Path(d) / "stage.json").read_text())["stage"] == name
     by_agent = {s["agent"]: s for s in report["summaries"]}
-    assert list(by_agent) == ["mpc", "scripted", "prior_random", "mpc_prior"]
+    assert list(by_agent) == ["mpc", "scripted", "prior_random", "mpc_prior", "sac"]
     for s in by_agent.values():
         assert s["episodes"] == 1 and s["seeds"] == split_seeds("test", 1)
         assert split_of(s["seeds"][0]) == "test"
@@ -118,7 +118,7 @@ def test_closed_loop_tiny_rerun_reuses_every_stage(tiny_run, capsys):
     artifacts, cfg, report = tiny_run
     again = run(cfg)
     out = capsys.readouterr().out
-    assert ": building in" not in out and out.count(": reusing") == 8   # 2 collections + 6 stages
+    assert ": building in" not in out and out.count(": reusing") == 9   # 2 collections + 7 stages
     assert again["stages"] == report["stages"]
     assert again["summaries"] == report["summaries"]              # finished seeds are not re-run
 
@@ -258,3 +258,20 @@ def test_imagined_track_follows_the_plan_being_executed():
     assert imagined_track([(3, clip(0))], 2, 3)[0] == (-1, None)
     both = _side_by_side(np.zeros((8, 8, 3), np.uint8), track[1][1])
     assert both.shape == (8, 16, 3) and both[0, 8, 0] == 1
+
+
+def test_mcnemar_paired_test():
+    from agent.evaluate import mcnemar, paired_table
+
+    a = [True] * 10 + [False] * 2
+    b = [False] * 10 + [True] * 2
+    t = mcnemar(a, b)
+    assert (t["a_only"], t["b_only"]) == (10, 2) and t["p"] == pytest.approx(0.0386, abs=1e-3)
+    assert mcnemar([True, False], [True, False]) == {"a_only": 0, "b_only": 0, "p": 1.0}
+    with pytest.raises(ValueError, match="same seeds"):
+        mcnemar([True], [True, False])
+    main = {"agent": "m", "seeds": [1, 2], "success_per_seed": [True, True]}
+    other = {"agent": "o", "seeds": [1, 2], "success_per_seed": [False, True]}
+    assert "| o | 2 | 1 | 0 | 1.000 |" in paired_table(main, [other])
+    with pytest.raises(ValueError, match="other seeds"):
+        paired_table(main, [{**other, "seeds": [1, 3]}])
