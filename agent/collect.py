@@ -112,7 +112,11 @@ def _failure(info: dict, target_rise: float) -> str:
 _WORKER: dict = {}
 
 
-def _init_worker(env_id: str, env_kwargs: dict, agent: Agent, record: bool) -> None:
+def _init_worker(env_id: str, env_kwargs: dict, agent: Agent, record: bool, threads: int | None = None) -> None:
+    if threads:   # a pool worker: share the cores instead of each taking them all (oversubscription)
+        import torch
+
+        torch.set_num_threads(threads)
     _WORKER.update(env=envs.make(env_id, **env_kwargs), agent=agent, record=record)
 
 
@@ -140,7 +144,8 @@ def run_episodes(env_id: str, agent: Agent, seeds: list[int], *, workers: int = 
         finally:
             _WORKER.pop("env").close()
         return
-    pool = mp.get_context("spawn").Pool(min(workers, len(tasks)), _init_worker, init)
+    n = min(workers, len(tasks))
+    pool = mp.get_context("spawn").Pool(n, _init_worker, (*init, max(1, (os.cpu_count() or 1) // n)))
     try:
         yield from pool.imap(_work, tasks)
     finally:

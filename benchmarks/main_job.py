@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.evaluate import results_table  # noqa: E402
+from agent.evaluate import paired_table, results_table  # noqa: E402
 from benchmarks.report import write_section  # noqa: E402
 from experiments.common import resolve  # noqa: E402
 
@@ -44,9 +44,12 @@ def main() -> None:
     run = json.loads(path.read_text())
     preset = run.get("preset") or "default"
     body = [f"{run['env_id']}, {run['episodes']} held-out test seeds ({run['seeds'][0]}..{run['seeds'][-1]}), "
-            f"every method on the same seeds.", "", results_table(run["summaries"]), "",
-            f"Wall time of this run: {run['wall_s']:.0f} s, of which {run['build_s']:.0f} s building or "
-            f"reusing artifacts. Stages used:", "", *stage_rows(run.get("stages", {}))]
+            f"every method on the same seeds.", "", results_table(run["summaries"]), ""]
+    sums = run["summaries"]
+    if len(sums) > 1 and all("success_per_seed" in x for x in sums):
+        body += ["Paired on the same seeds (exact McNemar test):", "", paired_table(sums[0], sums[1:]), ""]
+    body += [f"Wall time of this run: {run['wall_s']:.0f} s, of which {run['build_s']:.0f} s building or "
+             f"reusing artifacts. Stages used:", "", *stage_rows(run.get("stages", {}))]
     if args.notes:
         body += ["", args.notes]
     write_section(args.title or f"Main job: {args.env} ({preset} preset)", "\n".join(body),

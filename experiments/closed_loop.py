@@ -35,9 +35,10 @@ WORLD_MODEL_METHODS = {
     "mpc_pretrained": ("worldmodel", {}),            # the same planner on the pre-trained model
     "mpc_noswr": ("aligned", {"rollout_mode": "full"}),   # plain autoregression (horizon > W)
     "mpc_prior": ("aligned", {}),                    # first iteration proposed by the action prior
+    "mpc_prior_pretrained": ("worldmodel", {}),      # ... choosing with the pre-trained model
 }
 #: Methods that use the learned action prior (agent/prior.py).
-PRIOR_METHODS = ("mpc_prior", "prior", "prior_random")
+PRIOR_METHODS = ("mpc_prior", "mpc_prior_pretrained", "prior", "prior_random")
 #: SB3 SAC on state observations (agent/sb3.py), trained on the evaluated env: at the world
 #: model's data budget (`sac`) and a longer reference run (`sac_ref`).
 SAC_METHODS = ("sac", "sac_ref")
