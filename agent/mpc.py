@@ -40,6 +40,19 @@ DEFAULT_WEIGHTS = {"IF": 1.0, "MS": 0.5, "AOC": 0.2, "TC": 0.1, "CR": 0.1, "PA":
                    "target_rise": 1.0, "grip_dist": 1.0}
 
 
+def plan_objective(out: dict, weights: dict) -> torch.Tensor:
+    """The planning objective ``(B,)`` from a reward's ``score`` output: weighted
+    dimensions ``(B, 6)`` + ``target_rise`` * shaping[:, 0] - ``grip_dist`` * shaping[:, 1]."""
+    dims = torch.as_tensor(out["dims"], dtype=torch.float32)
+    w = torch.tensor([weights[k] for k in DIM_KEYS], dtype=torch.float32)
+    obj = (dims * w).sum(-1)
+    shaping = out.get("shaping")
+    if shaping is not None:
+        shaping = torch.as_tensor(shaping, dtype=torch.float32)
+        obj = obj + weights["target_rise"] * shaping[:, 0] - weights["grip_dist"] * shaping[:, 1]
+    return obj
+
+
 def _load_world_model(path):
     from worldmodel.world_model import WorldModel
 
@@ -145,14 +158,7 @@ class WorldModelMPC(Agent):
     # ------------------------------------------------------------------ planning
     def objective(self, out: dict) -> torch.Tensor:
         """Scalar objective (B,) from the reward's ``score`` output."""
-        dims = torch.as_tensor(out["dims"], dtype=torch.float32)
-        w = torch.tensor([self.weights[k] for k in DIM_KEYS], dtype=torch.float32)
-        obj = (dims * w).sum(-1)
-        shaping = out.get("shaping")
-        if shaping is not None:
-            shaping = torch.as_tensor(shaping, dtype=torch.float32)
-            obj = obj + self.weights["target_rise"] * shaping[:, 0] - self.weights["grip_dist"] * shaping[:, 1]
-        return obj
+        return plan_objective(out, self.weights)
 
     def imagine(self, image: np.ndarray, actions: np.ndarray) -> torch.Tensor:
         """Imagined clips ``(N, horizon + 1, 3, H, W)`` (real start frame first) of control
@@ -228,4 +234,4 @@ class WorldModelMPC(Agent):
         return sum(e["plan_s"] for e in self.log) / max(self._step, 1)
 
 
-__all__ = ["WorldModelMPC", "DEFAULT_WEIGHTS", "DIM_KEYS"]
+__all__ = ["WorldModelMPC", "plan_objective", "DEFAULT_WEIGHTS", "DIM_KEYS"]

@@ -20,6 +20,7 @@ as a clock. It is picklable (the simulator env is rebuilt lazily in each process
 """
 from __future__ import annotations
 
+import os
 
 import numpy as np
 
@@ -111,16 +112,23 @@ class OracleP(Agent):
         sim_steps = [0]
 
         def score(cands: np.ndarray) -> np.ndarray:
-            out = np.empty(len(cands))
-            for i, seq in enumerate(cands):
-                out[i], n = self.rollout_return(start, seq)
-                sim_steps[0] += n
+            out, n = self.score_candidates(start, cands)
+            sim_steps[0] += n
             return out
 
         res = self.planner.plan(score, warm_start=warm, rng=self._rng)
         self._plan, self._t = res.actions, 0
         self.log.append({"plan_s": res.seconds, "score": res.score, "best_score": res.best_score,
                          "sim_steps": sim_steps[0], "evaluations": res.evaluations})
+
+    def score_candidates(self, state: np.ndarray, cands: np.ndarray) -> tuple[np.ndarray, int]:
+        """(score per candidate ``(N,)``, control steps simulated) of candidate plans
+        ``(N, steps, 4)`` from ``state``."""
+        out, total = np.empty(len(cands)), 0
+        for i, seq in enumerate(cands):
+            out[i], n = self.rollout_return(state, seq)
+            total += n
+        return out, total
 
     def rollout_return(self, state: np.ndarray, actions: np.ndarray) -> tuple[float, int]:
         """(discounted return of ``actions`` from ``state`` in the oracle's simulator,
@@ -169,4 +177,83 @@ class OracleP(Agent):
             self._sim = None
 
 
-__all__ = ["OracleP", "OBJECTIVES"]
+class OracleS(OracleP):
+    """Oracle-S: the same planner in the TRUE simulator, scored like the world-model MPC.
+
+    Every candidate is simulated from the real state (privileged, as for oracle-P) and
+    RENDERED (one 64x64 frame per ``repeat`` control steps, the real start frame first);
+    the clips are scored by the student reward with the MPC's objective
+    (:func:`agent.mpc.plan_objective`, ``weights``). Perfect dynamics, learned reward:
+    next to oracle-P (perfect dynamics, privileged reward) and the MPC (learned both), it
+    says which learned part costs success. Rendering every candidate is slow -- run it
+    on fewer seeds.
+    """
+
+    name = "oracle_s"
+
+    def __init__(self, reward, planner: dict | None = None, execute: int | None = None,
+                 weights: dict | None = None, seed: int = 0, threads: int | None = None):
+        from agent.mpc import DEFAULT_WEIGHTS
+
+        super().__init__(planner=planner, execute=execute, seed=seed)
+        unknown = set(weights or {}) - set(DEFAULT_WEIGHTS)
+        if unknown:
+            raise ValueError(f"unknown objective weights {sorted(unknown)}; known: {sorted(DEFAULT_WEIGHTS)}")
+        self.weights = {**DEFAULT_WEIGHTS, **(weights or {})}
+        self._reward_src, self.threads = reward, threads
+        self._reward = None if isinstance(reward, (str, os.PathLike)) else reward
+        self.name = f"oracle_s_{self.planner.name}"
+
+    @property
+    def reward(self):
+        if self._reward is None:
+            from worldmodel.judge.student import StudentReward
+
+            self._reward = StudentReward.from_checkpoint(self._reward_src)
+        return self._reward
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        if isinstance(self._reward_src, (str, os.PathLike)):
+            state["_reward"] = None
+        return state
+
+    def _simulator(self):
+        if self._sim is None:
+            from envs.robosuite_env import RoboAlignEnv
+
+            self._sim = RoboAlignEnv(task=self._real.task, obs_mode="state", render_mode="rgb_array",
+                                     render_size=self._real.image_size, control_freq=self._real.control_freq)
+        return self._sim
+
+    def act(self, obs: dict) -> np.ndarray:
+        self._instruction = int(obs["instruction"])     # the reward is told the instruction
+        return super().act(obs)
+
+    def render_clip(self, state: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """The real future of ``actions`` from ``state``: ``(steps / repeat + 1, H, W, 3)`` uint8."""
+        sim, repeat = self._simulator(), self.planner.param.repeat
+        sim.reset_to(state)
+        frames = [sim.render()]
+        for t, a in enumerate(actions):
+            sim.step(a)
+            if (t + 1) % repeat == 0:
+                frames.append(sim.render())
+        return np.stack(frames)
+
+    def score_candidates(self, state: np.ndarray, cands: np.ndarray) -> tuple[np.ndarray, int]:
+        import torch
+
+        from agent.mpc import plan_objective
+
+        if self.threads:
+            torch.set_num_threads(int(self.threads))
+        clips = np.stack([self.render_clip(state, seq) for seq in cands])
+        frames = torch.from_numpy(clips).permute(0, 1, 4, 2, 3).float().div(255.0)
+        instr = torch.full((len(cands),), self._instruction, dtype=torch.long)
+        with torch.no_grad():
+            out = self.reward.score(frames, instr)
+        return plan_objective(out, self.weights).numpy().astype(np.float64), int(cands.shape[0] * cands.shape[1])
+
+
+__all__ = ["OracleP", "OracleS", "OBJECTIVES"]

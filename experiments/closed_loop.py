@@ -47,13 +47,16 @@ SAC_METHODS = ("sac", "sac_ref")
 def stages_for(method: str) -> list[str]:
     """The pipeline stages a method's agent needs."""
     need = [WORLD_MODEL_METHODS[method][0], "student"] if method in WORLD_MODEL_METHODS else []
+    need += ["student"] if method == "oracle_s" else []
     return need + (["prior"] if method in PRIOR_METHODS else [])
 
 
 def make_method(method: str, cfg: DictConfig, stages: dict):
     """An agent for a method name: a world-model MPC variant, ``oracle_p``, the action
     prior (``prior``, ``prior_random``), or a plain agent of ``agent/collect.py``'s
-    registry (scripted, noisy, random), or SB3 SAC (``sac``, ``sac_ref``)."""
+    registry (scripted, noisy, random), SB3 SAC (``sac``, ``sac_ref``), or the oracles
+    (``oracle_p``: true simulator + privileged reward; ``oracle_s``: true simulator,
+    rendered candidates scored by the student)."""
     planner = OmegaConf.to_container(cfg.planner)
     if method in WORLD_MODEL_METHODS:
         from agent.mpc import WorldModelMPC
@@ -81,6 +84,11 @@ def make_method(method: str, cfg: DictConfig, stages: dict):
         from agent.oracle import OracleP
 
         return OracleP(planner=planner)
+    if method == "oracle_s":
+        from agent.oracle import OracleS
+
+        return OracleS(str(pipeline.model_path(stages, "student")), planner=planner,
+                       weights=OmegaConf.to_container(cfg.mpc.weights), threads=cfg.mpc.get("threads"))
     kwargs = OmegaConf.to_container(cfg.agent.kwargs) if method == cfg.agent.name else {}
     return make_agent(method, **kwargs)
 
@@ -89,8 +97,10 @@ def method_identity(method: str, cfg: DictConfig, stages: dict) -> dict:
     """What defines a method's episodes: its settings and the keys of the models it uses
     (saved episodes of another identity are not reused)."""
     ident = {"method": method, "env": OmegaConf.to_container(cfg.env)}
-    if method in WORLD_MODEL_METHODS or method in ("oracle_p", "prior_random"):
+    if method in WORLD_MODEL_METHODS or method in ("oracle_p", "oracle_s", "prior_random"):
         ident["planner"] = OmegaConf.to_container(cfg.planner)
+    if method == "oracle_s":
+        ident.update(weights=OmegaConf.to_container(cfg.mpc.weights), student=stages["student"].key)
     if method in WORLD_MODEL_METHODS:
         stage = WORLD_MODEL_METHODS[method][0]
         ident.update(mpc=OmegaConf.to_container(cfg.mpc), world_model=stages[stage].key,

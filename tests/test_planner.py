@@ -11,7 +11,7 @@ import torch
 from agent.base import RandomAgent
 from agent.collect import run_episode
 from agent.mpc import WorldModelMPC
-from agent.oracle import OracleP
+from agent.oracle import OracleP, OracleS
 from agent.planner import CEM, MPPI, ChunkParam, make_planner, shift_actions
 from envs.splits import split_seeds
 
@@ -189,3 +189,30 @@ def test_run_episode_attaches_the_privileged_env_to_oracles_only(make_env):
         run_episode(env, oracle, split_seeds("val", 1)[0])
     assert oracle._real is env.unwrapped
     assert not hasattr(RandomAgent(), "attach_privileged_env")
+
+
+def test_oracle_s_scores_the_real_rendered_future_with_the_reward(make_env):
+    """Oracle-S's candidate clips are the frames the real env shows for those actions."""
+    env = make_env(LIFT, obs_mode="image", segmentation=False)
+    seed = split_seeds("val", 1)[0]
+    reward = ToyReward()
+    oracle = OracleS(reward, planner={"name": "cem", "horizon": 2, "samples": 3, "iterations": 1, "elites": 1},
+                     execute=2)
+    oracle.reset(seed=seed)
+    oracle.attach_privileged_env(env)
+    obs, _ = env.reset(seed=seed)
+    a = oracle.act(obs)
+    assert a.shape == (4,) and reward.calls == [(3, 3, 3, 64, 64)]   # start frame + one per 2 steps
+    # the clip of the executed plan is what the real simulator renders
+    state = env.unwrapped.get_sim_state()
+    clip = oracle.render_clip(state, oracle._plan)
+    np.testing.assert_array_equal(clip[0], obs["image"])
+    frames = [obs["image"]]
+    for t, act in enumerate(oracle._plan):
+        obs, *_ = env.step(act)
+        if t % 2 == 1:
+            frames.append(obs["image"])
+    np.testing.assert_array_equal(clip, np.stack(frames))
+    assert pickle.loads(pickle.dumps(oracle))._sim is None
+    with pytest.raises(ValueError, match="unknown objective weights"):
+        OracleS(reward, weights={"speed": 1.0})
