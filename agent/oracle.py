@@ -90,7 +90,7 @@ class OracleP(Agent):
 
     def act(self, obs: dict) -> np.ndarray:
         if self._plan is None or self._t >= self.execute:
-            self._replan()
+            self._replan(obs)
         action = self._plan[self._t]
         self._t += 1
         self._steps += 1
@@ -106,7 +106,11 @@ class OracleP(Agent):
         self.__dict__.setdefault("_steps", len(self.__dict__.get("log", ())) * self.execute)
 
     # ------------------------------------------------------------------ planning
-    def _replan(self) -> None:
+    def _proposals(self, obs: dict) -> np.ndarray | None:
+        """First-iteration candidates ``(samples, steps, 4)``, or None for Gaussian ones."""
+        return None
+
+    def _replan(self, obs: dict) -> None:
         start = self._privileged_state()
         warm = None if self._plan is None else shift_actions(self._plan, self._t)
         sim_steps = [0]
@@ -116,7 +120,7 @@ class OracleP(Agent):
             sim_steps[0] += n
             return out
 
-        res = self.planner.plan(score, warm_start=warm, rng=self._rng)
+        res = self.planner.plan(score, warm_start=warm, rng=self._rng, proposals=self._proposals(obs))
         self._plan, self._t = res.actions, 0
         self.log.append({"plan_s": res.seconds, "score": res.score, "best_score": res.best_score,
                          "sim_steps": sim_steps[0], "evaluations": res.evaluations})
@@ -185,14 +189,15 @@ class OracleS(OracleP):
     the clips are scored by the student reward with the MPC's objective
     (:func:`agent.mpc.plan_objective`, ``weights``). Perfect dynamics, learned reward:
     next to oracle-P (perfect dynamics, privileged reward) and the MPC (learned both), it
-    says which learned part costs success. Rendering every candidate is slow -- run it
-    on fewer seeds.
+    says which learned part costs success. Given ``prior``, the learned action prior
+    proposes the first iteration (as in the MPC). Rendering every candidate is slow --
+    run it on fewer seeds.
     """
 
     name = "oracle_s"
 
     def __init__(self, reward, planner: dict | None = None, execute: int | None = None,
-                 weights: dict | None = None, seed: int = 0, threads: int | None = None):
+                 weights: dict | None = None, seed: int = 0, threads: int | None = None, prior=None):
         from agent.mpc import DEFAULT_WEIGHTS
 
         super().__init__(planner=planner, execute=execute, seed=seed)
@@ -202,7 +207,24 @@ class OracleS(OracleP):
         self.weights = {**DEFAULT_WEIGHTS, **(weights or {})}
         self._reward_src, self.threads = reward, threads
         self._reward = None if isinstance(reward, (str, os.PathLike)) else reward
+        self._prior_src = prior      # an agent.prior.ActionPrior / checkpoint: proposes the first iteration
+        self._prior = None if isinstance(prior, (str, os.PathLike)) else prior
         self.name = f"oracle_s_{self.planner.name}"
+
+    def reset(self, seed: int | None = None) -> None:
+        super().reset(seed)
+        import torch
+
+        self._gen = torch.Generator().manual_seed(int(self._rng.integers(2**62)))
+
+    def _proposals(self, obs: dict) -> np.ndarray | None:
+        if self._prior_src is None:
+            return None
+        if self._prior is None:
+            from agent.prior import ActionPrior
+
+            self._prior = ActionPrior.from_checkpoint(self._prior_src)
+        return self._prior.sample(obs["image"], obs["proprio"], obs["instruction"], self.planner.samples, self._gen)
 
     @property
     def reward(self):
@@ -216,6 +238,8 @@ class OracleS(OracleP):
         state = super().__getstate__()
         if isinstance(self._reward_src, (str, os.PathLike)):
             state["_reward"] = None
+        if isinstance(self._prior_src, (str, os.PathLike)):
+            state["_prior"] = None
         return state
 
     def _simulator(self):

@@ -38,7 +38,9 @@ WORLD_MODEL_METHODS = {
     "mpc_prior_pretrained": ("worldmodel", {}),      # ... choosing with the pre-trained model
 }
 #: Methods that use the learned action prior (agent/prior.py).
-PRIOR_METHODS = ("mpc_prior", "mpc_prior_pretrained", "prior", "prior_random")
+PRIOR_METHODS = ("mpc_prior", "mpc_prior_pretrained", "prior", "prior_random", "oracle_s_prior")
+#: Oracles: the planner in the true simulator (agent/oracle.py).
+ORACLE_METHODS = ("oracle_p", "oracle_s", "oracle_s_prior")
 #: SB3 SAC on state observations (agent/sb3.py), trained on the evaluated env: at the world
 #: model's data budget (`sac`) and a longer reference run (`sac_ref`).
 SAC_METHODS = ("sac", "sac_ref")
@@ -47,7 +49,7 @@ SAC_METHODS = ("sac", "sac_ref")
 def stages_for(method: str) -> list[str]:
     """The pipeline stages a method's agent needs."""
     need = [WORLD_MODEL_METHODS[method][0], "student"] if method in WORLD_MODEL_METHODS else []
-    need += ["student"] if method == "oracle_s" else []
+    need += ["student"] if method in ("oracle_s", "oracle_s_prior") else []
     return need + (["prior"] if method in PRIOR_METHODS else [])
 
 
@@ -84,10 +86,11 @@ def make_method(method: str, cfg: DictConfig, stages: dict):
         from agent.oracle import OracleP
 
         return OracleP(planner=planner)
-    if method == "oracle_s":
+    if method in ("oracle_s", "oracle_s_prior"):
         from agent.oracle import OracleS
 
-        return OracleS(str(pipeline.model_path(stages, "student")), planner=planner,
+        prior = str(pipeline.model_path(stages, "prior")) if method in PRIOR_METHODS else None
+        return OracleS(str(pipeline.model_path(stages, "student")), planner=planner, prior=prior,
                        weights=OmegaConf.to_container(cfg.mpc.weights), threads=cfg.mpc.get("threads"))
     kwargs = OmegaConf.to_container(cfg.agent.kwargs) if method == cfg.agent.name else {}
     return make_agent(method, **kwargs)
@@ -97,9 +100,9 @@ def method_identity(method: str, cfg: DictConfig, stages: dict) -> dict:
     """What defines a method's episodes: its settings and the keys of the models it uses
     (saved episodes of another identity are not reused)."""
     ident = {"method": method, "env": OmegaConf.to_container(cfg.env)}
-    if method in WORLD_MODEL_METHODS or method in ("oracle_p", "oracle_s", "prior_random"):
+    if method in WORLD_MODEL_METHODS or method in ORACLE_METHODS or method == "prior_random":
         ident["planner"] = OmegaConf.to_container(cfg.planner)
-    if method == "oracle_s":
+    if method in ("oracle_s", "oracle_s_prior"):
         ident.update(weights=OmegaConf.to_container(cfg.mpc.weights), student=stages["student"].key)
     if method in WORLD_MODEL_METHODS:
         stage = WORLD_MODEL_METHODS[method][0]

@@ -214,5 +214,17 @@ def test_oracle_s_scores_the_real_rendered_future_with_the_reward(make_env):
             frames.append(obs["image"])
     np.testing.assert_array_equal(clip, np.stack(frames))
     assert pickle.loads(pickle.dumps(oracle))._sim is None
+    # with a learned prior, its samples are the first iteration's candidates
+    from agent.prior import ActionPrior, PriorConfig
+
+    prior = ActionPrior(PriorConfig(steps=4, channels=(8,), keypoints=4, cond_dim=16, hidden=16, blocks=1,
+                                    sample_steps=2)).eval()
+    with_prior = OracleS(reward, planner={"name": "cem", "horizon": 2, "samples": 3, "iterations": 1, "elites": 1},
+                         prior=prior)
+    with_prior.reset(seed=seed)
+    with_prior.attach_privileged_env(env)
+    obs, _ = env.reset(seed=seed)
+    props = with_prior._proposals(obs)
+    assert props.shape == (3, 4, 4) and with_prior.act(obs).shape == (4,)
     with pytest.raises(ValueError, match="unknown objective weights"):
         OracleS(reward, weights={"speed": 1.0})
