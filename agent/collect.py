@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,15 +113,26 @@ def _failure(info: dict, target_rise: float) -> str:
 _WORKER: dict = {}
 
 
-def _init_worker(env_id: str, env_kwargs: dict, agent: Agent, record: bool, threads: int | None = None) -> None:
+def _init_worker(env_id: str, env_kwargs: dict, agent: Agent | bytes, record: bool,
+                 threads: int | None = None) -> None:
     if threads:   # a pool worker: share the cores instead of each taking them all (oversubscription)
         import torch
 
         torch.set_num_threads(threads)
-    _WORKER.update(env=envs.make(env_id, **env_kwargs), agent=agent, record=record)
+    try:
+        if isinstance(agent, bytes):
+            agent = pickle.loads(agent)
+        _WORKER.update(env=envs.make(env_id, **env_kwargs), agent=agent, record=record)
+    except Exception as e:  # a failing pool initializer is retried forever: report it from _work
+        if not threads:
+            raise
+        _WORKER["error"] = e
 
 
 def _work(task: tuple[int, dict | None, bool]) -> EpisodeResult:
+    if "error" in _WORKER:
+        raise RuntimeError(f"the episode worker failed to start: {_WORKER['error']!r}") from _WORKER["error"]
+
     seed, options, frames = task
     return run_episode(_WORKER["env"], _WORKER["agent"], seed, record=_WORKER["record"],
                        frames=frames, options=options)
@@ -145,7 +157,11 @@ def run_episodes(env_id: str, agent: Agent, seeds: list[int], *, workers: int = 
             _WORKER.pop("env").close()
         return
     n = min(workers, len(tasks))
-    pool = mp.get_context("spawn").Pool(n, _init_worker, (*init, max(1, (os.cpu_count() or 1) // n)))
+    # the agent travels as plain pickle bytes: multiprocessing's own pickler would pass any
+    # torch tensor in it (e.g. a torch.Generator's state) as a shared-memory file descriptor,
+    # which fails in spawned workers ("unable to resize file")
+    init = (env_id, dict(env_kwargs or {}), pickle.dumps(agent), record, max(1, (os.cpu_count() or 1) // n))
+    pool = mp.get_context("spawn").Pool(n, _init_worker, init)
     try:
         yield from pool.imap(_work, tasks)
     finally:

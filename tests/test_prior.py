@@ -155,3 +155,12 @@ def test_prior_agents_act_and_pickle(one_torch_thread):
     assert pickle.loads(pickle.dumps(rnd)).act(obs).shape == (4,)
     with pytest.raises(ValueError, match="pick"):
         PriorAgent(model, pick="best")
+
+
+def test_prior_agent_runs_in_worker_processes():
+    """Agents holding torch state (a torch.Generator) reach spawned episode workers."""
+    from agent.collect import run_episodes
+
+    agent = PriorAgent(ActionPrior(TINY).eval(), execute=4)
+    out = list(run_episodes("roboalign/Lift-v0", agent, [1, 2], workers=2))
+    assert [r.seed for r in out] == [1, 2] and all(r.length > 0 for r in out)
