@@ -37,6 +37,8 @@ def main() -> None:
     ap.add_argument("--artifacts", default="artifacts")
     ap.add_argument("--title", default=None)
     ap.add_argument("--notes", default="", help="free text appended under the table")
+    ap.add_argument("--command", default=None, help="the closed-loop command that made the run "
+                    "(default: the preset's plain command)")
     args = ap.parse_args()
     path = resolve(args.artifacts) / "closed_loop" / args.env / "run.json"
     if not path.exists():
@@ -53,7 +55,7 @@ def main() -> None:
     if args.notes:
         body += ["", args.notes]
     write_section(args.title or f"Main job: {args.env} ({preset} preset)", "\n".join(body),
-                  command=f"python experiments/closed_loop.py preset={preset} env={args.env}")
+                  command=args.command or f"python experiments/closed_loop.py preset={preset} env={args.env}")
 
 
 if __name__ == "__main__":
