@@ -85,7 +85,7 @@ def test_closed_loop_tiny_builds_every_stage_and_runs_each_method(tiny_run):
         for d in dirs if isinstance(dirs, list) else [dirs]:
             assert json.loads((Path(d) / "stage.json").read_text())["stage"] == name
     by_agent = {s["agent"]: s for s in report["summaries"]}
-    assert list(by_agent) == ["mpc", "scripted", "prior_random", "mpc_prior", "sac"]
+    assert list(by_agent) == ["mpc_prior", "scripted", "prior_random", "mpc", "sac"]
     for s in by_agent.values():
         assert s["episodes"] == 1 and s["seeds"] == split_seeds("test", 1)
         assert split_of(s["seeds"][0]) == "test"
@@ -143,7 +143,7 @@ def test_configs_compose():
             make_agent(cfg.agent.name, **cfg.agent.kwargs)  # every agent config is valid
     from experiments.closed_loop import WORLD_MODEL_METHODS
     from experiments.pipeline import STAGES
-    assert _compose("closed_loop", []).agent.name == "mpc"    # the main job plans with the world model
+    assert _compose("closed_loop", []).agent.name == "mpc_prior"    # the main job plans with the world model
     for method, (stage, _) in WORLD_MODEL_METHODS.items():
         assert stage in STAGES, method
     from experiments.closed_loop import stages_for
