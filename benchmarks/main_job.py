@@ -35,12 +35,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--env", default="lift")
     ap.add_argument("--artifacts", default="artifacts")
+    ap.add_argument("--run-dir", default=None, help="the run's out_dir (default: <artifacts>/closed_loop/<env>)")
     ap.add_argument("--title", default=None)
     ap.add_argument("--notes", default="", help="free text appended under the table")
     ap.add_argument("--command", default=None, help="the closed-loop command that made the run "
                     "(default: the preset's plain command)")
     args = ap.parse_args()
-    path = resolve(args.artifacts) / "closed_loop" / args.env / "run.json"
+    path = resolve(args.run_dir or Path(args.artifacts) / "closed_loop" / args.env) / "run.json"
     if not path.exists():
         raise SystemExit(f"{path} not found; run `python experiments/closed_loop.py env={args.env}` first")
     run = json.loads(path.read_text())
