@@ -113,26 +113,25 @@ def _failure(info: dict, target_rise: float) -> str:
 _WORKER: dict = {}
 
 
-def _init_worker(env_id: str, env_kwargs: dict, agent: Agent | bytes, record: bool,
-                 threads: int | None = None) -> None:
-    if threads:   # a pool worker: share the cores instead of each taking them all (oversubscription)
-        import torch
+def _init_worker(env_id: str, env_kwargs: dict, agent: Agent, record: bool) -> None:
+    _WORKER.update(env=envs.make(env_id, **env_kwargs), agent=agent, record=record)
 
-        torch.set_num_threads(threads)
+
+def _init_pool_worker(threads: int, env_id: str, env_kwargs: dict, agent: bytes, record: bool) -> None:
+    """A spawned worker: share the cores (no oversubscription), unpickle the agent, and keep
+    any start-up error for :func:`_work` to raise (a failing pool initializer is retried forever)."""
+    import torch
+
+    torch.set_num_threads(threads)
     try:
-        if isinstance(agent, bytes):
-            agent = pickle.loads(agent)
-        _WORKER.update(env=envs.make(env_id, **env_kwargs), agent=agent, record=record)
-    except Exception as e:  # a failing pool initializer is retried forever: report it from _work
-        if not threads:
-            raise
+        _init_worker(env_id, env_kwargs, pickle.loads(agent), record)
+    except Exception as e:
         _WORKER["error"] = e
 
 
 def _work(task: tuple[int, dict | None, bool]) -> EpisodeResult:
     if "error" in _WORKER:
         raise RuntimeError(f"the episode worker failed to start: {_WORKER['error']!r}") from _WORKER["error"]
-
     seed, options, frames = task
     return run_episode(_WORKER["env"], _WORKER["agent"], seed, record=_WORKER["record"],
                        frames=frames, options=options)
@@ -148,9 +147,8 @@ def run_episodes(env_id: str, agent: Agent, seeds: list[int], *, workers: int = 
     are per-seed reset options; the first ``frames`` episodes keep rendered frames.
     """
     tasks = [(s, o, i < frames) for i, (s, o) in enumerate(zip(seeds, options or [None] * len(seeds)))]
-    init = (env_id, dict(env_kwargs or {}), agent, record)
     if workers <= 1 or len(tasks) <= 1:
-        _init_worker(*init)
+        _init_worker(env_id, dict(env_kwargs or {}), agent, record)
         try:
             yield from map(_work, tasks)
         finally:
@@ -160,8 +158,8 @@ def run_episodes(env_id: str, agent: Agent, seeds: list[int], *, workers: int = 
     # the agent travels as plain pickle bytes: multiprocessing's own pickler would pass any
     # torch tensor in it (e.g. a torch.Generator's state) as a shared-memory file descriptor,
     # which fails in spawned workers ("unable to resize file")
-    init = (env_id, dict(env_kwargs or {}), pickle.dumps(agent), record, max(1, (os.cpu_count() or 1) // n))
-    pool = mp.get_context("spawn").Pool(n, _init_worker, init)
+    pool = mp.get_context("spawn").Pool(n, _init_pool_worker, (max(1, (os.cpu_count() or 1) // n), env_id,
+                                                                dict(env_kwargs or {}), pickle.dumps(agent), record))
     try:
         yield from pool.imap(_work, tasks)
     finally:

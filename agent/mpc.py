@@ -121,9 +121,9 @@ class WorldModelMPC(Agent):
     def prior(self):
         """The learned action prior proposing candidates (``None``: Gaussian proposals only)."""
         if self._prior is None and self._prior_src is not None:
-            from agent.prior import ActionPrior
+            from agent.prior import load_prior
 
-            self._prior = ActionPrior.from_checkpoint(self._prior_src)
+            self._prior = load_prior(self._prior_src)
         return self._prior
 
     def __getstate__(self):

@@ -221,9 +221,9 @@ class OracleS(OracleP):
         if self._prior_src is None:
             return None
         if self._prior is None:
-            from agent.prior import ActionPrior
+            from agent.prior import load_prior
 
-            self._prior = ActionPrior.from_checkpoint(self._prior_src)
+            self._prior = load_prior(self._prior_src)
         return self._prior.sample(obs["image"], obs["proprio"], obs["instruction"], self.planner.samples, self._gen)
 
     @property

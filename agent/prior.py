@@ -301,7 +301,8 @@ def train_prior(train_paths, val_paths, out_dir: str | os.PathLike, *, config: P
 
 
 # ---------------------------------------------------------------------- agents
-def _load_prior(src):
+def load_prior(src) -> ActionPrior:
+    """An :class:`ActionPrior` as given, or loaded from a checkpoint path."""
     return src if isinstance(src, ActionPrior) else ActionPrior.from_checkpoint(src)
 
 
@@ -328,7 +329,7 @@ class PriorAgent(Agent):
     @property
     def prior(self) -> ActionPrior:
         if self._prior is None:
-            self._prior = _load_prior(self._src)
+            self._prior = load_prior(self._src)
         return self._prior
 
     def __getstate__(self):
@@ -354,4 +355,4 @@ class PriorAgent(Agent):
         return np.clip(action, -1.0, 1.0).astype(np.float32)
 
 
-__all__ = ["PriorConfig", "ActionPrior", "PriorChunks", "train_prior", "PriorAgent", "KIND"]
+__all__ = ["PriorConfig", "ActionPrior", "PriorChunks", "train_prior", "load_prior", "PriorAgent", "KIND"]

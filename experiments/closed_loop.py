@@ -39,8 +39,8 @@ WORLD_MODEL_METHODS = {
 }
 #: Methods that use the learned action prior (agent/prior.py).
 PRIOR_METHODS = ("mpc_prior", "mpc_prior_pretrained", "prior", "prior_random", "oracle_s_prior")
-#: Oracles: the planner in the true simulator (agent/oracle.py).
-ORACLE_METHODS = ("oracle_p", "oracle_s", "oracle_s_prior")
+#: Oracle-S variants: the planner in the true simulator, rendered candidates scored by the student.
+STUDENT_ORACLES = ("oracle_s", "oracle_s_prior")
 #: SB3 SAC on state observations (agent/sb3.py), trained on the evaluated env: at the world
 #: model's data budget (`sac`) and a longer reference run (`sac_ref`).
 SAC_METHODS = ("sac", "sac_ref")
@@ -49,7 +49,7 @@ SAC_METHODS = ("sac", "sac_ref")
 def stages_for(method: str) -> list[str]:
     """The pipeline stages a method's agent needs."""
     need = [WORLD_MODEL_METHODS[method][0], "student"] if method in WORLD_MODEL_METHODS else []
-    need += ["student"] if method in ("oracle_s", "oracle_s_prior") else []
+    need += ["student"] if method in STUDENT_ORACLES else []
     return need + (["prior"] if method in PRIOR_METHODS else [])
 
 
@@ -86,7 +86,7 @@ def make_method(method: str, cfg: DictConfig, stages: dict):
         from agent.oracle import OracleP
 
         return OracleP(planner=planner)
-    if method in ("oracle_s", "oracle_s_prior"):
+    if method in STUDENT_ORACLES:
         from agent.oracle import OracleS
 
         prior = str(pipeline.model_path(stages, "prior")) if method in PRIOR_METHODS else None
@@ -100,21 +100,21 @@ def method_identity(method: str, cfg: DictConfig, stages: dict) -> dict:
     """What defines a method's episodes: its settings and the keys of the models it uses
     (saved episodes of another identity are not reused)."""
     ident = {"method": method, "env": OmegaConf.to_container(cfg.env)}
-    if method in WORLD_MODEL_METHODS or method in ORACLE_METHODS or method == "prior_random":
+    if method in WORLD_MODEL_METHODS or method in ("oracle_p", "prior_random", *STUDENT_ORACLES):
         ident["planner"] = OmegaConf.to_container(cfg.planner)
-    if method in ("oracle_s", "oracle_s_prior"):
+    if method in STUDENT_ORACLES:
         ident.update(weights=OmegaConf.to_container(cfg.mpc.weights), student=stages["student"].key)
-    if method in WORLD_MODEL_METHODS:
-        stage = WORLD_MODEL_METHODS[method][0]
-        ident.update(mpc=OmegaConf.to_container(cfg.mpc), world_model=stages[stage].key,
-                     student=stages["student"].key)
     if method in PRIOR_METHODS:
         ident["prior"] = stages["prior"].key
     if method == "prior":
         ident["prior_agent"] = OmegaConf.to_container(cfg.prior_agent)
     if method in SAC_METHODS:
         ident["sac"] = stages[method].key
-    elif method == cfg.agent.name:
+    if method in WORLD_MODEL_METHODS:
+        stage = WORLD_MODEL_METHODS[method][0]
+        ident.update(mpc=OmegaConf.to_container(cfg.mpc), world_model=stages[stage].key,
+                     student=stages["student"].key)
+    elif method == cfg.agent.name:    # a plain agent of the registry: its own kwargs
         ident["kwargs"] = OmegaConf.to_container(cfg.agent.kwargs)
     return ident
 

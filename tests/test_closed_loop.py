@@ -275,3 +275,12 @@ def test_mcnemar_paired_test():
     assert "| o | 2 | 1 | 0 | 1.000 |" in paired_table(main, [other])
     with pytest.raises(ValueError, match="other seeds"):
         paired_table(main, [{**other, "seeds": [1, 3]}])
+
+
+def test_worker_start_failure_raises_instead_of_hanging():
+    from agent.base import RandomAgent
+    from agent.collect import run_episodes
+
+    with pytest.raises(RuntimeError, match="failed to start"):
+        list(run_episodes("roboalign/Lift-v0", RandomAgent(), [1, 2], workers=2,
+                          env_kwargs={"obs_mode": "pixels"}))
