@@ -45,18 +45,24 @@ class EpisodeResult:
     frames: list = field(default_factory=list, repr=False)   # (H, W, 3) uint8 per step, if recorded
     episode: dict | None = field(default=None, repr=False)   # rollout arrays, if recorded
     extras: dict = field(default_factory=dict, repr=False)   # the agent's episode_log(), if it has one
+    gap: dict = field(default_factory=dict)   # imagined-vs-real gap counts (agent/gap.py), if measured
 
 
 def run_episode(env, agent: Agent, seed: int, *, record: bool = False, frames: bool = False,
-                options: dict | None = None) -> EpisodeResult:
+                options: dict | None = None, gap: str | None = None) -> EpisodeResult:
     """One episode; the agent sees observations only. ``record`` keeps the rollout arrays,
-    ``frames`` keeps ``env.render()`` (or the observation image) per step."""
+    ``frames`` keeps ``env.render()`` (or the observation image) per step. ``gap``: a
+    teacher calibration file; for an agent that logs its imagined plans (the MPC) the
+    imagined-vs-real gap of every executed plan is measured after the episode
+    (:mod:`agent.gap`)."""
     attach = getattr(agent, "attach_privileged_env", None)  # PRIVILEGED: oracles only (agent/oracle.py)
     if attach is not None:
         attach(env)
     agent.reset(seed=seed)
     obs, info = env.reset(seed=seed, options=options)
     first_obs, first_info, steps = obs, info, []
+    log = getattr(agent, "episode_log", None)    # e.g. the MPC agent's imagined futures
+    states = [info["sim_state"]] if gap and callable(log) else None
     rendered = [_frame(env, obs)] if frames else []
     target_rise, lifted_ever = 0.0, False
     start = _target_z(info)
@@ -72,17 +78,26 @@ def run_episode(env, agent: Agent, seed: int, *, record: bool = False, frames: b
             steps.append(None)
         if frames:
             rendered.append(_frame(env, obs))
+        if states is not None:
+            states.append(info["sim_state"])
         target_rise = max(target_rise, _target_z(info) - start)
         lifted_ever |= target_rise > 0.02
         if terminated or truncated:
             break
     failure = _failure(info, target_rise)
-    log = getattr(agent, "episode_log", None)    # e.g. the MPC agent's imagined futures
+    gap_counts = {}
+    if states is not None:
+        from agent.gap import imagination_gap, load_teacher
+
+        elog = log()
+        gap_counts = imagination_gap(load_teacher(gap), env.spec.id,
+                                     int(first_obs["instruction"]), states, elog.get("imagined", []),
+                                     elog.get("plans", []), int(elog.get("repeat", 1)))
     return EpisodeResult(
         seed=seed, success=bool(info["success"]), wrong_object=bool(info["wrong_object"]),
         length=len(steps), instruction=info["instruction"], failure=failure, act_s=act_s / len(steps),
         frames=rendered, extras=log() if callable(log) and frames else {},
-        episode=episode_from_steps(first_obs, first_info, steps) if record else None,
+        episode=episode_from_steps(first_obs, first_info, steps) if record else None, gap=gap_counts,
     )
 
 
@@ -113,18 +128,19 @@ def _failure(info: dict, target_rise: float) -> str:
 _WORKER: dict = {}
 
 
-def _init_worker(env_id: str, env_kwargs: dict, agent: Agent, record: bool) -> None:
-    _WORKER.update(env=envs.make(env_id, **env_kwargs), agent=agent, record=record)
+def _init_worker(env_id: str, env_kwargs: dict, agent: Agent, record: bool, gap: str | None = None) -> None:
+    _WORKER.update(env=envs.make(env_id, **env_kwargs), agent=agent, record=record, gap=gap)
 
 
-def _init_pool_worker(threads: int, env_id: str, env_kwargs: dict, agent: bytes, record: bool) -> None:
+def _init_pool_worker(threads: int, env_id: str, env_kwargs: dict, agent: bytes, record: bool,
+                      gap: str | None = None) -> None:
     """A spawned worker: share the cores (no oversubscription), unpickle the agent, and keep
     any start-up error for :func:`_work` to raise (a failing pool initializer is retried forever)."""
     import torch
 
     torch.set_num_threads(threads)
     try:
-        _init_worker(env_id, env_kwargs, pickle.loads(agent), record)
+        _init_worker(env_id, env_kwargs, pickle.loads(agent), record, gap)
     except Exception as e:
         _WORKER["error"] = e
 
@@ -134,21 +150,22 @@ def _work(task: tuple[int, dict | None, bool]) -> EpisodeResult:
         raise RuntimeError(f"the episode worker failed to start: {_WORKER['error']!r}") from _WORKER["error"]
     seed, options, frames = task
     return run_episode(_WORKER["env"], _WORKER["agent"], seed, record=_WORKER["record"],
-                       frames=frames, options=options)
+                       frames=frames, options=options, gap=_WORKER.get("gap"))
 
 
 def run_episodes(env_id: str, agent: Agent, seeds: list[int], *, workers: int = 1, record: bool = False,
                  env_kwargs: dict | None = None, options: list[dict | None] | None = None,
-                 frames: int = 0):
+                 frames: int = 0, gap: str | None = None):
     """Yield an :class:`EpisodeResult` per seed, in seed order, from ``workers`` processes.
 
     Each worker (spawned, so no GL context is inherited) owns one env and a copy of
     ``agent``; episodes are the unit of work since their lengths differ. ``options``
-    are per-seed reset options; the first ``frames`` episodes keep rendered frames.
+    are per-seed reset options; the first ``frames`` episodes keep rendered frames;
+    ``gap`` (a teacher file) measures the imagined-vs-real gap (see :func:`run_episode`).
     """
     tasks = [(s, o, i < frames) for i, (s, o) in enumerate(zip(seeds, options or [None] * len(seeds)))]
     if workers <= 1 or len(tasks) <= 1:
-        _init_worker(env_id, dict(env_kwargs or {}), agent, record)
+        _init_worker(env_id, dict(env_kwargs or {}), agent, record, gap)
         try:
             yield from map(_work, tasks)
         finally:
@@ -159,17 +176,19 @@ def run_episodes(env_id: str, agent: Agent, seeds: list[int], *, workers: int = 
     # torch tensor in it (e.g. a torch.Generator's state) as a shared-memory file descriptor,
     # which fails in spawned workers ("unable to resize file")
     pool = mp.get_context("spawn").Pool(n, _init_pool_worker, (max(1, (os.cpu_count() or 1) // n), env_id,
-                                                                dict(env_kwargs or {}), pickle.dumps(agent), record))
+                                                                dict(env_kwargs or {}), pickle.dumps(agent), record,
+                                                                gap))
     try:
         yield from pool.imap(_work, tasks)
     finally:
         pool.terminate()
 
 
-def collect(env_id: str, agent: str, episodes: int, out: str | os.PathLike, *, split: str = "train",
+def collect(env_id: str, agent: str | Agent, episodes: int, out: str | os.PathLike, *, split: str = "train",
             start: int = 0, workers: int | None = None, agent_kwargs: dict | None = None,
             env_kwargs: dict | None = None, progress: bool = True) -> dict:
-    """Collect ``episodes`` episodes of ``agent`` on ``env_id`` with seeds from ``split``.
+    """Collect ``episodes`` episodes of ``agent`` (a registry name, or an :class:`Agent`
+    such as the MPC planner: the data flywheel) on ``env_id`` with seeds from ``split``.
 
     Writes ``out`` atomically and returns a summary dict (episodes, steps, success
     rate, steps/s). Seeds are ``split_seeds(split, episodes, start)``.
@@ -180,10 +199,12 @@ def collect(env_id: str, agent: str, episodes: int, out: str | os.PathLike, *, s
     assert all(split_of(s) == split for s in seeds)
     workers = max(1, min(workers or os.cpu_count() or 1, episodes))
     env_kwargs, agent_kwargs = dict(env_kwargs or {}), dict(agent_kwargs or {})
+    actor = make_agent(agent, **agent_kwargs) if isinstance(agent, str) else agent
+    agent = agent if isinstance(agent, str) else actor.name
     env_args = {"env_id": env_id, "env_name": envs.ENV_IDS[env_id], "env_kwargs": env_kwargs,
                 "agent": agent, "agent_kwargs": agent_kwargs, "split": split}
-    results = run_episodes(env_id, make_agent(agent, **agent_kwargs), seeds, workers=workers, record=True,
-                       env_kwargs={**env_kwargs, "segmentation": True})
+    results = run_episodes(env_id, actor, seeds, workers=workers, record=True,
+                           env_kwargs={**env_kwargs, "segmentation": True})
     t0, steps, successes = time.time(), 0, 0
     with atomic_path(out) as tmp:
         writer = RolloutWriter(tmp, env_args)

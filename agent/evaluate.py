@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from agent.base import Agent
 from agent.collect import EpisodeResult, run_episodes
+from agent.gap import summarize_gap
 from envs.rollouts import atomic_path
 from envs.video import write_video
 
@@ -47,6 +48,7 @@ def summarize(results: list[EpisodeResult]) -> dict:
         "length_std": float(lengths.std()) if n else 0.0,
         "act_s_mean": float(np.mean([r.act_s for r in results])) if n else 0.0,
         "success_per_seed": [bool(r.success) for r in results],   # in seed order: paired tests
+        "imagination_gap": summarize_gap([r.gap for r in results]),  # None unless measured (agent/gap.py)
     }
 
 
@@ -82,7 +84,7 @@ def paired_table(main: dict, others: list[dict]) -> str:
 def evaluate(env_id: str, agent: Agent, seeds: list[int], *, out_dir: str | os.PathLike | None = None,
              videos: int = 0, env_kwargs: dict | None = None, workers: int = 1,
              options: list[dict | None] | None = None, progress: bool = True, resume: bool = True,
-             name: str | None = None, identity: dict | None = None) -> dict:
+             name: str | None = None, identity: dict | None = None, gap: str | None = None) -> dict:
     """Run ``agent`` on ``env_id`` for each seed; return (and save in ``out_dir``) the summary.
 
     Writes ``episodes.jsonl``, ``summary.json`` and ``results.md`` to ``out_dir`` and an
@@ -93,6 +95,8 @@ def evaluate(env_id: str, agent: Agent, seeds: list[int], *, out_dir: str | os.P
     run again (a long evaluation can be interrupted and continued, or sharded) -- but only
     if ``identity`` (what defines the agent: its config, the models it uses) matches the
     one saved with them in ``out_dir/identity.json``; otherwise they are run afresh.
+    ``gap``: a teacher calibration file; agents that log their imagined plans (the MPC)
+    then get the imagined-vs-real gap of every executed plan (:mod:`agent.gap`).
     """
     name = name or agent.name
     env_kwargs = {**(env_kwargs or {}), **({"render_mode": "rgb_array"} if videos else {})}
@@ -106,7 +110,7 @@ def evaluate(env_id: str, agent: Agent, seeds: list[int], *, out_dir: str | os.P
         print(f"closed loop {env_id} [{name}]: {len(done)} of {len(seeds)} seeds already done in {out_dir}")
     stream = run_episodes(env_id, agent, [seeds[i] for i in todo], workers=workers, env_kwargs=env_kwargs,
                           options=[options[i] for i in todo] if options else None,
-                          frames=sum(i < videos for i in todo))
+                          frames=sum(i < videos for i in todo), gap=gap)
     for res in tqdm(stream, total=len(todo), desc=f"closed loop {env_id} [{name}]",
                     disable=not progress, unit="ep"):
         results[res.seed] = res
@@ -206,16 +210,25 @@ def _write_episode_video(res: EpisodeResult, path: Path) -> None:
 def results_table(summaries: list[dict]) -> str:
     """A markdown table, one row per (env, agent) summary."""
     rows = ["| env | agent | episodes | success | 95% CI | wrong object | missed grasp | drop | timeout | "
-            "length | s / step |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "length | s / step | imagined != real |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summaries:
         f = s["failures"]
         rows.append(
             f"| {s['env_id']} | {s['agent']} | {s['episodes']} | {s['success_rate']:.2f} | "
             f"[{s['success_ci95'][0]:.2f}, {s['success_ci95'][1]:.2f}] | {s['wrong_object_rate']:.2f} | "
             f"{f['missed_grasp']} | {f['drop']} | {f['timeout']} | "
-            f"{s['length_mean']:.1f} +- {s['length_std']:.1f} | {s.get('act_s_mean', 0.0):.3f} |")
+            f"{s['length_mean']:.1f} +- {s['length_std']:.1f} | {s.get('act_s_mean', 0.0):.3f} | {_gap_cell(s)} |")
     return "\n".join(rows)
+
+
+def _gap_cell(summary: dict) -> str:
+    """``disagree (optimistic / pessimistic) of N replans`` or ``-``."""
+    g = summary.get("imagination_gap")
+    if not g:
+        return "-"
+    return (f"{g['disagree_rate']:.2f} ({g['optimistic_rate']:.2f} opt / {g['pessimistic_rate']:.2f} pess, "
+            f"{g['replans']} plans)")
 
 
 def _save(out: Path, results: list[EpisodeResult], summary: dict) -> None:

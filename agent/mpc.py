@@ -143,6 +143,7 @@ class WorldModelMPC(Agent):
         self._plan, self._t, self._step = None, 0, 0
         self.log: list[dict] = []          # per replan: step, plan_s, wm_s, reward_s, score, ...
         self.imagined: list[tuple[int, np.ndarray]] = []   # (control step, (T+1, 64, 64, 3) uint8)
+        self.plans: list[np.ndarray] = []  # the chosen plan (horizon * repeat, 4) of each imagined entry
         self.last_imagined: np.ndarray | None = None
 
     def act(self, obs: dict) -> np.ndarray:
@@ -218,16 +219,18 @@ class WorldModelMPC(Agent):
         self.last_imagined = imagined
         if self.keep_imagined:
             self.imagined.append((self._step, imagined))
+            self.plans.append(np.clip(res.actions, -1.0, 1.0).astype(np.float32))
         self.log.append({"step": self._step, "plan_s": time.perf_counter() - t0, **timing,
                          "score": res.score, "best_score": res.best_score, "evaluations": res.evaluations})
 
     def episode_log(self) -> dict:
         """What the closed loop keeps of an episode: the imagined future of every executed
-        plan ``[(control step, (T+1, 64, 64, 3) uint8)]``, the model's ``repeat`` (control
+        plan ``[(control step, (T+1, 64, 64, 3) uint8)]``, those plans' actions
+        ``[(horizon * repeat, 4)]`` (clipped as executed), the model's ``repeat`` (control
         steps per imagined frame) and the per-replan timing log."""
         repeat = self._wm.action_repeat if self._wm is not None else self.planner.param.repeat
-        return {"imagined": list(self.imagined), "repeat": int(repeat), "replans": list(self.log),
-                "plan_s_per_step": self.planning_time_per_step()}
+        return {"imagined": list(self.imagined), "plans": list(self.plans), "repeat": int(repeat),
+                "replans": list(self.log), "plan_s_per_step": self.planning_time_per_step()}
 
     def planning_time_per_step(self) -> float:
         """Planning seconds per executed control step so far (this episode)."""

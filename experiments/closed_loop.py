@@ -141,6 +141,21 @@ def plot_success(summaries: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def gap_teacher(method: str, cfg: DictConfig, stages: dict) -> str | None:
+    """The teacher file that measures a world-model method's imagined-vs-real gap
+    (``imagination_gap: true``), else ``None``."""
+    if method not in WORLD_MODEL_METHODS or not cfg.get("imagination_gap", True) or "bench" not in stages:
+        return None
+    return str(stages["bench"].dir / "teacher.json")
+
+
+def evaluate_method(method: str, cfg: DictConfig, stages: dict, seeds: list[int], out: Path) -> dict:
+    """Run one method on ``seeds`` in the real simulator; its summary (episodes saved in ``out``)."""
+    return evaluate(cfg.env.id, make_method(method, cfg, stages), seeds, out_dir=out, videos=cfg.videos,
+                    workers=cfg.workers, env_kwargs=OmegaConf.to_container(cfg.env.kwargs), name=method,
+                    identity=method_identity(method, cfg, stages), gap=gap_teacher(method, cfg, stages))
+
+
 def run(cfg: DictConfig) -> dict:
     """The importable main job; returns ``{"summaries": [...], "wall_s": ..., "stages": {...}}``."""
     setup_torch(cfg.threads)
@@ -156,11 +171,7 @@ def run(cfg: DictConfig) -> dict:
     out = resolve(cfg.out_dir)
     summaries = []
     for method in methods:
-        agent = make_method(method, cfg, stages)
-        s = evaluate(cfg.env.id, agent, seeds, out_dir=out / method, videos=cfg.videos, workers=cfg.workers,
-                     env_kwargs=OmegaConf.to_container(cfg.env.kwargs), name=method,
-                     identity=method_identity(method, cfg, stages))
-        summaries.append(s)
+        summaries.append(evaluate_method(method, cfg, stages, seeds, out / method))
     table = results_table(summaries)
     if len(summaries) > 1:
         table += "\n\nPaired on the same seeds (exact McNemar test):\n\n" + paired_table(summaries[0], summaries[1:])

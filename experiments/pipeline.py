@@ -158,7 +158,7 @@ def run_script_stage(name: str, script: str, overrides: list[str], inputs: dict[
     return run_stage(name, config, inputs, build, artifacts=artifacts, log=log)
 
 
-def _list(paths) -> str:
+def path_list(paths) -> str:
     """A Hydra override value for a list of paths."""
     return "[" + ",".join(str(p) for p in paths) + "]"
 
@@ -192,50 +192,74 @@ def build(pcfg: DictConfig, stages, *, artifacts: str | os.PathLike = "artifacts
     """
     need = needed(stages)
     done: dict = {}
-    rollouts: dict[str, list[Path]] = {"train": [], "val": []}
     collected = []
     for env in pcfg.envs:
         for split in ("train", "val"):
             n = int(pcfg.collect.episodes[split])
-            res = run_script_stage(
+            collected.append(run_script_stage(
                 "collect", "collect",
                 [f"env={env}", f"agent={pcfg.collect.agent}", f"episodes={n}", f"split={split}",
-                 *pcfg.collect.get("overrides", [])], {}, {}, artifacts=artifacts, log=log)
-            collected.append(res)
-            rollouts[split] += sorted(res.dir.glob("*.hdf5"))
+                 *pcfg.collect.get("overrides", [])], {}, {}, artifacts=artifacts, log=log))
     done["collect"] = collected
+    rollouts = collected_rollouts(collected)
     coll_keys = {f"collect{i}": r.key for i, r in enumerate(collected)}
-    data = {"data.train": _list(rollouts["train"]), "data.val": _list(rollouts["val"])}
+    data = {"data.train": path_list(rollouts["train"]), "data.val": path_list(rollouts["val"])}
     if "tokenizer" in need:
         done["tokenizer"] = run_script_stage("tokenizer", "train_tokenizer", list(pcfg.tokenizer),
                                              coll_keys, data, artifacts=artifacts, log=log)
     if "worldmodel" in need:
-        tok = done["tokenizer"]
-        done["worldmodel"] = run_script_stage(
-            "worldmodel", "train_worldmodel", list(pcfg.worldmodel), {**coll_keys, "tokenizer": tok.key},
-            {**data, "tokenizer_ckpt": tok.dir / "last.pt"}, artifacts=artifacts, log=log)
+        done["worldmodel"] = worldmodel_stage(pcfg, done["tokenizer"], coll_keys, data, artifacts=artifacts, log=log)
     if "bench" in need:
         wm = done["worldmodel"]
         done["bench"] = run_script_stage(
             "bench", "build_bench", list(pcfg.bench), {**coll_keys, "worldmodel": wm.key},
-            {"rollouts": _list(rollouts["train"] + rollouts["val"]), "worldmodel": wm.dir / "worldmodel.pt"},
+            {"rollouts": path_list(rollouts["train"] + rollouts["val"]), "worldmodel": wm.dir / "worldmodel.pt"},
             artifacts=artifacts, log=log)
     if "student" in need:
         bench = done["bench"]
         done["student"] = run_script_stage("student", "distill_reward", list(pcfg.student), {"bench": bench.key},
                                            {"bench_file": bench.dir / "bench.h5"}, artifacts=artifacts, log=log)
     if "aligned" in need:
-        wm, student = done["worldmodel"], done["student"]
-        done["aligned"] = run_script_stage(
-            "aligned", "align", list(pcfg.align), {**coll_keys, "worldmodel": wm.key, "student": student.key},
-            {"worldmodel_ckpt": wm.dir / "worldmodel.pt", "student_ckpt": student.dir / "student.pt",
-             "data.train": _list(rollouts["train"]), "refresh.old_data": done["bench"].dir / "bench.h5",
-             "teacher": done["bench"].dir / "teacher.json"},
-            artifacts=artifacts, log=log)
+        done["aligned"] = aligned_stage(pcfg, done, coll_keys, rollouts["train"], artifacts=artifacts, log=log)
     if "prior" in need:
         done["prior"] = run_script_stage("prior", "train_prior", list(pcfg.get("prior", [])), coll_keys, data,
                                          artifacts=artifacts, log=log)
     return done
+
+
+def collected_rollouts(collected: list[StageResult]) -> dict[str, list[Path]]:
+    """The rollout files of built collect stages, by split (``train``, ``val``)."""
+    out: dict[str, list[Path]] = {"train": [], "val": []}
+    for res in collected:
+        out[res.manifest["config"]["split"]] += sorted(res.dir.glob("*.hdf5"))
+    return out
+
+
+def worldmodel_stage(pcfg: DictConfig, tokenizer: StageResult, inputs: dict[str, str], data: dict[str, str], *,
+                     extra: list[str] = (), init: StageResult | None = None,
+                     artifacts: str | os.PathLike = "artifacts", log: Callable[[str], None] = print) -> StageResult:
+    """The dynamics pre-training stage on ``data`` (``data.train`` / ``data.val`` overrides);
+    with ``init`` (a built world-model stage) it fine-tunes that model's dynamics instead
+    of starting from scratch (the flywheel), ``extra`` overrides on top of the preset's."""
+    keys = {**inputs, "tokenizer": tokenizer.key, **({"init": init.key} if init else {})}
+    paths = {**data, "tokenizer_ckpt": tokenizer.dir / "last.pt",
+             **({"init_ckpt": init.dir / MODEL_FILES["worldmodel"]} if init else {})}
+    return run_script_stage("worldmodel", "train_worldmodel", [*pcfg.worldmodel, *extra], keys, paths,
+                            artifacts=artifacts, log=log)
+
+
+def aligned_stage(pcfg: DictConfig, done: dict, inputs: dict[str, str], train_rollouts: list[Path], *,
+                  extra: list[str] = (), artifacts: str | os.PathLike = "artifacts",
+                  log: Callable[[str], None] = print) -> StageResult:
+    """GRPO alignment of ``done["worldmodel"]`` with ``done["student"]`` (the bench stage's
+    teacher refreshes it), contexts from ``train_rollouts``; ``extra`` overrides on top."""
+    wm, student, bench = done["worldmodel"], done["student"], done["bench"]
+    return run_script_stage(
+        "aligned", "align", [*pcfg.align, *extra], {**inputs, "worldmodel": wm.key, "student": student.key},
+        {"worldmodel_ckpt": wm.dir / "worldmodel.pt", "student_ckpt": student.dir / "student.pt",
+         "data.train": path_list(train_rollouts), "refresh.old_data": bench.dir / "bench.h5",
+         "teacher": bench.dir / "teacher.json"},
+        artifacts=artifacts, log=log)
 
 
 #: The file each model stage leaves in its folder.

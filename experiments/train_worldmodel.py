@@ -1,6 +1,7 @@
 """Pre-train the action-conditioned dynamics transformer on tokenized rollouts.
 
     python experiments/train_worldmodel.py [dynamics=quick] [tokenizer_ckpt=...]
+    python experiments/train_worldmodel.py init_ckpt=<worldmodel.pt> dynamics.train.steps=200 ...  # fine-tune
     torchrun --nproc_per_node 2 experiments/train_worldmodel.py dynamics=tiny   # DDP (gloo on CPU)
 
 Tokenizes the training windows once (cached under ``artifacts/tokens``), trains with
@@ -45,6 +46,27 @@ def _evaluate(model, val: dict, batch_size: int = 64) -> dict:
     return {"ce": ce / n, "acc": acc / n}
 
 
+def _init_from(wm: WorldModel, path, tok_hash: str) -> str | None:
+    """Fine-tuning: load the dynamics weights of the world model at ``path`` (same
+    tokenizer, same architecture) into ``wm``; returns that file's hash (or ``None``)."""
+    if not path:
+        return None
+    path = resolve(path)
+    init = WorldModel.from_checkpoint(path)
+    if init.dynamics.cfg.to_dict() != wm.dynamics.cfg.to_dict():
+        raise ValueError(f"init_ckpt {path} holds dynamics {init.dynamics.cfg.to_dict()}, this config builds "
+                         f"{wm.dynamics.cfg.to_dict()}; fine-tune with the same dynamics config")
+    if init.action_repeat != wm.action_repeat:
+        raise ValueError(f"init_ckpt {path} has action_repeat {init.action_repeat}, config {wm.action_repeat}")
+    tok_diff = [k for k, v in init.tokenizer.state_dict().items()
+                if not torch.equal(v, wm.tokenizer.state_dict()[k])]
+    if tok_diff:
+        raise ValueError(f"init_ckpt {path} was trained on another tokenizer than {tok_hash[:12]} "
+                         f"({len(tok_diff)} tensors differ); fine-tune on the tokenizer it was built with")
+    wm.dynamics.load_state_dict(init.dynamics.state_dict())
+    return file_hash(path)
+
+
 def run(cfg: DictConfig) -> dict:
     setup_torch(cfg.threads)
     dist = setup_distributed()
@@ -68,6 +90,7 @@ def run(cfg: DictConfig) -> dict:
 
         wm = WorldModel.build(tokenizer, OmegaConf.to_container(cfg.dynamics.model),
                               cfg.action_repeat, cfg.swr_window)
+        init = _init_from(wm, cfg.get("init_ckpt"), tok_hash)
         for p in wm.tokenizer.parameters():
             p.requires_grad_(False)
         tcfg = cfg.dynamics.train
@@ -75,6 +98,8 @@ def run(cfg: DictConfig) -> dict:
                   "window": cfg.window, "action_repeat": cfg.action_repeat, "stride": cfg.stride,
                   "data": {s: [str(p) for p in ps] for s, ps in paths.items()},
                   "train": OmegaConf.to_container(tcfg), "max_windows": cfg.dynamics.max_windows}
+        if init:
+            config["init"] = init
         out = resolve(cfg.out_dir)
         train(wm.dynamics, lambda start: _stream(data["train"], tcfg.batch_size, 7919 * start + dist.rank),
               _loss, steps=tcfg.steps, lr=tcfg.lr, out_dir=out, kind="dynamics", config=config,

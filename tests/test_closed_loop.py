@@ -123,6 +123,61 @@ def test_closed_loop_tiny_rerun_reuses_every_stage(tiny_run, capsys):
     assert again["summaries"] == report["summaries"]              # finished seeds are not re-run
 
 
+def test_closed_loop_tiny_measures_the_imagination_gap(tiny_run):
+    artifacts, cfg, report = tiny_run
+    by_agent = {s["agent"]: s for s in report["summaries"]}
+    for method in ("mpc", "mpc_prior"):           # world-model methods: every executed plan checked
+        g = by_agent[method]["imagination_gap"]
+        assert g["episodes"] == 1 and g["replans"] >= 1
+        assert 0 <= g["optimistic_rate"] <= g["disagree_rate"] <= 1
+        assert g["disagree_rate"] == pytest.approx(g["optimistic_rate"] + g["pessimistic_rate"])
+        assert 0 <= g["aoc_mean"] <= 1
+    assert by_agent["scripted"]["imagination_gap"] is None      # nothing imagined, nothing measured
+    assert "imagined != real" in (artifacts / "closed_loop" / "lift" / "results.md").read_text()
+
+
+def test_flywheel_tiny_round_trains_on_the_agents_own_rollouts(tiny_run, capsys):
+    """One flywheel round on the tiny main job's models: the MPC's own rollouts (train
+    seeds) fine-tune the world model, which is re-aligned and evaluated on the test seeds."""
+    import torch
+
+    from envs.rollouts import open_rollouts
+    from experiments.flywheel import run as flywheel
+    from worldmodel.world_model import WorldModel
+
+    artifacts, cfg, report = tiny_run
+    fly = flywheel(cfg)
+    assert [r["round"] for r in fly["rounds"]] == [0, 1]
+    r0, r1 = fly["rounds"]
+    assert r0["successes"] == {s["agent"]: s for s in report["summaries"]}["mpc_prior"]["successes"]  # reused
+    assert r1["collected"] == 1 and r1["flywheel_episodes"] == 1 and r1["mcnemar_vs_round0"] is not None
+    stages = sorted((artifacts / "stages").glob("flycollect-*"))
+    assert len(stages) == 1
+    with open_rollouts(stages[0] / "rollouts.hdf5") as f:   # the same format as every rollout
+        seeds = [int(f["data"][k].attrs["seed"]) for k in f["data"]]
+        assert f["data"].attrs["env_args"] and "mpc_prior" in f["data"].attrs["env_args"]
+    assert seeds == [cfg.flywheel.seed_start] and split_of(seeds[0]) == "train"
+    # the round's world model was fine-tuned from round 0's: same architecture, new weights
+    wm0 = WorldModel.from_checkpoint(report["stages"]["worldmodel"] + "/worldmodel.pt")
+    fine = [d for d in (artifacts / "stages").glob("worldmodel-*") if str(d) != report["stages"]["worldmodel"]]
+    assert len(fine) == 1
+    wm1 = WorldModel.from_checkpoint(fine[0] / "worldmodel.pt")
+    diffs = [not torch.equal(a, b) for a, b in zip(wm0.dynamics.state_dict().values(),
+                                                    wm1.dynamics.state_dict().values())]
+    assert any(diffs)
+    key0 = json.loads((Path(report["stages"]["worldmodel"]) / "stage.json").read_text())["key"]
+    inputs = json.loads((fine[0] / "stage.json").read_text())["inputs"]
+    assert inputs["init"] == key0 and "flycollect1" in inputs
+    root = artifacts / "closed_loop" / "lift" / "flywheel"
+    for name in ("results.md", "flywheel.json", "success.png"):
+        assert (root / name).is_file(), name
+    assert (root / "round_1" / "mpc_prior" / "summary.json").is_file()
+    capsys.readouterr()
+    again = flywheel(cfg)                    # resumes: every stage and episode reused
+    assert ": building in" not in capsys.readouterr().out
+    assert [r["successes"] for r in again["rounds"]] == [r["successes"] for r in fly["rounds"]]
+
+
 def test_unknown_config_key_fails_at_compose():
     from hydra.errors import HydraException
 

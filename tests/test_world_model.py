@@ -164,3 +164,24 @@ def test_rollout_shares_one_start_frame_across_candidates(wm):
     repeated = wm.rollout(frames.expand(3, -1, -1, -1), actions, mode="swr", window=3, temperature=0)
     assert torch.equal(shared.tokens, repeated.tokens)
     torch.testing.assert_close(shared.frames, repeated.frames)
+
+
+def test_fine_tuning_init_loads_dynamics_and_rejects_another_model(wm, tmp_path):
+    """train_worldmodel.py init_ckpt=...: the flywheel continues a model's dynamics."""
+    from experiments.train_worldmodel import _init_from
+
+    wm.save(tmp_path / "wm.pt")
+    torch.manual_seed(1)
+    fresh = WorldModel.build(wm.tokenizer, DYN, action_repeat=2, window=3)
+    assert _init_from(fresh, None, "h") is None
+    digest = _init_from(fresh, tmp_path / "wm.pt", "h")
+    assert isinstance(digest, str) and len(digest) >= 12
+    for a, b in zip(fresh.dynamics.state_dict().values(), wm.dynamics.state_dict().values()):
+        assert torch.equal(a, b)
+    wider = WorldModel.build(wm.tokenizer, {**DYN, "d_model": 64}, action_repeat=2, window=3)
+    with pytest.raises(ValueError, match="same dynamics config"):
+        _init_from(wider, tmp_path / "wm.pt", "h")
+    torch.manual_seed(2)
+    other_tok = WorldModel.build(DualFSQTokenizer(TOK), DYN, action_repeat=2, window=3)
+    with pytest.raises(ValueError, match="another tokenizer"):
+        _init_from(other_tok, tmp_path / "wm.pt", "h")
