@@ -11,13 +11,16 @@ evaluation-side: the planner never sees it.
 
 Per episode: ``replans``, ``disagree`` (imagined stage != true stage), ``optimistic``
 (imagined stage > true: the model promised more than the plan does), ``pessimistic``,
-and the mean Action-Outcome Consistency of the imagined clips (the teacher's gripper
-and cube tracks of the imagined clip against the replay's, 0-1).
+the mean Action-Outcome Consistency of the imagined clips (the teacher's gripper
+and cube tracks of the imagined clip against the replay's, 0-1) and ``confusion``
+``[true stage][imagined stage]`` counts (4 x 4).
 """
 from __future__ import annotations
 
 import numpy as np
 
+#: Instruction Following stages: 0 nothing, 1 reached, 2 grasped, 3 done.
+N_STAGES = 4
 _TEACHERS: dict = {}
 
 
@@ -41,15 +44,18 @@ def imagination_gap(teacher, env_id: str, instruction: int, states: list, imagin
     if len(imagined) != len(plans):
         raise ValueError(f"{len(imagined)} imagined clips but {len(plans)} plans")
     if not imagined:
-        return {"replans": 0, "disagree": 0, "optimistic": 0, "pessimistic": 0, "aoc_sum": 0.0}
+        return {"replans": 0, "disagree": 0, "optimistic": 0, "pessimistic": 0, "aoc_sum": 0.0,
+                "confusion": np.zeros((N_STAGES, N_STAGES), int).tolist()}
     clips = [{"frames": clip, "actions": np.asarray(plan, np.float32), "stride": int(repeat),
               "start_state": np.asarray(states[s], np.float64), "env_id": env_id, "instruction": int(instruction)}
              for (s, clip), plan in zip(imagined, plans)]
     out = teacher.score_clips(clips)
     shown, true = out["scores"][:, 0].round().astype(int), out["true_stage"][:, 0]
+    confusion = np.zeros((N_STAGES, N_STAGES), int)
+    np.add.at(confusion, (true, shown), 1)
     return {"replans": len(clips), "disagree": int((shown != true).sum()),
             "optimistic": int((shown > true).sum()), "pessimistic": int((shown < true).sum()),
-            "aoc_sum": float(out["scores"][:, 2].sum())}
+            "aoc_sum": float(out["scores"][:, 2].sum()), "confusion": confusion.tolist()}
 
 
 def summarize_gap(per_episode: list[dict]) -> dict | None:
@@ -59,7 +65,9 @@ def summarize_gap(per_episode: list[dict]) -> dict | None:
     if not eps:
         return None
     n = sum(g["replans"] for g in eps)
+    conf = sum(np.asarray(g["confusion"]) for g in eps if "confusion" in g)
     return {"episodes": len(eps), "replans": n,
+            "confusion": np.asarray(conf).tolist() if np.ndim(conf) == 2 else None,
             "disagree_rate": sum(g["disagree"] for g in eps) / n,
             "optimistic_rate": sum(g["optimistic"] for g in eps) / n,
             "pessimistic_rate": sum(g["pessimistic"] for g in eps) / n,

@@ -38,7 +38,9 @@ def test_gap_hands_the_teacher_each_executed_plan_from_its_own_start_state():
     for clip, (s, frames), plan in zip(t.clips, imagined, plans):
         assert clip["frames"] is frames and np.array_equal(clip["actions"], plan)
         assert clip["stride"] == 2 and clip["env_id"] == "roboalign/Lift-v0" and clip["instruction"] == 0
+    conf = g.pop("confusion")
     assert g == {"replans": 3, "disagree": 2, "optimistic": 1, "pessimistic": 1, "aoc_sum": 1.5}
+    assert conf[1] == [1, 1, 1, 0] and sum(map(sum, conf)) == 3       # [true][shown]
 
 
 def test_gap_summary_pools_replans_and_skips_unmeasured_episodes():
@@ -48,6 +50,10 @@ def test_gap_summary_pools_replans_and_skips_unmeasured_episodes():
     assert s["episodes"] == 2 and s["replans"] == 4
     assert s["disagree_rate"] == pytest.approx(0.5) and s["optimistic_rate"] == pytest.approx(0.25)
     assert s["aoc_mean"] == pytest.approx(2.5 / 4)
+    assert s["confusion"] is None                      # episodes without a confusion matrix
+    c = [[0] * 4 for _ in range(4)]
+    c[2][1] = 3
+    assert summarize_gap([{**a, "confusion": c}, {**b, "confusion": c}])["confusion"][2][1] == 6
     assert summarize_gap([{}, {}]) is None
 
 
