@@ -1,0 +1,122 @@
+"""Where does the imagined outcome get lost: the tokenizer, the dynamics, or the reading?
+
+    python benchmarks/imagination_stages.py                   # the main job's models (run.json), Lift val episodes
+    python benchmarks/imagination_stages.py --temperatures 1.0 0.3 --windows 4 --episodes 16
+
+Held-out (val-split) clips of 8 model steps, cut where the instructed cube is grasped
+and lifted (plus the episode end and random windows: :func:`worldmodel.judge.bench.cut_windows`),
+are shown to the same calibrated teacher in three versions:
+
+- ``real``: the recorded frames (the teacher's own accuracy);
+- ``tokenizer``: the tokenizer's reconstruction of the real frames (context of the
+  start frame, each later frame's own dynamics tokens): what the frame codes can show;
+- ``wm_t<T>``: the world model's rollout from the real start frame under the clip's
+  real actions, sampled at temperature T.
+
+For each version: the stage the teacher reads in the clip (Instruction Following 0-3)
+against the true stage of the recorded trajectory, as a confusion matrix, and the
+recall of "done" (the lift) -- the outcome the planner's reward is meant to see.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.report import write_section  # noqa: E402
+from experiments.common import resolve, setup_torch  # noqa: E402
+
+STAGES = ("nothing", "reached", "grasped", "done")
+
+
+def reconstruct(wm, clips: list[dict], batch: int = 16) -> list[dict]:
+    """The tokenizer's reconstruction of each clip under its start frame's context."""
+    import torch
+
+    out = []
+    for i in range(0, len(clips), batch):
+        chunk = clips[i:i + batch]
+        x = torch.from_numpy(np.stack([c["frames"] for c in chunk])).float().div(255).permute(0, 1, 4, 2, 3)
+        b, t = x.shape[:2]
+        with torch.no_grad():
+            ctx = wm.tokenizer.encode_context(x[:, 0])
+            tok = wm.tokenizer.encode_dynamics(x[:, 1:].flatten(0, 1), ctx.repeat_interleave(t - 1, 0))
+            fr = wm.decode(tok.view(b, t - 1, -1), ctx)
+        fr = (fr.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 1, 3, 4, 2).numpy()
+        for c, f in zip(chunk, fr):
+            out.append({**c, "frames": np.concatenate([c["frames"][:1], f])})
+    return out
+
+
+def confusion(teacher, clips: list[dict]) -> np.ndarray:
+    """``[true stage][stage read in the clip]`` counts (4 x 4)."""
+    out = teacher.score_clips(clips)
+    m = np.zeros((4, 4), int)
+    np.add.at(m, (out["true_stage"][:, 0], out["scores"][:, 0].round().astype(int)), 1)
+    return m
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", default="artifacts/closed_loop/lift/run.json", help="a main-job run.json naming the stages")
+    ap.add_argument("--worldmodel", default=None, help="default: the run's aligned stage")
+    ap.add_argument("--teacher", default=None, help="default: the run's bench stage teacher.json")
+    ap.add_argument("--rollouts", nargs="*", default=None, help="default: the run's val collect stage")
+    ap.add_argument("--episodes", type=int, default=16)
+    ap.add_argument("--windows", type=int, default=4)
+    ap.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 0.3])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--no-write", action="store_true", help="print only; do not touch BENCHMARKS.md")
+    args = ap.parse_args()
+    setup_torch(args.threads)
+
+    from worldmodel.judge.bench import cut_windows, generate_clips, load_source_episodes, make_clip, prime
+    from worldmodel.judge.teacher import Teacher
+    from worldmodel.world_model import WorldModel
+
+    run = json.loads(resolve(args.run).read_text()) if resolve(args.run).exists() else {"stages": {}}
+    st = run["stages"]
+    wm_path = resolve(args.worldmodel or Path(st["aligned"]) / "worldmodel.pt")
+    teacher_path = resolve(args.teacher or Path(st["bench"]) / "teacher.json")
+    rollouts = args.rollouts or sorted(str(p) for d in st["collect"] for p in Path(d).glob("*_val_*.hdf5"))
+    wm, teacher = WorldModel.from_checkpoint(wm_path), Teacher.load(teacher_path)
+    rng = np.random.default_rng(args.seed)
+    real = []
+    for ep in load_source_episodes(rollouts, args.episodes):
+        for s in cut_windows(ep, args.windows, rng):
+            clip = make_clip(ep, s)
+            prime(teacher, clip)
+            real.append(clip)
+    versions = {"real": real, "tokenizer": reconstruct(wm, real)}
+    for temp in args.temperatures:
+        versions[f"wm_t{temp:g}"] = generate_clips(wm, real, [temp], seed=args.seed)[0]
+    mats = {name: confusion(teacher, clips) for name, clips in versions.items()}
+
+    rows = ["| clips | true stage 3 (lifted) | read 3 when true 3 (lift recall) | read != true | "
+            "read < true (pessimistic) | read > true (optimistic) |", "|---|---|---|---|---|---|"]
+    rows[0] = "| version " + rows[0]
+    rows[1] = "|---" + rows[1]
+    for name, m in mats.items():
+        n, lifted = m.sum(), m[3].sum()
+        rows.append(f"| {name} | {n} | {lifted} | {m[3, 3]}/{lifted} = {m[3, 3] / max(lifted, 1):.2f} | "
+                    f"{1 - np.trace(m) / n:.2f} | {np.tril(m, -1).sum() / n:.2f} | {np.triu(m, 1).sum() / n:.2f} |")
+    conf = ["| version | true stage | " + " | ".join(f"read {s}" for s in STAGES) + " |", "|---|---|---|---|---|---|"]
+    for name, m in mats.items():
+        conf += [f"| {name} | {k} {STAGES[k]} | " + " | ".join(str(v) for v in m[k]) + " |" for k in range(4)]
+    body = "\n".join([f"World model `{wm_path.parent.name}`, teacher `{teacher_path.parent.name}`; {len(real)} "
+                      f"held-out clips (8 model steps = 16 control steps) from {args.episodes} episodes of "
+                      f"{', '.join(Path(r).name for r in rollouts)}, {args.windows} windows each.", "",
+                      *rows, "", "Confusion ([true stage][stage the teacher reads in the clip]):", "", *conf])
+    print(body)
+    if not args.no_write:
+        write_section("Imagination: where the lift gets lost (Lift, held-out clips)", body)
+
+
+if __name__ == "__main__":
+    main()
