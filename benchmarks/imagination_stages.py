@@ -9,7 +9,8 @@ are shown to the same calibrated teacher in three versions:
 
 - ``real``: the recorded frames (the teacher's own accuracy);
 - ``tokenizer``: the tokenizer's reconstruction of the real frames (context of the
-  start frame, each later frame's own dynamics tokens): what the frame codes can show;
+  start frame, each later frame's own dynamics tokens): what the frame codes can show
+  (``--tokenizer PATH`` adds other tokenizers' reconstructions);
 - ``wm_t<T>``: the world model's rollout from the real start frame under the clip's
   real actions, sampled at temperature T.
 
@@ -34,8 +35,8 @@ from experiments.common import resolve, setup_torch  # noqa: E402
 STAGES = ("nothing", "reached", "grasped", "done")
 
 
-def reconstruct(wm, clips: list[dict], batch: int = 16) -> list[dict]:
-    """The tokenizer's reconstruction of each clip under its start frame's context."""
+def reconstruct(tokenizer, clips: list[dict], batch: int = 16) -> list[dict]:
+    """A tokenizer's reconstruction of each clip under its start frame's context."""
     import torch
 
     out = []
@@ -44,9 +45,9 @@ def reconstruct(wm, clips: list[dict], batch: int = 16) -> list[dict]:
         x = torch.from_numpy(np.stack([c["frames"] for c in chunk])).float().div(255).permute(0, 1, 4, 2, 3)
         b, t = x.shape[:2]
         with torch.no_grad():
-            ctx = wm.tokenizer.encode_context(x[:, 0])
-            tok = wm.tokenizer.encode_dynamics(x[:, 1:].flatten(0, 1), ctx.repeat_interleave(t - 1, 0))
-            fr = wm.decode(tok.view(b, t - 1, -1), ctx)
+            ctx = tokenizer.encode_context(x[:, 0])
+            tok = tokenizer.encode_dynamics(x[:, 1:].flatten(0, 1), ctx.repeat_interleave(t - 1, 0))
+            fr = tokenizer.decode_sequence(tok.view(b, t - 1, -1), ctx)
         fr = (fr.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 1, 3, 4, 2).numpy()
         for c, f in zip(chunk, fr):
             out.append({**c, "frames": np.concatenate([c["frames"][:1], f])})
@@ -70,9 +71,12 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=16)
     ap.add_argument("--windows", type=int, default=4)
     ap.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 0.3])
+    ap.add_argument("--tokenizer", action="append", default=[],
+                    help="another tokenizer checkpoint whose reconstructions to read too (repeatable)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-write", action="store_true", help="print only; do not touch BENCHMARKS.md")
+    ap.add_argument("--notes", default="", help="free text appended under the tables")
     args = ap.parse_args()
     setup_torch(args.threads)
 
@@ -93,7 +97,11 @@ def main() -> None:
             clip = make_clip(ep, s)
             prime(teacher, clip)
             real.append(clip)
-    versions = {"real": real, "tokenizer": reconstruct(wm, real)}
+    versions = {"real": real, "tokenizer": reconstruct(wm.tokenizer, real)}
+    for path in args.tokenizer:
+        from worldmodel.tokenizer import DualFSQTokenizer
+
+        versions[f"tokenizer {resolve(path).parent.name}"] = reconstruct(DualFSQTokenizer.from_checkpoint(resolve(path)), real)
     for temp in args.temperatures:
         versions[f"wm_t{temp:g}"] = generate_clips(wm, real, [temp], seed=args.seed)[0]
     mats = {name: confusion(teacher, clips) for name, clips in versions.items()}
@@ -112,7 +120,8 @@ def main() -> None:
     body = "\n".join([f"World model `{wm_path.parent.name}`, teacher `{teacher_path.parent.name}`; {len(real)} "
                       f"held-out clips (8 model steps = 16 control steps) from {args.episodes} episodes of "
                       f"{', '.join(Path(r).name for r in rollouts)}, {args.windows} windows each.", "",
-                      *rows, "", "Confusion ([true stage][stage the teacher reads in the clip]):", "", *conf])
+                      *rows, "", "Confusion ([true stage][stage the teacher reads in the clip]):", "", *conf,
+                      *(["", args.notes] if args.notes else [])])
     print(body)
     if not args.no_write:
         write_section("Imagination: where the lift gets lost (Lift, held-out clips)", body)
