@@ -27,7 +27,7 @@ from experiments.common import ROOT, resolve, setup_torch
 from worldmodel.data import FramePairs
 from worldmodel.tokenizer import KIND, DualFSQTokenizer, TokenizerConfig
 from worldmodel.evaluate import region_mask
-from worldmodel.training import (cleanup_distributed, load_checkpoint, setup_distributed, train)
+from worldmodel.training import (cleanup_distributed, load_checkpoint, setup_distributed, train, unwrap)
 
 TRAIN_KEYS = ("steps", "batch_size", "lr", "warmup", "weight_decay", "grad_clip", "amp")
 
@@ -61,7 +61,11 @@ def batch_stream(ds: FramePairs, batch_size: int, seed: int, rank: int):
 
 
 def loss_fn(model, batch):
-    out = model(batch["context"], batch["frame"])
+    weights = None
+    if "mask" in batch:   # region_weight > 0: object + gripper pixels weigh more
+        rw = float(unwrap(model).config.region_weight)
+        weights = tuple(1.0 + rw * region_mask(batch[k], 2).float() for k in ("context_mask", "mask"))
+    out = model(batch["context"], batch["frame"], weights)
     metrics = {k: out[k] for k in ("ctx_mse", "ctx_l1", "dyn_mse", "dyn_l1")}
     metrics.update(ctx_psnr=-10 * torch.log10(out["ctx_mse"]), dyn_psnr=-10 * torch.log10(out["dyn_mse"]))
     return out["loss"], metrics
@@ -128,7 +132,7 @@ def run(cfg: DictConfig) -> dict:
             return ckpt["metrics"]
     torch.manual_seed(cfg.seed)
     model = DualFSQTokenizer(tcfg)
-    train_ds = FramePairs(train_files, max_gap=cfg.data.max_gap)
+    train_ds = FramePairs(train_files, max_gap=cfg.data.max_gap, masks=tcfg.region_weight > 0)
     val_ds = FramePairs(val_files, max_gap=cfg.data.max_gap, masks=True) if dist.is_main else None
     val_pairs = ([val_ds[int(i)] for i in np.random.default_rng(12345).choice(
         len(val_ds), min(cfg.data.val_pairs, len(val_ds)), replace=False)] if val_ds else [])

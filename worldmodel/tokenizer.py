@@ -52,6 +52,8 @@ class TokenizerConfig:
     norm: bool = True                     # GroupNorm in the residual blocks
     l1_weight: float = 1.0                # loss = MSE + l1_weight * L1, on both branches
     dyn_weight: float = 1.0               # weight of the dynamics branch's loss
+    region_weight: float = 0.0            # extra loss weight on object + gripper pixels (training
+                                          # passes per-pixel weights 1 + region_weight * mask)
 
     def __post_init__(self):
         self.ctx_levels, self.dyn_levels = tuple(self.ctx_levels), tuple(self.dyn_levels)
@@ -323,8 +325,11 @@ class DualFSQTokenizer(nn.Module):
         """Context tokens ``(B, ctx_grid**2)`` -> frames ``(B, 3, S, S)`` float32 in [0, 1]."""
         return self._to_unit(self._context_features(self._tokens(ctx_tokens, "ctx"))[0])
 
-    def forward(self, ctx_frames: torch.Tensor, frames: torch.Tensor) -> dict:
-        """Training pass on pairs: ``ctx_frames``, ``frames`` ``(B, 3, S, S)`` in [0, 1].
+    def forward(self, ctx_frames: torch.Tensor, frames: torch.Tensor,
+                weights: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+        """Training pass on pairs: ``ctx_frames``, ``frames`` ``(B, 3, S, S)`` in [0, 1];
+        ``weights``: optional per-pixel loss weights ``(B, S, S)`` of each (context, future),
+        e.g. heavier on the small objects that decide the task (a weighted mean per branch).
 
         Returns ``loss`` (scalar), ``ctx_mse``/``ctx_l1``/``dyn_mse``/``dyn_l1`` (detached),
         ``ctx_recon``/``dyn_recon`` ``(B, 3, S, S)`` in [0, 1] and ``ctx_tokens``/``dyn_tokens``.
@@ -336,10 +341,17 @@ class DualFSQTokenizer(nn.Module):
         dyn_out = self._dyn_decode(dq, ctx_out, feats)
         cfg, out = self.config, {}
         loss = 0.0
-        for name, pred, target, w in (("ctx", ctx_out, cx, 1.0), ("dyn", dyn_out, fx, cfg.dyn_weight)):
-            mse = F.mse_loss(pred.float(), target) / 4   # / 4: errors measured in [0, 1] units
-            l1 = F.l1_loss(pred.float(), target) / 2
-            loss = loss + w * (mse + cfg.l1_weight * l1)
+        pix = (None, None) if weights is None else weights
+        for name, pred, target, w, pw in (("ctx", ctx_out, cx, 1.0, pix[0]),
+                                          ("dyn", dyn_out, fx, cfg.dyn_weight, pix[1])):
+            err = pred.float() - target
+            mse = err.pow(2).mean() / 4   # / 4: errors measured in [0, 1] units
+            l1 = err.abs().mean() / 2
+            if pw is None:
+                loss = loss + w * (mse + cfg.l1_weight * l1)
+            else:
+                pw = pw.float()[:, None] / pw.float().mean()
+                loss = loss + w * ((err.pow(2) * pw).mean() / 4 + cfg.l1_weight * (err.abs() * pw).mean() / 2)
             out[f"{name}_mse"], out[f"{name}_l1"] = mse.detach(), l1.detach()
         out.update(loss=loss, ctx_recon=self._to_unit(ctx_out.detach()),
                    dyn_recon=self._to_unit(dyn_out.detach()), ctx_tokens=ctx_tokens, dyn_tokens=dyn_tokens)
