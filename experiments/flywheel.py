@@ -118,7 +118,7 @@ def run(cfg: DictConfig) -> dict:
         s = evaluate_method(method, cfg, stages, seeds, out / "flywheel" / f"round_{rnd}" / method)
         m = got.manifest.get("metrics", {})
         rows.append(_row(rnd, s, base, {"collected": m.get("episodes"), "collected_success": m.get("success_rate", 0.0),
-                                        "flywheel_episodes": sum(int(fly.episodes) for _ in flown),
+                                        "flywheel_episodes": len(flown) * int(fly.episodes),
                                         "val_ce": wm.manifest.get("metrics", {}).get("ce"),
                                         "wall_s": time.time() - tr, "world_model": str(stages["aligned"].dir)}))
         summaries.append({**s, "agent": f"round {rnd}"})
