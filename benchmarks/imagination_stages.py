@@ -124,7 +124,11 @@ def main() -> None:
                       *(["", args.notes] if args.notes else [])])
     print(body)
     if not args.no_write:
-        write_section("Imagination: where the lift gets lost (Lift, held-out clips)", body)
+        argv = sys.argv[1:]
+        if "--notes" in argv:   # the command line, without the notes' text
+            argv = argv[:argv.index("--notes")] + ["--notes", "..."] + argv[argv.index("--notes") + 2:]
+        write_section("Imagination: where the lift gets lost (Lift, held-out clips)", body,
+                      command="python benchmarks/imagination_stages.py " + " ".join(argv))
 
 
 if __name__ == "__main__":
