@@ -85,18 +85,18 @@ def run_episode(env, agent: Agent, seed: int, *, record: bool = False, frames: b
         if terminated or truncated:
             break
     failure = _failure(info, target_rise)
+    elog = log() if callable(log) and (frames or states is not None) else {}
     gap_counts = {}
     if states is not None:
         from agent.gap import imagination_gap, load_teacher
 
-        elog = log()
         gap_counts = imagination_gap(load_teacher(gap), env.spec.id,
                                      int(first_obs["instruction"]), states, elog.get("imagined", []),
                                      elog.get("plans", []), int(elog.get("repeat", 1)))
     return EpisodeResult(
         seed=seed, success=bool(info["success"]), wrong_object=bool(info["wrong_object"]),
         length=len(steps), instruction=info["instruction"], failure=failure, act_s=act_s / len(steps),
-        frames=rendered, extras=log() if callable(log) and frames else {},
+        frames=rendered, extras=elog if frames else {},
         episode=episode_from_steps(first_obs, first_info, steps) if record else None, gap=gap_counts,
     )
 

@@ -50,12 +50,18 @@ def imagination_gap(teacher, env_id: str, instruction: int, states: list, imagin
               "start_state": np.asarray(states[s], np.float64), "env_id": env_id, "instruction": int(instruction)}
              for (s, clip), plan in zip(imagined, plans)]
     out = teacher.score_clips(clips)
-    shown, true = out["scores"][:, 0].round().astype(int), out["true_stage"][:, 0]
-    confusion = np.zeros((N_STAGES, N_STAGES), int)
-    np.add.at(confusion, (true, shown), 1)
-    return {"replans": len(clips), "disagree": int((shown != true).sum()),
-            "optimistic": int((shown > true).sum()), "pessimistic": int((shown < true).sum()),
-            "aoc_sum": float(out["scores"][:, 2].sum()), "confusion": confusion.tolist()}
+    m = stage_confusion(out)
+    return {"replans": len(clips), "disagree": int(m.sum() - np.trace(m)), "optimistic": int(np.triu(m, 1).sum()),
+            "pessimistic": int(np.tril(m, -1).sum()), "aoc_sum": float(out["scores"][:, 2].sum()),
+            "confusion": m.tolist()}
+
+
+def stage_confusion(scored: dict) -> np.ndarray:
+    """``[true stage][stage shown]`` counts ``(4, 4)`` from a ``Teacher.score_clips`` output
+    (shown: its Instruction Following score; true: the replay's ``true_stage``)."""
+    m = np.zeros((N_STAGES, N_STAGES), int)
+    np.add.at(m, (scored["true_stage"][:, 0], scored["scores"][:, 0].round().astype(int)), 1)
+    return m
 
 
 def summarize_gap(per_episode: list[dict]) -> dict | None:
@@ -74,4 +80,4 @@ def summarize_gap(per_episode: list[dict]) -> dict | None:
             "aoc_mean": sum(g["aoc_sum"] for g in eps) / n}
 
 
-__all__ = ["imagination_gap", "summarize_gap", "load_teacher"]
+__all__ = ["imagination_gap", "stage_confusion", "summarize_gap", "load_teacher"]

@@ -29,6 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from agent.gap import stage_confusion  # noqa: E402
 from benchmarks.report import write_section  # noqa: E402
 from experiments.common import resolve, setup_torch  # noqa: E402
 
@@ -52,14 +53,6 @@ def reconstruct(tokenizer, clips: list[dict], batch: int = 16) -> list[dict]:
         for c, f in zip(chunk, fr):
             out.append({**c, "frames": np.concatenate([c["frames"][:1], f])})
     return out
-
-
-def confusion(teacher, clips: list[dict]) -> np.ndarray:
-    """``[true stage][stage read in the clip]`` counts (4 x 4)."""
-    out = teacher.score_clips(clips)
-    m = np.zeros((4, 4), int)
-    np.add.at(m, (out["true_stage"][:, 0], out["scores"][:, 0].round().astype(int)), 1)
-    return m
 
 
 def main() -> None:
@@ -104,12 +97,10 @@ def main() -> None:
         versions[f"tokenizer {resolve(path).parent.name}"] = reconstruct(DualFSQTokenizer.from_checkpoint(resolve(path)), real)
     for temp in args.temperatures:
         versions[f"wm_t{temp:g}"] = generate_clips(wm, real, [temp], seed=args.seed)[0]
-    mats = {name: confusion(teacher, clips) for name, clips in versions.items()}
+    mats = {name: stage_confusion(teacher.score_clips(clips)) for name, clips in versions.items()}
 
-    rows = ["| clips | true stage 3 (lifted) | read 3 when true 3 (lift recall) | read != true | "
-            "read < true (pessimistic) | read > true (optimistic) |", "|---|---|---|---|---|---|"]
-    rows[0] = "| version " + rows[0]
-    rows[1] = "|---" + rows[1]
+    rows = ["| version | clips | true stage 3 (lifted) | read 3 when true 3 (lift recall) | read != true | "
+            "read < true (pessimistic) | read > true (optimistic) |", "|---|---|---|---|---|---|---|"]
     for name, m in mats.items():
         n, lifted = m.sum(), m[3].sum()
         rows.append(f"| {name} | {n} | {lifted} | {m[3, 3]}/{lifted} = {m[3, 3] / max(lifted, 1):.2f} | "
