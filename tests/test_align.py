@@ -200,13 +200,32 @@ def test_refresh_hook_gets_judge_clips_and_logs_the_gap():
 
 
 def test_hacking_monitor_flags_student_up_teacher_down():
+    rng = np.random.default_rng(0)
+    noise = lambda: 0.01 * rng.standard_normal(16)                 # noqa: E731  per-clip sampling noise
     mon = HackingMonitor(window=3)
-    assert mon.update(0, 0.5, 0.5)["hacking"] == 0
-    assert mon.update(10, 0.6, 0.6)["hacking"] == 0
-    assert mon.update(20, 0.7, 0.65)["hacking"] == 0              # both rise: fine
+    assert mon.update(0, 0.5 + noise(), 0.5 + noise())["hacking"] == 0
+    assert mon.update(10, 0.6 + noise(), 0.6 + noise())["hacking"] == 0
+    assert mon.update(20, 0.7 + noise(), 0.65 + noise())["hacking"] == 0      # both rise: fine
     with pytest.warns(RuntimeWarning, match="REWARD HACKING"):
-        assert mon.update(30, 0.8, 0.55)["hacking"] == 1         # student up, teacher down over 10..30
-    assert mon.update(40, 0.8, 0.8)["hacking"] == 0              # the teacher recovered
+        v = mon.update(30, 0.8 + noise(), 0.55 + noise())               # student up, teacher down over 10..30
+    assert v["hacking"] == 1 and v["student_slope"] > 0 > v["teacher_slope"] and v["teacher_slope_z"] < -2
+    assert mon.update(40, 0.8 + noise(), 0.8 + noise())["hacking"] == 0      # the teacher recovered
+
+
+def test_hacking_monitor_ignores_moves_within_the_probe_noise():
+    """Mean moves of the size seen between probes of a healthy run (~0.01), with per-clip
+    spread 0.1, are not significant; neither is a single clip (no noise estimate)."""
+    rng = np.random.default_rng(1)
+    mon, flags = HackingMonitor(window=3), []
+    for k, (ds, dt) in enumerate([(0, 0), (-0.01, 0.01), (0.01, -0.01), (0.02, -0.02)]):
+        flags.append(mon.update(10 * k, 0.8 + ds + 0.1 * rng.standard_normal(16),
+                                0.85 + dt + 0.1 * rng.standard_normal(16))["hacking"])
+    assert flags == [0, 0, 0, 0]
+    one = HackingMonitor(window=2)
+    one.update(0, 0.5, 0.9)
+    assert one.update(10, 0.9, 0.1)["hacking"] == 0
+    with pytest.raises(ValueError, match="same clips"):
+        one.update(20, np.zeros(3), np.zeros(4))
 
 
 def test_resume_reproduces_the_optimizer_state_and_the_next_update(tmp_path):

@@ -69,6 +69,7 @@ class GRPOConfig:
     refresh_every: int = 10        # K: teacher labels fresh rollouts, student refreshed (0: never)
     refresh_clips: int = 16        # fresh rollouts per refresh
     hack_window: int = 3           # probe points over which reward hacking is judged
+    hack_z: float = 2.0            # ... and how many standard errors (across probe clips) a slope needs
     amp: bool = True               # bf16 autocast
     seed: int = 0
 
@@ -189,27 +190,43 @@ def make_clips(frames: torch.Tensor, actions: torch.Tensor, instruction: torch.T
 class HackingMonitor:
     """Reward hacking = the student's reward rises while the teacher's falls.
 
-    Fed (step, student R, teacher R) on the same clips (a fixed probe set, or the
-    fresh rollouts of a refresh); flags when, over the last ``window`` points, the
-    least-squares slope of the student's R is > ``tol`` and the teacher's < -``tol``."""
+    Fed (step, student R, teacher R) per clip of the same contexts (a fixed probe set);
+    over the last ``window`` points each clip's least-squares slope is taken, and the
+    mean slope is compared with its standard error across clips. It flags when the
+    student's slope is more than ``z`` standard errors above zero and the teacher's more
+    than ``z`` below: the probe's sampling noise (fresh samples at every probe moved the mean
+    R by ~0.01 between probes on 16 clips in the Lift runs) alone does not fire it. Scalars (one clip) never flag: no noise
+    estimate."""
     window: int = 3
-    tol: float = 0.0
+    z: float = 2.0
     history: list = field(default_factory=list)
 
-    def update(self, step: int, student: float, teacher: float) -> dict:
-        self.history.append((int(step), float(student), float(teacher)))
-        pts = np.array(self.history[-self.window:])
-        if len(pts) < max(2, self.window):
+    def update(self, step: int, student, teacher) -> dict:
+        """``student``, ``teacher``: R per probe clip ``(N,)`` (the same clips every call)."""
+        st, te = np.atleast_1d(np.asarray(student, float)), np.atleast_1d(np.asarray(teacher, float))
+        if st.shape != te.shape:
+            raise ValueError(f"student {st.shape} and teacher {te.shape} rewards must be per clip of the same clips")
+        self.history.append((int(step), st.tolist(), te.tolist()))
+        pts = self.history[-self.window:]
+        if len(pts) < max(2, self.window) or len({len(p[1]) for p in pts}) > 1:
             return {"hacking": 0}
-        x = pts[:, 0] - pts[:, 0].mean()
-        slope = lambda y: float((x * (y - y.mean())).sum() / max((x ** 2).sum(), 1e-12))  # noqa: E731
-        s, t = slope(pts[:, 1]), slope(pts[:, 2])
-        hacking = s > self.tol and t < -self.tol
+        x = np.array([p[0] for p in pts], float)
+        x -= x.mean()
+
+        def slope_z(k: int) -> tuple[float, float]:
+            y = np.array([p[k] for p in pts], float)                       # (window, N)
+            per_clip = (x[:, None] * (y - y.mean(0))).sum(0) / max(float((x ** 2).sum()), 1e-12)
+            se = per_clip.std(ddof=1) / np.sqrt(len(per_clip)) if len(per_clip) > 1 else np.inf
+            return float(per_clip.mean()), float(per_clip.mean() / se) if se > 0 else 0.0
+
+        (s, zs), (t, zt) = slope_z(1), slope_z(2)
+        hacking = zs > self.z and zt < -self.z
         if hacking:
             warnings.warn(f"REWARD HACKING suspected at update {step}: student reward rising "
-                          f"({s:+.2e}/update) while the teacher's falls ({t:+.2e}/update) over updates "
-                          f"{int(pts[0, 0])}-{int(pts[-1, 0])}", RuntimeWarning, stacklevel=2)
-        return {"hacking": int(hacking), "student_slope": s, "teacher_slope": t}
+                          f"({s:+.2e}/update, z {zs:+.1f}) while the teacher's falls ({t:+.2e}/update, "
+                          f"z {zt:+.1f}) over updates {pts[0][0]}-{pts[-1][0]}", RuntimeWarning, stacklevel=2)
+        return {"hacking": int(hacking), "student_slope": s, "teacher_slope": t,
+                "student_slope_z": zs, "teacher_slope_z": zt}
 
 
 # ----------------------------------------------------------------------------- the trainer
@@ -239,7 +256,7 @@ class GRPOTrainer:
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=0.0)
         self.weights = cfg.weight_vector()
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed)
-        self.monitor = HackingMonitor(cfg.hack_window)
+        self.monitor = HackingMonitor(cfg.hack_window, cfg.hack_z)
         self.updates = 0
 
     @property
@@ -368,15 +385,18 @@ class GRPOTrainer:
         m = {}
         dims = self._dims(s["clip"], s["instruction"], s["actions"]) if self.reward_fn is not None else None
         if dims is not None:
-            m["probe/student_R"] = float((dims @ self.weights).mean())
+            student_r = dims @ self.weights                               # (N,) per probe clip
+            m["probe/student_R"] = float(student_r.mean())
         if self.teacher_fn is not None and s["meta"] is not None:
             clips = make_clips(s["clip"], s["actions"], s["instruction"], s["meta"], self.wm.action_repeat)
             t = torch.as_tensor(np.asarray(self.teacher_fn(clips)), dtype=torch.float32).reshape(len(clips), -1)
-            m["probe/teacher_R"] = float((t @ self.weights).mean())
+            teacher_r = t @ self.weights
+            m["probe/teacher_R"] = float(teacher_r.mean())
             m["probe/teacher_total"] = float((t * torch.tensor(MAX_SCORES)).sum(1).mean())
             m.update({f"probe/teacher_{n}": float(t[:, k].mean()) for k, n in enumerate(SHORT)})
             if dims is not None:
-                verdict = self.monitor.update(self.updates, m["probe/student_R"], m["probe/teacher_R"])
+                verdict = self.monitor.update(self.updates, student_r.float().cpu().numpy(),
+                                              teacher_r.float().cpu().numpy())
                 m.update({f"probe/{k}": v for k, v in verdict.items()})
         return m
 
@@ -399,7 +419,8 @@ class GRPOTrainer:
         self.wm.dynamics.load_state_dict(ckpt["model"])
         self.opt.load_state_dict(ckpt["optimizer"])
         self.generator.set_state(ckpt["extra"]["generator"].cpu())
-        self.monitor.history = [tuple(h) for h in ckpt["extra"].get("monitor", [])]
+        self.monitor.history = [(int(h[0]), np.atleast_1d(h[1]).tolist(), np.atleast_1d(h[2]).tolist())
+                                for h in ckpt["extra"].get("monitor", [])]
         self.updates = int(ckpt["step"])
         return ckpt
 
