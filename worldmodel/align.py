@@ -194,19 +194,26 @@ class HackingMonitor:
     over the last ``window`` points each clip's least-squares slope is taken, and the
     mean slope is compared with its standard error across clips. It flags when the
     student's slope is more than ``z`` standard errors above zero and the teacher's more
-    than ``z`` below: the probe's sampling noise (fresh samples at every probe moved the mean
-    R by ~0.01 between probes on 16 clips in the Lift runs) alone does not fire it. Scalars (one clip) never flag: no noise
-    estimate."""
+    than ``z`` below, so the probe's sampling noise alone does not fire it (fresh samples
+    at every probe moved the mean R by ~0.01 between probes of 16 clips in the Lift
+    runs). One clip (scalars) never flags: there is no noise estimate."""
     window: int = 3
     z: float = 2.0
     history: list = field(default_factory=list)
 
+    @staticmethod
+    def point(step, student, teacher) -> tuple[int, list, list]:
+        """A history entry: (step, R per clip, R per clip); scalars become one clip."""
+        per_clip = lambda r: np.atleast_1d(np.asarray(r, float)).tolist()  # noqa: E731
+        return int(step), per_clip(student), per_clip(teacher)
+
     def update(self, step: int, student, teacher) -> dict:
         """``student``, ``teacher``: R per probe clip ``(N,)`` (the same clips every call)."""
-        st, te = np.atleast_1d(np.asarray(student, float)), np.atleast_1d(np.asarray(teacher, float))
-        if st.shape != te.shape:
-            raise ValueError(f"student {st.shape} and teacher {te.shape} rewards must be per clip of the same clips")
-        self.history.append((int(step), st.tolist(), te.tolist()))
+        point = self.point(step, student, teacher)
+        if len(point[1]) != len(point[2]):
+            raise ValueError(f"{len(point[1])} student and {len(point[2])} teacher rewards: they must be "
+                             f"per clip of the same clips")
+        self.history.append(point)
         pts = self.history[-self.window:]
         if len(pts) < max(2, self.window) or len({len(p[1]) for p in pts}) > 1:
             return {"hacking": 0}
@@ -419,8 +426,7 @@ class GRPOTrainer:
         self.wm.dynamics.load_state_dict(ckpt["model"])
         self.opt.load_state_dict(ckpt["optimizer"])
         self.generator.set_state(ckpt["extra"]["generator"].cpu())
-        self.monitor.history = [(int(h[0]), np.atleast_1d(h[1]).tolist(), np.atleast_1d(h[2]).tolist())
-                                for h in ckpt["extra"].get("monitor", [])]
+        self.monitor.history = [HackingMonitor.point(*h) for h in ckpt["extra"].get("monitor", [])]
         self.updates = int(ckpt["step"])
         return ckpt
 

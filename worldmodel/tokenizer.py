@@ -347,11 +347,8 @@ class DualFSQTokenizer(nn.Module):
             err = pred.float() - target
             mse = err.pow(2).mean() / 4   # / 4: errors measured in [0, 1] units
             l1 = err.abs().mean() / 2
-            if pw is None:
-                loss = loss + w * (mse + cfg.l1_weight * l1)
-            else:
-                pw = pw.float()[:, None] / pw.float().mean()
-                loss = loss + w * ((err.pow(2) * pw).mean() / 4 + cfg.l1_weight * (err.abs() * pw).mean() / 2)
+            pw = 1.0 if pw is None else pw.float()[:, None] / pw.float().mean()   # weighted mean (1: plain)
+            loss = loss + w * ((err.pow(2) * pw).mean() / 4 + cfg.l1_weight * (err.abs() * pw).mean() / 2)
             out[f"{name}_mse"], out[f"{name}_l1"] = mse.detach(), l1.detach()
         out.update(loss=loss, ctx_recon=self._to_unit(ctx_out.detach()),
                    dyn_recon=self._to_unit(dyn_out.detach()), ctx_tokens=ctx_tokens, dyn_tokens=dyn_tokens)
