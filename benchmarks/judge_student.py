@@ -120,6 +120,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--title", default=TITLE, help="BENCHMARKS.md section to write (replaced if present)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -183,7 +184,7 @@ Speed on this CPU ({t1}-frame 64x64 clips){ratio}:
         body += f"\nStudent checkpoint extra: `{ckpt_metrics.get('upstream', {})}`.\n"
     print(body)
     if not args.no_write:
-        write_section(TITLE, body)
+        write_section(args.title, body)
 
 
 if __name__ == "__main__":
