@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.evaluate import paired_table, results_table  # noqa: E402
+from agent.evaluate import mcnemar, paired_table, results_table  # noqa: E402
 from benchmarks.report import write_section  # noqa: E402
 from experiments.common import resolve  # noqa: E402
 
@@ -31,6 +31,24 @@ def stage_rows(stages: dict) -> list[str]:
     return rows
 
 
+def against_table(sums: list[dict], other: list[dict], label: str) -> str:
+    """Markdown: each method of this run against the same method of another run (same
+    seeds, e.g. other models), exact McNemar on the per-seed outcomes."""
+    theirs = {x["agent"]: x for x in other}
+    rows = [f"| method | episodes | success here | success in {label} | only here | only in {label} | McNemar p |",
+            "|---|---|---|---|---|---|---|"]
+    for x in sums:
+        o = theirs.get(x["agent"])
+        if o is None or o.get("seeds") != x.get("seeds") or "success_per_seed" not in o:
+            continue
+        t = mcnemar(x["success_per_seed"], o["success_per_seed"])
+        rows.append(f"| {x['agent']} | {len(x['seeds'])} | {sum(x['success_per_seed'])} | "
+                    f"{sum(o['success_per_seed'])} | {t['a_only']} | {t['b_only']} | {t['p']:.3f} |")
+    if len(rows) == 2:
+        raise SystemExit(f"no method of this run ran on the same seeds in {label}")
+    return "\n".join(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--env", default="lift")
@@ -40,6 +58,8 @@ def main() -> None:
     ap.add_argument("--notes", default="", help="free text appended under the table")
     ap.add_argument("--command", default=None, help="the closed-loop command that made the run "
                     "(default: the preset's plain command)")
+    ap.add_argument("--against", nargs=2, action="append", default=[], metavar=("RUN_DIR", "LABEL"),
+                    help="another run on the same seeds: pair each shared method (McNemar)")
     args = ap.parse_args()
     path = resolve(args.run_dir or Path(args.artifacts) / "closed_loop" / args.env) / "run.json"
     if not path.exists():
@@ -51,6 +71,9 @@ def main() -> None:
     sums = run["summaries"]
     if len(sums) > 1 and all("success_per_seed" in x for x in sums):
         body += ["Paired on the same seeds (exact McNemar test):", "", paired_table(sums[0], sums[1:]), ""]
+    for other_dir, label in args.against:
+        other = json.loads((resolve(other_dir) / "run.json").read_text())["summaries"]
+        body += [f"Against {label} (`{other_dir}`), same seeds:", "", against_table(sums, other, label), ""]
     body += [f"Wall time of this run: {run['wall_s']:.0f} s, of which {run['build_s']:.0f} s building or "
              f"reusing artifacts. Stages used:", "", *stage_rows(run.get("stages", {}))]
     if args.notes:
