@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import statistics
 import sys
@@ -82,7 +83,7 @@ def main() -> None:
         run(cfg)
         evs = [json.loads(line) for line in (resolve(cfg.out_dir) / "metrics.jsonl").open()]
         ev = [e for e in evs if "eval/ctx_psnr" in e][-1]
-        setup_torch(2)
+        setup_torch()   # all cores, as training uses them
         m = cfg.tokenizer.model
         rows.append((name, ov or "(quick preset)", m, ev, step_time(cfg, args.time_steps)))
         print(name, {k: round(v, 2) for k, v in ev.items() if k.startswith("eval/")})
@@ -92,8 +93,6 @@ def main() -> None:
             "16 pairs, bf16, median, measured after training on an otherwise idle machine.\n",
             "| variant | overrides | ctx tokens x codes | dyn tokens x codes | ctx PSNR | ctx region | "
             "dyn PSNR | dyn region | ctx code usage | s/step |", "|---|---|---|---|---|---|---|---|---|---|"]
-    import math
-
     for name, ov, m, ev, st in rows:
         body.append(f"| {name} | `{ov}` | {m.ctx_grid ** 2} x {math.prod(m.ctx_levels)} | "
                     f"{m.dyn_grid ** 2} x {math.prod(m.dyn_levels)} | {ev['eval/ctx_psnr']:.2f} | "
