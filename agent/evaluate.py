@@ -34,6 +34,17 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def success_by_instruction(results) -> dict[str, list[int]]:
+    """``{instruction: [successes, episodes]}`` of episode results (or their JSON records)."""
+    out: dict[str, list[int]] = {}
+    for r in results:
+        get = r.get if isinstance(r, dict) else lambda k, r=r: getattr(r, k)
+        k_n = out.setdefault(str(get("instruction")), [0, 0])
+        k_n[0] += bool(get("success"))
+        k_n[1] += 1
+    return dict(sorted(out.items()))
+
+
 def summarize(results: list[EpisodeResult]) -> dict:
     """Success rate with its 95% interval, wrong-object rate, failure breakdown, lengths."""
     n = len(results)
@@ -48,6 +59,7 @@ def summarize(results: list[EpisodeResult]) -> dict:
         "length_std": float(lengths.std()) if n else 0.0,
         "act_s_mean": float(np.mean([r.act_s for r in results])) if n else 0.0,
         "success_per_seed": [bool(r.success) for r in results],   # in seed order: paired tests
+        "success_by_instruction": success_by_instruction(results),
         "imagination_gap": summarize_gap([r.gap for r in results]),  # None unless measured (agent/gap.py)
     }
 
@@ -219,6 +231,19 @@ def results_table(summaries: list[dict]) -> str:
             f"[{s['success_ci95'][0]:.2f}, {s['success_ci95'][1]:.2f}] | {s['wrong_object_rate']:.2f} | "
             f"{f['missed_grasp']} | {f['drop']} | {f['timeout']} | "
             f"{s['length_mean']:.1f} +- {s['length_std']:.1f} | {s.get('act_s_mean', 0.0):.3f} | {_gap_cell(s)} |")
+    return "\n".join(rows)
+
+
+def instruction_table(summaries: list[dict]) -> str | None:
+    """Markdown: success per method and instruction, or None when every run had one instruction."""
+    instrs = sorted({i for s in summaries for i in s.get("success_by_instruction", {})})
+    if len(instrs) < 2:
+        return None
+    rows = ["| agent | " + " | ".join(instrs) + " |", "|---" * (len(instrs) + 1) + "|"]
+    for s in summaries:
+        by = s.get("success_by_instruction", {})
+        rows.append(f"| {s['agent']} | " + " | ".join(f"{by[i][0]}/{by[i][1]}" if i in by else "-" for i in instrs)
+                    + " |")
     return "\n".join(rows)
 
 

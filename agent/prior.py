@@ -15,6 +15,8 @@ imitation of the collected rollouts already does?
 - **Data**: every step of the rollout files (optionally only successful episodes);
   the target chunk is ``actions[t : t + steps]``, padded past the episode end with
   its last action. Frames get a random +-``shift`` pixel translation in training.
+  ``balance="instruction"`` draws rows so that every instruction present is equally
+  likely (a 3-task set otherwise shows the green cube in ~13% of rows).
 
 Verbs: :func:`train_prior` (resumable, the shared loop of :mod:`worldmodel.training`),
 :meth:`ActionPrior.sample`, :meth:`ActionPrior.from_checkpoint`, and the agents
@@ -35,7 +37,7 @@ from torch.nn import functional as F
 
 from agent.base import Agent
 from envs.rollouts import RolloutFileError, demo_keys, open_rollouts
-from envs.vocab import INSTRUCTIONS
+from envs.vocab import INSTRUCTIONS, instruction_text
 
 KIND = "action_prior"
 
@@ -239,6 +241,18 @@ class PriorChunks:
     def __len__(self) -> int:
         return len(self.actions)
 
+    def sample_rows(self, n: int, rng: np.random.Generator, balance: str = "none") -> np.ndarray:
+        """``n`` row indices: uniform over rows (``"none"``), or uniform over the
+        instructions present and then over that instruction's rows (``"instruction"``)."""
+        if balance == "none":
+            return rng.integers(0, len(self), n)
+        if balance != "instruction":
+            raise ValueError(f"balance must be 'none' or 'instruction', got {balance!r}")
+        if not hasattr(self, "_row_p"):
+            ids, inverse, counts = np.unique(self.instruction, return_inverse=True, return_counts=True)
+            self._row_p = 1.0 / (len(ids) * counts[inverse])
+        return rng.choice(len(self), n, p=self._row_p)
+
     def batch(self, idx: np.ndarray, shift: int = 0, rng: np.random.Generator | None = None) -> dict:
         """Tensors for rows ``idx``; ``shift`` > 0 translates each frame by up to that many pixels."""
         img = torch.from_numpy(self.image[idx]).permute(0, 3, 1, 2).float().div(255.0)
@@ -255,26 +269,29 @@ class PriorChunks:
 
 def train_prior(train_paths, val_paths, out_dir: str | os.PathLike, *, config: PriorConfig | None = None,
                 steps: int = 3000, batch_size: int = 64, lr: float = 3e-4, shift: int = 4,
-                only_success: bool = True, seed: int = 0, amp: bool = True, progress: bool = True,
-                eval_every: int = 500) -> tuple[ActionPrior, dict]:
+                only_success: bool = True, balance: str = "none", seed: int = 0, amp: bool = True,
+                progress: bool = True, eval_every: int = 500) -> tuple[ActionPrior, dict]:
     """Train (or resume) the prior on rollout files; writes ``out_dir/{last.pt, prior.pt,
     metrics.jsonl}``. Returns the model and ``{"val_loss", "val_first_action_mae", ...}``."""
     from worldmodel.training import train
 
     config = config or PriorConfig()
     data = PriorChunks(train_paths, config.steps, only_success)
+    data.sample_rows(1, np.random.default_rng(0), balance)   # a bad `balance` fails before training
     val = PriorChunks(val_paths, config.steps, only_success=False) if val_paths else None
     torch.manual_seed(seed)
     model = ActionPrior(config)
     model.set_proprio_stats(data.proprio)
     hyper = {"steps": steps, "batch_size": batch_size, "lr": lr, "shift": shift, "only_success": only_success,
-             "seed": seed, "train_rows": len(data), "train_episodes": data.episodes}
+             "balance": balance, "seed": seed, "train_rows": len(data), "train_episodes": data.episodes,
+             "train_rows_per_instruction": {instruction_text(i): int(c) for i, c in
+                                            enumerate(np.bincount(data.instruction)) if c}}
 
     def make_batches(start: int):
         step = start
         while True:
             rng = np.random.default_rng((seed, step))
-            yield data.batch(rng.integers(0, len(data), batch_size), shift, rng)
+            yield data.batch(data.sample_rows(batch_size, rng, balance), shift, rng)
             step += 1
 
     def evaluate(m: ActionPrior) -> dict:

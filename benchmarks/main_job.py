@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.evaluate import mcnemar, paired_table, results_table  # noqa: E402
+from agent.evaluate import instruction_table, mcnemar, paired_table, results_table, success_by_instruction  # noqa: E402
 from benchmarks.report import write_section  # noqa: E402
 from experiments.common import resolve  # noqa: E402
 
@@ -69,6 +69,12 @@ def main() -> None:
     body = [f"{run['env_id']}, {run['episodes']} held-out test seeds ({run['seeds'][0]}..{run['seeds'][-1]}), "
             f"every method on the same seeds.", "", results_table(run["summaries"]), ""]
     sums = run["summaries"]
+    for x in sums:   # runs recorded before summaries had it: from the episode records
+        if "success_by_instruction" not in x and (path.parent / x["agent"] / "episodes.jsonl").exists():
+            recs = [json.loads(line) for line in (path.parent / x["agent"] / "episodes.jsonl").open()]
+            x["success_by_instruction"] = success_by_instruction([r for r in recs if r["seed"] in set(x["seeds"])])
+    if (table := instruction_table(sums)) is not None:
+        body += ["Success by instruction:", "", table, ""]
     if len(sums) > 1 and all("success_per_seed" in x for x in sums):
         body += ["Paired on the same seeds (exact McNemar test):", "", paired_table(sums[0], sums[1:]), ""]
     for other_dir, label in args.against:

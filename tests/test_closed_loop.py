@@ -11,7 +11,8 @@ from hydra import compose, initialize_config_dir
 
 from agent.base import Agent
 from agent.collect import EpisodeResult, make_agent
-from agent.evaluate import FAILURES, results_table, summarize, wilson_interval
+from agent.evaluate import (FAILURES, instruction_table, results_table, success_by_instruction, summarize,
+                            wilson_interval)
 from envs.rollouts import read_episode
 from envs.splits import split_of, split_seeds
 from envs.video import read_video_frame_count, write_video
@@ -64,6 +65,19 @@ def test_summarize_counts():
     assert empty["episodes"] == 0 and empty["success_rate"] == 0.0 and empty["success_ci95"] == [0.0, 1.0]
     table = results_table([{"env_id": "roboalign/Lift-v0", "agent": "x", **s}])
     assert "| roboalign/Lift-v0 | x | 5 | 0.40 |" in table
+    assert s["success_by_instruction"] == {"lift the red cube": [2, 5]}
+    assert instruction_table([{"agent": "x", **s}]) is None        # one instruction: no table
+
+
+def test_success_by_instruction_table():
+    green = EpisodeResult(seed=9, success=True, wrong_object=False, length=30,
+                          instruction="lift the green cube", failure="none")
+    a = summarize([_result(0, True, "none", 40), _result(1, False, "drop", 100), green])
+    b = {"agent": "b", "success_by_instruction": success_by_instruction(
+        [{"instruction": "lift the red cube", "success": False}])}   # JSON episode records work too
+    assert a["success_by_instruction"] == {"lift the green cube": [1, 1], "lift the red cube": [1, 2]}
+    table = instruction_table([{"agent": "a", **a}, b])
+    assert "| a | 1/1 | 1/2 |" in table and "| b | - | 0/1 |" in table
 
 
 # ----------------------------------------------------------------------------- closed loop

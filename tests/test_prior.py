@@ -164,3 +164,16 @@ def test_prior_agent_runs_in_worker_processes():
     agent = PriorAgent(ActionPrior(TINY).eval(), execute=4)
     out = list(run_episodes("roboalign/Lift-v0", agent, [1, 2], workers=2))
     assert [r.seed for r in out] == [1, 2] and all(r.length > 0 for r in out)
+
+
+def test_instruction_balanced_rows(rollout_file, tmp_path):
+    """balance="instruction" draws a rare instruction as often as a common one."""
+    data = PriorChunks(rollout_file, steps=4, only_success=False)
+    data.instruction[:] = 0
+    data.instruction[-2:] = 1                       # 6 rows of instruction 0, 2 of instruction 1
+    rng = np.random.default_rng(0)
+    plain = data.instruction[data.sample_rows(4000, rng)]
+    balanced = data.instruction[data.sample_rows(4000, rng, "instruction")]
+    assert abs(plain.mean() - 0.25) < 0.03 and abs(balanced.mean() - 0.5) < 0.03
+    with pytest.raises(ValueError, match="balance must be"):
+        data.sample_rows(4, rng, "colour")
