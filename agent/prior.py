@@ -17,6 +17,9 @@ imitation of the collected rollouts already does?
   its last action. Frames get a random +-``shift`` pixel translation in training.
   ``balance="instruction"`` draws rows so that every instruction present is equally
   likely (a 3-task set otherwise shows the green cube in ~13% of rows).
+  ``colour_swap`` = p recolours a "lift the red/green cube" row with probability p: the
+  red cube's pixels (simulator segmentation) take the green cube's colour and vice versa,
+  and the instruction swaps with them -- same physics, same actions, the other colour.
 
 Verbs: :func:`train_prior` (resumable, the shared loop of :mod:`worldmodel.training`),
 :meth:`ActionPrior.sample`, :meth:`ActionPrior.from_checkpoint`, and the agents
@@ -37,7 +40,8 @@ from torch.nn import functional as F
 
 from agent.base import Agent
 from envs.rollouts import RolloutFileError, demo_keys, open_rollouts
-from envs.vocab import INSTRUCTIONS, instruction_text
+from envs.robosuite_env import LABELS
+from envs.vocab import COLOURS, INSTRUCTIONS, instruction_id, instruction_text
 
 KIND = "action_prior"
 
@@ -210,9 +214,10 @@ class PriorChunks:
     actions). Arrays: ``image (N, H, W, 3) uint8``, ``proprio (N, 4)``,
     ``instruction (N,)``, ``actions (N, steps, 4)``."""
 
-    def __init__(self, paths: str | os.PathLike | Sequence, steps: int = 16, only_success: bool = True):
+    def __init__(self, paths: str | os.PathLike | Sequence, steps: int = 16, only_success: bool = True,
+                 segmentation: bool = False):
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-        imgs, props, instrs, chunks, self.episodes = [], [], [], [], 0
+        imgs, props, instrs, chunks, segs, self.episodes = [], [], [], [], [], 0
         for path in paths:
             with open_rollouts(path) as f:
                 for key in demo_keys(f):
@@ -231,12 +236,18 @@ class PriorChunks:
                     imgs.append(g["obs"]["image"][()])
                     props.append(g["obs"]["proprio"][()].astype(np.float32))
                     instrs.append(g["obs"]["instruction"][()].astype(np.int64))
+                    if segmentation:
+                        if "segmentation" not in g["obs"]:
+                            raise RolloutFileError(f"{path}:{g.name} has no obs/segmentation (needed by colour_swap)")
+                        segs.append(g["obs"]["segmentation"][()])
                     self.episodes += 1
         if not chunks:
             raise RolloutFileError(f"no {'successful ' if only_success else ''}episodes in {paths} "
                                    "to train the action prior on")
         self.image, self.proprio = np.concatenate(imgs), np.concatenate(props)
         self.instruction, self.actions = np.concatenate(instrs), np.concatenate(chunks)
+        self.segmentation = np.concatenate(segs) if segmentation else None
+        self._gains = None
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -253,9 +264,44 @@ class PriorChunks:
             self._row_p = 1.0 / (len(ids) * counts[inverse])
         return rng.choice(len(self), n, p=self._row_p)
 
-    def batch(self, idx: np.ndarray, shift: int = 0, rng: np.random.Generator | None = None) -> dict:
-        """Tensors for rows ``idx``; ``shift`` > 0 translates each frame by up to that many pixels."""
+    def colour_gains(self) -> np.ndarray:
+        """``(2, 3)`` per-channel gains: row 0 turns red-cube pixels green, row 1 green ones red
+        (ratios of the two cubes' mean colours over every segmented frame)."""
+        if self.segmentation is None:
+            raise ValueError("colour swapping needs PriorChunks(..., segmentation=True)")
+        if self._gains is None:
+            step = max(1, len(self) // 2000)
+            seg, img = self.segmentation[::step], self.image[::step].astype(np.float64)
+            means = []
+            for colour in COLOURS:
+                mask = seg == LABELS[f"{colour}_cube"]
+                if not mask.any():
+                    raise ValueError(f"no {colour}-cube pixels in the data: cannot learn the colour swap")
+                means.append(img[mask].mean(0) + 1.0)
+            red, green = means
+            self._gains = np.stack([green / red, red / green]).astype(np.float32)
+        return self._gains
+
+    def batch(self, idx: np.ndarray, shift: int = 0, rng: np.random.Generator | None = None,
+              colour_swap: float = 0.0) -> dict:
+        """Tensors for rows ``idx``; ``shift`` > 0 translates each frame by up to that many
+        pixels; ``colour_swap`` > 0 swaps the cubes' colours and instruction of that fraction
+        of the single-cube-lift rows (see the module doc)."""
         img = torch.from_numpy(self.image[idx]).permute(0, 3, 1, 2).float().div(255.0)
+        instr = self.instruction[idx].copy()
+        if colour_swap:
+            rng = rng or np.random.default_rng()
+            lift = np.array([instruction_id(f"lift the {c} cube") for c in COLOURS])
+            swap = np.isin(instr, lift) & (rng.random(len(idx)) < colour_swap)
+            if swap.any():
+                gains = torch.from_numpy(self.colour_gains())
+                seg = torch.from_numpy(self.segmentation[idx[swap]])
+                sub = img[swap]
+                for k, colour in enumerate(COLOURS):
+                    mask = (seg == LABELS[f"{colour}_cube"])[:, None]
+                    sub = torch.where(mask, (sub * gains[k][None, :, None, None]).clamp(0, 1), sub)
+                img[swap] = sub
+                instr[swap] = np.where(instr[swap] == lift[0], lift[1], lift[0])
         if shift:
             rng = rng or np.random.default_rng()
             h, w = img.shape[-2:]
@@ -263,27 +309,29 @@ class PriorChunks:
             dx, dy = rng.integers(0, 2 * shift + 1, (2, len(idx)))
             img = torch.stack([pad[i, :, y:y + h, x:x + w] for i, (x, y) in enumerate(zip(dx, dy))])
         return {"image": img, "proprio": torch.from_numpy(self.proprio[idx]),
-                "instruction": torch.from_numpy(self.instruction[idx]),
-                "actions": torch.from_numpy(self.actions[idx])}
+                "instruction": torch.from_numpy(instr), "actions": torch.from_numpy(self.actions[idx])}
 
 
 def train_prior(train_paths, val_paths, out_dir: str | os.PathLike, *, config: PriorConfig | None = None,
                 steps: int = 3000, batch_size: int = 64, lr: float = 3e-4, shift: int = 4,
-                only_success: bool = True, balance: str = "none", seed: int = 0, amp: bool = True,
+                only_success: bool = True, balance: str = "none", colour_swap: float = 0.0, seed: int = 0,
+                amp: bool = True,
                 progress: bool = True, eval_every: int = 500) -> tuple[ActionPrior, dict]:
     """Train (or resume) the prior on rollout files; writes ``out_dir/{last.pt, prior.pt,
     metrics.jsonl}``. Returns the model and ``{"val_loss", "val_first_action_mae", ...}``."""
     from worldmodel.training import train
 
     config = config or PriorConfig()
-    data = PriorChunks(train_paths, config.steps, only_success)
+    data = PriorChunks(train_paths, config.steps, only_success, segmentation=colour_swap > 0)
     data.sample_rows(1, np.random.default_rng(0), balance)   # a bad `balance` fails before training
+    if colour_swap:
+        data.colour_gains()                                  # ... and so do data without both cubes
     val = PriorChunks(val_paths, config.steps, only_success=False) if val_paths else None
     torch.manual_seed(seed)
     model = ActionPrior(config)
     model.set_proprio_stats(data.proprio)
     hyper = {"steps": steps, "batch_size": batch_size, "lr": lr, "shift": shift, "only_success": only_success,
-             "balance": balance, "seed": seed, "train_rows": len(data), "train_episodes": data.episodes,
+             "balance": balance, "colour_swap": colour_swap, "seed": seed, "train_rows": len(data), "train_episodes": data.episodes,
              "train_rows_per_instruction": {instruction_text(i): int(c) for i, c in
                                             enumerate(np.bincount(data.instruction)) if c}}
 
@@ -291,7 +339,7 @@ def train_prior(train_paths, val_paths, out_dir: str | os.PathLike, *, config: P
         step = start
         while True:
             rng = np.random.default_rng((seed, step))
-            yield data.batch(data.sample_rows(batch_size, rng, balance), shift, rng)
+            yield data.batch(data.sample_rows(batch_size, rng, balance), shift, rng, colour_swap)
             step += 1
 
     def evaluate(m: ActionPrior) -> dict:

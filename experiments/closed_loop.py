@@ -36,9 +36,10 @@ WORLD_MODEL_METHODS = {
     "mpc_noswr": ("aligned", {"rollout_mode": "full"}),   # plain autoregression (horizon > W)
     "mpc_prior": ("aligned", {}),                    # first iteration proposed by the action prior
     "mpc_prior_pretrained": ("worldmodel", {}),      # ... choosing with the pre-trained model
+    "mpc_prior_noswr": ("aligned", {"rollout_mode": "full"}),  # ... imagining without SWR
 }
 #: Methods that use the learned action prior (agent/prior.py).
-PRIOR_METHODS = ("mpc_prior", "mpc_prior_pretrained", "prior", "prior_random", "oracle_s_prior")
+PRIOR_METHODS = ("mpc_prior", "mpc_prior_pretrained", "mpc_prior_noswr", "prior", "prior_random", "oracle_s_prior")
 #: Oracle-S variants: the planner in the true simulator, rendered candidates scored by the student.
 STUDENT_ORACLES = ("oracle_s", "oracle_s_prior")
 #: SB3 SAC on state observations (agent/sb3.py), trained on the evaluated env: at the world

@@ -32,6 +32,10 @@ from experiments.common import ROOT, resolve
 CONF_DIR = ROOT / "experiments" / "conf"
 #: Config keys that do not change what a stage produces.
 NON_SEMANTIC = {"artifacts", "out", "out_dir", "threads", "workers", "progress", "hydra"}
+#: Options added after artifacts were built, at the value that reproduces the old behaviour
+#: exactly (dotted path in the stage config -> value): left out of the key at that value,
+#: so adding an option does not invalidate every finished stage.
+NEUTRAL_DEFAULTS = {"prior.train.balance": "none", "prior.train.colour_swap": 0.0}
 
 
 @dataclass
@@ -67,14 +71,16 @@ def compose(config_name: str, overrides: list[str] | None = None) -> DictConfig:
 
 
 def semantic(cfg: DictConfig | dict) -> dict:
-    """The part of a config that decides the artifact (see :data:`NON_SEMANTIC`)."""
+    """The part of a config that decides the artifact (see :data:`NON_SEMANTIC` and
+    :data:`NEUTRAL_DEFAULTS`)."""
     d = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
 
-    def strip(x):
+    def strip(x, path=""):
         if isinstance(x, dict):
-            return {k: strip(v) for k, v in sorted(x.items()) if k not in NON_SEMANTIC}
+            return {k: strip(v, f"{path}{k}.") for k, v in sorted(x.items()) if k not in NON_SEMANTIC
+                    and not (f"{path}{k}" in NEUTRAL_DEFAULTS and v == NEUTRAL_DEFAULTS[f"{path}{k}"])}
         if isinstance(x, list):
-            return [strip(v) for v in x]
+            return [strip(v, path) for v in x]
         return x
     return strip(d)
 

@@ -35,7 +35,8 @@ def run(cfg: DictConfig) -> dict:
     t0 = time.time()
     _, metrics = train_prior(train, val, out, config=PriorConfig.from_dict(OmegaConf.to_container(cfg.prior.model)),
                              steps=t["steps"], batch_size=t["batch_size"], lr=t["lr"], shift=t["shift"],
-                             only_success=t["only_success"], balance=t["balance"], seed=cfg.seed, amp=cfg.amp, progress=cfg.progress,
+                             only_success=t["only_success"], balance=t["balance"],
+                             colour_swap=t["colour_swap"], seed=cfg.seed, amp=cfg.amp, progress=cfg.progress,
                              eval_every=t["eval_every"])
     metrics.update(train_files=[str(p) for p in train], val_files=[str(p) for p in val],
                    train_s_this_run=round(time.time() - t0, 1))

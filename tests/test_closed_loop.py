@@ -353,3 +353,17 @@ def test_worker_start_failure_raises_instead_of_hanging():
     with pytest.raises(RuntimeError, match="failed to start"):
         list(run_episodes("roboalign/Lift-v0", RandomAgent(), [1, 2], workers=2,
                           env_kwargs={"obs_mode": "pixels"}))
+
+
+def test_stage_key_ignores_new_options_at_their_neutral_default():
+    """An option added later (e.g. the prior's row balancing) must not change the key of
+    a stage that does not use it, and must change it when it is used; so must non-semantic
+    keys (threads) stay out of it."""
+    from experiments.pipeline import NEUTRAL_DEFAULTS, compose, semantic
+
+    base = semantic(compose("train_prior", ["prior=tiny", "artifacts=x"]))
+    assert "balance" not in base["prior"]["train"] and "threads" not in base
+    assert semantic(compose("train_prior", ["prior=tiny", "artifacts=x", "threads=7"])) == base
+    used = semantic(compose("train_prior", ["prior=tiny", "artifacts=x", "prior.train.balance=instruction"]))
+    assert used["prior"]["train"]["balance"] == "instruction" and used != base
+    assert NEUTRAL_DEFAULTS["prior.train.colour_swap"] == 0.0

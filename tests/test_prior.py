@@ -177,3 +177,36 @@ def test_instruction_balanced_rows(rollout_file, tmp_path):
     assert abs(plain.mean() - 0.25) < 0.03 and abs(balanced.mean() - 0.5) < 0.03
     with pytest.raises(ValueError, match="balance must be"):
         data.sample_rows(4, rng, "colour")
+
+
+def test_colour_swap_recolours_only_the_cubes_and_swaps_the_instruction(tmp_path):
+    """Red-cube pixels take the green cube's colour (and back), nothing else changes,
+    and "lift the red cube" becomes "lift the green cube"; Stack rows are left alone."""
+    from envs.robosuite_env import LABELS
+    from envs.vocab import instruction_id
+
+    rng = np.random.default_rng(0)
+    ep = _episode(4, 1.0, rng)
+    img = np.full((4, 64, 64, 3), 200, np.uint8)
+    seg = np.zeros((4, 64, 64), np.uint8)
+    img[:, :8, :8], seg[:, :8, :8] = (180, 40, 40), LABELS["red_cube"]
+    img[:, -8:, -8:], seg[:, -8:, -8:] = (40, 120, 60), LABELS["green_cube"]
+    ep["obs"] = {**ep["obs"], "image": img, "segmentation": seg}
+    ep["obs"]["instruction"] = np.array([0, 0, 1, instruction_id("stack the red cube on the green cube")])
+    path = tmp_path / "pick_color_fake_train_0_1.hdf5"
+    with atomic_path(path) as tmp:
+        w = RolloutWriter(tmp, {})
+        w.add(ep, success=True)
+        w.close()
+    with pytest.raises(ValueError, match="segmentation=True"):
+        PriorChunks(path, steps=4).colour_gains()
+    data = PriorChunks(path, steps=4, segmentation=True)
+    idx = np.arange(4)
+    plain, swapped = data.batch(idx), data.batch(idx, colour_swap=1.0)
+    assert plain["instruction"].tolist() == [0, 0, 1, 2] and swapped["instruction"].tolist() == [1, 1, 0, 2]
+    px = lambda b, i, y, x: (b["image"][i, :, y, x] * 255).round().tolist()   # noqa: E731
+    assert px(swapped, 0, 0, 0) == pytest.approx([40, 120, 60], abs=3)     # red cube now green
+    assert px(swapped, 0, 63, 63) == pytest.approx([180, 40, 40], abs=3)   # green cube now red
+    assert px(swapped, 0, 30, 30) == [200, 200, 200]                         # background untouched
+    assert torch.equal(swapped["image"][3], plain["image"][3])               # Stack row untouched
+    assert torch.equal(swapped["actions"], plain["actions"])
