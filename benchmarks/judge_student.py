@@ -35,6 +35,7 @@ from worldmodel.judge.distill import (bench_groups, evaluate, from_bench, n_rows
 from worldmodel.judge.student import StudentReward  # noqa: E402
 
 TITLE = "Judge: student reward"
+MARGIN_BANDS = ((0.0, 0.3), (0.3, 0.6), (0.6, 1.1), (1.1, 10.0))   # teacher total gaps of a pair
 KEYS = ("frames", "instruction", "scores", "shaping", "split", "source", "degradation", "episode", "start_step",
         "actions", "start_state", "state_len", "env_id")
 
@@ -78,6 +79,13 @@ def ranking_table(student, data) -> tuple[str, dict]:
         acc, pairs = pairwise_accuracy(pred, true, ids, return_pairs=True)
         out[name] = {"acc": acc, "pairs": pairs, "starts": len(has)}
         lines.append(f"| {name} | {len(has)} | {pairs} | {_f(acc)} |")
+    gen = np.where(sets["world-model generations from one start"], base, -1)
+    lines += ["", "World-model generations by the teacher's gap between the two clips (total, of 10):", "",
+              "| teacher gap | pairs | student accuracy |", "|---|---|---|"]
+    for lo, hi in MARGIN_BANDS:
+        acc, pairs = pairwise_accuracy(pred, true, gen, return_pairs=True, band=(lo, hi))
+        out[f"gap ({lo}, {hi}]"] = {"acc": acc, "pairs": pairs}
+        lines.append(f"| ({lo:g}, {hi:g}] | {pairs} | {_f(acc)} |")
     return "\n".join(lines), out
 
 
@@ -120,6 +128,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--notes", default="", help="free text appended to the section")
     ap.add_argument("--title", default=TITLE, help="BENCHMARKS.md section to write (replaced if present)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -182,9 +191,12 @@ Speed on this CPU ({t1}-frame 64x64 clips){ratio}:
 """
     if ckpt_metrics:
         body += f"\nStudent checkpoint extra: `{ckpt_metrics.get('upstream', {})}`.\n"
+    if args.notes:
+        body += f"\n{args.notes}\n"
     print(body)
-    if not args.no_write:
-        write_section(args.title, body)
+    if not args.no_write:   # the command as run, without the notes
+        argv = [a for i, a in enumerate(sys.argv) if a != "--notes" and (i == 0 or sys.argv[i - 1] != "--notes")]
+        write_section(args.title, body, command=" ".join(["python", *(f'"{a}"' if " " in a else a for a in argv)]))
 
 
 if __name__ == "__main__":

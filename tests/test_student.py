@@ -173,6 +173,9 @@ def test_pairwise_accuracy_and_spearman():
     assert (acc, pairs) == (0.0, 3)
     assert pairwise_accuracy([0.1, 0.3, 0.2, 0, 0, 0], true, groups) == pytest.approx(2 / 3)
     assert pairwise_accuracy([0.1, 0.1, 0.3, 0, 0, 0], true, groups) == pytest.approx(2.5 / 3)  # pred tie: half
+    # teacher gaps in group 0: (1,2) 1, (2,3) 1, (1,3) 2 -> band (1.5, 3] keeps only (1,3)
+    assert pairwise_accuracy([0.1, 0.3, 0.2, 0, 0, 0], true, groups, band=(1.5, 3), return_pairs=True) == (1.0, 1)
+    assert pairwise_accuracy([0.1, 0.3, 0.2, 0, 0, 0], true, groups, band=(0, 1), return_pairs=True) == (0.5, 2)
     assert np.isnan(pairwise_accuracy([1, 2], [1, 1], [0, 0]))
     assert pairwise_accuracy([1, 2, 3], [1, 2, 3], ["a", "b", "a"]) == 1.0
     assert spearman([1, 2, 3, 4], [10, 20, 30, 45]) == pytest.approx(1.0)

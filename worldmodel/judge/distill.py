@@ -249,13 +249,14 @@ def _rank(x: np.ndarray) -> np.ndarray:
 
 
 def pairwise_accuracy(pred_total, true_total, groups, *, tie_tol: float = 1e-6,
-                      return_pairs: bool = False):
+                      return_pairs: bool = False, band: tuple[float, float] | None = None):
     """Fraction of within-group pairs the prediction orders like the teacher.
 
     Pairs are formed only inside a group (e.g. generations from one shared start); pairs
     the teacher ties (``|true_i - true_j| <= tie_tol``) are left out; a predicted tie
-    counts half. Group id ``-1`` means "no group". Returns NaN when there are no pairs;
-    with ``return_pairs`` also the number of pairs counted.
+    counts half. Group id ``-1`` means "no group". ``band=(lo, hi)`` counts only pairs whose
+    teacher gap is in ``(lo, hi]`` (how accuracy depends on how different the clips are).
+    Returns NaN when there are no pairs; with ``return_pairs`` also the number counted.
     """
     p = np.asarray(pred_total, dtype=np.float64).ravel()
     t = np.asarray(true_total, dtype=np.float64).ravel()
@@ -272,6 +273,8 @@ def pairwise_accuracy(pred_total, true_total, groups, *, tie_tol: float = 1e-6,
         dt = t[idx, None] - t[None, idx]
         dp = p[idx, None] - p[None, idx]
         upper = np.triu(np.ones_like(dt, dtype=bool), k=1) & (np.abs(dt) > tie_tol)
+        if band is not None:
+            upper &= (np.abs(dt) > band[0]) & (np.abs(dt) <= band[1])
         agree = np.sign(dt[upper]) * np.sign(dp[upper])
         correct += float((agree > 0).sum() + 0.5 * (agree == 0).sum())
         pairs += int(upper.sum())
