@@ -30,6 +30,12 @@ def machine() -> str:
     return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores ({cpu}), {gpu}, Python {platform.python_version()}"
 
 
+def command_line(skip: tuple[str, ...] = ("--notes",)) -> str:
+    """This script's command line without the values of ``skip`` options (long notes)."""
+    argv = [a for i, a in enumerate(sys.argv) if a not in skip and (i == 0 or sys.argv[i - 1] not in skip)]
+    return " ".join(["python", *(f'"{a}"' if " " in a else a for a in argv)])
+
+
 def write_section(title: str, body: str, command: str | None = None) -> None:
     """Replace (or append) ``## title`` in BENCHMARKS.md, atomically."""
     command = command or "python " + " ".join(sys.argv)
