@@ -247,7 +247,7 @@ class PriorChunks:
         self.image, self.proprio = np.concatenate(imgs), np.concatenate(props)
         self.instruction, self.actions = np.concatenate(instrs), np.concatenate(chunks)
         self.segmentation = np.concatenate(segs) if segmentation else None
-        self._gains = None
+        self._gains = self._row_p = None     # lazily: colour-swap gains, balanced row probabilities
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -259,7 +259,7 @@ class PriorChunks:
             return rng.integers(0, len(self), n)
         if balance != "instruction":
             raise ValueError(f"balance must be 'none' or 'instruction', got {balance!r}")
-        if not hasattr(self, "_row_p"):
+        if self._row_p is None:
             ids, inverse, counts = np.unique(self.instruction, return_inverse=True, return_counts=True)
             self._row_p = 1.0 / (len(ids) * counts[inverse])
         return rng.choice(len(self), n, p=self._row_p)
@@ -315,8 +315,7 @@ class PriorChunks:
 def train_prior(train_paths, val_paths, out_dir: str | os.PathLike, *, config: PriorConfig | None = None,
                 steps: int = 3000, batch_size: int = 64, lr: float = 3e-4, shift: int = 4,
                 only_success: bool = True, balance: str = "none", colour_swap: float = 0.0, seed: int = 0,
-                amp: bool = True,
-                progress: bool = True, eval_every: int = 500) -> tuple[ActionPrior, dict]:
+                amp: bool = True, progress: bool = True, eval_every: int = 500) -> tuple[ActionPrior, dict]:
     """Train (or resume) the prior on rollout files; writes ``out_dir/{last.pt, prior.pt,
     metrics.jsonl}``. Returns the model and ``{"val_loss", "val_first_action_mae", ...}``."""
     from worldmodel.training import train
@@ -331,7 +330,8 @@ def train_prior(train_paths, val_paths, out_dir: str | os.PathLike, *, config: P
     model = ActionPrior(config)
     model.set_proprio_stats(data.proprio)
     hyper = {"steps": steps, "batch_size": batch_size, "lr": lr, "shift": shift, "only_success": only_success,
-             "balance": balance, "colour_swap": colour_swap, "seed": seed, "train_rows": len(data), "train_episodes": data.episodes,
+             "balance": balance, "colour_swap": colour_swap, "seed": seed, "train_rows": len(data),
+             "train_episodes": data.episodes,
              "train_rows_per_instruction": {instruction_text(i): int(c) for i, c in
                                             enumerate(np.bincount(data.instruction)) if c}}
 

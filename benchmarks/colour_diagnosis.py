@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import envs  # noqa: E402,F401  (registers the env ids)
-from benchmarks.report import command_line, write_section  # noqa: E402
+from benchmarks.report import write_section  # noqa: E402
 from envs.robosuite_env import LABELS  # noqa: E402
 from envs.rollouts import demo_keys, open_rollouts  # noqa: E402
 from envs.splits import split_seeds  # noqa: E402
@@ -43,8 +43,8 @@ def colour_pixels(path, episodes: int = 20, every: int = 5) -> dict:
             for c in COLOURS:
                 cube = seg == LABELS[f"{c}_cube"]
                 out[c]["cube"] += int((masks[c] & cube).sum())
-                out[c]["elsewhere"] += int((masks[c] & ~cube & (seg != LABELS["red_cube"])
-                                           & (seg != LABELS["green_cube"])).sum())
+                off_cubes = (seg != LABELS["red_cube"]) & (seg != LABELS["green_cube"])
+                out[c]["elsewhere"] += int((masks[c] & off_cubes).sum())
     return out
 
 
@@ -55,7 +55,7 @@ def first_close(prior_path: str, seeds: list[int], env_id: str = "roboalign/Pick
 
     agent = PriorAgent(prior_path, execute=8, samples=1)
     env = gym.make(env_id)
-    u, rows = env.unwrapped, []
+    rows = []
     try:
         for seed in seeds:
             obs, info = env.reset(seed=seed)
@@ -66,9 +66,9 @@ def first_close(prior_path: str, seeds: list[int], env_id: str = "roboalign/Pick
             while not done:
                 action = agent.act(obs)
                 if "to_target" not in row and action[3] > 0:
-                    eef = np.asarray(obs["proprio"][:3])
-                    row["to_target"] = float(np.linalg.norm(eef[:2] - u._body_pos(u._cubes[colour])[:2]))
-                    row["to_other"] = float(np.linalg.norm(eef[:2] - u._body_pos(u._cubes[other])[:2]))
+                    eef, poses = np.asarray(obs["proprio"][:2]), info["object_poses"]
+                    row["to_target"] = float(np.linalg.norm(eef - np.asarray(poses[colour])[:2]))
+                    row["to_other"] = float(np.linalg.norm(eef - np.asarray(poses[other])[:2]))
                 obs, _, term, trunc, info = env.step(action)
                 done = term or trunc
             row["success"] = bool(info.get("success", term))
@@ -119,7 +119,7 @@ def main() -> None:
     body = "\n".join(lines) + (f"\n\n{args.notes}\n" if args.notes else "\n")
     print(body)
     if not args.no_write:
-        write_section(TITLE, body, command=command_line())
+        write_section(TITLE, body)
 
 
 if __name__ == "__main__":

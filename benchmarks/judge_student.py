@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from benchmarks.report import command_line, write_section  # noqa: E402
+from benchmarks.report import write_section  # noqa: E402
 from experiments.common import resolve  # noqa: E402
 from worldmodel.judge import SHORT  # noqa: E402
 from worldmodel.judge.distill import (bench_groups, evaluate, from_bench, n_rows, pairwise_accuracy,  # noqa: E402
@@ -195,7 +195,7 @@ Speed on this CPU ({t1}-frame 64x64 clips){ratio}:
         body += f"\n{args.notes}\n"
     print(body)
     if not args.no_write:
-        write_section(args.title, body, command=command_line())
+        write_section(args.title, body)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def command_line(skip: tuple[str, ...] = ("--notes",)) -> str:
 
 def write_section(title: str, body: str, command: str | None = None) -> None:
     """Replace (or append) ``## title`` in BENCHMARKS.md, atomically."""
-    command = command or "python " + " ".join(sys.argv)
+    command = command or command_line()
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     section = (f"## {title}\n\n- command: `{command}`\n- machine: {machine()}\n- date: {stamp}\n\n"
                f"{body.strip()}\n")

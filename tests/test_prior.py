@@ -166,7 +166,7 @@ def test_prior_agent_runs_in_worker_processes():
     assert [r.seed for r in out] == [1, 2] and all(r.length > 0 for r in out)
 
 
-def test_instruction_balanced_rows(rollout_file, tmp_path):
+def test_instruction_balanced_rows(rollout_file):
     """balance="instruction" draws a rare instruction as often as a common one."""
     data = PriorChunks(rollout_file, steps=4, only_success=False)
     data.instruction[:] = 0
