@@ -17,6 +17,13 @@ import gymnasium as gym  # noqa: E402
 
 from envs.tasks import TASKS  # noqa: E402
 
+#: Version of what the camera shows; rollout files and the pipeline's collect stages
+#: record it, so frames rendered differently are never mixed up or reused.
+#: 1: MuJoCo's default geom groups (the robot's green/blue collision geoms drawn over it);
+#: 2: robosuite's convention -- collision geoms (group 0) hidden, visual geoms only --
+#:    with the gripper painted blue and the arm's small red/green parts grey.
+RENDER_VERSION = 2
+
 ENV_IDS: dict[str, str] = {f"roboalign/{name}-v0": name for name in TASKS}
 
 for _env_id, _task in ENV_IDS.items():

@@ -37,12 +37,15 @@ import gymnasium as gym  # noqa: E402
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
+from envs import RENDER_VERSION  # noqa: E402,F401  (re-exported)
 from envs.tasks import TaskSpec, get_task  # noqa: E402
 from envs.vocab import COLOURS, INSTRUCTIONS, instruction_id, instruction_text, target_colour  # noqa: E402
 
 #: Segmentation labels written by ``segmentation=True`` and stored in rollout files.
 LABELS: dict[str, int] = {"background": 0, "red_cube": 1, "green_cube": 2, "gripper": 3}
 CAMERA_NAME = "roboalign"
+#: The gripper's colour in every frame (a blue no cube has; see ``_paint_robot``).
+GRIPPER_RGBA = (0.1, 0.3, 0.9, 1.0)
 # appended to the MuJoCo state: [gripper command (2), colours_swapped, instruction_id, wrong_seen]
 N_TASK_VARS = 5
 
@@ -184,6 +187,10 @@ class RoboAlignEnv(gym.Env):
             control_freq=control_freq, initialization_noise=None, seed=0,
         )
         self._renderers: dict[tuple[int, bool], mujoco.Renderer] = {}
+        # Like robosuite's own renderer, draw visual geoms (group 1) only: the collision
+        # geoms (group 0) are flat green/blue shapes that would cover the arm and gripper.
+        self._scene_option = mujoco.MjvOption()
+        self._scene_option.geomgroup[0] = 0
         _LIVE_ENVS.add(self)
         self._model_ptr = None
         self._swapped, self._instruction = False, self.task.instruction_ids[0]
@@ -362,10 +369,29 @@ class RoboAlignEnv(gym.Env):
                 gb = self.sim.model.geom_name2id(self._rs.cubeB.visual_geoms[0])
                 self._cube_vis_geoms = (ga, gb)
                 self._cube_mats = (int(m.geom_matid[ga]), int(m.geom_matid[gb]))
+            self._paint_robot(m)
             if self.fast_render:
                 m.mat_reflectance[:] = 0.0
                 m.vis.quality.offsamples = 0
         self._needs_reset = False
+
+    def _paint_robot(self, m) -> None:
+        """Give the gripper one colour no cube has, and grey out the arm's red/green parts.
+
+        The Panda's own visual hand is white and grey like the arm and the table, so a
+        learner (or the teacher's colour perception) could hardly tell it apart; and two
+        of its small visual parts are pure red and green -- the cube colours.
+        """
+        gripper = set(self._gripper_geoms().tolist())
+        for g in range(m.ngeom):
+            if m.geom_group[g] != 1:  # collision geoms are not drawn
+                continue
+            if g in gripper:
+                m.geom_matid[g], m.geom_rgba[g] = -1, GRIPPER_RGBA
+            elif (self.sim.model.geom_id2name(g) or "").startswith("robot") and m.geom_matid[g] >= 0:
+                rgb = m.mat_rgba[m.geom_matid[g], :3]
+                if rgb.max() - rgb.min() > 0.5:  # a saturated (red / green) part
+                    m.geom_matid[g], m.geom_rgba[g] = -1, (0.25, 0.25, 0.25, 1.0)
 
     def _begin_episode(self, wrong_seen: bool = False):
         # Controllers cache kinematics from robosuite's reset; as after any step, let the
@@ -427,7 +453,7 @@ class RoboAlignEnv(gym.Env):
     def _render(self, size: int) -> np.ndarray:
         """``(size, size, 3)`` uint8 upright RGB from the ``roboalign`` camera."""
         r = self._renderer(size, False)
-        r.update_scene(self.sim.data._data, camera=CAMERA_NAME)
+        r.update_scene(self.sim.data._data, camera=CAMERA_NAME, scene_option=self._scene_option)
         return r.render().copy()
 
     def _make_label_lut(self) -> np.ndarray:
@@ -436,20 +462,26 @@ class RoboAlignEnv(gym.Env):
         for colour, obj in self._cubes.items():
             for g in obj.contact_geoms + obj.visual_geoms:
                 lut[m.geom_name2id(g) + 1] = LABELS[f"{colour}_cube"]
+        lut[self._gripper_geoms() + 1] = LABELS["gripper"]
+        return lut
+
+    def _gripper_geoms(self) -> np.ndarray:
+        """Ids of every geom on the gripper (its root body and all bodies below it)."""
+        m = self.sim.model
         root = m.body_name2id(self._rs.robots[0].gripper["right"].root_body)
-        parents = m.body_parentid
+        ids = []
         for g in range(m.ngeom):
             b = m.geom_bodyid[g]
             while b not in (0, root):
-                b = parents[b]
+                b = m.body_parentid[b]
             if b == root:
-                lut[g + 1] = LABELS["gripper"]
-        return lut
+                ids.append(g)
+        return np.asarray(ids, np.int64)
 
     def _segment(self, size: int) -> np.ndarray:
         """``(size, size)`` uint8 labels (:data:`LABELS`) from the same camera."""
         r = self._renderer(size, True)
-        r.update_scene(self.sim.data._data, camera=CAMERA_NAME)
+        r.update_scene(self.sim.data._data, camera=CAMERA_NAME, scene_option=self._scene_option)
         seg = r.render()
         geom = np.where(seg[..., 1] == int(mujoco.mjtObj.mjOBJ_GEOM), seg[..., 0], -1)
         return self._label_lut[geom + 1]
@@ -466,4 +498,4 @@ class RoboAlignEnv(gym.Env):
         return float(reward)
 
 
-__all__ = ["RoboAlignEnv", "state_vector", "CameraSpec", "LABELS", "CAMERA_NAME", "COLOURS"]
+__all__ = ["RoboAlignEnv", "state_vector", "CameraSpec", "LABELS", "CAMERA_NAME", "COLOURS", "RENDER_VERSION"]

@@ -2,7 +2,8 @@
 
 HDF5 in the robomimic layout::
 
-    data/                       attrs: env_args (JSON: env_name, env_id, env_kwargs),
+    data/                       attrs: env_args (JSON: env_name, env_id, env_kwargs,
+                                       render_version, ...),
                                        total (steps), format_version
       demo_<i>/                 attrs: num_samples, seed, split, instruction,
                                        instruction_id, success, wrong_object, agent

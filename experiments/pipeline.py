@@ -27,6 +27,8 @@ from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
+import envs
+
 from experiments.common import ROOT, resolve
 
 CONF_DIR = ROOT / "experiments" / "conf"
@@ -205,7 +207,8 @@ def build(pcfg: DictConfig, stages, *, artifacts: str | os.PathLike = "artifacts
             collected.append(run_script_stage(
                 "collect", "collect",
                 [f"env={env}", f"agent={pcfg.collect.agent}", f"episodes={n}", f"split={split}",
-                 *pcfg.collect.get("overrides", [])], {}, {}, artifacts=artifacts, log=log))
+                 *pcfg.collect.get("overrides", [])], {"render": str(envs.RENDER_VERSION)}, {},
+                artifacts=artifacts, log=log))
     done["collect"] = collected
     rollouts = collected_rollouts(collected)
     coll_keys = {f"collect{i}": r.key for i, r in enumerate(collected)}
