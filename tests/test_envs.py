@@ -262,6 +262,28 @@ def test_segmentation_labels_match_image_colours(pick_env):
         assert green[1] > green[0] + 20, (swap, green)
 
 
+def test_only_the_cubes_are_red_or_green_and_the_gripper_is_blue(make_env):
+    """Collision geoms are not drawn (they painted the arm green) and the gripper has
+    its own colour, so a colour-keyed learner cannot mistake the robot for a cube."""
+    from envs.robosuite_env import GRIPPER_RGBA
+
+    for env_id in ("roboalign/PickColor-v0", "roboalign/Stack-v0"):
+        env = make_env(env_id)
+        obs, info = env.reset(seed=3)
+        act = np.array([0.0, 0.0, -0.6, 0.0], np.float32)
+        for t in range(12):  # descend: the hand fills the upper image
+            obs, _, _, _, info = env.step(act)
+            img, seg = obs["image"].astype(int), info["segmentation"]
+            r, g, b = img[..., 0], img[..., 1], img[..., 2]
+            cubes = (seg == LABELS["red_cube"]) | (seg == LABELS["green_cube"])
+            vivid = ((r > g + 30) & (r > b + 30)) | ((g > r + 30) & (g > b + 30))
+            assert (vivid & ~cubes).sum() <= 2, (env_id, t, int((vivid & ~cubes).sum()))
+        hand = img[seg == LABELS["gripper"]]
+        assert len(hand) > 20
+        assert np.argmax(hand.mean(0)) == int(np.argmax(GRIPPER_RGBA[:3])), hand.mean(0)
+        assert env.unwrapped._scene_option.geomgroup[0] == 0
+
+
 # ----------------------------------------------------------------------------- errors
 def test_bad_actions_raise(lift_env):
     lift_env.reset(seed=0)
