@@ -202,8 +202,7 @@ def collect(env_id: str, agent: str | Agent, episodes: int, out: str | os.PathLi
     actor = make_agent(agent, **agent_kwargs) if isinstance(agent, str) else agent
     agent = agent if isinstance(agent, str) else actor.name
     env_args = {"env_id": env_id, "env_name": envs.ENV_IDS[env_id], "env_kwargs": env_kwargs,
-                "agent": agent, "agent_kwargs": agent_kwargs, "split": split,
-                "render_version": envs.RENDER_VERSION}
+                "agent": agent, "agent_kwargs": agent_kwargs, "split": split}
     results = run_episodes(env_id, actor, seeds, workers=workers, record=True,
                            env_kwargs={**env_kwargs, "segmentation": True})
     t0, steps, successes = time.time(), 0, 0

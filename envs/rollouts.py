@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -95,7 +96,9 @@ class RolloutWriter:
     def __init__(self, path: str | os.PathLike, env_args: dict):
         self.f = h5py.File(path, "w")
         self.data = self.f.create_group("data")
-        self.data.attrs["env_args"] = json.dumps(env_args)
+        from envs import RENDER_VERSION
+
+        self.data.attrs["env_args"] = json.dumps({"render_version": RENDER_VERSION, **env_args})
         self.data.attrs["format_version"] = FORMAT_VERSION
         self.n, self.total = 0, 0
 
@@ -138,7 +141,22 @@ def open_rollouts(path: str | os.PathLike) -> h5py.File:
         f.close()
         raise RolloutFileError(f"rollout file {path} has no data/demo_* groups; "
                                "it is not in the robomimic layout")
+    _check_render_version(path, f)
     return f
+
+
+def _check_render_version(path: Path, f: h5py.File) -> None:
+    """Warn when our own file's frames were rendered unlike this env renders them now."""
+    from envs import RENDER_VERSION
+
+    args = json.loads(f["data"].attrs.get("env_args", "{}"))
+    if not str(args.get("env_id", "")).startswith("roboalign/"):
+        return  # not ours (e.g. robomimic)
+    version = int(args.get("render_version", 1))
+    if version != RENDER_VERSION:
+        warnings.warn(f"{path}: frames rendered with render version {version}, the env now renders "
+                      f"version {RENDER_VERSION} (see envs.RENDER_VERSION); a model trained on them "
+                      "sees different frames than the env gives -- collect again", stacklevel=3)
 
 
 def demo_keys(f: h5py.File) -> list[str]:

@@ -222,6 +222,26 @@ def test_hdf5_without_demos_error(tmp_path):
         open_rollouts(no_demos)
 
 
+def test_render_version_is_recorded_and_an_old_one_warns(pick_file, tmp_path):
+    import warnings
+
+    import envs
+
+    path, _ = pick_file
+    assert rollouts.env_args(path)["render_version"] == envs.RENDER_VERSION
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        open_rollouts(path).close()  # current version: silent
+    old = tmp_path / "old.hdf5"
+    with h5py.File(path) as src, h5py.File(old, "w") as dst:
+        src.copy("data", dst)
+        args = json.loads(dst["data"].attrs["env_args"])
+        del args["render_version"]  # files from before the version was recorded
+        dst["data"].attrs["env_args"] = json.dumps(args)
+    with pytest.warns(UserWarning, match="render version 1"):
+        open_rollouts(old).close()
+
+
 def test_episode_from_steps_needs_a_step():
     with pytest.raises(ValueError):
         rollouts.episode_from_steps({}, {}, [])
