@@ -58,6 +58,8 @@ class PriorConfig:
     n_instructions: int = len(INSTRUCTIONS)
     diffusion_steps: int = 100               # DDPM training timesteps
     sample_steps: int = 10                   # DDIM denoising steps when sampling
+    instruction_film: bool = False           # the instruction scales/shifts the CNN's last
+                                             # features, so keypoints can follow the named cube
 
     @classmethod
     def from_dict(cls, d: dict) -> "PriorConfig":
@@ -116,6 +118,9 @@ class ActionPrior(nn.Module):
         self.cnn = nn.Sequential(*layers)
         self.keypoints = SpatialSoftmax()
         self.instruction = nn.Embedding(cfg.n_instructions, 16)
+        if cfg.instruction_film:  # zero init: starts as the unconditioned encoder
+            self.feature_film = nn.Embedding(cfg.n_instructions, 2 * c_in)
+            nn.init.zeros_(self.feature_film.weight)
         self.cond = nn.Sequential(nn.Linear(2 * cfg.keypoints + 4 + 16, cfg.cond_dim), nn.SiLU(),
                                   nn.Linear(cfg.cond_dim, cfg.cond_dim))
         self.time = nn.Sequential(nn.Linear(cfg.cond_dim, cfg.cond_dim), nn.SiLU(),
@@ -146,7 +151,12 @@ class ActionPrior(nn.Module):
         """image ``(B, 3, H, W)`` float [0, 1], proprio ``(B, 4)``, instruction ``(B,)`` -> ``(B, cond_dim)``."""
         if image.ndim != 4 or image.shape[1] != 3:
             raise ValueError(f"image must be (B, 3, H, W), got {tuple(image.shape)}")
-        kp = self.keypoints(self.cnn(image * 2 - 1))
+        if self.config.instruction_film:
+            h = self.cnn[:-1](image * 2 - 1)
+            scale, shift = self.feature_film(instruction.long()).chunk(2, -1)
+            kp = self.keypoints(self.cnn[-1](h * (1 + scale[..., None, None]) + shift[..., None, None]))
+        else:
+            kp = self.keypoints(self.cnn(image * 2 - 1))
         prop = (proprio.float() - self.proprio_mean) / self.proprio_std
         return self.cond(torch.cat([kp, prop, self.instruction(instruction.long())], -1))
 

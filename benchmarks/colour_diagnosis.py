@@ -84,6 +84,7 @@ def main() -> None:
     ap.add_argument("--prior", nargs="+", required=True, help="action prior checkpoints (prior.pt)")
     ap.add_argument("--seeds", type=int, default=10, help="test seeds per instruction colour")
     ap.add_argument("--notes", default="")
+    ap.add_argument("--title", default=TITLE, help="the BENCHMARKS.md section to write")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
 
@@ -119,7 +120,7 @@ def main() -> None:
     body = "\n".join(lines) + (f"\n\n{args.notes}\n" if args.notes else "\n")
     print(body)
     if not args.no_write:
-        write_section(TITLE, body)
+        write_section(args.title, body)
 
 
 if __name__ == "__main__":

@@ -367,3 +367,5 @@ def test_stage_key_ignores_new_options_at_their_neutral_default():
     used = semantic(compose("train_prior", ["prior=tiny", "artifacts=x", "prior.train.balance=instruction"]))
     assert used["prior"]["train"]["balance"] == "instruction" and used != base
     assert NEUTRAL_DEFAULTS["prior.train.colour_swap"] == 0.0
+    default = semantic(compose("train_prior", ["prior=default", "artifacts=x"]))
+    assert "instruction_film" not in default["prior"]["model"]  # off: the key of older priors

@@ -90,6 +90,30 @@ def test_prior_learns_an_instruction_conditioned_answer(one_torch_thread):
         assert abs(float(np.median(s)) - want) < 0.2, (i, float(np.median(s)))
 
 
+def test_instruction_film_starts_as_the_plain_encoder_and_then_follows_the_instruction():
+    """``instruction_film``: zero-initialised, the encoder equals the plain one with the
+    same weights; once trained (here: random film weights) the image keypoints
+    themselves depend on the instruction."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    plain = ActionPrior(TINY)
+    film = ActionPrior(dataclasses.replace(TINY, instruction_film=True))
+    missing, unexpected = film.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == ["feature_film.weight"] and not unexpected
+    img, prop = torch.rand(4, 3, 64, 64), torch.zeros(4, 4)
+    for i in (0, 1):
+        instr = torch.full((4,), i)
+        assert torch.allclose(film.encode(img, prop, instr), plain.encode(img, prop, instr), atol=1e-6)
+    torch.nn.init.normal_(film.feature_film.weight, std=1.0)
+    with torch.no_grad():
+        c0 = film.encode(img, prop, torch.zeros(4, dtype=torch.long))
+        # same instruction embedding for both, so only the image features can differ
+        film.instruction.weight[1] = film.instruction.weight[0]
+        c1 = film.encode(img, prop, torch.ones(4, dtype=torch.long))
+    assert (c0 - c1).abs().max() > 1e-3
+
+
 def test_prior_shape_errors():
     model = ActionPrior(TINY)
     with pytest.raises(ValueError, match=r"\(B, 4, 4\)"):
