@@ -368,4 +368,6 @@ def test_stage_key_ignores_new_options_at_their_neutral_default():
     assert used["prior"]["train"]["balance"] == "instruction" and used != base
     assert NEUTRAL_DEFAULTS["prior.train.colour_swap"] == 0.0
     default = semantic(compose("train_prior", ["prior=default", "artifacts=x"]))
-    assert "instruction_film" not in default["prior"]["model"]  # off: the key of older priors
+    assert default["prior"]["model"]["instruction_film"] is True  # on by default: a new key
+    off = semantic(compose("train_prior", ["prior=default", "artifacts=x", "prior.model.instruction_film=false"]))
+    assert "instruction_film" not in off["prior"]["model"]  # off: the key of older priors

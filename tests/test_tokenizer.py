@@ -47,7 +47,7 @@ def real_frames(lift_env):
 
 @pytest.fixture(scope="module")
 def overfit(real_frames, tmp_path_factory):
-    """A small tokenizer trained 150 steps (the shared loop) on 8 real (context, 24 steps
+    """A small tokenizer trained 300 steps (the shared loop) on 8 real (context, 24 steps
     later) pairs."""
     torch.manual_seed(0)
     ctx, fut = real_frames[:8], real_frames[8:]
@@ -55,7 +55,7 @@ def overfit(real_frames, tmp_path_factory):
     with torch.no_grad():
         before = model(ctx, fut)
     model = train(model, lambda start: itertools.repeat((ctx, fut)), lambda m, b: (m(*b)["loss"], {}),
-                  steps=150, lr=3e-3, warmup=10, out_dir=tmp_path_factory.mktemp("overfit"),
+                  steps=300, lr=3e-3, warmup=10, out_dir=tmp_path_factory.mktemp("overfit"),
                   kind="tokenizer", config={}, ckpt_every=10**6, log_every=50, progress=False)
     with torch.no_grad():
         after = model(ctx, fut)
@@ -115,7 +115,11 @@ def test_context_conditions_the_dynamics_branch(overfit):
         ctx = model.encode_context(ctx_frames)
         other = ctx.roll(1, dims=0)
         dyn = model.encode_dynamics(frames, ctx)
-        assert not torch.equal(model.encode_dynamics(frames, other), dyn)
+        # the dynamics encoder reads the context (before quantization: a small overfit
+        # model may spend few dynamics codes, so the tokens themselves can coincide)
+        x = frames * 2 - 1
+        latents = [model._dyn_encode(x, *model._context_features(model._tokens(c, "ctx"))) for c in (ctx, other)]
+        assert (latents[0] - latents[1]).abs().mean() > 1e-4
         delta = model.decode(dyn, ctx) - model.decode_context(ctx)
         delta_other = model.decode(dyn, other) - model.decode_context(other)
         assert (delta - delta_other).abs().mean() > 1e-3
