@@ -35,6 +35,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from envs import RENDER_VERSION
+
 FORMAT_VERSION = 1
 _IMAGE_KEYS = ("image", "segmentation")
 
@@ -96,8 +98,6 @@ class RolloutWriter:
     def __init__(self, path: str | os.PathLike, env_args: dict):
         self.f = h5py.File(path, "w")
         self.data = self.f.create_group("data")
-        from envs import RENDER_VERSION
-
         self.data.attrs["env_args"] = json.dumps({"render_version": RENDER_VERSION, **env_args})
         self.data.attrs["format_version"] = FORMAT_VERSION
         self.n, self.total = 0, 0
@@ -147,9 +147,7 @@ def open_rollouts(path: str | os.PathLike) -> h5py.File:
 
 def _check_render_version(path: Path, f: h5py.File) -> None:
     """Warn when our own file's frames were rendered unlike this env renders them now."""
-    from envs import RENDER_VERSION
-
-    args = json.loads(f["data"].attrs.get("env_args", "{}"))
+    args = _env_args(f)
     if not str(args.get("env_id", "")).startswith("roboalign/"):
         return  # not ours (e.g. robomimic)
     version = int(args.get("render_version", 1))
@@ -179,9 +177,13 @@ def read_episode(path: str | os.PathLike, index: int) -> dict:
         return out
 
 
+def _env_args(f: h5py.File) -> dict:
+    return json.loads(f["data"].attrs.get("env_args", "{}"))
+
+
 def env_args(path: str | os.PathLike) -> dict:
     with open_rollouts(path) as f:
-        return json.loads(f["data"].attrs.get("env_args", "{}"))
+        return _env_args(f)
 
 
 def frames_and_actions(g: h5py.Group, image_key: str = "image") -> tuple[np.ndarray, np.ndarray]:
