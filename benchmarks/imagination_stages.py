@@ -58,18 +58,21 @@ def reconstruct(tokenizer, clips: list[dict], batch: int = 16) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", default="artifacts/closed_loop/lift/run.json", help="a main-job run.json naming the stages")
-    ap.add_argument("--worldmodel", default=None, help="default: the run's aligned stage")
+    ap.add_argument("--worldmodel", default=None,
+                    help="default: the run's aligned stage; 'none': tokenizers (--tokenizer) only")
     ap.add_argument("--teacher", default=None, help="default: the run's bench stage teacher.json")
     ap.add_argument("--rollouts", nargs="*", default=None, help="default: the run's val collect stage")
     ap.add_argument("--episodes", type=int, default=16)
     ap.add_argument("--windows", type=int, default=4)
-    ap.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 0.3])
+    ap.add_argument("--temperatures", type=float, nargs="*", default=[1.0, 0.3])
     ap.add_argument("--tokenizer", action="append", default=[],
                     help="another tokenizer checkpoint whose reconstructions to read too (repeatable)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-write", action="store_true", help="print only; do not touch BENCHMARKS.md")
     ap.add_argument("--notes", default="", help="free text appended under the tables")
+    ap.add_argument("--title", default="Imagination: where the lift gets lost (Lift, held-out clips)",
+                    help="BENCHMARKS.md section to (re)write")
     args = ap.parse_args()
     setup_torch(args.threads)
 
@@ -79,10 +82,12 @@ def main() -> None:
 
     run = json.loads(resolve(args.run).read_text()) if resolve(args.run).exists() else {"stages": {}}
     st = run["stages"]
-    wm_path = resolve(args.worldmodel or Path(st["aligned"]) / "worldmodel.pt")
+    wm_path = None if args.worldmodel == "none" else resolve(args.worldmodel or Path(st["aligned"]) / "worldmodel.pt")
+    if wm_path is None and (args.temperatures or not args.tokenizer):
+        raise SystemExit("--worldmodel none reads tokenizers only: pass --tokenizer PATH and --temperatures (empty)")
     teacher_path = resolve(args.teacher or Path(st["bench"]) / "teacher.json")
     rollouts = args.rollouts or sorted(str(p) for d in st["collect"] for p in Path(d).glob("*_val_*.hdf5"))
-    wm, teacher = WorldModel.from_checkpoint(wm_path), Teacher.load(teacher_path)
+    wm, teacher = (WorldModel.from_checkpoint(wm_path) if wm_path else None), Teacher.load(teacher_path)
     rng = np.random.default_rng(args.seed)
     real = []
     for ep in load_source_episodes(rollouts, args.episodes):
@@ -90,7 +95,7 @@ def main() -> None:
             clip = make_clip(ep, s)
             prime(teacher, clip)
             real.append(clip)
-    versions = {"real": real, "tokenizer": reconstruct(wm.tokenizer, real)}
+    versions = {"real": real, **({"tokenizer": reconstruct(wm.tokenizer, real)} if wm else {})}
     for path in args.tokenizer:
         from worldmodel.tokenizer import DualFSQTokenizer
 
@@ -108,7 +113,7 @@ def main() -> None:
     conf = ["| version | true stage | " + " | ".join(f"read {s}" for s in STAGES) + " |", "|---|---|---|---|---|---|"]
     for name, m in mats.items():
         conf += [f"| {name} | {k} {STAGES[k]} | " + " | ".join(str(v) for v in m[k]) + " |" for k in range(4)]
-    body = "\n".join([f"World model `{wm_path.parent.name}`, teacher `{teacher_path.parent.name}`; {len(real)} "
+    body = "\n".join([f"World model `{wm_path.parent.name if wm_path else 'none'}`, teacher `{teacher_path.parent.name}`; {len(real)} "
                       f"held-out clips (8 model steps = 16 control steps) from {args.episodes} episodes of "
                       f"{', '.join(Path(r).name for r in rollouts)}, {args.windows} windows each.", "",
                       *rows, "", "Confusion ([true stage][stage the teacher reads in the clip]):", "", *conf,
@@ -118,7 +123,7 @@ def main() -> None:
         argv = sys.argv[1:]
         if "--notes" in argv:   # the command line, without the notes' text
             argv = argv[:argv.index("--notes")] + ["--notes", "..."] + argv[argv.index("--notes") + 2:]
-        write_section("Imagination: where the lift gets lost (Lift, held-out clips)", body,
+        write_section(args.title, body,
                       command="python benchmarks/imagination_stages.py " + " ".join(argv))
 
 

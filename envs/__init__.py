@@ -21,8 +21,9 @@ from envs.tasks import TASKS  # noqa: E402
 #: record it, so frames rendered differently are never mixed up or reused.
 #: 1: MuJoCo's default geom groups (the robot's green/blue collision geoms drawn over it);
 #: 2: robosuite's convention -- collision geoms (group 0) hidden, visual geoms only --
-#:    with the gripper painted blue and the arm's small red/green parts grey.
-RENDER_VERSION = 2
+#:    with the gripper painted blue and the arm's small red/green parts grey;
+#: 3: as 2, with 4x MSAA on the RGB frames (anti-aliased edges).
+RENDER_VERSION = 3
 
 ENV_IDS: dict[str, str] = {f"roboalign/{name}-v0": name for name in TASKS}
 

@@ -262,6 +262,13 @@ def test_segmentation_labels_match_image_colours(pick_env):
         assert green[1] > green[0] + 20, (swap, green)
 
 
+def _dilate(mask: np.ndarray) -> np.ndarray:
+    """``mask`` grown by one pixel (3x3)."""
+    p = np.pad(mask, 1)
+    h, w = mask.shape
+    return np.any([p[i:i + h, j:j + w] for i in range(3) for j in range(3)], axis=0)
+
+
 def test_only_the_cubes_are_red_or_green_and_the_gripper_is_blue(make_env):
     """Collision geoms are not drawn (they painted the arm green) and the gripper has
     its own colour, so a colour-keyed learner cannot mistake the robot for a cube."""
@@ -276,12 +283,44 @@ def test_only_the_cubes_are_red_or_green_and_the_gripper_is_blue(make_env):
             img, seg = obs["image"].astype(int), info["segmentation"]
             r, g, b = img[..., 0], img[..., 1], img[..., 2]
             cubes = (seg == LABELS["red_cube"]) | (seg == LABELS["green_cube"])
+            cubes = _dilate(cubes)  # anti-aliased edge pixels are part cube
             vivid = ((r > g + 30) & (r > b + 30)) | ((g > r + 30) & (g > b + 30))
             assert (vivid & ~cubes).sum() <= 2, (env_id, t, int((vivid & ~cubes).sum()))
         hand = img[seg == LABELS["gripper"]]
         assert len(hand) > 20
         assert np.argmax(hand.mean(0)) == int(np.argmax(GRIPPER_RGBA[:3])), hand.mean(0)
         assert env.unwrapped._scene_option.geomgroup[0] == 0
+
+
+def test_rgb_frames_are_antialiased_and_segmentation_stays_exact(make_env):
+    """RGB frames have MSAA (edges area-averaged, like a camera's pixels); the
+    segmentation render has none, so every label is a real one."""
+    import mujoco
+
+    from envs.robosuite_env import CAMERA_NAME, RGB_SAMPLES
+
+    env = make_env("roboalign/Lift-v0")
+    obs, info = env.reset(seed=3)
+    for _ in range(6):
+        obs, _, _, _, info = env.step(np.array([0.3, 0.0, -0.5, 0.0], np.float32))
+    u = env.unwrapped
+    m = u.sim.model._model
+    # Reference: the pixel-area average of a 4x finer render.
+    ref = u._render(256).astype(float).reshape(64, 4, 64, 4, 3).mean((1, 3))
+    saved = m.vis.quality.offsamples
+    m.vis.quality.offsamples = 0
+    r = mujoco.Renderer(m, 64, 64)
+    try:
+        r.update_scene(u.sim.data._data, camera=CAMERA_NAME, scene_option=u._scene_option)
+        aliased = r.render().astype(float)
+    finally:
+        r.close()
+        m.vis.quality.offsamples = saved
+    frame = obs["image"].astype(float)
+    assert RGB_SAMPLES > 1
+    err, err_aliased = np.abs(frame - ref).mean(), np.abs(aliased - ref).mean()
+    assert err < 0.7 * err_aliased, (err, err_aliased)
+    assert set(np.unique(info["segmentation"]).tolist()) <= set(LABELS.values())
 
 
 # ----------------------------------------------------------------------------- errors
