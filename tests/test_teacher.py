@@ -76,6 +76,34 @@ def test_perception_save_load(data, tmp_path):
     assert np.array_equal(q.classify(f)[0], data["perception"].classify(f)[0])
 
 
+def test_perception_records_its_render_version_and_a_stale_default_is_refitted(data, tmp_path, monkeypatch):
+    """A perception knows which render version's colours it was fitted on; the default
+    one is refitted when the env renders another version."""
+    import warnings
+
+    import envs
+    from worldmodel.judge import perception as perception_mod
+
+    p = data["perception"]
+    assert p.render_version == envs.RENDER_VERSION
+    p.save(tmp_path / "p.npz")
+    assert Perception.load(tmp_path / "p.npz").render_version == envs.RENDER_VERSION
+    old = Perception(p.table, p.bins, render_version=envs.RENDER_VERSION - 1)
+    old.save(tmp_path / "default.npz")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the current version is used silently
+        assert perception_mod.default_perception(tmp_path / "p.npz").render_version == envs.RENDER_VERSION
+    with pytest.warns(UserWarning, match="no train rollouts"):
+        kept = perception_mod.default_perception(tmp_path / "default.npz", rollout_paths=[])
+    assert kept.render_version == envs.RENDER_VERSION - 1
+    ep = data["test"]["lift"]  # stands in for the train rollouts' frames and masks
+    monkeypatch.setattr(perception_mod, "load_frames_and_seg", lambda paths, **kw: (ep["frames"], ep["seg"]))
+    with pytest.warns(UserWarning, match="refitting"):
+        new = perception_mod.default_perception(tmp_path / "default.npz", rollout_paths=[tmp_path / "r.hdf5"])
+    assert new.render_version == envs.RENDER_VERSION
+    assert Perception.load(tmp_path / "default.npz").render_version == envs.RENDER_VERSION
+
+
 def test_real_success_clip_scores_full(data):
     for name in ("lift", "pick"):
         out = _score(data["teacher"], _final_clip(data["test"][name]))

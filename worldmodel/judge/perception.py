@@ -25,11 +25,13 @@ train rollouts (:func:`default_perception`).
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
+from envs import RENDER_VERSION
 from envs.rollouts import atomic_path, demo_keys, open_rollouts
 
 N_CLASSES = 4
@@ -40,12 +42,16 @@ DEFAULT_PATH = Path(__file__).resolve().parents[2] / "artifacts" / "judge" / "de
 class Perception:
     """Colour lookup-table classifier plus blob read-out."""
 
-    def __init__(self, table: np.ndarray, bins: int, min_area: float = 12.0, min_blob: int = 3):
+    def __init__(self, table: np.ndarray, bins: int, min_area: float = 12.0, min_blob: int = 3,
+                 render_version: int | None = RENDER_VERSION):
+        """``render_version``: :data:`envs.RENDER_VERSION` of the frames it was fitted on
+        (None: unknown -- a file saved before it was recorded, version <= 2)."""
         table = np.asarray(table, np.float32)
         if table.shape != (bins, bins, bins, N_CLASSES):
             raise ValueError(f"table must be ({bins},)*3 + ({N_CLASSES},), got {table.shape}")
         self.table, self.bins = table, int(bins)
         self.min_area, self.min_blob = float(min_area), int(min_blob)
+        self.render_version = None if render_version is None else int(render_version)
         self._label = table.argmax(-1).astype(np.uint8)
         self._post = table.max(-1)
 
@@ -77,12 +83,15 @@ class Perception:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez_compressed(fh, table=self.table.astype(np.float16), bins=self.bins,
-                                    min_area=self.min_area, min_blob=self.min_blob)
+                                    min_area=self.min_area, min_blob=self.min_blob,
+                                    render_version=-1 if self.render_version is None else self.render_version)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Perception":
         with np.load(path) as z:
-            return cls(z["table"].astype(np.float32), int(z["bins"]), float(z["min_area"]), int(z["min_blob"]))
+            version = int(z["render_version"]) if "render_version" in z.files else -1
+            return cls(z["table"].astype(np.float32), int(z["bins"]), float(z["min_area"]), int(z["min_blob"]),
+                       render_version=None if version < 0 else version)
 
     # ------------------------------------------------------------------ inference
     def classify(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -165,12 +174,24 @@ def pixel_accuracy(p: Perception, frames: np.ndarray, seg: np.ndarray) -> dict:
 def default_perception(path: str | os.PathLike | None = None, rollout_paths=None,
                        max_episodes: int = 40, every: int = 2) -> Perception:
     """Load the fitted perception at ``path``; fit it on ``rollout_paths`` (default: the
-    train rollouts under ``artifacts/rollouts``) and save it there if it is missing."""
+    train rollouts under ``artifacts/rollouts``) and save it there if it is missing or was
+    fitted on frames of another render version (colours differ between versions)."""
     path = Path(path or DEFAULT_PATH)
+    stale = None
     if path.exists():
-        return Perception.load(path)
+        stale = Perception.load(path)
+        if stale.render_version == RENDER_VERSION:
+            return stale
     if rollout_paths is None:
         rollout_paths = sorted((Path(__file__).resolve().parents[2] / "artifacts" / "rollouts").glob("*_train_*.hdf5"))
+    if stale is not None:
+        msg = (f"{path} was fitted on frames of render version {stale.render_version or '<= 2'}, the env "
+               f"renders version {RENDER_VERSION} (envs.RENDER_VERSION)")
+        if not rollout_paths:
+            warnings.warn(msg + "; no train rollouts to refit it on, so it is used as it is -- collect with "
+                          "`python experiments/collect.py env=lift agent=noisy split=train`", stacklevel=2)
+            return stale
+        warnings.warn(msg + "; refitting it", stacklevel=2)
     if not rollout_paths:
         raise FileNotFoundError(f"no perception at {path} and no train rollouts to fit one on; "
                                 "collect with `python experiments/collect.py env=lift agent=noisy split=train`")
