@@ -36,6 +36,7 @@ from envs.rollouts import atomic_path, demo_keys, open_rollouts
 
 N_CLASSES = 4
 CLASS_NAMES = ("background", "red", "green", "gripper")
+_COLLECT = "collect with `python experiments/collect.py env=lift agent=noisy split=train`"
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "artifacts" / "judge" / "default" / "perception.npz"
 
 
@@ -188,13 +189,12 @@ def default_perception(path: str | os.PathLike | None = None, rollout_paths=None
         msg = (f"{path} was fitted on frames of render version {stale.render_version or '<= 2'}, the env "
                f"renders version {RENDER_VERSION} (envs.RENDER_VERSION)")
         if not rollout_paths:
-            warnings.warn(msg + "; no train rollouts to refit it on, so it is used as it is -- collect with "
-                          "`python experiments/collect.py env=lift agent=noisy split=train`", stacklevel=2)
+            warnings.warn(f"{msg}; no train rollouts to refit it on, so it is used as it is -- {_COLLECT}",
+                          stacklevel=2)
             return stale
         warnings.warn(msg + "; refitting it", stacklevel=2)
     if not rollout_paths:
-        raise FileNotFoundError(f"no perception at {path} and no train rollouts to fit one on; "
-                                "collect with `python experiments/collect.py env=lift agent=noisy split=train`")
+        raise FileNotFoundError(f"no perception at {path} and no train rollouts to fit one on; {_COLLECT}")
     frames, seg = load_frames_and_seg(rollout_paths, max_episodes=max_episodes, every=every)
     p = Perception.fit(frames, seg)
     p.save(path)
