@@ -1,0 +1,295 @@
+"""Plan ranking: does the planning objective order the action prior's candidates as the true simulator does?
+
+    python benchmarks/plan_ranking.py                       # the main job's models (run.json), Lift val seeds
+    python benchmarks/plan_ranking.py --cache PATH          # re-score a saved cache (no simulation)
+
+The MPC picks one of the prior's candidate plans by the objective of its imagined clip
+(world model + student, ``agent.mpc.plan_objective``). 'Closed loop diagnosis' found that
+even the TRUE clips scored by the student (oracle-S) pick no better than chance. This
+measures that choice directly, on many more decisions than a closed-loop run has:
+
+1. states: the prior agent (``agent.prior.PriorAgent``, one sample, 8 steps per chunk) runs
+   episodes on VALIDATION seeds; every ``--every`` control steps its simulator state and
+   observation are kept;
+2. per state, ``--samples`` prior candidates (the MPC's first-iteration proposals), each
+   - *value*: oracle-P's privileged shaped return of the candidate in the true simulator
+     (``agent.oracle.OracleP``; the objective with which the same planner solves Lift),
+   - *true clip*: the candidate's real future rendered at 64 px (``OracleS.render_clip``),
+     scored by the student and by the privileged teacher,
+   - *imagined clip*: the world model's rollout of it (``WorldModelMPC.imagine``, SWR),
+     scored by the student;
+3. per view and per objective term: the within-state pairwise accuracy against the value
+   (pairs whose values differ by more than ``--tol``; 0.5 = chance), the mean Spearman, and
+   the pick regret ``(v_best - v_pick) / (v_best - v_mean)`` averaged over states
+   (0 = always the best candidate, 1 = a random pick on average).
+
+A linear re-weighting of the 8 objective terms (6 dimensions + 2 shaping outputs) is fitted
+on half of the states (least squares on within-state centred values) and evaluated on the
+other half: the ceiling of any objective-weight change for that view.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.report import write_section  # noqa: E402
+from experiments.common import resolve, setup_torch  # noqa: E402
+
+TERMS = ("IF", "MS", "AOC", "TC", "CR", "PA", "target_rise", "-grip_dist")
+VIEWS = ("teacher_true", "student_true", "teacher_imagined", "student_imagined")
+
+
+def features(out: dict, teacher: bool = False) -> np.ndarray:
+    """The 8 objective terms ``(N, 8)`` from a score output (dims normalized to [0, 1];
+    ``grip_dist`` negated so that larger is better for every term)."""
+    if teacher:
+        from worldmodel.judge import MAX_SCORES
+
+        dims = np.asarray(out["scores"], np.float64) / np.asarray(MAX_SCORES, np.float64)
+    else:
+        dims = np.asarray(out["dims"], np.float64)
+    sh = np.asarray(out["shaping"], np.float64)
+    return np.concatenate([dims, sh[:, :1], -sh[:, 1:2]], 1)
+
+
+def objective_weights(weights: dict) -> np.ndarray:
+    """``agent.mpc`` objective weights as a vector over :data:`TERMS`."""
+    return np.array([weights[k] for k in ("IF", "MS", "AOC", "TC", "CR", "PA", "target_rise", "grip_dist")], float)
+
+
+# ----------------------------------------------------------------------------- metrics
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(spearmanr(a, b).statistic)
+
+
+def ranking_metrics(values: np.ndarray, scores: np.ndarray, tol: float) -> dict:
+    """``values``, ``scores``: ``(S, N)`` per state and candidate. Pairwise accuracy over
+    pairs with ``|dv| > tol`` (score ties count half), mean Spearman over states whose
+    values vary, mean pick regret over states whose values vary by more than ``tol``."""
+    right = total = 0.0
+    rho, regret = [], []
+    for v, s in zip(values, scores):
+        dv, ds = v[:, None] - v[None, :], s[:, None] - s[None, :]
+        mask = np.triu(np.abs(dv) > tol, 1)
+        total += mask.sum()
+        right += ((np.sign(dv) == np.sign(ds)) & (ds != 0))[mask].sum() + 0.5 * (ds == 0)[mask].sum()
+        if np.ptp(v) > tol:
+            r = _spearman(v, s)
+            if not np.isnan(r):
+                rho.append(r)
+            best = s == s.max()       # ties at the top: the expected value of a random pick among them
+            regret.append((v.max() - v[best].mean()) / (v.max() - v.mean()))
+    return {"pairs": int(total), "pair_acc": right / max(total, 1), "spearman": float(np.mean(rho)) if rho else float("nan"),
+            "regret": float(np.mean(regret)) if regret else float("nan"), "states": len(regret)}
+
+
+def fit_weights(values: np.ndarray, feats: np.ndarray) -> np.ndarray:
+    """Least-squares weights ``(F,)`` of within-state centred features ``(S, N, F)`` on
+    centred values ``(S, N)`` (a ranking only needs the differences within a state)."""
+    x = (feats - feats.mean(1, keepdims=True)).reshape(-1, feats.shape[-1])
+    y = (values - values.mean(1, keepdims=True)).reshape(-1)
+    return np.linalg.lstsq(x, y, rcond=None)[0]
+
+
+# ----------------------------------------------------------------------------- data
+def collect_states(env_id: str, prior_path: str, episodes: int, every: int, seed_start: int) -> list[dict]:
+    """(sim state, observation) every ``every`` control steps of prior-agent episodes on val seeds."""
+    import gymnasium as gym
+
+    import envs  # noqa: F401  (registers roboalign/*)
+    from agent.prior import PriorAgent
+    from envs.splits import split_seeds
+
+    env, agent, states = gym.make(env_id), PriorAgent(prior_path, execute=8), []
+    try:
+        for seed in split_seeds("val", episodes, seed_start):
+            agent.reset(seed=seed)
+            obs, info = env.reset(seed=seed)
+            for t in range(env.spec.max_episode_steps or 10**6):
+                if t % every == 0:
+                    states.append({"seed": seed, "t": t, "state": env.unwrapped.get_sim_state(),
+                                   "image": obs["image"].copy(), "proprio": obs["proprio"].copy(),
+                                   "instruction": int(obs["instruction"])})
+                obs, _, terminated, truncated, info = env.step(agent.act(obs))
+                if terminated or truncated:
+                    break
+    finally:
+        env.close()
+    return states
+
+
+def measure(run: dict, env_id: str, args) -> dict:
+    """Simulate, render, imagine and score every candidate; returns the cache arrays."""
+    import gymnasium as gym
+    import torch
+    from tqdm import tqdm
+
+    from agent.mpc import WorldModelMPC
+    from agent.oracle import OracleP, OracleS
+    from worldmodel.judge.teacher import Teacher
+
+    st = run["stages"]
+    prior_path = str(resolve(Path(st["prior"]) / "prior.pt"))
+    from omegaconf import OmegaConf
+
+    conf = Path(__file__).resolve().parents[1] / "experiments" / "conf" / "planner" / f"{args.planner}.yaml"
+    planner = {**OmegaConf.to_container(OmegaConf.load(conf)), "samples": args.samples}
+    t0 = time.perf_counter()
+    states = collect_states(env_id, prior_path, args.episodes, args.every, args.seed_start)
+    print(f"{len(states)} states from {args.episodes} prior episodes ({time.perf_counter() - t0:.0f} s)")
+    mpc = WorldModelMPC(str(resolve(Path(st["aligned"]) / "worldmodel.pt")),
+                        str(resolve(Path(st["student"]) / "student.pt")), planner=planner, prior=prior_path)
+    mpc.reset(seed=args.seed)
+    oracle_p, oracle_s = OracleP(planner=planner), OracleS(mpc.reward, planner=planner)
+    teacher = Teacher.load(resolve(Path(st["bench"]) / "teacher.json"))
+    env = gym.make(env_id)
+    oracle_p.attach_privileged_env(env)
+    oracle_s.attach_privileged_env(env)
+    gen = torch.Generator().manual_seed(args.seed)
+    cache = {k: [] for k in ("value", *VIEWS, "seed", "t", "instruction")}
+    secs = {"simulate": 0.0, "render": 0.0, "imagine": 0.0, "student": 0.0, "teacher": 0.0}
+    try:
+        for s in tqdm(states, desc="states"):
+            instr = s["instruction"]
+            with torch.no_grad():
+                cands = np.clip(mpc.prior.sample(s["image"], s["proprio"], instr, args.samples, gen), -1.0, 1.0)
+            ta = time.perf_counter()
+            value = oracle_p.score_candidates(s["state"], cands)[0]
+            tb = time.perf_counter()
+            true = np.stack([oracle_s.render_clip(s["state"], c) for c in cands])
+            tc = time.perf_counter()
+            with torch.no_grad():
+                imagined = (mpc.imagine(s["image"], cands).permute(0, 1, 3, 4, 2) * 255).round().byte().numpy()
+            td = time.perf_counter()
+            ids = torch.full((len(cands),), instr, dtype=torch.long)
+            with torch.no_grad():
+                f_true = features({k: v.numpy() for k, v in mpc.reward.score(true, ids).items()})
+                f_imag = features({k: v.numpy() for k, v in mpc.reward.score(imagined, ids).items()})
+            te = time.perf_counter()
+            clips = [{"frames": c, "instruction": instr, "start_state": s["state"], "actions": a.astype(np.float32),
+                      "stride": planner.get("repeat", 2), "env_id": env_id} for c, a in zip(true, cands)]
+            f_teacher = features(teacher.score_clips(clips), teacher=True)
+            for clip, frames in zip(clips, imagined):   # same start and actions: the replay is cached
+                clip["frames"] = frames
+            f_teacher_imag = features(teacher.score_clips(clips), teacher=True)
+            tf = time.perf_counter()
+            for k, v in zip(secs, (tb - ta, tc - tb, td - tc, te - td, tf - te)):
+                secs[k] += v
+            for k, v in (("value", value), ("teacher_true", f_teacher), ("student_true", f_true),
+                         ("teacher_imagined", f_teacher_imag),
+                         ("student_imagined", f_imag), ("seed", s["seed"]), ("t", s["t"]), ("instruction", instr)):
+                cache[k].append(v)
+    finally:
+        env.close()
+        oracle_p.close()
+        oracle_s.close()
+    out = {k: np.asarray(v) for k, v in cache.items()}
+    out["seconds"] = np.array([secs[k] for k in secs])
+    out["weights"] = objective_weights(mpc.weights)
+    return out
+
+
+# ----------------------------------------------------------------------------- report
+def report(c: dict, tol: float, seed: int) -> str:
+    values, w = c["value"], c["weights"]
+    n_states, n_cands = values.shape
+    rng = np.random.default_rng(seed)
+    rows = ["| view | objective | pairs | pairwise accuracy | mean Spearman | pick regret |", "|---|---|---|---|---|---|"]
+
+    def row(view, name, scores):
+        m = ranking_metrics(values, scores, tol)
+        rows.append(f"| {view} | {name} | {m['pairs']} | {m['pair_acc']:.3f} | {m['spearman']:.3f} | {m['regret']:.2f} |")
+        return m
+
+    row("-", "random pick", rng.random(values.shape))
+    fitted = {}
+    order = rng.permutation(n_states)
+    half_a, half_b = order[: n_states // 2], order[n_states // 2:]
+    for view in VIEWS:
+        f = c[view]
+        row(view, "MPC objective (default weights)", f @ w)
+        for i, term in enumerate(TERMS):
+            if np.ptp(f[..., i]) > 0:
+                row(view, term, f[..., i])
+        # fit on one half, score the other, both ways: every state is scored by weights it was not fitted on
+        scores = np.zeros_like(values)
+        for fit, test in ((half_a, half_b), (half_b, half_a)):
+            wf = fit_weights(values[fit], f[fit])
+            scores[test] = f[test] @ wf
+        fitted[view] = fit_weights(values, f)
+        row(view, "refitted weights (2-fold over states)", scores)
+    wrows = ["| view | " + " | ".join(TERMS) + " |", "|---|" + "---|" * len(TERMS)]
+    for view, wf in fitted.items():
+        wrows.append(f"| {view} | " + " | ".join(f"{x:+.2f}" for x in wf) + " |")
+    # the judge issue's metric on the planner's own candidates: does the student order a
+    # start's clips as the teacher does (the teacher's total as the reference, its ties left out)?
+    from worldmodel.judge import MAX_SCORES
+
+    total = np.asarray(MAX_SCORES)     # normalized dims -> the teacher's units
+    trows = ["| clips | student vs teacher: pairs | pairwise accuracy | mean Spearman |", "|---|---|---|---|"]
+    for kind in ("true", "imagined"):
+        m = ranking_metrics(c[f"teacher_{kind}"][..., :6] @ total, c[f"student_{kind}"][..., :6] @ total, 1e-6)
+        trows.append(f"| {kind} | {m['pairs']} | {m['pair_acc']:.3f} | {m['spearman']:.3f} |")
+    secs = c.get("seconds")
+    timing = ("" if secs is None else "Time (s, all states): " + ", ".join(
+        f"{k} {v:.0f}" for k, v in zip(("simulate", "render", "imagine", "student", "teacher"), secs)) + ".")
+    spread = np.ptp(values, 1)
+    return (f"{n_states} states x {n_cands} prior candidates (16 control steps each); value = oracle-P's shaped "
+            f"return; pairs with |value difference| > {tol:g}. States whose candidates' values spread by more "
+            f"than {tol:g}: {int((spread > tol).sum())} of {n_states} (median spread {np.median(spread):.2f}).\n\n"
+            + "\n".join(rows) + "\n\nThe student against the teacher on the same candidates (totals in the "
+            "teacher's units; teacher ties left out):\n\n" + "\n".join(trows) + "\n\nRefitted weights on all states (least squares on within-state centred values; "
+            "the terms as in the objective, grip_dist negated):\n\n" + "\n".join(wrows) + "\n\n" + timing)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", default="artifacts/closed_loop/lift/run.json", help="a main-job run.json naming the stages")
+    ap.add_argument("--env", default="roboalign/Lift-v0")
+    ap.add_argument("--episodes", type=int, default=12, help="prior-agent episodes on val seeds")
+    ap.add_argument("--every", type=int, default=8, help="keep a state every N control steps")
+    ap.add_argument("--samples", type=int, default=16, help="prior candidates per state")
+    ap.add_argument("--planner", default="cem", help="experiments/conf/planner/<name>.yaml (horizon, repeat)")
+    ap.add_argument("--seed-start", type=int, default=0, help="offset into the val seeds")
+    ap.add_argument("--tol", type=float, default=0.5, help="value differences at or below this are ties")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--cache", default=None, help="npz of an earlier run: re-score only")
+    ap.add_argument("--out", default="artifacts/benchmarks/plan_ranking.npz")
+    ap.add_argument("--title", default="Plan ranking: the objective vs the true simulator (Lift, prior candidates)")
+    ap.add_argument("--notes", default="")
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    setup_torch(args.threads)
+    if args.cache:
+        c = dict(np.load(resolve(args.cache)))
+    else:
+        run_path = resolve(args.run)
+        if not run_path.exists():
+            raise SystemExit(f"{run_path} not found: run `python experiments/closed_loop.py` first (it names the models)")
+        c = measure(json.loads(run_path.read_text()), args.env, args)
+        out = resolve(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.stem + ".tmp.npz")
+        np.savez_compressed(tmp, **c)
+        tmp.replace(out)
+        print(f"cache: {out}")
+    body = report(c, args.tol, args.seed) + ("\n\n" + args.notes if args.notes else "")
+    print(body)
+    if not args.no_write:
+        write_section(args.title, body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""The plan-ranking metrics (benchmarks/plan_ranking.py) separate good from bad rankers."""
+import numpy as np
+
+from benchmarks.plan_ranking import fit_weights, ranking_metrics
+
+
+def test_ranking_metrics_perfect_reversed_and_constant_scores():
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(20, 8)) * 3
+    best = ranking_metrics(values, values * 2 + 1, tol=0.1)       # any increasing map of the value
+    assert best["pair_acc"] == 1.0 and best["regret"] == 0.0 and best["spearman"] > 0.999
+    worst = ranking_metrics(values, -values, tol=0.1)
+    assert worst["pair_acc"] == 0.0 and worst["spearman"] < -0.999
+    assert np.isclose(worst["regret"], np.mean((values.max(1) - values.min(1)) / (values.max(1) - values.mean(1))))
+    flat = ranking_metrics(values, np.zeros_like(values), tol=0.1)   # a tie everywhere = a random pick
+    assert flat["pair_acc"] == 0.5 and np.isclose(flat["regret"], 1.0)
+    assert best["pairs"] == worst["pairs"] > 0
+
+
+def test_ranking_metrics_leave_out_value_ties():
+    values = np.array([[1.0, 1.0, 1.0, 5.0]])
+    m = ranking_metrics(values, np.array([[3.0, 2.0, 1.0, 4.0]]), tol=0.5)
+    assert m["pairs"] == 3 and m["pair_acc"] == 1.0 and m["regret"] == 0.0
+
+
+def test_fit_weights_recovers_a_within_state_linear_value():
+    rng = np.random.default_rng(1)
+    feats = rng.normal(size=(30, 16, 3))
+    values = feats @ np.array([2.0, 0.0, -1.0]) + rng.normal(size=(30, 1)) * 10   # a per-state offset is irrelevant
+    assert np.allclose(fit_weights(values, feats), [2.0, 0.0, -1.0], atol=1e-6)
