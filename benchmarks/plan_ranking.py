@@ -157,7 +157,7 @@ def measure(run: dict, env_id: str, args) -> dict:
     oracle_p.attach_privileged_env(env)
     oracle_s.attach_privileged_env(env)
     gen = torch.Generator().manual_seed(args.seed)
-    cache = {k: [] for k in ("value", *VIEWS, "seed", "t", "instruction")}
+    cache = {k: [] for k in ("value", *VIEWS, "seed", "t", "instruction", "clips_true", "clips_imagined")}
     secs = {"simulate": 0.0, "render": 0.0, "imagine": 0.0, "student": 0.0, "teacher": 0.0}
     try:
         for s in tqdm(states, desc="states"):
@@ -188,7 +188,8 @@ def measure(run: dict, env_id: str, args) -> dict:
                 secs[k] += v
             for k, v in (("value", value), ("teacher_true", f_teacher), ("student_true", f_true),
                          ("teacher_imagined", f_teacher_imag),
-                         ("student_imagined", f_imag), ("seed", s["seed"]), ("t", s["t"]), ("instruction", instr)):
+                         ("student_imagined", f_imag), ("seed", s["seed"]), ("t", s["t"]), ("instruction", instr),
+                         ("clips_true", true), ("clips_imagined", imagined)):
                 cache[k].append(v)
     finally:
         env.close()
@@ -198,6 +199,24 @@ def measure(run: dict, env_id: str, args) -> dict:
     out["seconds"] = np.array([secs[k] for k in secs])
     out["weights"] = objective_weights(mpc.weights)
     return out
+
+
+def rescore(c: dict, student: str) -> None:
+    """Replace the student views of a cache by another student's scores of the cached clips."""
+    import torch
+
+    from worldmodel.judge.student import StudentReward
+
+    if "clips_true" not in c:
+        raise SystemExit("this cache holds no clips (made before clips were saved): re-run without --cache")
+    reward = StudentReward.from_checkpoint(resolve(student))
+    for kind in ("true", "imagined"):
+        clips = c[f"clips_{kind}"]
+        n_s, n_c = clips.shape[:2]
+        ids = torch.as_tensor(np.repeat(c["instruction"], n_c), dtype=torch.long)
+        with torch.no_grad():
+            out = reward.score(clips.reshape(n_s * n_c, *clips.shape[2:]), ids)
+        c[f"student_{kind}"] = features({k: v.numpy() for k, v in out.items()}).reshape(n_s, n_c, -1)
 
 
 # ----------------------------------------------------------------------------- report
@@ -232,6 +251,13 @@ def report(c: dict, tol: float, seed: int) -> str:
     wrows = ["| view | " + " | ".join(TERMS) + " |", "|---|" + "---|" * len(TERMS)]
     for view, wf in fitted.items():
         wrows.append(f"| {view} | " + " | ".join(f"{x:+.2f}" for x in wf) + " |")
+    # by phase: the first 16 control steps (the approach) vs the rest (grasp and lift)
+    early = c["t"] < 16
+    prow = ["| view | objective | t < 16: pairwise acc. | regret | t >= 16: pairwise acc. | regret |", "|---|---|---|---|---|---|"]
+    for view in VIEWS:
+        for name, sc in (("MPC objective", c[view] @ w), ("IF", c[view][..., 0]), ("-grip_dist", c[view][..., 7])):
+            a, b = ranking_metrics(values[early], sc[early], tol), ranking_metrics(values[~early], sc[~early], tol)
+            prow.append(f"| {view} | {name} | {a['pair_acc']:.3f} | {a['regret']:.2f} | {b['pair_acc']:.3f} | {b['regret']:.2f} |")
     # the judge issue's metric on the planner's own candidates: does the student order a
     # start's clips as the teacher does (the teacher's total as the reference, its ties left out)?
     from worldmodel.judge import MAX_SCORES
@@ -248,7 +274,8 @@ def report(c: dict, tol: float, seed: int) -> str:
     return (f"{n_states} states x {n_cands} prior candidates (16 control steps each); value = oracle-P's shaped "
             f"return; pairs with |value difference| > {tol:g}. States whose candidates' values spread by more "
             f"than {tol:g}: {int((spread > tol).sum())} of {n_states} (median spread {np.median(spread):.2f}).\n\n"
-            + "\n".join(rows) + "\n\nThe student against the teacher on the same candidates (totals in the "
+            + "\n".join(rows) + f"\n\nBy phase ({int(early.sum())} states in the first 16 control steps, "
+            f"{int((~early).sum())} later):\n\n" + "\n".join(prow) + "\n\nThe student against the teacher on the same candidates (totals in the "
             "teacher's units; teacher ties left out):\n\n" + "\n".join(trows) + "\n\nRefitted weights on all states (least squares on within-state centred values; "
             "the terms as in the objective, grip_dist negated):\n\n" + "\n".join(wrows) + "\n\n" + timing)
 
@@ -266,6 +293,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--cache", default=None, help="npz of an earlier run: re-score only")
+    ap.add_argument("--student", default=None, help="with --cache: score the cached clips with this student checkpoint")
     ap.add_argument("--out", default="artifacts/benchmarks/plan_ranking.npz")
     ap.add_argument("--title", default="Plan ranking: the objective vs the true simulator (Lift, prior candidates)")
     ap.add_argument("--notes", default="")
@@ -274,6 +302,8 @@ def main() -> None:
     setup_torch(args.threads)
     if args.cache:
         c = dict(np.load(resolve(args.cache)))
+        if args.student:
+            rescore(c, args.student)
     else:
         run_path = resolve(args.run)
         if not run_path.exists():

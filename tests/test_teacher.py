@@ -224,3 +224,22 @@ def test_bench_roundtrip(data, tmp_path):
     assert np.allclose(data["teacher"].score_clip(c)["scores"], b["scores"][0])
     with pytest.raises(KeyError, match="split"):
         load_bench(tmp_path / "b.h5", split="val")
+
+
+def test_perturbed_action_clips_change_only_the_actions_and_drop_the_recorded_replay(data):
+    from worldmodel.judge.bench import perturbed_action_clips
+
+    e = data["test"]["lift"]
+    real = [make_clip(e, s) for s in cut_windows(e, 2, np.random.default_rng(0))]
+    out, names = perturbed_action_clips(real, [0.25, 1.0], np.random.default_rng(1))
+    assert names == ["wm_a0.25", "wm_a1"] * len(real) and len(out) == 2 * len(real)
+    for i, d in enumerate(out):
+        src = real[i // 2]
+        assert "record" not in d and "seg" not in d        # the teacher must replay the new actions
+        assert np.array_equal(d["frames"], src["frames"]) and np.array_equal(d["start_state"], src["start_state"])
+        assert d["actions"].shape == src["actions"].shape and np.abs(d["actions"]).max() <= 1.0
+        assert not np.allclose(d["actions"], src["actions"])
+        assert (d["episode"], d["start_step"]) == (src["episode"], src["start_step"])   # same group (shared start)
+    small = np.abs(out[0]["actions"] - real[0]["actions"]).mean()
+    large = np.abs(out[1]["actions"] - real[0]["actions"]).mean()
+    assert small < large

@@ -5,7 +5,8 @@ Built by ``python experiments/build_bench.py`` (config ``experiments/conf/build_
 ``bench=default|tiny``): the teacher is calibrated on real TRAIN clips first; then per
 shard of ``shard_episodes`` episodes of one rollout file: real clips, ``degradations_per_clip``
 random degradations of each (all nine types), and world-model generations (``wm_starts``
-starts per file x ``wm_temperatures``) when a checkpoint exists. Output:
+starts per file x ``wm_temperatures``, plus ``wm_action_noise`` perturbed-action variants of
+each start) when a checkpoint exists. Output:
 ``artifacts/judge/<bench.name>/bench.h5`` plus ``summary.md``; ``perception.npz`` and
 ``teacher.json`` beside it are the fitted teacher (:func:`worldmodel.judge.teacher.default_teacher`).
 
@@ -348,11 +349,28 @@ def generate_clips(wm, real: list[dict], temperatures, batch: int = 16, seed: in
     return out, labels
 
 
+def perturbed_action_clips(real: list[dict], noise_stds, rng: np.random.Generator) -> tuple[list, list]:
+    """For each real clip and each std in ``noise_stds``: a copy whose control actions are
+    ``clip(actions + N(0, std), -1, 1)`` (one draw per copy), labelled ``"wm_a<std>"``.
+    The copies keep the start frame and state but lose the recorded trajectory and masks,
+    so the teacher replays their own actions; imagined by :func:`generate_clips`, they give
+    a start several futures that differ by their ACTIONS, as a planner's candidates do."""
+    out, labels = [], []
+    for c in real:
+        for std in noise_stds:
+            d = {k: v for k, v in c.items() if k not in ("record", "seg")}
+            d["actions"] = np.clip(c["actions"] + rng.normal(0.0, float(std), c["actions"].shape), -1, 1).astype(np.float32)
+            out.append(d)
+            labels.append(f"wm_a{float(std):g}")
+    return out, labels
+
+
 def build_shard(path, teacher, *, max_episodes, windows: int, degradations_per_clip: int,
                 wm=None, wm_starts: int = 0, wm_temperatures=(), wm_batch: int = 16, seed: int = 0,
-                episodes: tuple[int, int] | None = None) -> dict:
+                episodes: tuple[int, int] | None = None, wm_action_noise=()) -> dict:
     """All bench rows from one rollout file (episodes ``[start, stop)`` of it if given):
-    real clips, degradations, generations."""
+    real clips, degradations, generations (real actions at each of ``wm_temperatures``;
+    perturbed actions at temperature 1 for each std of ``wm_action_noise``)."""
     from worldmodel.judge.degrade import DEGRADATIONS
 
     tag = f"{Path(path).stem}:{episodes}"
@@ -369,8 +387,13 @@ def build_shard(path, teacher, *, max_episodes, windows: int, degradations_per_c
         parts.append(label_clips(teacher, deg, "degraded", names))
     if wm is not None and wm_starts > 0 and len(wm_temperatures):
         pick = rng.choice(len(real), size=min(wm_starts, len(real)), replace=False)
-        gen, labels = generate_clips(wm, [real[i] for i in sorted(pick)], wm_temperatures, wm_batch, seed)
+        starts = [real[i] for i in sorted(pick)]
+        gen, labels = generate_clips(wm, starts, wm_temperatures, wm_batch, seed)
         parts.append(label_clips(teacher, gen, "generated", labels))
+        if len(wm_action_noise):
+            varied, names = perturbed_action_clips(starts, wm_action_noise, rng)
+            gen = generate_clips(wm, varied, [1.0], wm_batch, seed + 1)[0]
+            parts.append(label_clips(teacher, gen, "generated", names))
     teacher.clear_cache()
     return concat_rows(parts)
 
