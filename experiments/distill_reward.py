@@ -99,7 +99,8 @@ def run(cfg: DictConfig) -> dict:
                 **({"train_splits": train_splits} if train_splits != ["train"] else {})}, eval_every=tcfg["eval_every"],
         ckpt_every=tcfg["ckpt_every"], log_every=tcfg["log_every"], warmup=tcfg["warmup"], amp=cfg.amp,
         seed=cfg.seed, progress=cfg.progress, flip=tcfg.get("flip", False),
-        rank_weight=tcfg.get("rank_weight", 0.0), source_weights=tcfg.get("source_weights"))
+        rank_weight=tcfg.get("rank_weight", 0.0), source_weights=tcfg.get("source_weights"),
+        shaping_rank_weight=tcfg.get("shaping_rank_weight", 0.0))
     train_s = time.time() - t0
     metrics = {"bench": str(bench_path), "bench_hash": bench_hash, "rows": {s: n_rows(d) for s, d in splits.items()},
                "train_splits": train_splits,

@@ -321,3 +321,16 @@ def test_paired_batches_and_ranking_loss():
     bad = good.flip(0)
     assert float(ranking_loss(good, scores)) < float(ranking_loss(bad, scores))
     assert float(ranking_loss(good, scores[[0, 0]])) == 0.0               # teacher tie: left out
+
+
+def test_shaping_ranking_loss_orders_each_shaping_term_and_leaves_ties_out():
+    from worldmodel.judge.distill import shaping_ranking_loss
+
+    target = torch.tensor([[0.8, 0.1], [0.0, 0.6]])          # row 0: rose more, gripper closer
+    good = torch.tensor([[0.5, 0.2], [0.1, 0.4]])
+    bad = torch.tensor([[0.1, 0.4], [0.5, 0.2]])
+    assert float(shaping_ranking_loss(good, target)) < float(shaping_ranking_loss(bad, target))
+    assert float(shaping_ranking_loss(good, target[[0, 0]])) == 0.0       # tied targets: left out
+    g = good.clone().requires_grad_()
+    shaping_ranking_loss(g, target).backward()
+    assert g.grad[0, 0] < 0 < g.grad[1, 0]     # descent raises row 0's rise and lowers row 1's

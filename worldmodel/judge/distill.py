@@ -221,6 +221,20 @@ def ranking_loss(dims: torch.Tensor, target_scores: torch.Tensor, tie_tol: float
     return F.softplus(-torch.sign(dt[mask]) * dp[mask]).mean()
 
 
+def shaping_ranking_loss(shaping: torch.Tensor, target_shaping: torch.Tensor, tie_tol: float = 0.02) -> torch.Tensor:
+    """The same logistic pair loss on each shaping output (``target_rise``, ``grip_dist``),
+    averaged: within one start the planner orders candidates by these dense terms, so the
+    student must get their ORDER right, not only their level. Pairs as in :func:`ranking_loss`;
+    target differences <= ``tie_tol`` are left out."""
+    half = len(shaping) // 2
+    p, t = shaping.float(), target_shaping.float().to(shaping.device)
+    dt, dp = t[:half] - t[half:2 * half], p[:half] - p[half:2 * half]
+    mask = dt.abs() > tie_tol
+    if not mask.any():
+        return dp.sum() * 0.0
+    return F.softplus(-torch.sign(dt[mask]) * dp[mask]).mean()
+
+
 # ----------------------------------------------------------------------------- metrics
 def spearman(a, b) -> float:
     """Spearman rank correlation (scipy if available, else average ranks via torch);
@@ -380,7 +394,7 @@ def distill(student: StudentReward, data: dict, val_data: dict | None = None, *,
             amp: bool = True, seed: int = 0, progress: bool = True,
             new_index: np.ndarray | None = None, new_fraction: float = 0.0,
             eval_batch_size: int = 512, flip: bool = False, rank_weight: float = 0.0,
-            source_weights: dict | None = None) -> tuple[StudentReward, dict]:
+            source_weights: dict | None = None, shaping_rank_weight: float = 0.0) -> tuple[StudentReward, dict]:
     """Train ``student`` to regress the teacher's labels in ``data``; returns
     ``(student, metrics)`` where metrics are :func:`evaluate` on ``val_data`` (if given).
 
@@ -393,7 +407,8 @@ def distill(student: StudentReward, data: dict, val_data: dict | None = None, *,
     torch RNG state is preserved. ``flip``: left-right mirror augmentation (see ``_stream``).
     ``rank_weight``: add a logistic pairwise ranking loss on the total over pairs of clips
     from one shared start (``group``; teacher ties left out), the ranking alignment and
-    planning rely on. ``source_weights``: sampling weight per ``source`` value (e.g.
+    planning rely on; ``shaping_rank_weight``: the same on each shaping output
+    (:func:`shaping_ranking_loss`). ``source_weights``: sampling weight per ``source`` value (e.g.
     ``{"generated": 2.0}``; others 1).
     """
     if n_rows(data) == 0:
@@ -403,6 +418,7 @@ def distill(student: StudentReward, data: dict, val_data: dict | None = None, *,
                  "dim_weights": list(dim_weights) if dim_weights is not None else None,
                  "shaping_weight": shaping_weight, "huber_delta": huber_delta, "seed": seed, "flip": flip,
                  **({"rank_weight": rank_weight} if rank_weight else {}),
+                 **({"shaping_rank_weight": shaping_rank_weight} if shaping_rank_weight else {}),
                  **({"source_weights": dict(source_weights)} if source_weights else {})}
     row_weights = None
     if source_weights:
@@ -419,6 +435,9 @@ def distill(student: StudentReward, data: dict, val_data: dict | None = None, *,
         if rank_weight:
             rl = ranking_loss(dims, batch["scores"])
             loss, m["rank"] = loss + rank_weight * rl, rl.detach()
+        if shaping_rank_weight:
+            sl = shaping_ranking_loss(shaping, batch["shaping"])
+            loss, m["rank_shaping"] = loss + shaping_rank_weight * sl, sl.detach()
         return loss, m
 
     eval_fn = None
@@ -431,7 +450,7 @@ def distill(student: StudentReward, data: dict, val_data: dict | None = None, *,
         if out_dir is None:
             out_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="student-"))
         student = train(student, lambda start: _stream(data, batch_size, 7919 * start + seed, device,
-                                                       new_index, new_fraction, flip, rank_weight > 0,
+                                                       new_index, new_fraction, flip, rank_weight > 0 or shaping_rank_weight > 0,
                                                        row_weights),
                         loss_fn, steps=steps, lr=lr, out_dir=out_dir, kind=KIND, config=full_config,
                         eval_fn=eval_fn, eval_every=eval_every, ckpt_every=ckpt_every,
