@@ -60,8 +60,11 @@ def features(out: dict, teacher: bool = False) -> np.ndarray:
 
 
 def objective_weights(weights: dict) -> np.ndarray:
-    """``agent.mpc`` objective weights as a vector over :data:`TERMS`."""
-    return np.array([weights[k] for k in ("IF", "MS", "AOC", "TC", "CR", "PA", "target_rise", "grip_dist")], float)
+    """``agent.mpc`` objective weights as a vector over :data:`TERMS` (``features @ w`` is
+    :func:`agent.mpc.plan_objective`)."""
+    from agent.mpc import DIM_KEYS
+
+    return np.array([weights[k] for k in (*DIM_KEYS, "target_rise", "grip_dist")], float)
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -133,6 +136,7 @@ def measure(run: dict, env_id: str, args) -> dict:
     """Simulate, render, imagine and score every candidate; returns the cache arrays."""
     import gymnasium as gym
     import torch
+    from omegaconf import OmegaConf
     from tqdm import tqdm
 
     from agent.mpc import WorldModelMPC
@@ -141,8 +145,6 @@ def measure(run: dict, env_id: str, args) -> dict:
 
     st = run["stages"]
     prior_path = str(resolve(Path(st["prior"]) / "prior.pt"))
-    from omegaconf import OmegaConf
-
     conf = Path(__file__).resolve().parents[1] / "experiments" / "conf" / "planner" / f"{args.planner}.yaml"
     planner = {**OmegaConf.to_container(OmegaConf.load(conf)), "samples": args.samples}
     t0 = time.perf_counter()
@@ -299,8 +301,12 @@ def main() -> None:
     ap.add_argument("--notes", default="")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
+    if args.student and not args.cache:
+        raise SystemExit("--student re-scores a saved cache: pass --cache PATH too")
     setup_torch(args.threads)
     if args.cache:
+        if not resolve(args.cache).exists():
+            raise SystemExit(f"{resolve(args.cache)} not found: run `python benchmarks/plan_ranking.py` once to make it")
         c = dict(np.load(resolve(args.cache)))
         if args.student:
             rescore(c, args.student)

@@ -208,31 +208,31 @@ def distill_loss(dims: torch.Tensor, shaping: torch.Tensor, target_scores: torch
     return loss, metrics
 
 
-def ranking_loss(dims: torch.Tensor, target_scores: torch.Tensor, tie_tol: float = 1e-6) -> torch.Tensor:
-    """Logistic loss ``softplus(-sign(t_i - t_j) * (p_i - p_j))`` on unweighted totals (teacher
-    units, /10) over the pairs (row i, row i + B/2) of a paired batch; teacher ties left out."""
-    half = len(dims) // 2
-    p = (dims.float() * torch.as_tensor(MAX_SCORES, device=dims.device)).sum(1)
-    t = target_scores.float().to(dims.device).sum(1)
-    dt, dp = t[:half] - t[half:2 * half], p[:half] - p[half:2 * half]
+def _pair_loss(pred: torch.Tensor, target: torch.Tensor, tie_tol: float) -> torch.Tensor:
+    """Logistic loss ``softplus(-sign(t_i - t_j) * (p_i - p_j))`` over the pairs (row i,
+    row i + B/2) of a paired batch, elementwise over any trailing columns; pairs whose
+    target difference is <= ``tie_tol`` are left out (0 with a gradient if none is left)."""
+    half = len(pred) // 2
+    dt, dp = target[:half] - target[half:2 * half], pred[:half] - pred[half:2 * half]
     mask = dt.abs() > tie_tol
     if not mask.any():
         return dp.sum() * 0.0
     return F.softplus(-torch.sign(dt[mask]) * dp[mask]).mean()
+
+
+def ranking_loss(dims: torch.Tensor, target_scores: torch.Tensor, tie_tol: float = 1e-6) -> torch.Tensor:
+    """:func:`_pair_loss` on unweighted totals (teacher units, /10) of a paired batch;
+    teacher ties left out."""
+    p = (dims.float() * torch.as_tensor(MAX_SCORES, device=dims.device)).sum(1)
+    return _pair_loss(p, target_scores.float().to(dims.device).sum(1), tie_tol)
 
 
 def shaping_ranking_loss(shaping: torch.Tensor, target_shaping: torch.Tensor, tie_tol: float = 0.02) -> torch.Tensor:
-    """The same logistic pair loss on each shaping output (``target_rise``, ``grip_dist``),
-    averaged: within one start the planner orders candidates by these dense terms, so the
-    student must get their ORDER right, not only their level. Pairs as in :func:`ranking_loss`;
-    target differences <= ``tie_tol`` are left out."""
-    half = len(shaping) // 2
-    p, t = shaping.float(), target_shaping.float().to(shaping.device)
-    dt, dp = t[:half] - t[half:2 * half], p[:half] - p[half:2 * half]
-    mask = dt.abs() > tie_tol
-    if not mask.any():
-        return dp.sum() * 0.0
-    return F.softplus(-torch.sign(dt[mask]) * dp[mask]).mean()
+    """:func:`_pair_loss` on each shaping output (``target_rise``, ``grip_dist``), averaged:
+    within one start the planner orders candidates by these dense terms, so the student
+    must get their ORDER right, not only their level. Target differences <= ``tie_tol``
+    are left out."""
+    return _pair_loss(shaping.float(), target_shaping.float().to(shaping.device), tie_tol)
 
 
 # ----------------------------------------------------------------------------- metrics
