@@ -12,7 +12,7 @@ Each replan (every ``execute`` control steps):
 3. the real start frame is prepended and the clips ``(N, horizon + 1, 3, 64, 64)`` are
    scored by the reward model (``reward.score(clips, instruction)``, the student);
 4. objective = weighted normalized dims (task: IF, MS; realism: AOC, TC, CR, PA as
-   plausibility terms) + ``w_rise * target_rise - w_grip * grip_dist``;
+   plausibility terms) + ``w_rise * target_rise - w_grip * grip_dist + w_progress * progress``;
 5. the chosen plan's first ``execute`` control steps are executed, then it replans,
    warm-started from the shifted plan.
 
@@ -37,12 +37,13 @@ from worldmodel.training import autocast
 
 DIM_KEYS = ("IF", "MS", "AOC", "TC", "CR", "PA")   # order of worldmodel.judge.DIMENSIONS
 DEFAULT_WEIGHTS = {"IF": 1.0, "MS": 0.5, "AOC": 0.2, "TC": 0.1, "CR": 0.1, "PA": 0.1,
-                   "target_rise": 1.0, "grip_dist": 1.0}
+                   "target_rise": 1.0, "grip_dist": 1.0, "progress": 0.0}
 
 
 def plan_objective(out: dict, weights: dict) -> torch.Tensor:
     """The planning objective ``(B,)`` from a reward's ``score`` output: weighted
-    dimensions ``(B, 6)`` + ``target_rise`` * shaping[:, 0] - ``grip_dist`` * shaping[:, 1]."""
+    dimensions ``(B, 6)`` + ``target_rise`` * shaping[:, 0] - ``grip_dist`` * shaping[:, 1]
+    + ``progress`` * shaping[:, 2] (the student's estimate of the actions' true value)."""
     dims = torch.as_tensor(out["dims"], dtype=torch.float32)
     w = torch.tensor([weights[k] for k in DIM_KEYS], dtype=torch.float32)
     obj = (dims * w).sum(-1)
@@ -50,6 +51,8 @@ def plan_objective(out: dict, weights: dict) -> torch.Tensor:
     if shaping is not None:
         shaping = torch.as_tensor(shaping, dtype=torch.float32)
         obj = obj + weights["target_rise"] * shaping[:, 0] - weights["grip_dist"] * shaping[:, 1]
+        if weights.get("progress", 0.0):
+            obj = obj + weights["progress"] * shaping[:, 2]
     return obj
 
 
@@ -70,9 +73,9 @@ class WorldModelMPC(Agent):
 
     ``world_model``: a :class:`worldmodel.world_model.WorldModel` or a checkpoint path;
     ``reward``: an object with ``score(frames (B, T+1, 3, 64, 64) float [0, 1],
-    instruction (B,) long) -> {"dims": (B, 6), "shaping": (B, 2), "total": (B,)}`` or a
+    instruction (B,) long) -> {"dims": (B, 6), "shaping": (B, 3), "total": (B,)}`` or a
     student checkpoint path; ``weights``: objective weights by dim short name and
-    ``target_rise`` / ``grip_dist`` (missing keys take :data:`DEFAULT_WEIGHTS`).
+    ``target_rise`` / ``grip_dist`` / ``progress`` (missing keys take :data:`DEFAULT_WEIGHTS`).
     """
 
     name = "mpc"

@@ -23,7 +23,7 @@ measures that choice directly, on many more decisions than a closed-loop run has
    the pick regret ``(v_best - v_pick) / (v_best - v_mean)`` averaged over states
    (0 = always the best candidate, 1 = a random pick on average).
 
-A linear re-weighting of the 8 objective terms (6 dimensions + 2 shaping outputs) is fitted
+A linear re-weighting of the 9 objective terms (6 dimensions + 3 shaping outputs) is fitted
 on half of the states (least squares on within-state centred values) and evaluated on the
 other half: the ceiling of any objective-weight change for that view.
 """
@@ -42,13 +42,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.report import write_section  # noqa: E402
 from experiments.common import resolve, setup_torch  # noqa: E402
 
-TERMS = ("IF", "MS", "AOC", "TC", "CR", "PA", "target_rise", "-grip_dist")
+TERMS = ("IF", "MS", "AOC", "TC", "CR", "PA", "target_rise", "-grip_dist", "progress")
 VIEWS = ("teacher_true", "student_true", "teacher_imagined", "student_imagined")
 
 
 def features(out: dict, teacher: bool = False) -> np.ndarray:
-    """The 8 objective terms ``(N, 8)`` from a score output (dims normalized to [0, 1];
-    ``grip_dist`` negated so that larger is better for every term)."""
+    """The objective terms ``(N, 9)`` (:data:`TERMS`) from a score output (dims normalized
+    to [0, 1]; ``grip_dist`` negated so that larger is better for every term)."""
     if teacher:
         from worldmodel.judge import MAX_SCORES
 
@@ -56,7 +56,17 @@ def features(out: dict, teacher: bool = False) -> np.ndarray:
     else:
         dims = np.asarray(out["dims"], np.float64)
     sh = np.asarray(out["shaping"], np.float64)
-    return np.concatenate([dims, sh[:, :1], -sh[:, 1:2]], 1)
+    return np.concatenate([dims, sh[:, :1], -sh[:, 1:2], sh[:, 2:3]], 1)
+
+
+def upgrade_cache(c: dict) -> dict:
+    """A cache made before the ``progress`` term (8 terms per view): progress = 0 there."""
+    for view in VIEWS:
+        if c[view].shape[-1] == len(TERMS) - 1:
+            c[view] = np.concatenate([c[view], np.zeros((*c[view].shape[:-1], 1))], -1)
+    if len(c["weights"]) == len(TERMS) - 1:
+        c["weights"] = np.append(c["weights"], 0.0)
+    return c
 
 
 def objective_weights(weights: dict) -> np.ndarray:
@@ -64,7 +74,7 @@ def objective_weights(weights: dict) -> np.ndarray:
     :func:`agent.mpc.plan_objective`)."""
     from agent.mpc import DIM_KEYS
 
-    return np.array([weights[k] for k in (*DIM_KEYS, "target_rise", "grip_dist")], float)
+    return np.array([weights[k] for k in (*DIM_KEYS, "target_rise", "grip_dist", "progress")], float)
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -257,7 +267,8 @@ def report(c: dict, tol: float, seed: int) -> str:
     early = c["t"] < 16
     prow = ["| view | objective | t < 16: pairwise acc. | regret | t >= 16: pairwise acc. | regret |", "|---|---|---|---|---|---|"]
     for view in VIEWS:
-        for name, sc in (("MPC objective", c[view] @ w), ("IF", c[view][..., 0]), ("-grip_dist", c[view][..., 7])):
+        for name, sc in (("MPC objective", c[view] @ w), ("IF", c[view][..., 0]), ("-grip_dist", c[view][..., 7]),
+                         ("progress", c[view][..., 8])):
             a, b = ranking_metrics(values[early], sc[early], tol), ranking_metrics(values[~early], sc[~early], tol)
             prow.append(f"| {view} | {name} | {a['pair_acc']:.3f} | {a['regret']:.2f} | {b['pair_acc']:.3f} | {b['regret']:.2f} |")
     # the judge issue's metric on the planner's own candidates: does the student order a
@@ -307,7 +318,7 @@ def main() -> None:
     if args.cache:
         if not resolve(args.cache).exists():
             raise SystemExit(f"{resolve(args.cache)} not found: run `python benchmarks/plan_ranking.py` once to make it")
-        c = dict(np.load(resolve(args.cache)))
+        c = upgrade_cache(dict(np.load(resolve(args.cache))))
         if args.student:
             rescore(c, args.student)
     else:

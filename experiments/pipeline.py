@@ -220,9 +220,12 @@ def build(pcfg: DictConfig, stages, *, artifacts: str | os.PathLike = "artifacts
     if "worldmodel" in need:
         done["worldmodel"] = worldmodel_stage(pcfg, done["tokenizer"], coll_keys, data, artifacts=artifacts, log=log)
     if "bench" in need:
+        from worldmodel.judge.teacher import TEACHER_VERSION   # a rule change rebuilds the bench
+
         wm = done["worldmodel"]
         done["bench"] = run_script_stage(
-            "bench", "build_bench", list(pcfg.bench), {**coll_keys, "worldmodel": wm.key},
+            "bench", "build_bench", list(pcfg.bench),
+            {**coll_keys, "worldmodel": wm.key, "teacher": str(TEACHER_VERSION)},
             {"rollouts": path_list(rollouts["train"] + rollouts["val"]), "worldmodel": wm.dir / "worldmodel.pt"},
             artifacts=artifacts, log=log)
     if "student" in need:

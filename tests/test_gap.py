@@ -19,7 +19,7 @@ class StubTeacher:
         n = len(clips)
         scores = np.zeros((n, 6), np.float32)
         scores[:, 0], scores[:, 2] = self.shown[:n], self.aoc[:n]
-        return {"scores": scores, "shaping": np.zeros((n, 2), np.float32), "reasons": [[]] * n,
+        return {"scores": scores, "shaping": np.zeros((n, 3), np.float32), "reasons": [[]] * n,
                 "true_stage": np.stack([self.true[:n], np.zeros(n, int)], 1)}
 
 

@@ -85,7 +85,7 @@ class ToyReward:
         self.calls.append(tuple(frames.shape))
         b = frames.shape[0]
         dims = frames[:, -1].mean((1, 2, 3))[:, None].expand(b, 6).clamp(0, 1)
-        return {"dims": dims, "shaping": torch.zeros(b, 2), "total": dims.sum(-1)}
+        return {"dims": dims, "shaping": torch.zeros(b, 3), "total": dims.sum(-1)}
 
 
 class SpyObs(dict):

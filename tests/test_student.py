@@ -40,7 +40,7 @@ def synthetic_clips(n: int, t1: int = 4, seed: int = 0) -> dict:
             frames[i, t, y:y + 12, x0[i]:x0[i] + 12] = 255
     norm = np.stack([r, b, (r + b) / 2, 1 - b, r, 1 - r * b], axis=1).astype(np.float32)
     return {"frames": frames, "instruction": rng.integers(0, len(INSTRUCTIONS), n),
-            "scores": norm * MAX, "shaping": np.stack([r, 1 - b], 1).astype(np.float32),
+            "scores": norm * MAX, "shaping": np.stack([r, 1 - b, (r + b) / 2], 1).astype(np.float32),
             "group": np.arange(n) // 4}
 
 
@@ -54,7 +54,7 @@ def student(one_torch_thread):
 def test_score_shapes_ranges_and_determinism(student):
     clips = synthetic_clips(5, t1=9)
     out = student.score(clips["frames"], clips["instruction"])
-    assert out["dims"].shape == (5, 6) and out["shaping"].shape == (5, 2) and out["total"].shape == (5,)
+    assert out["dims"].shape == (5, 6) and out["shaping"].shape == (5, 3) and out["total"].shape == (5,)
     assert ((out["dims"] >= 0) & (out["dims"] <= 1)).all()
     assert ((out["total"] >= 0) & (out["total"] <= 10)).all()
     again = student.score(clips["frames"], clips["instruction"])
@@ -135,6 +135,13 @@ def test_save_load_roundtrip(student, tmp_path):
         StudentReward.from_checkpoint(path, config=StudentConfig())
     with pytest.raises(CheckpointError, match="does not exist"):
         StudentReward.from_checkpoint(tmp_path / "missing.pt")
+    # a student trained before the `progress` output (2 shaping outputs) is refused by name
+    ckpt = torch.load(path, weights_only=False)
+    for k in ("head.weight", "head.bias"):
+        ckpt["model"][k] = ckpt["model"][k][:-1]
+    torch.save(ckpt, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match="2 shaping outputs.*progress.*build_bench"):
+        StudentReward.from_checkpoint(tmp_path / "old.pt")
     # score_clips reads judge clip dicts, mixed lengths included
     dicts = [{"frames": clips["frames"][i, : 2 + i], "instruction": int(clips["instruction"][i])} for i in range(3)]
     out = again.score_clips(dicts)
@@ -193,8 +200,8 @@ def trained(tmp_path_factory, one_torch_thread):
     val = make_data(**synthetic_clips(64, seed=2))
     before = evaluate(st, val)
     out = tmp_path_factory.mktemp("distill")
-    st, metrics = distill(st, train, val, steps=100, batch_size=32, lr=4e-3, warmup=10, out_dir=out,
-                          eval_every=100, ckpt_every=100, log_every=25, progress=False)
+    st, metrics = distill(st, train, val, steps=160, batch_size=32, lr=4e-3, warmup=10, out_dir=out,
+                          eval_every=160, ckpt_every=100, log_every=25, progress=False)
     return st, train, val, before, metrics, out
 
 
@@ -254,6 +261,8 @@ def test_from_bench_and_subset():
     d2 = data_from_clips([{"frames": clips["frames"][0], "instruction": 1}],
                          {"scores": clips["scores"][:1]})
     assert torch.isnan(d2["shaping"]).all() and "actions" not in d2
+    with pytest.raises(ValueError, match=r"shaping must be \(8, 3\).*build_bench"):
+        from_bench({**bench, "shaping": clips["shaping"][:, :2]})       # a bench of an older teacher
     d3 = data_from_clips([{"frames": clips["frames"][0], "instruction": 1, "actions": np.zeros((6, 4))}],
                          {"scores": clips["scores"][:1]})
     assert d3["actions"].shape == (1, 6, 4)

@@ -17,7 +17,7 @@ from worldmodel.judge.bench import (SPAN, bench_clip, cut_windows, label_clips, 
                                     source_episode, write_bench)
 from worldmodel.judge.degrade import DEGRADATIONS, EXPECTED, HELD_OUT, degrade
 from worldmodel.judge.perception import Perception, pixel_accuracy
-from worldmodel.judge.teacher import ClipError, Teacher
+from worldmodel.judge.teacher import TABLE_Z, ClipError, Replay, Teacher, replay_progress
 
 LIFT, PICK = "roboalign/Lift-v0", "roboalign/PickColor-v0"
 IF, MS, AOC, TC, CR, PA = range(6)
@@ -112,8 +112,30 @@ def test_real_success_clip_scores_full(data):
         assert out["true_stage"] == (3, 2)
         assert s[2:].sum() >= 4.5, (name, s, out["reasons"])
         assert np.all(s <= np.asarray(MAX_SCORES)) and np.all(s >= 0)
-        rise, dist = out["shaping"]
-        assert rise > 0.8 and dist < 0.2
+        rise, dist, progress = out["shaping"]
+        assert rise > 0.8 and dist < 0.2 and progress > 0.5
+
+
+def test_replay_progress_is_oracle_p_shaped_reward_per_frame():
+    """progress = mean over frames 1..T of [1 - tanh(10 d) + rise / lift_margin (<= 1)
+    - 0.5 once another cube was lifted; 2 from the first success on] / 2."""
+    m, z0 = 0.04, TABLE_Z + 0.02
+    red = np.array([[0.1, 0, z0], [0.0, 0, z0], [0.0, 0, z0 + m / 2], [0.0, 0, z0 + 2 * m], [0.0, 0, z0]])
+    eef = np.array([[0.1, 0.1, z0], [0.0, 0, z0 + 0.05], [0.0, 0, z0 + m / 2], [0.0, 0, z0 + 2 * m], [0.3, 0, z0]])
+    succ = np.array([False, False, False, True, False])      # success stays credited once reached
+    r = Replay(eef=eef, cubes={"red": red}, opening=np.zeros(5), success=succ, half={"red": 0.02})
+    per_frame = [1 - np.tanh(0.5), 1.0 + 0.5, 2.0, 2.0]
+    assert replay_progress(r, "red", m) == pytest.approx(np.mean(per_frame) / 2)
+    green = np.tile([0.2, 0.0, z0], (5, 1))
+    green[2, 2] = TABLE_Z + m + 0.01                          # the wrong cube lifted at frame 2 (and kept)
+    r2 = Replay(eef=eef, cubes={"red": red, "green": green}, opening=np.zeros(5), success=np.zeros(5, bool),
+                half={"red": 0.02, "green": 0.02})
+    rise = [0.0, 0.5, 1.0, 0.0]
+    reach = [1 - np.tanh(0.5), 1.0, 1.0, 1 - np.tanh(3.0)]
+    wrong = [0, 1, 1, 1]
+    expect = np.mean([a + b - 0.5 * w for a, b, w in zip(reach, rise, wrong)]) / 2
+    assert replay_progress(r2, "red", m) == pytest.approx(expect)
+    assert replay_progress(r2, "red", m, wrong_object=False) == pytest.approx(np.mean(np.add(reach, rise)) / 2)
 
 
 def test_replay_matches_recording(data):
@@ -151,10 +173,13 @@ def test_deterministic(data):
     a = _score(data["teacher"], clip)
     data["teacher"].clear_cache()
     b = data["teacher"].score_clip(clip)                # replayed in MuJoCo this time
-    assert np.array_equal(a["scores"], b["scores"]) and np.array_equal(a["shaping"], b["shaping"])
+    assert np.array_equal(a["scores"], b["scores"]) and np.array_equal(a["shaping"][:2], b["shaping"][:2])
+    assert np.isclose(a["shaping"][2], b["shaping"][2], atol=1e-5)   # progress: recorded (float32) vs replayed R
+    data["teacher"].clear_cache()
+    assert np.array_equal(data["teacher"].score_clip(clip)["shaping"], b["shaping"])
     assert a["reasons"] == b["reasons"]
     batch = data["teacher"].score_clips([clip, clip])
-    assert batch["scores"].shape == (2, 6) and batch["shaping"].shape == (2, 2) and len(batch["reasons"]) == 2
+    assert batch["scores"].shape == (2, 6) and batch["shaping"].shape == (2, 3) and len(batch["reasons"]) == 2
 
 
 def test_malformed_clips_raise(data):
@@ -215,7 +240,10 @@ def test_bench_roundtrip(data, tmp_path):
     write_bench(tmp_path / "b.h5", rows, {"config": {"x": 1}})
     b = load_bench(tmp_path / "b.h5")
     assert b["frames"].shape == (len(real), 9, 64, 64, 3) and b["scores"].shape == (len(real), 6)
-    assert b["shaping"].shape == (len(real), 2) and b["actions"].shape == (len(real), 16, 4)
+    assert b["shaping"].shape == (len(real), 3) and b["actions"].shape == (len(real), 16, 4)
+    assert not np.isnan(b["shaping"]).any()
+    bad = label_clips(data["teacher"], [degrade(real[0], "freeze", rng)], "degraded", ["freeze"])
+    assert np.isnan(bad["shaping"][:, 2]).all() and not np.isnan(bad["shaping"][:, :2]).any()
     test = load_bench(tmp_path / "b.h5", split="test")
     assert set(test["split"]) == {"test"}
     c = bench_clip(b, 0)

@@ -30,7 +30,9 @@ File format (one HDF5 file, written atomically with :func:`envs.rollouts.atomic_
       frames       (N, 9, 64, 64, 3) uint8   gzip
       instruction  (N,)   int64              id into envs.vocab.INSTRUCTIONS
       scores       (N, 6) float32            teacher scores, order DIMENSIONS
-      shaping      (N, 2) float32            [target_rise, grip_dist] (see teacher)
+      shaping      (N, 3) float32            [target_rise, grip_dist, progress] (see teacher);
+                                             progress is NaN on degraded clips (their frames
+                                             were altered apart from the actions' outcome)
       true_stage   (N, 2) int64              (IF, MS) of the simulator replay
       source       (N,)   str                real | degraded | generated
       degradation  (N,)   str                "" | a name in degrade.DEGRADATIONS | "wm_t<temp>"
@@ -212,6 +214,17 @@ def bench_clip(b: dict, i: int) -> dict:
 
 
 # ---------------------------------------------------------------------- building
+def _shaping_rows(shaping: np.ndarray, source: str) -> np.ndarray:
+    """The teacher's ``(N, 3)`` shaping with ``progress`` (the replay's value, column 2) set
+    to NaN on degraded clips: a degradation changes the frames, not what the actions did,
+    so the frames no longer show the outcome the label describes (the student leaves NaN
+    targets out)."""
+    out = np.asarray(shaping, np.float32).copy()
+    if source == "degraded":
+        out[:, 2] = np.nan
+    return out
+
+
 def label_clips(teacher, clips: list[dict], source: str, degradation_names: list[str]) -> dict:
     """Score ``clips`` with the teacher (priming replays from recorded trajectories where the
     clip still carries its ``record``) and return bench rows (see module doc)."""
@@ -226,7 +239,7 @@ def label_clips(teacher, clips: list[dict], source: str, degradation_names: list
     return {
         "frames": np.stack([c["frames"] for c in clips]).astype(np.uint8),
         "instruction": np.array([c["instruction"] for c in clips], np.int64),
-        "scores": out["scores"].astype(np.float32), "shaping": out["shaping"].astype(np.float32),
+        "scores": out["scores"].astype(np.float32), "shaping": _shaping_rows(out["shaping"], source),
         "true_stage": out["true_stage"].astype(np.int64),
         "source": [source] * len(clips), "degradation": list(degradation_names),
         "episode": [c["episode"] for c in clips], "env_id": [c["env_id"] for c in clips],

@@ -6,7 +6,7 @@ as ``source`` strings ride along)::
 
     {"frames": uint8 (N, T+1, 64, 64, 3), "instruction": long (N,),
      "scores": float32 (N, 6) in the teacher's units (0..MAX_SCORES[k]),
-     "shaping": float32 (N, 2) (NaN = no target), optional "group": long (N,),
+     "shaping": float32 (N, 3) (NaN = no target), optional "group": long (N,),
      optional "actions": float32 (N, T*stride, 4) control actions}
 
 built by :func:`make_data`, :func:`from_bench` (the benchmark set's arrays) or
@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from worldmodel.judge import MAX_SCORES, SHORT
-from worldmodel.judge.student import N_DIMS, N_SHAPING, KIND, StudentReward
+from worldmodel.judge.student import N_DIMS, N_SHAPING, KIND, SHAPING, StudentReward
 from worldmodel.training import pick_device, train
 
 TENSOR_KEYS = ("frames", "instruction", "scores", "shaping", "group")
@@ -51,8 +51,11 @@ def make_data(frames, instruction, scores, shaping=None, group=None, actions=Non
     data = {"frames": frames,
             "instruction": torch.as_tensor(np.asarray(instruction), dtype=torch.long).reshape(-1),
             "scores": torch.as_tensor(np.asarray(scores, dtype=np.float32)).reshape(n, N_DIMS)}
+    if shaping is not None and np.shape(shaping) != (n, N_SHAPING):
+        raise ValueError(f"shaping must be ({n}, {N_SHAPING}) ({', '.join(SHAPING)}), got {np.shape(shaping)}; "
+                         "a bench built by an older teacher: rebuild it with `python experiments/build_bench.py`")
     data["shaping"] = (torch.full((n, N_SHAPING), float("nan")) if shaping is None
-                       else torch.as_tensor(np.asarray(shaping, dtype=np.float32)).reshape(n, N_SHAPING))
+                       else torch.as_tensor(np.asarray(shaping, dtype=np.float32)))
     if group is not None:
         data["group"] = torch.as_tensor(_group_ids(group))
     if actions is not None:
@@ -228,7 +231,7 @@ def ranking_loss(dims: torch.Tensor, target_scores: torch.Tensor, tie_tol: float
 
 
 def shaping_ranking_loss(shaping: torch.Tensor, target_shaping: torch.Tensor, tie_tol: float = 0.02) -> torch.Tensor:
-    """:func:`_pair_loss` on each shaping output (``target_rise``, ``grip_dist``), averaged:
+    """:func:`_pair_loss` on each shaping output (:data:`SHAPING`; NaN targets left out), averaged:
     within one start the planner orders candidates by these dense terms, so the student
     must get their ORDER right, not only their level. Target differences <= ``tie_tol``
     are left out."""

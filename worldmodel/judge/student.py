@@ -1,5 +1,5 @@
 """The distilled student reward: a compact video + instruction encoder with a linear
-head over the six judge dimensions (plus two dense shaping outputs for the planner).
+head over the six judge dimensions (plus three dense shaping outputs for the planner).
 
 It needs no simulator: it reads the clip's pixels and the instruction id only, and is
 trained (``worldmodel.judge.distill``) to reproduce the privileged teacher's scores.
@@ -20,12 +20,12 @@ Architecture (per clip of ``T+1`` frames, 64x64):
   (any ``T >= 1``), are pooled over time (mean, max, first, last) and concatenated with
   the instruction embedding; an MLP trunk ends in one **linear** layer whose first six
   outputs (through a sigmoid) are the normalized dimensions ``score / MAX_SCORES`` in
-  ``[0, 1]`` and the last two are the shaping outputs (unbounded, in the teacher's
-  normalized units).
+  ``[0, 1]`` and the last three are the shaping outputs (``SHAPING``: target_rise,
+  grip_dist, progress; unbounded, in the teacher's normalized units).
 
 Public verbs::
 
-    out = student.score(frames, instruction)   # dims (B,6) in [0,1], shaping (B,2), total (B,)
+    out = student.score(frames, instruction)   # dims (B,6) in [0,1], shaping (B,3), total (B,)
     out = student.score(frames, instruction, actions=actions)   # (B, T*stride, 4), optional
     out = student.score(frames, instruction, weights=(0, 0, 2, 2, 2, 1))
     out = student.score_clips(clips)            # judge clip dicts; scores in raw units too
@@ -51,7 +51,8 @@ from worldmodel.judge import DIMENSIONS, MAX_SCORES
 from worldmodel.training import autocast, load_model, save_checkpoint
 
 KIND = "student_reward"
-SHAPING: tuple[str, ...] = ("target_rise", "grip_dist")
+#: shaping outputs, in head order (``worldmodel.judge.teacher`` defines each)
+SHAPING: tuple[str, ...] = ("target_rise", "grip_dist", "progress")
 N_DIMS, N_SHAPING = len(DIMENSIONS), len(SHAPING)
 N_ACT_FEATS = 6
 
@@ -207,7 +208,7 @@ class StudentReward(nn.Module):
         """Training forward: frames as accepted by :meth:`prepare_frames` (validated; uint8
         ``(B, T+1, S, S, 3)`` is converted inside the stem, which is the fast path), long
         ids ``(B,)``, optional control actions ``(B, T*stride, 4)`` -> (normalized dims
-        ``(B, 6)`` in [0, 1], shaping ``(B, 2)``), float32. In training mode a fraction
+        ``(B, 6)`` in [0, 1], shaping ``(B, 3)``), float32. In training mode a fraction
         ``action_dropout`` of the clips have their actions hidden, so the same model
         scores clips with and without actions."""
         c, p = self.config.channels, self.config.patch
@@ -262,7 +263,7 @@ class StudentReward(nn.Module):
     def score(self, frames, instruction, *, actions=None, weights: Sequence[float] | None = None,
               batch_size: int = 512, amp: bool = True) -> dict[str, torch.Tensor]:
         """Judge clips: ``dims (B, 6)`` normalized to [0, 1] (multiply by MAX_SCORES for the
-        teacher's units), ``shaping (B, 2)`` (``SHAPING`` order) and the weighted ``total (B,)``.
+        teacher's units), ``shaping (B, 3)`` (``SHAPING`` order) and the weighted ``total (B,)``.
 
         ``frames``: float ``(B, T+1, 3, 64, 64)`` in [0, 1] or uint8 ``(B, T+1, 64, 64, 3)``;
         ``instruction``: ids or texts, one per clip (or one for all); ``actions``: optional
@@ -298,7 +299,7 @@ class StudentReward(nn.Module):
                     amp: bool = True, use_actions: bool = True) -> dict[str, np.ndarray]:
         """Judge clip dicts (``worldmodel.judge`` format; ``frames``, ``instruction`` and, if
         present and ``use_actions``, ``actions`` are read) like the teacher's ``score_clips``: numpy ``scores (N, 6)`` in the teacher's
-        units, ``dims (N, 6)`` normalized, ``shaping (N, 2)``, ``total (N,)``. Clips of
+        units, ``dims (N, 6)`` normalized, ``shaping (N, 3)``, ``total (N,)``. Clips of
         different lengths are scored in groups of equal length."""
         n = len(clips)
         out = {"scores": np.zeros((n, N_DIMS), np.float32), "dims": np.zeros((n, N_DIMS), np.float32),
@@ -333,6 +334,14 @@ class StudentReward(nn.Module):
                         map_location="cpu") -> StudentReward:
         """Rebuild from a ``student_reward`` checkpoint (``save`` or the training loop's
         ``last.pt``); if ``config`` is given it must match the stored one."""
+        from worldmodel.training import CheckpointError, load_checkpoint
+
+        head = load_checkpoint(path, kind=KIND, map_location="cpu")["model"].get("head.weight")
+        if head is not None and head.shape[0] != N_DIMS + N_SHAPING:
+            raise CheckpointError(
+                f"{path} is a student with {head.shape[0] - N_DIMS} shaping outputs; this code has "
+                f"{N_SHAPING} ({', '.join(SHAPING)}). Retrain it on a bench built by this code "
+                "(python experiments/build_bench.py, then experiments/distill_reward.py)")
         return load_model(path, kind=KIND, config_cls=StudentConfig, build=cls, config=config,
                           map_location=map_location)
 

@@ -51,6 +51,13 @@ height (``lift_margin`` - half-size above its rest; 1 = a full lift within the c
 clipped to [-0.5, 1.5]);
 ``grip_dist`` = gripper-point-to-target pixel distance at the last frame / 64
 (clipped to [0, 1]; 1 when either is unreadable).
+``progress`` is the one shaping target read from R, not X: the mean over the clip's
+frames 1..T of oracle-P's shaped per-step reward (``agent.oracle.OracleP``, ``"shaped"``)
+along the replay -- ``1 - tanh(10 d)`` (d: eef to the instructed cube, m) + the cube's
+rise since frame 0 / ``lift_margin`` (clipped to [0, 1]) - 0.5 once another cube was
+lifted, and 2 from the first successful frame on -- divided by 2 (range [-0.25, 1]).
+It is the true value of the clip's actions, the quantity a planner ranks candidates by;
+a student learns to predict it from the frames (real or imagined) the actions produced.
 """
 from __future__ import annotations
 
@@ -71,7 +78,7 @@ from worldmodel.judge import DIMENSIONS, MAX_SCORES, SHORT
 from worldmodel.judge.perception import Perception, default_perception
 
 #: Bumped whenever a rule changes, so cached bench shards are rebuilt.
-TEACHER_VERSION = 8
+TEACHER_VERSION = 9
 TABLE_Z = 0.8          # table top of the robosuite scenes (m)
 IMAGE_SIZE = 64
 DEFAULT_CALIB_PATH = Path(__file__).resolve().parents[2] / "artifacts" / "judge" / "default" / "teacher.json"
@@ -109,6 +116,22 @@ class Replay:
     success: np.ndarray                # (T+1,) bool
     half: dict                         # colour -> half-size (m)
     env_id: str = ""
+
+
+def replay_progress(R: Replay, target: str, lift_margin: float, wrong_object: bool = True) -> float:
+    """``progress`` of a replay (module doc): the mean of oracle-P's shaped per-step reward
+    over frames 1..T, / 2. ``target``: the instructed cube's colour; ``wrong_object``:
+    lifting another cube costs 0.5 (False for Stack, whose env has no wrong object)."""
+    cube = R.cubes[target]
+    reach = 1.0 - np.tanh(10.0 * np.linalg.norm(R.eef - cube, axis=1))
+    rise = np.clip((cube[:, 2] - cube[0, 2]) / lift_margin, 0.0, 1.0)
+    others = [c for c in R.cubes if c != target] if wrong_object else []
+    wrong = np.zeros(len(cube), bool)
+    for c in others:
+        wrong |= R.cubes[c][:, 2] > TABLE_Z + lift_margin
+    wrong = np.maximum.accumulate(wrong)
+    r = np.where(np.maximum.accumulate(R.success), 2.0, reach + rise - 0.5 * wrong)
+    return float(r[1:].mean() / 2.0)
 
 
 def project(points: np.ndarray, camera: CameraSpec | None = None, size: int = IMAGE_SIZE):
@@ -413,7 +436,7 @@ class Teacher:
 
     # ------------------------------------------------------------------ scoring
     def score_clip(self, clip: dict) -> dict:
-        """One clip -> ``{"scores": (6,), "shaping": (2,), "reasons": [str], "true_stage": (IF, MS)}``."""
+        """One clip -> ``{"scores": (6,), "shaping": (3,), "reasons": [str], "true_stage": (IF, MS)}``."""
         clip = validate_clip(clip)
         R = self.replay(clip["env_id"], clip["start_state"], clip["actions"], clip["stride"])
         F = self._frames_features(clip, R)
@@ -563,8 +586,9 @@ class Teacher:
         return 1.0 - float((inverted & judge).sum() / judge.sum())
 
     def _shaping(self, F: dict) -> np.ndarray:
+        """``(3,)`` [target_rise, grip_dist, progress] (module doc)."""
         if not F["target_present"]:
-            return np.array([0.0, 1.0], np.float32)
+            return np.array([0.0, 1.0, 0.0], np.float32)
         t = F["target"]
         cen = F["X"][t]["centroid"]
         seen = F["seen"][t]
@@ -575,10 +599,10 @@ class Teacher:
         gd = 1.0
         if seen[-1] and F["seen"]["gripper"][-1]:
             gd = float(np.clip(np.linalg.norm(F["Xg"][-1] - F["Xc"][t][-1]) / IMAGE_SIZE, 0, 1))
-        return np.array([rise, gd], np.float32)
+        return np.array([rise, gd, replay_progress(F["R"], t, F["task"].lift_margin, F["task"].name != "Stack")], np.float32)
 
     def score_clips(self, clips, progress: bool = False) -> dict:
-        """Batch API: ``{"scores": (N, 6) float32, "shaping": (N, 2) float32,
+        """Batch API: ``{"scores": (N, 6) float32, "shaping": (N, 3) float32,
         "reasons": list of N lists of str, "true_stage": (N, 2) int}``."""
         out = []
         it = clips
@@ -589,7 +613,7 @@ class Teacher:
             out.append(self.score_clip(clip))
         n = len(out)
         return {"scores": np.stack([o["scores"] for o in out]) if n else np.zeros((0, 6), np.float32),
-                "shaping": np.stack([o["shaping"] for o in out]) if n else np.zeros((0, 2), np.float32),
+                "shaping": np.stack([o["shaping"] for o in out]) if n else np.zeros((0, 3), np.float32),
                 "reasons": [o["reasons"] for o in out],
                 "true_stage": np.array([o["true_stage"] for o in out], int).reshape(n, 2)}
 
