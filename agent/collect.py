@@ -49,12 +49,18 @@ class EpisodeResult:
 
 
 def run_episode(env, agent: Agent, seed: int, *, record: bool = False, frames: bool = False,
-                options: dict | None = None, gap: str | None = None) -> EpisodeResult:
+                options: dict | None = None, gap: str | None = None, after_success: int = 0) -> EpisodeResult:
     """One episode; the agent sees observations only. ``record`` keeps the rollout arrays,
     ``frames`` keeps ``env.render()`` (or the observation image) per step. ``gap``: a
     teacher calibration file; for an agent that logs its imagined plans (the MPC) the
     imagined-vs-real gap of every executed plan is measured after the episode
-    (:mod:`agent.gap`)."""
+    (:mod:`agent.gap`).
+
+    ``after_success`` (data collection): once the episode succeeds, keep acting and
+    recording up to this many more steps (or until the time limit), so the models see what
+    follows a lift -- a planner imagines 16-step plans, and a plan that succeeds mid-way
+    goes on. The result (success, length, failure) is that of the terminating step; the
+    recorded episode's ``dones`` is 1 there only and ``post_success`` counts the steps after."""
     attach = getattr(agent, "attach_privileged_env", None)  # PRIVILEGED: oracles only (agent/oracle.py)
     if attach is not None:
         attach(env)
@@ -84,7 +90,17 @@ def run_episode(env, agent: Agent, seed: int, *, record: bool = False, frames: b
         lifted_ever |= target_rise > 0.02
         if terminated or truncated:
             break
-    failure = _failure(info, target_rise)
+    failure, end_info, length = _failure(info, target_rise), info, len(steps)
+    post = 0
+    if record and after_success > 0 and terminated and info["success"] and not truncated:
+        while post < after_success:
+            action = np.asarray(agent.act(obs), np.float32)
+            obs, reward, _, truncated, info = env.step(action)
+            steps.append((action, obs, reward, False, info))
+            post += 1
+            if truncated:
+                break
+    info = end_info
     elog = log() if callable(log) and (frames or states is not None) else {}
     gap_counts = {}
     if states is not None:
@@ -95,9 +111,10 @@ def run_episode(env, agent: Agent, seed: int, *, record: bool = False, frames: b
                                      elog.get("plans", []), int(elog.get("repeat", 1)))
     return EpisodeResult(
         seed=seed, success=bool(info["success"]), wrong_object=bool(info["wrong_object"]),
-        length=len(steps), instruction=info["instruction"], failure=failure, act_s=act_s / len(steps),
+        length=length, instruction=info["instruction"], failure=failure, act_s=act_s / length,
         frames=rendered, extras=elog if frames else {},
-        episode=episode_from_steps(first_obs, first_info, steps) if record else None, gap=gap_counts,
+        episode={**episode_from_steps(first_obs, first_info, steps), "post_success": post} if record else None,
+        gap=gap_counts,
     )
 
 
@@ -128,19 +145,21 @@ def _failure(info: dict, target_rise: float) -> str:
 _WORKER: dict = {}
 
 
-def _init_worker(env_id: str, env_kwargs: dict, agent: Agent, record: bool, gap: str | None = None) -> None:
-    _WORKER.update(env=envs.make(env_id, **env_kwargs), agent=agent, record=record, gap=gap)
+def _init_worker(env_id: str, env_kwargs: dict, agent: Agent, record: bool, gap: str | None = None,
+                 after_success: int = 0) -> None:
+    _WORKER.update(env=envs.make(env_id, **env_kwargs), agent=agent, record=record, gap=gap,
+                   after_success=after_success)
 
 
 def _init_pool_worker(threads: int, env_id: str, env_kwargs: dict, agent: bytes, record: bool,
-                      gap: str | None = None) -> None:
+                      gap: str | None = None, after_success: int = 0) -> None:
     """A spawned worker: share the cores (no oversubscription), unpickle the agent, and keep
     any start-up error for :func:`_work` to raise (a failing pool initializer is retried forever)."""
     import torch
 
     torch.set_num_threads(threads)
     try:
-        _init_worker(env_id, env_kwargs, pickle.loads(agent), record, gap)
+        _init_worker(env_id, env_kwargs, pickle.loads(agent), record, gap, after_success)
     except Exception as e:
         _WORKER["error"] = e
 
@@ -150,22 +169,24 @@ def _work(task: tuple[int, dict | None, bool]) -> EpisodeResult:
         raise RuntimeError(f"the episode worker failed to start: {_WORKER['error']!r}") from _WORKER["error"]
     seed, options, frames = task
     return run_episode(_WORKER["env"], _WORKER["agent"], seed, record=_WORKER["record"],
-                       frames=frames, options=options, gap=_WORKER.get("gap"))
+                       frames=frames, options=options, gap=_WORKER.get("gap"),
+                       after_success=_WORKER.get("after_success", 0))
 
 
 def run_episodes(env_id: str, agent: Agent, seeds: list[int], *, workers: int = 1, record: bool = False,
                  env_kwargs: dict | None = None, options: list[dict | None] | None = None,
-                 frames: int = 0, gap: str | None = None):
+                 frames: int = 0, gap: str | None = None, after_success: int = 0):
     """Yield an :class:`EpisodeResult` per seed, in seed order, from ``workers`` processes.
 
     Each worker (spawned, so no GL context is inherited) owns one env and a copy of
     ``agent``; episodes are the unit of work since their lengths differ. ``options``
     are per-seed reset options; the first ``frames`` episodes keep rendered frames;
-    ``gap`` (a teacher file) measures the imagined-vs-real gap (see :func:`run_episode`).
+    ``gap`` (a teacher file) measures the imagined-vs-real gap, ``after_success`` records
+    steps past success (see :func:`run_episode`).
     """
     tasks = [(s, o, i < frames) for i, (s, o) in enumerate(zip(seeds, options or [None] * len(seeds)))]
     if workers <= 1 or len(tasks) <= 1:
-        _init_worker(env_id, dict(env_kwargs or {}), agent, record, gap)
+        _init_worker(env_id, dict(env_kwargs or {}), agent, record, gap, after_success)
         try:
             yield from map(_work, tasks)
         finally:
@@ -177,7 +198,7 @@ def run_episodes(env_id: str, agent: Agent, seeds: list[int], *, workers: int = 
     # which fails in spawned workers ("unable to resize file")
     pool = mp.get_context("spawn").Pool(n, _init_pool_worker, (max(1, (os.cpu_count() or 1) // n), env_id,
                                                                 dict(env_kwargs or {}), pickle.dumps(agent), record,
-                                                                gap))
+                                                                gap, after_success))
     try:
         yield from pool.imap(_work, tasks)
     finally:
@@ -186,9 +207,10 @@ def run_episodes(env_id: str, agent: Agent, seeds: list[int], *, workers: int = 
 
 def collect(env_id: str, agent: str | Agent, episodes: int, out: str | os.PathLike, *, split: str = "train",
             start: int = 0, workers: int | None = None, agent_kwargs: dict | None = None,
-            env_kwargs: dict | None = None, progress: bool = True) -> dict:
+            env_kwargs: dict | None = None, progress: bool = True, after_success: int = 0) -> dict:
     """Collect ``episodes`` episodes of ``agent`` (a registry name, or an :class:`Agent`
-    such as the MPC planner: the data flywheel) on ``env_id`` with seeds from ``split``.
+    such as the MPC planner: the data flywheel) on ``env_id`` with seeds from ``split``;
+    ``after_success``: steps recorded past each success (:func:`run_episode`).
 
     Writes ``out`` atomically and returns a summary dict (episodes, steps, success
     rate, steps/s). Seeds are ``split_seeds(split, episodes, start)``.
@@ -204,7 +226,7 @@ def collect(env_id: str, agent: str | Agent, episodes: int, out: str | os.PathLi
     env_args = {"env_id": env_id, "env_name": envs.ENV_IDS[env_id], "env_kwargs": env_kwargs,
                 "agent": agent, "agent_kwargs": agent_kwargs, "split": split}
     results = run_episodes(env_id, actor, seeds, workers=workers, record=True,
-                           env_kwargs={**env_kwargs, "segmentation": True})
+                           env_kwargs={**env_kwargs, "segmentation": True}, after_success=int(after_success))
     t0, steps, successes = time.time(), 0, 0
     with atomic_path(out) as tmp:
         writer = RolloutWriter(tmp, env_args)
@@ -214,7 +236,7 @@ def collect(env_id: str, agent: str | Agent, episodes: int, out: str | os.PathLi
                 writer.add(res.episode, seed=res.seed, split=split, instruction=res.instruction,
                            instruction_id=int(res.episode["obs"]["instruction"][0]),
                            success=res.success, wrong_object=res.wrong_object, agent=agent,
-                           failure=res.failure)
+                           failure=res.failure, post_success=int(res.episode["post_success"]))
                 steps += res.length
                 successes += res.success
         finally:

@@ -6,7 +6,9 @@ HDF5 in the robomimic layout::
                                        render_version, ...),
                                        total (steps), format_version
       demo_<i>/                 attrs: num_samples, seed, split, instruction,
-                                       instruction_id, success, wrong_object, agent
+                                       instruction_id, success, wrong_object, agent,
+                                       post_success (steps recorded after the terminating
+                                       success step; 0 unless collected with after_success)
         actions     (N, 4)   float32   [dx, dy, dz, grip]
         states      (N, S)   float64   info["sim_state"] before each action
         rewards     (N,)     float32

@@ -17,7 +17,8 @@ def run(cfg: DictConfig) -> dict:
     summary = collect(cfg.env.id, cfg.agent.name, cfg.episodes, resolve(cfg.out), split=cfg.split,
                       start=cfg.seed_start, workers=cfg.workers,
                       agent_kwargs=OmegaConf.to_container(cfg.agent.kwargs),
-                      env_kwargs=OmegaConf.to_container(cfg.env.kwargs))
+                      env_kwargs=OmegaConf.to_container(cfg.env.kwargs),
+                      after_success=int(cfg.get("after_success", 0)))   # +after_success=N: steps past success
     print(json.dumps(summary, indent=2))
     return summary
 

@@ -144,6 +144,30 @@ def test_parallel_collect_keeps_seed_order(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lift.hdf5"]
 
 
+def test_after_success_records_past_the_success_and_keeps_the_result(tmp_path):
+    """after_success: the episode's result (success, length) is that of the terminating step;
+    the recording goes on for N more steps, with ``dones`` 1 at the success step only."""
+    import envs
+    from agent.collect import make_agent, run_episode
+
+    env = envs.make(LIFT)
+    try:
+        plain = run_episode(env, make_agent("scripted"), 3, record=True)
+        more = run_episode(env, make_agent("scripted"), 3, record=True, after_success=5)
+    finally:
+        env.close()
+    assert plain.success and more.success and more.length == plain.length
+    n = plain.length
+    assert len(more.episode["actions"]) == n + 5 and more.episode["post_success"] == 5
+    assert plain.episode["post_success"] == 0
+    assert np.array_equal(more.episode["actions"][:n], plain.episode["actions"])
+    assert more.episode["dones"][n - 1] == 1 and more.episode["dones"].sum() == 1
+    path = tmp_path / "lift.hdf5"
+    collect(LIFT, "scripted", 1, path, split="train", start=3, workers=1, progress=False, after_success=5)
+    ep = read_episode(path, 0)
+    assert int(ep["attrs"]["post_success"]) == 5 and len(ep["actions"]) == n + 5 and bool(ep["attrs"]["success"])
+
+
 # ----------------------------------------------------------------------------- splits
 def test_split_ranges_are_disjoint():
     names = sorted(SPLITS)

@@ -138,6 +138,23 @@ def test_replay_progress_is_oracle_p_shaped_reward_per_frame():
     assert replay_progress(r2, "red", m, wrong_object=False) == pytest.approx(np.mean(np.add(reach, rise)) / 2)
 
 
+def test_clips_past_the_success(data, make_env):
+    """An episode recorded past its success (collect's after_success): its frames after the
+    success step count as successful (the cube stays up), and a clip that lifts and goes on
+    scores as a full success with the progress of a lift, as its fresh replay says."""
+    r = run_episode(make_env(LIFT), ScriptedExpert(), 5, record=True, after_success=8)
+    ep = source_episode(r.episode, LIFT, "x", "test", r.success, instruction_id(r.instruction), post_success=8)
+    n = len(ep["actions"])
+    assert not ep["success"][: n - 8].any() and ep["success"][n - 8:].all()
+    clip = make_clip(ep, n - SPAN)                    # the last 4 model frames lie past the success
+    primed = _score(data["teacher"], clip)
+    assert primed["scores"][IF] == 3 and primed["true_stage"] == (3, 2), primed["reasons"]
+    data["teacher"].clear_cache()
+    fresh = data["teacher"].score_clip(clip)          # replayed in MuJoCo: the same success flags
+    assert np.array_equal(fresh["scores"], primed["scores"])
+    assert np.isclose(fresh["shaping"][2], primed["shaping"][2], atol=1e-5) and primed["shaping"][2] > 0.7
+
+
 def test_replay_matches_recording(data):
     t, clip = data["teacher"], _final_clip(data["test"]["lift"])
     r = t.replay(clip["env_id"], clip["start_state"], clip["actions"] + 0.0, clip["stride"])  # fresh replay

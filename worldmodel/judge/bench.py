@@ -58,8 +58,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from envs import ENV_IDS
 from envs.rollouts import atomic_path, demo_keys, env_args, open_rollouts
+from envs.tasks import get_task
 from envs.vocab import target_colour
+from worldmodel.judge.teacher import TABLE_Z
 
 N_FRAMES = 9
 STRIDE = 2
@@ -76,18 +79,26 @@ def episode_split(file_stem: str, demo: str, val_fraction: float = 0.2) -> str:
     return "val" if h < val_fraction else "train"
 
 
-def source_episode(episode: dict, env_id: str, key: str, split: str, success: bool, instruction: int) -> dict:
+def source_episode(episode: dict, env_id: str, key: str, split: str, success: bool, instruction: int,
+                   post_success: int = 0) -> dict:
     """One episode in the layout of :func:`envs.rollouts.read_episode` /
     :func:`envs.rollouts.episode_from_steps` (``actions``, ``states``, ``obs``,
     ``next_obs`` with image, segmentation, eef_pos, gripper_opening, <colour>_cube_pose)
-    -> the dict the bench cuts clips from (see :func:`load_source_episodes`)."""
+    -> the dict the bench cuts clips from (see :func:`load_source_episodes`).
+    ``post_success``: steps recorded after the success step (the rollout attr); their
+    frames count as successful while the instructed cube stays lifted (Stack: all)."""
     ob, nx = episode["obs"], episode["next_obs"]
     cat = lambda k: np.concatenate([np.asarray(ob[k]), np.asarray(nx[k])[-1:]])  # noqa: E731
     cubes = {c: cat(f"{c}_cube_pose")[:, :3].astype(np.float64)
              for c in ("red", "green") if f"{c}_cube_pose" in ob}
     n = len(episode["actions"])
     succ = np.zeros(n + 1, bool)
-    succ[-1] = bool(success)
+    succ[n - int(post_success):] = bool(success)
+    if post_success and success:
+        task = get_task(ENV_IDS[env_id])
+        target = target_colour(instruction)
+        if task.name != "Stack" and target in cubes:   # Lift / PickColor: success = the cube is up
+            succ[n - int(post_success):] &= cubes[target][n - int(post_success):, 2] > TABLE_Z + task.lift_margin
     return {"frames": cat("image"), "seg": cat("segmentation"), "actions": np.asarray(episode["actions"]),
             "states": np.asarray(episode["states"]), "eef": cat("eef_pos").astype(np.float64),
             "cubes": cubes, "opening": cat("gripper_opening").astype(np.float64).reshape(-1),
@@ -98,7 +109,8 @@ def source_episode(episode: dict, env_id: str, key: str, split: str, success: bo
 def load_source_episodes(paths, max_episodes: int | None = None) -> list[dict]:
     """Episodes with everything a clip needs: frames (N+1, 64, 64, 3), seg (N+1, 64, 64),
     actions (N, 4), states (N, S), eef (N+1, 3), cubes colour -> (N+1, 3), opening (N+1,),
-    success (N+1,) bool (episodes end at their first success), instruction, env_id, key, split."""
+    success (N+1,) bool (episodes end at their first success, or go on ``post_success``
+    steps past it), instruction, env_id, key, split."""
     out = []
     for path in paths:
         path = Path(path)
@@ -111,7 +123,8 @@ def load_source_episodes(paths, max_episodes: int | None = None) -> list[dict]:
                       "obs": {k: g["obs"][k][()] for k in keys if k in g["obs"]},
                       "next_obs": {k: g["next_obs"][k][-1:] for k in keys if k in g["next_obs"]}}
                 out.append(source_episode(ep, env_id, f"{path.stem}:{key}", episode_split(path.stem, key),
-                                          bool(g.attrs["success"]), int(g.attrs["instruction_id"])))
+                                          bool(g.attrs["success"]), int(g.attrs["instruction_id"]),
+                                          int(g.attrs.get("post_success", 0))))
     return out
 
 
