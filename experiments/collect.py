@@ -18,7 +18,7 @@ def run(cfg: DictConfig) -> dict:
                       start=cfg.seed_start, workers=cfg.workers,
                       agent_kwargs=OmegaConf.to_container(cfg.agent.kwargs),
                       env_kwargs=OmegaConf.to_container(cfg.env.kwargs),
-                      after_success=int(cfg.get("after_success", 0)))   # +after_success=N: steps past success
+                      after_success=int(cfg.get("after_success", 0)))
     print(json.dumps(summary, indent=2))
     return summary
 

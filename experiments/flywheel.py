@@ -49,13 +49,15 @@ def collect_stage(cfg: DictConfig, stages: dict, rnd: int) -> pipeline.StageResu
     """Round ``rnd``'s rollouts of the main agent acting with ``stages``' models (cached)."""
     fly, method = cfg.flywheel, cfg.agent.name
     n, start = int(fly.episodes), int(fly.seed_start) + (rnd - 1) * int(fly.episodes)
+    after = int(fly.get("after_success", 0))      # steps recorded past each success (collect.yaml)
     config = {"round": rnd, "episodes": n, "seed_start": start, "env": cfg.env.id,
-              "agent": method_identity(method, cfg, stages)}
+              "agent": method_identity(method, cfg, stages), **({"after_success": after} if after else {})}
 
     def build(out: Path) -> dict:
         agent = make_method(method, cfg, stages)
         return collect(cfg.env.id, agent, n, out / "rollouts.hdf5", split="train", start=start,
-                       workers=cfg.workers, env_kwargs=OmegaConf.to_container(cfg.env.kwargs))
+                       workers=cfg.workers, env_kwargs=OmegaConf.to_container(cfg.env.kwargs),
+                       after_success=after)
     return pipeline.run_stage("flycollect", config, {}, build, artifacts=cfg.artifacts)
 
 
