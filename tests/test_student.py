@@ -140,7 +140,7 @@ def test_save_load_roundtrip(student, tmp_path):
     for k in ("head.weight", "head.bias"):
         ckpt["model"][k] = ckpt["model"][k][:-1]
     torch.save(ckpt, tmp_path / "old.pt")
-    with pytest.raises(CheckpointError, match="2 shaping outputs.*progress.*build_bench"):
+    with pytest.raises(CheckpointError, match="another number of shaping outputs.*progress.*build_bench"):
         StudentReward.from_checkpoint(tmp_path / "old.pt")
     # score_clips reads judge clip dicts, mixed lengths included
     dicts = [{"frames": clips["frames"][i, : 2 + i], "instruction": int(clips["instruction"][i])} for i in range(3)]

@@ -62,7 +62,6 @@ from envs import ENV_IDS
 from envs.rollouts import atomic_path, demo_keys, env_args, open_rollouts
 from envs.tasks import get_task
 from envs.vocab import target_colour
-from worldmodel.judge.teacher import TABLE_Z
 
 N_FRAMES = 9
 STRIDE = 2
@@ -95,6 +94,8 @@ def source_episode(episode: dict, env_id: str, key: str, split: str, success: bo
     succ = np.zeros(n + 1, bool)
     succ[n - int(post_success):] = bool(success)
     if post_success and success:
+        from worldmodel.judge.teacher import TABLE_Z
+
         task = get_task(ENV_IDS[env_id])
         target = target_colour(instruction)
         if task.name != "Stack" and target in cubes:   # Lift / PickColor: success = the cube is up

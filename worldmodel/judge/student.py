@@ -334,16 +334,20 @@ class StudentReward(nn.Module):
                         map_location="cpu") -> StudentReward:
         """Rebuild from a ``student_reward`` checkpoint (``save`` or the training loop's
         ``last.pt``); if ``config`` is given it must match the stored one."""
-        from worldmodel.training import CheckpointError, load_checkpoint
+        from worldmodel.training import CheckpointError
 
-        head = load_checkpoint(path, kind=KIND, map_location="cpu")["model"].get("head.weight")
-        if head is not None and head.shape[0] != N_DIMS + N_SHAPING:
+        try:
+            return load_model(path, kind=KIND, config_cls=StudentConfig, build=cls, config=config,
+                              map_location=map_location)
+        except CheckpointError:
+            raise
+        except RuntimeError as e:   # a head of another size: a student of an older shaping set
+            if "head." not in str(e):
+                raise
             raise CheckpointError(
-                f"{path} is a student with {head.shape[0] - N_DIMS} shaping outputs; this code has "
+                f"{path} is a student with another number of shaping outputs; this code has "
                 f"{N_SHAPING} ({', '.join(SHAPING)}). Retrain it on a bench built by this code "
-                "(python experiments/build_bench.py, then experiments/distill_reward.py)")
-        return load_model(path, kind=KIND, config_cls=StudentConfig, build=cls, config=config,
-                          map_location=map_location)
+                "(python experiments/build_bench.py, then experiments/distill_reward.py)") from e
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
