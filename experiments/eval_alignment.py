@@ -104,6 +104,8 @@ def evaluate_model(wm, contexts, cfg, teacher=None, student=None) -> dict:
         acts = s["actions"].reshape(len(s["clip"]), -1, 4)
         dims = torch.as_tensor(student_reward_fn(student)(s["clip"], s["instruction"], acts)).float().cpu()
         r["student_total"] = mean_ci((dims * torch.tensor(MAX_SCORES)).sum(1).numpy())
+    keep = cfg.videos * cfg.samples   # only the video's clips stay in memory (1 GB per model at 8 samples)
+    r["_clips"] = {"clip": s["clip"][:keep].clone(), "real": s["real"][:keep].clone(), "context": s["context"]}
     return r
 
 

@@ -372,3 +372,24 @@ def test_a_reward_with_an_actions_parameter_gets_the_control_actions():
 
     GRPOTrainer(toy_model(), reward, GRPOConfig(group_size=2, amp=False, refresh_every=0)).step(toy_batch())
     assert seen == [(4, T * 2, 4)]
+
+
+def test_alignment_benchmark_parses_variants_and_reads_stage_costs(tmp_path):
+    import json
+
+    from benchmarks.alignment import parse_variant, stage_metrics
+
+    assert parse_variant("strong=grpo.lr=5e-5,run.updates=160,grpo.weights=[0,0,0.5,0.1,0,0.4]") == (
+        "strong", ["grpo.lr=5e-5", "run.updates=160", "grpo.weights=[0,0,0.5,0.1,0,0.4]"])
+    assert parse_variant("plain") == ("plain", [])
+    with pytest.raises(Exception, match="NAME=override"):
+        parse_variant("=grpo.lr=1")
+    rows = [{"step": 0, "probe/teacher_total": 5.0},
+            *({"step": u, "time/step_s": 2.0 + u, "train/kl": 0.01 * u} for u in range(1, 11)),
+            {"step": 10, "probe/teacher_total": 5.5, "probe/hacking": 1}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (tmp_path / "stage.json").write_text(json.dumps({"wall_s": 42.0, "config": {"grpo": {"lr": 1e-5}, "run": {}}}))
+    m = stage_metrics(tmp_path)
+    assert m["updates"] == 10 and m["wall_s"] == 42.0 and m["hacking_flags"] == 1
+    assert m["s_per_update"] == pytest.approx(7.5) and m["kl_last"] == pytest.approx(0.08)
+    assert (m["probe_first"], m["probe_last"]) == (5.0, 5.5) and m["config"]["lr"] == 1e-5

@@ -185,3 +185,19 @@ def test_fine_tuning_init_loads_dynamics_and_rejects_another_model(wm, tmp_path)
     other_tok = WorldModel.build(DualFSQTokenizer(TOK), DYN, action_repeat=2, window=3)
     with pytest.raises(ValueError, match="another tokenizer"):
         _init_from(other_tok, tmp_path / "wm.pt", "h")
+
+
+def test_frame_metrics_in_chunks_equal_one_ssim_call(monkeypatch):
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    import worldmodel.evaluate as ev
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.rand(3, 5, 3, 32, 32, generator=g)
+    pred = (real + 0.1 * torch.randn(real.shape, generator=g)).clamp(0, 1)
+    mask = torch.ones(3, 5, 32, 32, dtype=torch.bool)
+    monkeypatch.setattr(ev, "SSIM_CHUNK", 4)          # 15 frames -> 4 calls, the last one short
+    chunked = ev.frame_metrics(pred, real, mask)["ssim"]
+    whole = structural_similarity_index_measure(pred.flatten(0, 1), real.flatten(0, 1), data_range=1.0,
+                                                reduction="none").view(3, 5).mean(0)
+    assert torch.allclose(chunked, whole, atol=1e-6)

@@ -52,6 +52,9 @@ def region_mask(seg: torch.Tensor, dilate: int = 1) -> torch.Tensor:
     return m.reshape(shape) > 0
 
 
+SSIM_CHUNK = 256   # frames per SSIM call
+
+
 def frame_metrics(pred: torch.Tensor, real: torch.Tensor, mask: torch.Tensor) -> dict:
     """pred, real (B, T, 3, H, W); mask (B, T, H, W) -> per-step means (T,) of
     ``psnr``, ``ssim``, ``region_mse`` and ``region_psnr``."""
@@ -59,7 +62,10 @@ def frame_metrics(pred: torch.Tensor, real: torch.Tensor, mask: torch.Tensor) ->
     p, r = pred.flatten(0, 1).float().clamp(0, 1), real.flatten(0, 1).float()
     # PSNR per image from its MSE, capped at 60 dB (identical frames would give inf)
     psnr = 10 * torch.log10(1.0 / ((p - r) ** 2).mean((1, 2, 3)).clamp(min=1e-6))
-    ssim = structural_similarity_index_measure(p, r, data_range=1.0, reduction="none")
+    # in chunks: torchmetrics' SSIM holds ~a dozen padded copies of its input (thousands of
+    # frames at once ran a 24 GB machine out of memory)
+    ssim = torch.cat([structural_similarity_index_measure(p[i:i + SSIM_CHUNK], r[i:i + SSIM_CHUNK], data_range=1.0,
+                                                          reduction="none") for i in range(0, len(p), SSIM_CHUNK)])
     sq = ((p - r) ** 2).mean(1)                                          # (BT, H, W)
     m = mask.flatten(0, 1).float()
     region = (sq * m).sum((1, 2)) / m.sum((1, 2)).clamp(min=1)
