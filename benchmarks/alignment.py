@@ -11,7 +11,7 @@ any other, so a re-run only evaluates). ``student`` is the main job's aligned mo
 Default variants (issue: alignment must show itself against a single low-level metric and
 against the paper's weighting, in the same run):
 
-- ``student``: the default reward (student, faithfulness-weighted dims);
+- ``aligned`` (always): the default reward (student, faithfulness-weighted dims);
 - ``neg_mse``: reward = -MSE of the imagined frames vs the real ones (a single low-level metric);
 - ``all_six``: the student with the paper's weights (the six dims' maxima).
 
@@ -119,10 +119,21 @@ def reward_agreement(wm, contexts, student, teacher, n_contexts: int, group_size
         if w_name == "faithful":
             for metric in ("neg_mse", "ssim"):
                 rewards[metric] = single_metric_reward(s["clip"][:, 1:], s["real"], metric).numpy()
+            rewards["student (faithful) + neg_mse, z-scored per group"] = (
+                _group_z(rewards["student (faithful)"], groups) + _group_z(rewards["neg_mse"], groups))
             out["teacher_group_std"] = float(np.mean([t_r[groups == c].std() for c in np.unique(groups)]))
         for name, r in rewards.items():
             acc, pairs = pairwise_accuracy(r, t_r, groups, return_pairs=True)
             out[f"{name} vs teacher ({w_name})"] = {"acc": float(acc), "pairs": int(pairs)}
+    return out
+
+
+def _group_z(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """``x`` standardized within each group (zero mean, unit std; a flat group -> 0)."""
+    out = np.zeros(len(x))
+    for g in np.unique(groups):
+        m = groups == g
+        out[m] = (x[m] - x[m].mean()) / (x[m].std() + 1e-9)
     return out
 
 
@@ -174,6 +185,9 @@ def main() -> None:
     ap.add_argument("--variant", action="append", type=parse_variant, default=None,
                     help="NAME=override[,override...] on top of the main job's align overrides (repeatable); "
                          "default: neg_mse and all_six")
+    ap.add_argument("--agreement-only", action="store_true",
+                    help="build up to the student and run only the reward-agreement check (no alignment)")
+    ap.add_argument("--no-ablations", action="store_true", help="only the main job's aligned model (no variants)")
     ap.add_argument("--samples", type=int, default=2, help="imagined clips per held-out context and model")
     ap.add_argument("--agreement", type=int, default=32,
                     help="training contexts for the reward-agreement check (0: skip)")
@@ -192,13 +206,18 @@ def main() -> None:
 
     setup_torch(args.threads)
     cfg = pipeline.compose("closed_loop", args.pipeline)
+    if args.agreement_only:
+        stages = pipeline.build(cfg.pipeline, ["student"], artifacts=cfg.artifacts)
+        rollouts = pipeline.collected_rollouts(stages["collect"])
+        print(agreement_table(agreement_check(cfg, stages, rollouts["train"], args.agreement), args.agreement))
+        return
     stages = pipeline.build(cfg.pipeline, ["aligned"], artifacts=cfg.artifacts)
     coll_keys = {f"collect{i}": r.key for i, r in enumerate(stages["collect"])}
     rollouts = pipeline.collected_rollouts(stages["collect"])
-    variants = dict(args.variant) if args.variant is not None else dict(DEFAULT_VARIANTS)
-    aligned = {"student": stages["aligned"]}
+    variants = dict(args.variant or []) if args.variant is not None or args.no_ablations else dict(DEFAULT_VARIANTS)
+    aligned = {"aligned": stages["aligned"]}
     for name, extra in variants.items():
-        if name in ("pretrained", "student"):
+        if name in ("pretrained", "aligned"):
             raise SystemExit(f"variant name {name!r} is taken; choose another")
         print(f"[alignment] variant {name}: {extra}")
         aligned[name] = pipeline.aligned_stage(cfg.pipeline, stages, coll_keys, rollouts["train"], extra=extra,

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from agent.evaluate import mcnemar
 from envs.video import write_video
 from experiments.common import resolve, rollout_paths, setup_torch, save_results
 from worldmodel.align import ContextSet, make_clips
@@ -98,6 +99,7 @@ def evaluate_model(wm, contexts, cfg, teacher=None, student=None) -> dict:
         r["teacher"]["total"] = mean_ci(t["total"])
         r["optimism"] = optimism(t["if_x"], t["if_replay"])
         r["_total"] = t["total"]
+        r["_optimistic"] = (t["if_x"] >= SUCCESS_IF) & (t["if_replay"] < SUCCESS_IF)   # per clip, for McNemar
     if student is not None:
         from experiments.align import student_reward_fn
 
@@ -160,7 +162,9 @@ def table(results: dict, reference: dict | None, pairs: dict) -> str:
                          + f" | {_fmt(reference['total'])} | - | - |")
         for name, p in pairs.items():
             lines.append(f"\n{name}: teacher total {p['diff']:+.3f} ± {p['ci']:.3f} ({p['relative_pct']:+.1f}%) "
-                         f"paired over {p['contexts']} contexts")
+                         f"paired over {p['contexts']} contexts"
+                         + ("; optimistic clips only before / only after {a_only} / {b_only} (exact McNemar "
+                            "p = {p:.2f})".format(**p["optimism_mcnemar"]) if "optimism_mcnemar" in p else ""))
         lines.append("")
     lines += ["| model | PSNR | SSIM | object+gripper MSE | object+gripper PSNR |", "|---|---|---|---|---|"]
     for name, r in results.items():
@@ -193,6 +197,10 @@ def run(cfg: DictConfig) -> dict:
     ctx = results[names[0]]["_clips"]["context"].numpy()
     pairs = {f"{n} vs {names[0]}": paired(results[names[0]]["_total"], results[n]["_total"], ctx)
              for n in names[1:] if teacher is not None}
+    for n in names[1:]:   # the same contexts and sampling seeds: clip i of each model is a pair
+        if teacher is not None:
+            pairs[f"{n} vs {names[0]}"]["optimism_mcnemar"] = mcnemar(
+                results[names[0]]["_optimistic"].tolist(), results[n]["_optimistic"].tolist())
     out = resolve(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.videos:
