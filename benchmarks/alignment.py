@@ -242,7 +242,7 @@ def main() -> None:
     stages_txt = ", ".join(f"{k} `{stages[k].dir.name}`" for k in ("worldmodel", "student", "bench"))
     stages_txt += ", " + ", ".join(f"{n} `{s.dir.name}`" for n, s in aligned.items())
     body = (f"Stages: {stages_txt}. Variants: main job's align overrides {list(cfg.pipeline.align)} plus "
-            + "; ".join(f"{n}: {v}" for n, v in variants.items()) + ".\n\n" + md
+            + ("; ".join(f"{n}: {v}" for n, v in variants.items()) or "none") + ".\n\n" + md
             + (f"\n\n{args.notes}" if args.notes else ""))
     with open(out / "costs.json", "w") as f:
         json.dump({"costs": costs, "paired": result["paired"], "agreement": agreement}, f, indent=2, default=str)

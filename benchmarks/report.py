@@ -5,6 +5,7 @@ import datetime as dt
 import os
 import platform
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def machine() -> str:
 def command_line(skip: tuple[str, ...] = ("--notes",)) -> str:
     """This script's command line without the values of ``skip`` options (long notes)."""
     argv = [a for i, a in enumerate(sys.argv) if a not in skip and (i == 0 or sys.argv[i - 1] not in skip)]
-    return " ".join(["python", *(f'"{a}"' if " " in a else a for a in argv)])
+    return " ".join(["python", *(shlex.quote(a) for a in argv)])
 
 
 def write_section(title: str, body: str, command: str | None = None) -> None:
