@@ -1,13 +1,13 @@
 """Alignment on the main job's models: pre-trained vs GRPO-aligned variants, judged by the teacher.
 
-    python benchmarks/alignment.py                         # Lift main-job stages; variants: student, neg_mse, all_six
+    python benchmarks/alignment.py                         # Lift main-job stages; aligned + neg_mse, all_six
     python benchmarks/alignment.py --variant strong=grpo.lr=5e-5,run.updates=160
     python benchmarks/alignment.py --pipeline env=pick_color 'pipeline.envs=[lift,pick_color,stack]'
 
 Builds (or reuses) the main job's stages (``experiments/pipeline.py``: collect, tokenizer,
 world model, bench, student, the default aligned model), then one more ``aligned`` stage per
 variant: the main job's alignment overrides plus the variant's (each a cached stage keyed like
-any other, so a re-run only evaluates). ``student`` is the main job's aligned model itself.
+any other, so a re-run only evaluates). ``aligned`` is the main job's aligned model itself.
 Default variants (issue: alignment must show itself against a single low-level metric and
 against the paper's weighting, in the same run):
 
@@ -71,7 +71,7 @@ def stage_metrics(stage_dir: Path) -> dict:
             "probe_first": probes[0]["probe/teacher_total"] if probes else float("nan"),
             "probe_last": probes[-1]["probe/teacher_total"] if probes else float("nan"),
             "hacking_flags": int(sum(bool(r.get("probe/hacking")) for r in rows)),
-            "config": manifest.get("config", {}).get("grpo", {}), "run": manifest.get("config", {}).get("run", {})}
+            "config": manifest.get("config", {}).get("grpo", {})}
 
 
 def cost_table(costs: dict[str, dict]) -> str:
@@ -99,7 +99,7 @@ def reward_agreement(wm, contexts, student, teacher, n_contexts: int, group_size
 
     from experiments.align import student_reward_fn
     from experiments.eval_alignment import imagine, teacher_scores
-    from worldmodel.align import WEIGHT_PRESETS, make_clips, single_metric_reward
+    from worldmodel.align import WEIGHT_PRESETS, group_advantages, make_clips, single_metric_reward
     from worldmodel.judge import MAX_SCORES
     from worldmodel.judge.distill import pairwise_accuracy
 
@@ -119,21 +119,12 @@ def reward_agreement(wm, contexts, student, teacher, n_contexts: int, group_size
         if w_name == "faithful":
             for metric in ("neg_mse", "ssim"):
                 rewards[metric] = single_metric_reward(s["clip"][:, 1:], s["real"], metric).numpy()
-            rewards["student (faithful) + neg_mse, z-scored per group"] = (
-                _group_z(rewards["student (faithful)"], groups) + _group_z(rewards["neg_mse"], groups))
+            z = lambda x: group_advantages(torch.as_tensor(x).view(-1, group_size), 1e-9).view(-1).numpy()  # noqa: E731
+            rewards["student (faithful) + neg_mse, z-scored per group"] = z(rewards["student (faithful)"]) + z(rewards["neg_mse"])
             out["teacher_group_std"] = float(np.mean([t_r[groups == c].std() for c in np.unique(groups)]))
         for name, r in rewards.items():
             acc, pairs = pairwise_accuracy(r, t_r, groups, return_pairs=True)
             out[f"{name} vs teacher ({w_name})"] = {"acc": float(acc), "pairs": int(pairs)}
-    return out
-
-
-def _group_z(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """``x`` standardized within each group (zero mean, unit std; a flat group -> 0)."""
-    out = np.zeros(len(x))
-    for g in np.unique(groups):
-        m = groups == g
-        out[m] = (x[m] - x[m].mean()) / (x[m].std() + 1e-9)
     return out
 
 

@@ -78,12 +78,16 @@ def teacher_scores(teacher, clips: list[dict]) -> dict:
             "if_replay": np.asarray(out["true_stage"])[:, 0]}
 
 
+def optimistic(if_x: np.ndarray, if_replay: np.ndarray) -> np.ndarray:
+    """Per clip: imagined success (IF = 3) where the replay of the same actions fails."""
+    return (if_x >= SUCCESS_IF) & (if_replay < SUCCESS_IF)
+
+
 def optimism(if_x: np.ndarray, if_replay: np.ndarray) -> dict:
-    """Imagined success (IF = 3) where the replay of the same actions fails."""
-    fails = if_replay < SUCCESS_IF
-    shown = if_x >= SUCCESS_IF
-    return {"rate": float((shown & fails).sum() / max(1, fails.sum())), "replay_failures": int(fails.sum()),
-            "optimistic_clips": int((shown & fails).sum()),
+    """The rate of :func:`optimistic` clips among the replay's failures (and the pessimism rate)."""
+    fails, shown, opt = if_replay < SUCCESS_IF, if_x >= SUCCESS_IF, optimistic(if_x, if_replay)
+    return {"rate": float(opt.sum() / max(1, fails.sum())), "replay_failures": int(fails.sum()),
+            "optimistic_clips": int(opt.sum()),
             "pessimism_rate": float((~shown & ~fails).sum() / max(1, (~fails).sum()))}
 
 
@@ -99,7 +103,7 @@ def evaluate_model(wm, contexts, cfg, teacher=None, student=None) -> dict:
         r["teacher"]["total"] = mean_ci(t["total"])
         r["optimism"] = optimism(t["if_x"], t["if_replay"])
         r["_total"] = t["total"]
-        r["_optimistic"] = (t["if_x"] >= SUCCESS_IF) & (t["if_replay"] < SUCCESS_IF)   # per clip, for McNemar
+        r["_optimistic"] = optimistic(t["if_x"], t["if_replay"])   # per clip, for McNemar
     if student is not None:
         from experiments.align import student_reward_fn
 
@@ -195,12 +199,11 @@ def run(cfg: DictConfig) -> dict:
     reference = real_reference(contexts, teacher, repeat) if teacher is not None else None
     names = list(results)
     ctx = results[names[0]]["_clips"]["context"].numpy()
-    pairs = {f"{n} vs {names[0]}": paired(results[names[0]]["_total"], results[n]["_total"], ctx)
-             for n in names[1:] if teacher is not None}
-    for n in names[1:]:   # the same contexts and sampling seeds: clip i of each model is a pair
-        if teacher is not None:
-            pairs[f"{n} vs {names[0]}"]["optimism_mcnemar"] = mcnemar(
-                results[names[0]]["_optimistic"].tolist(), results[n]["_optimistic"].tolist())
+    base, pairs = results[names[0]], {}
+    for n in names[1:] if teacher is not None else []:   # same contexts and seeds: clip i of each model is a pair
+        pairs[f"{n} vs {names[0]}"] = {**paired(base["_total"], results[n]["_total"], ctx),
+                                       "optimism_mcnemar": mcnemar(base["_optimistic"].tolist(),
+                                                                   results[n]["_optimistic"].tolist())}
     out = resolve(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.videos:

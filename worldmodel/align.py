@@ -166,12 +166,10 @@ def single_metric_reward(pred: torch.Tensor, real: torch.Tensor, metric: str) ->
     """Low-level ablation reward: pred, real (N, T, 3, H, W) -> (N,) ``-MSE`` or mean SSIM."""
     if metric == "neg_mse":
         return -((pred.float() - real.float()) ** 2).mean((1, 2, 3, 4))
-    from torchmetrics.functional.image import structural_similarity_index_measure
+    from worldmodel.evaluate import ssim_frames
 
     n, t = pred.shape[:2]
-    s = structural_similarity_index_measure(pred.flatten(0, 1).float().clamp(0, 1), real.flatten(0, 1).float(),
-                                            data_range=1.0, reduction="none")
-    return s.view(n, t).mean(1)
+    return ssim_frames(pred.flatten(0, 1).float().clamp(0, 1), real.flatten(0, 1).float()).view(n, t).mean(1)
 
 
 def make_clips(frames: torch.Tensor, actions: torch.Tensor, instruction: torch.Tensor, meta: list[dict],

@@ -55,6 +55,15 @@ def region_mask(seg: torch.Tensor, dilate: int = 1) -> torch.Tensor:
 SSIM_CHUNK = 256   # frames per SSIM call
 
 
+def ssim_frames(pred: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """pred, real (N, 3, H, W) in [0, 1] -> (N,) SSIM per frame, in chunks: torchmetrics'
+    SSIM holds ~a dozen padded copies of its input (thousands of frames at once ran a
+    24 GB machine out of memory)."""
+    return torch.cat([structural_similarity_index_measure(pred[i:i + SSIM_CHUNK], real[i:i + SSIM_CHUNK],
+                                                          data_range=1.0, reduction="none")
+                      for i in range(0, len(pred), SSIM_CHUNK)])
+
+
 def frame_metrics(pred: torch.Tensor, real: torch.Tensor, mask: torch.Tensor) -> dict:
     """pred, real (B, T, 3, H, W); mask (B, T, H, W) -> per-step means (T,) of
     ``psnr``, ``ssim``, ``region_mse`` and ``region_psnr``."""
@@ -62,10 +71,7 @@ def frame_metrics(pred: torch.Tensor, real: torch.Tensor, mask: torch.Tensor) ->
     p, r = pred.flatten(0, 1).float().clamp(0, 1), real.flatten(0, 1).float()
     # PSNR per image from its MSE, capped at 60 dB (identical frames would give inf)
     psnr = 10 * torch.log10(1.0 / ((p - r) ** 2).mean((1, 2, 3)).clamp(min=1e-6))
-    # in chunks: torchmetrics' SSIM holds ~a dozen padded copies of its input (thousands of
-    # frames at once ran a 24 GB machine out of memory)
-    ssim = torch.cat([structural_similarity_index_measure(p[i:i + SSIM_CHUNK], r[i:i + SSIM_CHUNK], data_range=1.0,
-                                                          reduction="none") for i in range(0, len(p), SSIM_CHUNK)])
+    ssim = ssim_frames(p, r)
     sq = ((p - r) ** 2).mean(1)                                          # (BT, H, W)
     m = mask.flatten(0, 1).float()
     region = (sq * m).sum((1, 2)) / m.sum((1, 2)).clamp(min=1)
