@@ -345,3 +345,30 @@ def test_shaping_ranking_loss_orders_each_shaping_term_and_leaves_ties_out():
     g = good.clone().requires_grad_()
     shaping_ranking_loss(g, target).backward()
     assert g.grad[0, 0] < 0 < g.grad[1, 0]     # descent raises row 0's rise and lowers row 1's
+
+
+def test_ensemble_members_train_independently_and_average(tmp_path):
+    torch.manual_seed(0)
+    ens = StudentReward(StudentConfig(**{**TINY.__dict__, "members": 3}))
+    clips = synthetic_clips(6, t1=5)
+    frames, ids = torch.as_tensor(clips["frames"]), torch.as_tensor(clips["instruction"])
+    dims, shaping = ens(frames, ids, members=True)
+    assert dims.shape == (3, 6, 6) and shaping.shape == (3, 6, 3)
+    assert not torch.allclose(dims[0], dims[1])                 # independently initialised
+    mean_dims, mean_shaping = ens(frames, ids)
+    assert torch.allclose(mean_dims, dims.mean(0)) and torch.allclose(mean_shaping, shaping.mean(0))
+    assert ens.n_params() == 3 * StudentReward(TINY).n_params()
+    # every member is fitted to the labels (not only their mean): each one alone ends closer
+    train = make_data(**synthetic_clips(96, seed=1))
+    val = make_data(**synthetic_clips(32, seed=2))
+    before = [evaluate(m, val)["mae_norm"] for m in ens.members_as_students()]
+    ens, metrics = distill(ens, train, val, steps=120, batch_size=16, lr=4e-3, warmup=5, out_dir=tmp_path / "d",
+                           eval_every=120, ckpt_every=120, log_every=20, progress=False)
+    after = [evaluate(m, val)["mae_norm"] for m in ens.members_as_students()]
+    assert all(a < 0.75 * b for a, b in zip(after, before)), (before, after)
+    # a checkpoint of the ensemble restores every member
+    again = StudentReward.from_checkpoint(ens.save(tmp_path / "ens.pt"))
+    assert again.config.members == 3
+    assert torch.equal(again.score(frames, ids)["total"], ens.score(frames, ids)["total"])
+    with pytest.raises(ValueError, match="members"):
+        StudentConfig(members=0)

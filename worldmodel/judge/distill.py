@@ -431,8 +431,7 @@ def distill(student: StudentReward, data: dict, val_data: dict | None = None, *,
         row_weights = np.array([float(source_weights.get(x, 1.0)) for x in src])
     full_config = {**student.config_dict(), "train": train_cfg, **(config or {})}
 
-    def loss_fn(net, batch):
-        dims, shaping = net(batch["frames"], batch["instruction"], batch.get("actions"))
+    def member_loss(dims, shaping, batch):
         loss, m = distill_loss(dims, shaping, batch["scores"], batch["shaping"], dim_weights=dim_weights,
                                shaping_weight=shaping_weight, delta=huber_delta)
         if rank_weight:
@@ -442,6 +441,14 @@ def distill(student: StudentReward, data: dict, val_data: dict | None = None, *,
             sl = shaping_ranking_loss(shaping, batch["shaping"])
             loss, m["rank_shaping"] = loss + shaping_rank_weight * sl, sl.detach()
         return loss, m
+
+    def loss_fn(net, batch):
+        # an ensemble's members are each fitted to the labels (mean of their losses), not
+        # their mean output: that keeps them independent estimates
+        dims, shaping = net(batch["frames"], batch["instruction"], batch.get("actions"), members=True)
+        per = [member_loss(d, s, batch) for d, s in zip(dims, shaping)]
+        loss = torch.stack([p[0] for p in per]).mean()
+        return loss, {k: torch.stack([p[1][k] for p in per]).mean() for k in per[0][1]}
 
     eval_fn = None
     if val_data is not None and n_rows(val_data):

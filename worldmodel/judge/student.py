@@ -22,6 +22,9 @@ Architecture (per clip of ``T+1`` frames, 64x64):
   outputs (through a sigmoid) are the normalized dimensions ``score / MAX_SCORES`` in
   ``[0, 1]`` and the last three are the shaping outputs (``SHAPING``: target_rise,
   grip_dist, progress; unbounded, in the teacher's normalized units).
+- ``members = K > 1``: K such networks, independently initialised and each fitted to the
+  labels (``worldmodel.judge.distill``); the outputs are their mean. One small student's
+  within-start ranking varies from seed to seed; the mean of K ranks better.
 
 Public verbs::
 
@@ -39,7 +42,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -69,11 +72,15 @@ class StudentConfig:
     weights: tuple[float, ...] = (1.0,) * N_DIMS   # default per-dimension weights of `total`
     actions: bool = False          # optional action input (see `forward`); False: video only
     action_dropout: float = 0.3    # training: fraction of clips whose actions are hidden
+    members: int = 1               # an ensemble of this many independently initialised
+                                   # networks; outputs are their mean (see `forward`)
 
     def __post_init__(self):
         self.weights = tuple(float(w) for w in self.weights)
         if len(self.weights) != N_DIMS:
             raise ValueError(f"weights needs {N_DIMS} entries ({', '.join(DIMENSIONS)}), got {len(self.weights)}")
+        if self.members < 1:
+            raise ValueError(f"members must be >= 1, got {self.members}")
         if self.image_size % self.patch:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch {self.patch}")
 
@@ -136,6 +143,9 @@ class StudentReward(nn.Module):
         self.head = nn.Linear(h, N_DIMS + N_SHAPING)     # the linear head
         self.register_buffer("max_scores", torch.tensor(MAX_SCORES), persistent=False)
         self.register_buffer("default_weights", torch.tensor(cfg.weights), persistent=False)
+        # ensemble members 2..K (member 1 is this module's own layers, so a one-member
+        # student's checkpoint has the same keys as before the option existed)
+        self.extra = nn.ModuleList(StudentReward(replace(cfg, members=1)) for _ in range(cfg.members - 1))
 
     # -- inputs ----------------------------------------------------------------------------
     def prepare_frames(self, frames) -> torch.Tensor:
@@ -203,9 +213,21 @@ class StudentReward(nn.Module):
         out[:, :, 5] = 1.0
         return out
 
-    def forward(self, frames: torch.Tensor, instruction: torch.Tensor,
-                actions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training forward: frames as accepted by :meth:`prepare_frames` (validated; uint8
+    def forward(self, frames: torch.Tensor, instruction: torch.Tensor, actions: torch.Tensor | None = None,
+                *, members: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ensemble's mean of :meth:`member_forward` over its ``config.members`` networks:
+        (normalized dims ``(B, 6)`` in [0, 1], shaping ``(B, 3)``); with ``members=True``
+        every member's output, ``(K, B, 6)`` and ``(K, B, 3)`` (training fits each member to
+        the labels on its own, so they stay independent; averaging K of them mostly removes
+        the seed-to-seed variance of one small student's ranking)."""
+        outs = [self.member_forward(frames, instruction, actions)]
+        outs += [m.member_forward(frames, instruction, actions) for m in self.extra]
+        dims, shaping = torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
+        return (dims, shaping) if members else (dims.mean(0), shaping.mean(0))
+
+    def member_forward(self, frames: torch.Tensor, instruction: torch.Tensor,
+                       actions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One network's forward: frames as accepted by :meth:`prepare_frames` (validated; uint8
         ``(B, T+1, S, S, 3)`` is converted inside the stem, which is the fast path), long
         ids ``(B,)``, optional control actions ``(B, T*stride, 4)`` -> (normalized dims
         ``(B, 6)`` in [0, 1], shaping ``(B, 3)``), float32. In training mode a fraction
@@ -348,6 +370,15 @@ class StudentReward(nn.Module):
                 f"{path} is a student with another number of shaping outputs; this code has "
                 f"{N_SHAPING} ({', '.join(SHAPING)}). Retrain it on a bench built by this code "
                 "(python experiments/build_bench.py, then experiments/distill_reward.py)") from e
+
+    def members_as_students(self) -> list[StudentReward]:
+        """The ensemble's members as one-member students, for scoring each alone (members
+        2..K are the modules themselves, member 1 a copy of this module's own layers)."""
+        if not len(self.extra):
+            return [self]
+        first = StudentReward(replace(self.config, members=1)).to(self.max_scores.device)
+        first.load_state_dict({k: v for k, v in self.state_dict().items() if not k.startswith("extra.")})
+        return [first, *self.extra]
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
