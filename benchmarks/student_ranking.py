@@ -1,0 +1,223 @@
+"""Student rewards compared on the ranking planning and alignment need -> BENCHMARKS.md.
+
+    python benchmarks/student_ranking.py --bench PATH/bench.h5 \\
+        --student default=artifacts/stages/student-.../student.pt --student ens3=... [--split test]
+
+Every student scores the same clips of one bench split (the test split: held-out source
+episodes). Reported per student:
+
+- within-start pairwise accuracy on world-model generations (pairs of clips imagined from
+  one real start; teacher ties left out; a predicted tie counts half) -- all pairs, and
+  split by how the two futures differ: both sampled with the real actions at a temperature
+  (``wm_t*``), both imagined from perturbed actions (``wm_a*``, what the planner's candidates
+  look like; a bench built with ``+bench.wm_action_noise=[...]``), or one of each;
+  a 95% bootstrap interval over starts (starts resampled, 2000 draws) for the headline;
+- Spearman of the total with the teacher's on all clips and on the generations;
+- for an ensemble (``members > 1``), each member alone on the same pairs;
+- scoring speed (9-frame 64x64 clips, batch 256, bf16) with 1 and 2 threads.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from benchmarks.report import write_section  # noqa: E402
+from experiments.common import resolve  # noqa: E402
+from worldmodel.judge.distill import bench_groups, from_bench, predict, spearman  # noqa: E402
+from worldmodel.judge.student import StudentReward  # noqa: E402
+
+TITLE = "Judge: student rewards compared on within-start ranking"
+KINDS = ("all", "temperature", "actions", "mixed")
+KEYS = ("frames", "instruction", "scores", "shaping", "split", "source", "degradation", "episode", "start_step",
+        "actions")
+
+
+def generation_pairs(data: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs of world-model generations sharing one start: ``pairs (P, 2)`` row indices,
+    ``start (P,)`` their start's group id, ``kind (P,)`` ``temperature`` / ``actions`` /
+    ``mixed`` (how the two futures were made)."""
+    src = np.asarray(data["source"]).astype(str)
+    deg = np.asarray(data["degradation"]).astype(str)
+    groups = bench_groups({"episode": data["episode"], "start_step": data["start_step"]})
+    gen = np.flatnonzero(src == "generated")
+    pairs, start = [], []
+    for g in np.unique(groups[gen]):
+        idx = gen[groups[gen] == g]
+        a, b = np.triu_indices(len(idx), k=1)
+        pairs.append(np.stack([idx[a], idx[b]], 1))
+        start.append(np.full(len(a), g))
+    pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), int)
+    start = np.concatenate(start) if start else np.zeros(0, int)
+    temp = np.char.startswith(deg, "wm_t")
+    ti, tj = temp[pairs[:, 0]], temp[pairs[:, 1]]
+    kind = np.where(ti & tj, "temperature", np.where(~ti & ~tj, "actions", "mixed"))
+    return pairs, start, kind
+
+
+def pair_accuracy(pred: np.ndarray, true: np.ndarray, pairs: np.ndarray, start: np.ndarray,
+                  boot: int = 0, seed: int = 0) -> dict:
+    """Accuracy on pairs the teacher does not tie (predicted ties count half), the number
+    of such pairs, and with ``boot`` a 95% interval from resampling starts."""
+    dt = true[pairs[:, 0]] - true[pairs[:, 1]]
+    dp = pred[pairs[:, 0]] - pred[pairs[:, 1]]
+    keep = np.abs(dt) > 1e-6
+    score = np.where(dp * dt > 0, 1.0, np.where(dp == 0, 0.5, 0.0))[keep]
+    out = {"acc": float(score.mean()) if keep.any() else float("nan"), "pairs": int(keep.sum())}
+    if boot and keep.any():
+        starts, inv = np.unique(start[keep], return_inverse=True)
+        hit, n = np.bincount(inv, score), np.bincount(inv)
+        rng = np.random.default_rng(seed)
+        draw = rng.integers(0, len(starts), (boot, len(starts)))
+        accs = hit[draw].sum(1) / np.maximum(n[draw].sum(1), 1)
+        out["ci"] = (float(np.quantile(accs, 0.025)), float(np.quantile(accs, 0.975)))
+    return out
+
+
+def paired_difference(pred: np.ndarray, base: np.ndarray, true: np.ndarray, pairs: np.ndarray,
+                      start: np.ndarray, boot: int = 2000, seed: int = 0) -> dict:
+    """Accuracy of ``pred`` minus that of ``base`` on the same pairs, with a 95% interval
+    from resampling starts (both students' pairs of a start drawn together)."""
+    dt = true[pairs[:, 0]] - true[pairs[:, 1]]
+    keep = np.abs(dt) > 1e-6
+    dt = dt[keep]
+
+    def hits(p):
+        dp = p[pairs[keep, 0]] - p[pairs[keep, 1]]
+        return np.where(dp * dt > 0, 1.0, np.where(dp == 0, 0.5, 0.0))
+
+    h = hits(pred) - hits(base)
+    starts, inv = np.unique(start[keep], return_inverse=True)
+    per, n = np.bincount(inv, h), np.bincount(inv)
+    draw = np.random.default_rng(seed).integers(0, len(starts), (max(boot, 1), len(starts)))
+    diffs = per[draw].sum(1) / np.maximum(n[draw].sum(1), 1)
+    return {"diff": float(h.mean()), "ci": (float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975)))}
+
+
+def scoring_speed(student: StudentReward, data: dict, threads: int, batch: int = 256, seconds: float = 3.0) -> float:
+    """Clips/s of ``student.score`` (bf16) on ``batch`` clips of ``data`` with ``threads`` torch threads."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        idx = np.arange(batch) % len(data["frames"])
+        frames, instr = data["frames"][idx], data["instruction"][idx]
+        student.score(frames, instr, batch_size=batch)                   # warm-up
+        done, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            student.score(frames, instr, batch_size=batch)
+            done += batch
+        return done / (time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(old)
+
+
+def _f(x, nd: int = 3) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{x:.{nd}f}"
+
+
+def _rel(p: Path) -> str:
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
+
+
+def compare(bench: Path, students: list[tuple[str, Path]], split: str = "test", boot: int = 2000,
+            speed: bool = True) -> tuple[str, dict]:
+    """The markdown body and the numbers of every student (see the module docstring)."""
+    from worldmodel.judge.bench import load_bench
+
+    raw = load_bench(bench, split=split)
+    data = from_bench({k: v for k, v in raw.items() if k in KEYS})
+    del raw
+    true = data["scores"].numpy().sum(1)
+    gen = np.asarray(data["source"]).astype(str) == "generated"
+    pairs, start, kind = generation_pairs(data)
+    n_kind = {k: int((kind == k).sum()) if k != "all" else len(kind) for k in KINDS}
+    head = ("| student | members | parameters | " + " | ".join(f"pairs: {k}" for k in KINDS)
+            + " | 95% interval (all) | Spearman total (all clips) | Spearman total (generations) |"
+            + (" clips/s, 1 thread | clips/s, 2 threads |" if speed else "")
+            + " vs the first: difference, 95% interval |"
+            + "\n|" + "---|" * (11 + 2 * speed))
+    rows, members_rows, out, first = [head], [], {}, None
+    for name, path in students:
+        st = StudentReward.from_checkpoint(path)
+        pred = predict(st, data)["total"]
+        res = {k: pair_accuracy(pred, true, pairs if k == "all" else pairs[kind == k],
+                                start if k == "all" else start[kind == k], boot=boot if k == "all" else 0)
+               for k in KINDS}
+        res["spearman_all"] = spearman(pred, true)
+        res["spearman_gen"] = spearman(pred[gen], true[gen])
+        if speed:
+            res["speed1"], res["speed2"] = scoring_speed(st, data, 1), scoring_speed(st, data, 2)
+        ci = res["all"].get("ci", (float("nan"),) * 2)
+        if first is None:
+            first, diff = pred, "-"
+        else:
+            d = paired_difference(pred, first, true, pairs, start, boot)
+            diff = f"{d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
+        rows.append(f"| {name} | {st.config.members} | {st.n_params():,} | "
+                    + " | ".join(f"{_f(res[k]['acc'])} ({res[k]['pairs']})" for k in KINDS)
+                    + f" | [{_f(ci[0])}, {_f(ci[1])}] | {_f(res['spearman_all'])} | {_f(res['spearman_gen'])} |"
+                    + (f" {res['speed1']:.0f} | {res['speed2']:.0f} |" if speed else "") + f" {diff} |")
+        if st.config.members > 1:
+            for m, member in enumerate(st.members_as_students()):
+                mp = predict(member, data)["total"]
+                members_rows.append(f"| {name}, member {m + 1} alone | "
+                                    + " | ".join(_f(pair_accuracy(mp, true, pairs if k == "all" else pairs[kind == k],
+                                                                  start if k == "all" else start[kind == k])["acc"])
+                                                 for k in KINDS)
+                                    + f" | {_f(spearman(mp, true))} |")
+        out[name] = res
+    body = [f"Bench `{_rel(bench)}`, **{split}** split ({len(true)} clips, {int(gen.sum())} world-model generations "
+            f"from {len(np.unique(start))} starts; pairs per kind: "
+            + ", ".join(f"{k} {n_kind[k]}" for k in KINDS) + "). Students:", ""]
+    body += [f"- {name}: `{_rel(path)}`" for name, path in students]
+    body += ["", "Within-start pairwise accuracy on world-model generations (teacher ties left out; pairs in "
+             "brackets), by how the two futures differ:", "", *rows]
+    if members_rows:
+        body += ["", "Each ensemble member alone, same pairs:", "",
+                 "| student | " + " | ".join(f"pairs: {k}" for k in KINDS) + " | Spearman total (all clips) |",
+                 "|" + "---|" * (len(KINDS) + 2), *members_rows]
+    return "\n".join(body), out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bench", required=True)
+    ap.add_argument("--student", action="append", required=True, metavar="NAME=PATH",
+                    help="a student checkpoint to compare (repeatable)")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--boot", type=int, default=2000)
+    ap.add_argument("--no-speed", action="store_true")
+    ap.add_argument("--title", default=TITLE)
+    ap.add_argument("--notes", default="")
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    students = []
+    for s in args.student:
+        name, sep, path = s.partition("=")
+        if not sep or not name or not path:
+            ap.error(f"--student wants NAME=PATH, got {s!r}")
+        p = resolve(path)
+        if not p.exists():
+            ap.error(f"student checkpoint {p} does not exist")
+        students.append((name, p))
+    bench = resolve(args.bench)
+    if not bench.exists():
+        ap.error(f"bench {bench} does not exist (build one with python experiments/build_bench.py)")
+    body, _ = compare(bench, students, args.split, args.boot, speed=not args.no_speed)
+    if args.notes:
+        body += f"\n\n{args.notes}"
+    print(body)
+    if not args.no_write:
+        write_section(args.title, body + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""The student-comparison benchmark's pair bookkeeping (benchmarks/student_ranking.py)."""
+import numpy as np
+
+from benchmarks.student_ranking import generation_pairs, pair_accuracy, paired_difference
+
+
+def _data():
+    # two starts; start 0: three temperature samples + two perturbed-action futures, start 1:
+    # two temperature samples; a real clip and a degraded one of start 0 are not generations
+    source = ["generated"] * 7 + ["real", "degraded"]
+    degradation = ["wm_t0.5", "wm_t1", "wm_t1.5", "wm_a0.5", "wm_a1", "wm_t0.5", "wm_t1", "", "shuffle"]
+    episode = ["a", "a", "a", "a", "a", "b", "b", "a", "a"]
+    start_step = [4, 4, 4, 4, 4, 8, 8, 4, 4]
+    return {"source": np.array(source), "degradation": np.array(degradation),
+            "episode": np.array(episode), "start_step": np.array(start_step)}
+
+
+def test_generation_pairs_by_start_and_kind():
+    pairs, start, kind = generation_pairs(_data())
+    assert len(pairs) == 10 + 1                                   # C(5, 2) + C(2, 2); real/degraded left out
+    assert (pairs < 7).all() and (pairs[:, 0] < pairs[:, 1]).all()
+    assert len(np.unique(start)) == 2
+    assert sorted(np.unique(kind, return_counts=True)[1].tolist()) == [1, 4, 6]   # actions, temperature, mixed
+    assert (kind == "actions").sum() == 1 and (kind == "temperature").sum() == 3 + 1
+
+
+def test_pair_accuracy_leaves_teacher_ties_out_and_counts_predicted_ties_half():
+    pairs, start, _ = generation_pairs(_data())
+    true = np.array([1.0, 2, 3, 4, 5, 1, 1, 0, 0])               # start 1's pair is a teacher tie
+    assert pair_accuracy(true * 3, true, pairs, start)["acc"] == 1.0
+    rev = pair_accuracy(-true, true, pairs, start, boot=200)
+    assert rev["acc"] == 0.0 and rev["pairs"] == 10 and rev["ci"] == (0.0, 0.0)
+    assert pair_accuracy(np.zeros(9), true, pairs, start)["acc"] == 0.5
+    d = paired_difference(true, -true, true, pairs, start, boot=200)
+    assert d["diff"] == 1.0 and d["ci"] == (1.0, 1.0)
