@@ -66,9 +66,10 @@ def make_method(method: str, cfg: DictConfig, stages: dict):
 
         stage, extra = WORLD_MODEL_METHODS[method]
         kwargs = {**OmegaConf.to_container(cfg.mpc), **extra}
+        kwargs.pop("student", None)
         if method in PRIOR_METHODS:
             kwargs["prior"] = str(pipeline.model_path(stages, "prior"))
-        return WorldModelMPC(str(pipeline.model_path(stages, stage)), str(pipeline.model_path(stages, "student")),
+        return WorldModelMPC(str(pipeline.model_path(stages, stage)), planning_student(cfg, stages),
                              planner=planner, name=method, **kwargs)
     if method in SAC_METHODS:
         from agent.sb3 import SACAgent
@@ -91,10 +92,23 @@ def make_method(method: str, cfg: DictConfig, stages: dict):
         from agent.oracle import OracleS
 
         prior = str(pipeline.model_path(stages, "prior")) if method in PRIOR_METHODS else None
-        return OracleS(str(pipeline.model_path(stages, "student")), planner=planner, prior=prior,
+        return OracleS(planning_student(cfg, stages), planner=planner, prior=prior,
                        weights=OmegaConf.to_container(cfg.mpc.weights), threads=cfg.mpc.get("threads"))
     kwargs = OmegaConf.to_container(cfg.agent.kwargs) if method == cfg.agent.name else {}
     return make_agent(method, **kwargs)
+
+
+def planning_student(cfg: DictConfig, stages: dict) -> str:
+    """The student checkpoint the planners score with: the pipeline's student stage, or
+    ``+mpc.student=PATH`` (e.g. another student with the same world model; the aligned
+    model is still the one GRPO-trained against the pipeline's student)."""
+    path = cfg.mpc.get("student")
+    if not path:
+        return str(pipeline.model_path(stages, "student"))
+    p = resolve(path)
+    if not p.exists():
+        raise FileNotFoundError(f"mpc.student={path}: no such student checkpoint ({p})")
+    return str(p)
 
 
 def method_identity(method: str, cfg: DictConfig, stages: dict) -> dict:

@@ -371,3 +371,23 @@ def test_stage_key_ignores_new_options_at_their_neutral_default():
     assert default["prior"]["model"]["instruction_film"] is True  # on by default: a new key
     off = semantic(compose("train_prior", ["prior=default", "artifacts=x", "prior.model.instruction_film=false"]))
     assert "instruction_film" not in off["prior"]["model"]  # off: the key of older priors
+
+
+def test_planning_student_override(tmp_path):
+    from experiments.closed_loop import planning_student
+    from experiments.pipeline import StageResult
+
+    stage_dir = tmp_path / "student-abc"
+    stage_dir.mkdir()
+    (stage_dir / "student.pt").write_bytes(b"x")
+    stages = {"student": StageResult("student", "abc", stage_dir, True)}
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        cfg = compose(config_name="closed_loop")
+        assert planning_student(cfg, stages) == str(stage_dir / "student.pt")
+        other = tmp_path / "other.pt"
+        other.write_bytes(b"y")
+        cfg = compose(config_name="closed_loop", overrides=[f"+mpc.student={other}"])
+        assert planning_student(cfg, stages) == str(other)
+        cfg = compose(config_name="closed_loop", overrides=[f"+mpc.student={tmp_path / 'missing.pt'}"])
+        with pytest.raises(FileNotFoundError, match="mpc.student"):
+            planning_student(cfg, stages)
