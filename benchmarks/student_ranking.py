@@ -63,22 +63,33 @@ def generation_pairs(data: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return pairs, start, kind
 
 
+def _pair_hits(pred: np.ndarray, true: np.ndarray, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair the teacher does not tie: 1 if ``pred`` orders it as the teacher, 0.5 for a
+    predicted tie, else 0; and the mask of those pairs among ``pairs``."""
+    dt = true[pairs[:, 0]] - true[pairs[:, 1]]
+    dp = pred[pairs[:, 0]] - pred[pairs[:, 1]]
+    keep = np.abs(dt) > 1e-6
+    return np.where(dp * dt > 0, 1.0, np.where(dp == 0, 0.5, 0.0))[keep], keep
+
+
+def _start_bootstrap(values: np.ndarray, start: np.ndarray, boot: int, seed: int) -> tuple[float, float]:
+    """95% interval of the mean of per-pair ``values`` with starts resampled (all pairs of a
+    start drawn together)."""
+    _, inv = np.unique(start, return_inverse=True)
+    per, n = np.bincount(inv, values), np.bincount(inv)
+    draw = np.random.default_rng(seed).integers(0, len(n), (max(boot, 1), len(n)))
+    means = per[draw].sum(1) / np.maximum(n[draw].sum(1), 1)
+    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
 def pair_accuracy(pred: np.ndarray, true: np.ndarray, pairs: np.ndarray, start: np.ndarray,
                   boot: int = 0, seed: int = 0) -> dict:
     """Accuracy on pairs the teacher does not tie (predicted ties count half), the number
     of such pairs, and with ``boot`` a 95% interval from resampling starts."""
-    dt = true[pairs[:, 0]] - true[pairs[:, 1]]
-    dp = pred[pairs[:, 0]] - pred[pairs[:, 1]]
-    keep = np.abs(dt) > 1e-6
-    score = np.where(dp * dt > 0, 1.0, np.where(dp == 0, 0.5, 0.0))[keep]
-    out = {"acc": float(score.mean()) if keep.any() else float("nan"), "pairs": int(keep.sum())}
+    hits, keep = _pair_hits(pred, true, pairs)
+    out = {"acc": float(hits.mean()) if keep.any() else float("nan"), "pairs": int(keep.sum())}
     if boot and keep.any():
-        starts, inv = np.unique(start[keep], return_inverse=True)
-        hit, n = np.bincount(inv, score), np.bincount(inv)
-        rng = np.random.default_rng(seed)
-        draw = rng.integers(0, len(starts), (boot, len(starts)))
-        accs = hit[draw].sum(1) / np.maximum(n[draw].sum(1), 1)
-        out["ci"] = (float(np.quantile(accs, 0.025)), float(np.quantile(accs, 0.975)))
+        out["ci"] = _start_bootstrap(hits, start[keep], boot, seed)
     return out
 
 
@@ -86,20 +97,9 @@ def paired_difference(pred: np.ndarray, base: np.ndarray, true: np.ndarray, pair
                       start: np.ndarray, boot: int = 2000, seed: int = 0) -> dict:
     """Accuracy of ``pred`` minus that of ``base`` on the same pairs, with a 95% interval
     from resampling starts (both students' pairs of a start drawn together)."""
-    dt = true[pairs[:, 0]] - true[pairs[:, 1]]
-    keep = np.abs(dt) > 1e-6
-    dt = dt[keep]
-
-    def hits(p):
-        dp = p[pairs[keep, 0]] - p[pairs[keep, 1]]
-        return np.where(dp * dt > 0, 1.0, np.where(dp == 0, 0.5, 0.0))
-
-    h = hits(pred) - hits(base)
-    starts, inv = np.unique(start[keep], return_inverse=True)
-    per, n = np.bincount(inv, h), np.bincount(inv)
-    draw = np.random.default_rng(seed).integers(0, len(starts), (max(boot, 1), len(starts)))
-    diffs = per[draw].sum(1) / np.maximum(n[draw].sum(1), 1)
-    return {"diff": float(h.mean()), "ci": (float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975)))}
+    hits, keep = _pair_hits(pred, true, pairs)
+    diff = hits - _pair_hits(base, true, pairs)[0]
+    return {"diff": float(diff.mean()), "ci": _start_bootstrap(diff, start[keep], boot, seed)}
 
 
 def scoring_speed(student: StudentReward, data: dict, threads: int, batch: int = 256, seconds: float = 3.0) -> float:
@@ -138,7 +138,8 @@ def compare(bench: Path, students: list[tuple[str, Path]], split: str = "test", 
     true = data["scores"].numpy().sum(1)
     gen = np.asarray(data["source"]).astype(str) == "generated"
     pairs, start, kind = generation_pairs(data)
-    n_kind = {k: int((kind == k).sum()) if k != "all" else len(kind) for k in KINDS}
+    subsets = {k: (pairs, start) if k == "all" else (pairs[kind == k], start[kind == k]) for k in KINDS}
+    n_kind = {k: len(subsets[k][0]) for k in KINDS}
     head = ("| student | members | parameters | " + " | ".join(f"pairs: {k}" for k in KINDS)
             + " | 95% interval (all) | Spearman total (all clips) | Spearman total (generations) |"
             + (" clips/s, 1 thread | clips/s, 2 threads |" if speed else "")
@@ -148,9 +149,7 @@ def compare(bench: Path, students: list[tuple[str, Path]], split: str = "test", 
     for name, path in students:
         st = StudentReward.from_checkpoint(path)
         pred = predict(st, data)["total"]
-        res = {k: pair_accuracy(pred, true, pairs if k == "all" else pairs[kind == k],
-                                start if k == "all" else start[kind == k], boot=boot if k == "all" else 0)
-               for k in KINDS}
+        res = {k: pair_accuracy(pred, true, *subsets[k], boot=boot if k == "all" else 0) for k in KINDS}
         res["spearman_all"] = spearman(pred, true)
         res["spearman_gen"] = spearman(pred[gen], true[gen])
         if speed:
@@ -169,9 +168,7 @@ def compare(bench: Path, students: list[tuple[str, Path]], split: str = "test", 
             for m, member in enumerate(st.members_as_students()):
                 mp = predict(member, data)["total"]
                 members_rows.append(f"| {name}, member {m + 1} alone | "
-                                    + " | ".join(_f(pair_accuracy(mp, true, pairs if k == "all" else pairs[kind == k],
-                                                                  start if k == "all" else start[kind == k])["acc"])
-                                                 for k in KINDS)
+                                    + " | ".join(_f(pair_accuracy(mp, true, *subsets[k])["acc"]) for k in KINDS)
                                     + f" | {_f(spearman(mp, true))} |")
         out[name] = res
     body = [f"Bench `{_rel(bench)}`, **{split}** split ({len(true)} clips, {int(gen.sum())} world-model generations "

@@ -220,6 +220,8 @@ class StudentReward(nn.Module):
         every member's output, ``(K, B, 6)`` and ``(K, B, 3)`` (training fits each member to
         the labels on its own, so they stay independent; averaging K of them mostly removes
         the seed-to-seed variance of one small student's ranking)."""
+        if not len(self.extra) and not members:      # one network: its output as it is
+            return self.member_forward(frames, instruction, actions)
         outs = [self.member_forward(frames, instruction, actions)]
         outs += [m.member_forward(frames, instruction, actions) for m in self.extra]
         dims, shaping = torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
