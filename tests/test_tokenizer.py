@@ -277,3 +277,24 @@ def test_train_tokenizer_region_weight_reads_the_masks(tmp_path):
                             "progress=false", "threads=1"]))
     assert all(np.isfinite(v) for v in metrics.values())
     assert DualFSQTokenizer.from_checkpoint(tmp_path / "out" / "last.pt").config.region_weight == 5
+
+
+@pytest.mark.parametrize("preset", ["tiny", "quick", "default", "full", "hifi"])
+def test_tokenizer_presets_build_models_with_their_token_layout(preset):
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train_tokenizer", [f"tokenizer={preset}"])
+    model = DualFSQTokenizer(TokenizerConfig.from_dict(OmegaConf.to_container(cfg.tokenizer.model))).eval()
+    c = model.config
+    frames = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        ctx = model.encode_context(frames)
+        dyn = model.encode_dynamics(frames, ctx)
+        out = model.decode(dyn, ctx)
+    assert cfg.tokenizer.name == preset and cfg.tokenizer.train.steps > 0
+    assert ctx.shape == (2, c.ctx_grid ** 2) and dyn.shape == (2, c.dyn_grid ** 2)
+    assert int(ctx.max()) < c.ctx_codebook_size and int(dyn.max()) < c.dyn_codebook_size
+    assert out.shape == frames.shape and 0 <= float(out.min()) and float(out.max()) <= 1
+    if preset == "hifi":
+        assert (c.n_ctx_tokens, c.n_dyn_tokens, c.ctx_codebook_size) == (256, 64, 64000)
