@@ -179,16 +179,30 @@ class Decoder(nn.Module):
         self.out = nn.Sequential(nn.SiLU(), nn.Conv2d(_width(cfg, self.res[-1]), 12, 3, padding=1))
         self.widths = {r: _width(cfg, r) for r in self.res}
 
-    def forward(self, z, skip: dict[int, torch.Tensor] | None = None):
+    def forward(self, z, skip: dict[int, torch.Tensor] | None = None, repeat: int = 1):
+        """``repeat``: each ``skip`` row serves that many consecutive rows of ``z`` (frames
+        that share one context), so ``skip`` maps have batch ``B / repeat``."""
         h, feats = self.inp(z), {}
         for i, r in enumerate(self.res):
             if str(r) in self.fuse:
-                h = self.fuse[str(r)](torch.cat([h, skip[r].to(h.dtype)], 1))
+                h = self._fuse(self.fuse[str(r)], h, skip[r], repeat)
             h = self.blocks[i](h)
             feats[r] = h
             if i < len(self.up):
                 h = self.up[i](h)
         return F.pixel_shuffle(self.out(h), 2), feats
+
+    @staticmethod
+    def _fuse(conv: nn.Conv2d, h: torch.Tensor, skip: torch.Tensor, repeat: int) -> torch.Tensor:
+        """``conv(cat([h, skip]))`` for a 1x1 conv, computed as ``conv_h(h) + conv_s(skip)``
+        so that the skip half runs once per context and is broadcast over its ``repeat``
+        frames instead of being copied to each (the decoder's hot path when imagining)."""
+        ch = h.shape[1]
+        out = F.conv2d(h, conv.weight[:, :ch], conv.bias)
+        add = F.conv2d(skip.to(out.dtype), conv.weight[:, ch:].to(out.dtype))
+        if repeat == 1:
+            return out + add
+        return (out.unflatten(0, (-1, repeat)) + add[:, None]).flatten(0, 1)
 
 
 # ----------------------------------------------------------------------------- the model
@@ -271,9 +285,13 @@ class DualFSQTokenizer(nn.Module):
         """Future frame ``(B, 3, S, S)`` in [-1, 1] + context recon and features -> latents."""
         return self.dyn_enc(torch.cat([x, ctx_out.to(x.dtype)], 1), feats)
 
-    def _dyn_decode(self, q: torch.Tensor, ctx_out: torch.Tensor, feats: dict) -> torch.Tensor:
-        """Quantized dynamics latents -> frame in [-1, 1]: the context recon plus a change."""
-        return ctx_out + self.dyn_dec(q, feats)[0]
+    def _dyn_decode(self, q: torch.Tensor, ctx_out: torch.Tensor, feats: dict, repeat: int = 1) -> torch.Tensor:
+        """Quantized dynamics latents -> frame in [-1, 1]: the context recon plus a change.
+        ``repeat``: each context row (``ctx_out``, ``feats``) serves that many consecutive rows of ``q``."""
+        change = self.dyn_dec(q, feats, repeat)[0]
+        if repeat == 1:
+            return ctx_out + change
+        return (ctx_out[:, None] + change.unflatten(0, (-1, repeat))).flatten(0, 1)
 
     @staticmethod
     def _to_unit(x: torch.Tensor) -> torch.Tensor:
@@ -306,7 +324,8 @@ class DualFSQTokenizer(nn.Module):
     def decode_sequence(self, dyn_tokens: torch.Tensor, ctx_tokens: torch.Tensor) -> torch.Tensor:
         """Dynamics tokens ``(B, T, dyn_grid**2)`` of T frames that share one context
         ``(B, ctx_grid**2)`` -> frames ``(B, T, 3, S, S)`` in [0, 1]. Same result as
-        :meth:`decode` per frame, but the context decoder runs once per clip, not per frame."""
+        :meth:`decode` per frame, but the context decoder runs once per distinct context (once
+        for all clips when they share one), not per frame, and its features are broadcast."""
         if dyn_tokens.ndim != 3:
             raise ValueError(f"expected dynamics tokens (B, T, {self.config.n_dyn_tokens}), "
                              f"got {tuple(dyn_tokens.shape)}")
@@ -315,10 +334,11 @@ class DualFSQTokenizer(nn.Module):
         ctx = self._tokens(ctx_tokens, "ctx")
         if ctx.shape[0] != b:
             raise ValueError(f"batch sizes differ: {b} dynamics vs {ctx.shape[0]} context")
+        if b > 1 and bool((ctx == ctx[:1]).all()):   # one shared context (planning from one frame)
+            ctx = ctx[:1]
         ctx_out, feats = self._context_features(ctx)
-        ctx_out = ctx_out.repeat_interleave(t, 0)
-        feats = {r: f.repeat_interleave(t, 0) for r, f in feats.items()}
-        frames = self._to_unit(self._dyn_decode(self._dequantize(self.dyn_fsq, dyn), ctx_out, feats))
+        frames = self._to_unit(self._dyn_decode(self._dequantize(self.dyn_fsq, dyn), ctx_out, feats,
+                                                repeat=b * t // ctx.shape[0]))
         return frames.view(b, t, *frames.shape[1:])
 
     def decode_context(self, ctx_tokens: torch.Tensor) -> torch.Tensor:
