@@ -9,9 +9,10 @@ and measures, each layout in a fresh process (so its peak memory is its own):
 - one training step of the tokenizer (16 pairs) and of the transformer (``batch`` windows
   of 8 model steps, next-token cross-entropy), forward + backward + AdamW, bf16 autocast;
 - what the MPC does at every replan: a batch of ``--candidates`` imagined rollouts of
-  ``--frames`` model steps from one shared real start frame (SWR, window from the config,
+  ``--frames`` model steps from one shared real start frame (SWR, window 6,
   bf16 autocast as in ``mpc.amp``), with the time split into re-encoding (the start frame
   and every SWR boundary), the transformer (prefill + one pass per frame) and decoding;
+  and the same imagination in one segment (window = ``--frames``: no SWR boundary);
 - the peak KV-cache length and the process's peak resident memory.
 
 Prints a table; ``--write`` also writes it to BENCHMARKS.md. Nothing else should be running.
@@ -115,15 +116,18 @@ def measure(tokenizer_path: str, dynamics: str, candidates: int, frames: int, re
     actions = torch.rand(candidates, frames, dm.cfg.action_dim, generator=gen) * 2 - 1
     peak = []
 
-    def imagine():
+    def imagine(w=window):
         with amp:
-            peak.append(wm.rollout(start, actions, mode="swr", generator=gen).peak_cache_len)
+            peak.append(wm.rollout(start, actions, mode="swr", window=w, generator=gen).peak_cache_len)
     imagine()     # warm-up, not counted in the split
     split.clear()
     im_s = _median_s(imagine, repeats, warmup=0)
+    split = {k: v / repeats for k, v in split.items()}
+    one_segment_s = _median_s(lambda: imagine(frames), repeats, warmup=1)   # no SWR boundary
     return {"layout": f"{c.n_ctx_tokens} ctx + {c.n_dyn_tokens} dyn", "tokenizer_step_s": tok_s,
             "dynamics_step_s": dyn_s, "imagine_s": im_s, "frames_per_s": candidates * frames / im_s,
-            "split": {k: v / repeats for k, v in split.items()}, "peak_cache": max(peak),
+            "one_segment_s": one_segment_s,
+            "split": split, "peak_cache": max(peak[:repeats + 1]),
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
 
 
@@ -157,8 +161,9 @@ def main() -> None:
     args = ap.parse_args()
     n, f = args.candidates, args.frames
     lines = [f"| tokenizer | tokens per frame | tokenizer step s (16 pairs) | transformer step s ({args.batch} x 8) | "
-             f"{n} x {f}-frame imagination s | imagined frames/s | encode / transformer / decode s | "
-             "peak KV length | peak memory GB |", "|---|---|---|---|---|---|---|---|---|"]
+             f"{n} x {f}-frame imagination s (SWR, W = 6) | imagined frames/s | encode / transformer / decode s | "
+             f"peak KV length | {n} x {f} in one segment (W = {f}) s | peak memory GB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     print(lines[0], lines[1], sep="\n")
     for path in args.tokenizer:
         r = measure_isolated(tokenizer_path=path, dynamics=args.dynamics, candidates=n, frames=f,
@@ -167,14 +172,16 @@ def main() -> None:
         lines.append(f"| {Path(path).parent.name} | {r['layout']} | {r['tokenizer_step_s']:.3f} | "
                      f"{r['dynamics_step_s']:.3f} | {r['imagine_s']:.3f} | {r['frames_per_s']:.0f} | "
                      f"{s['encode']:.3f} / {s['transformer']:.3f} / {s['decode']:.3f} | {r['peak_cache']} | "
-                     f"{r['peak_rss_gb']:.2f} |")
+                     f"{r['one_segment_s']:.3f} | {r['peak_rss_gb']:.2f} |")
         print(lines[-1], flush=True)
     if args.write:
         body = (f"Fresh `dynamics={args.dynamics}` transformer on each tokenizer (the cost depends on the token layout "
                 f"and model size, not on the weights); bf16 autocast; torch threads = {setup_torch(args.threads)}; "
                 f"medians of {args.repeats} runs; each layout in its own process (peak memory = that process's "
                 "peak resident set). Imagination = one MPC replan: "
-                f"{n} candidates x {f} model steps from one shared start frame, SWR with W = 6.\n\n"
+                f"{n} candidates x {f} model steps from one shared start frame, SWR with W = 6 (one boundary at "
+                f"step 6: re-encode {n} frames, prefill {n} contexts), and the same in one segment (W = {f}, "
+                "no boundary; the transformer was trained on 8-step windows).\n\n"
                 + "\n".join(lines) + (f"\n\n{args.notes}" if args.notes else ""))
         write_section(args.title, body, command=command_line())
 

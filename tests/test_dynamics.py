@@ -109,6 +109,15 @@ def test_sample_tokens_temperature_and_top_k():
     assert set(top2.tolist()) == {2, 3}
 
 
+def test_sample_tokens_follows_the_distribution():
+    probs = torch.tensor([0.1, 0.0, 0.6, 0.3])
+    logits = probs.clamp(min=1e-12).log().repeat(20000, 1)
+    tokens = sample_tokens(logits, 1.0, generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(tokens, minlength=4).float() / len(tokens)
+    assert torch.allclose(freq, probs, atol=0.015)
+    assert freq[1] == 0       # a zero-probability token is never drawn
+
+
 def test_clear_errors_for_wrong_shapes(model):
     ctx, prev0, actions, tokens = _batch()
     with pytest.raises(ValueError, match="actions must have 8 features"):

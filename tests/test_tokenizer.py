@@ -249,14 +249,16 @@ def test_decode_sequence_matches_per_frame_decode(tok):
     with torch.no_grad():   # the change head starts at zero: give the dynamics branch a say
         for p in tok.dyn_dec.out.parameters():
             p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.05)
-    ctx = tok.encode_context(torch.rand(2, 3, 64, 64))
-    dyn = torch.randint(0, tok.config.dyn_codebook_size, (2, 3, tok.config.n_dyn_tokens))
-    for c in (ctx, ctx[:1].expand(2, -1)):
-        with torch.no_grad():
-            seq = tok.decode_sequence(dyn, c)
-            per = torch.stack([tok.decode(dyn[:, i], c) for i in range(3)], 1)
-        assert seq.shape == (2, 3, 3, 64, 64)
-        torch.testing.assert_close(seq, per)
+    ctx = tok.encode_context(torch.rand(3, 3, 64, 64))
+    dyn = torch.randint(0, tok.config.dyn_codebook_size, (3, 3, tok.config.n_dyn_tokens))
+    for chunk in (128, 6):   # one pass, and chunks of 2 clips (the last one shorter)
+        tok.DECODE_CHUNK = chunk
+        for c in (ctx, ctx[:1].expand(3, -1)):
+            with torch.no_grad():
+                seq = tok.decode_sequence(dyn, c)
+                per = torch.stack([tok.decode(dyn[:, i], c) for i in range(3)], 1)
+            assert seq.shape == (3, 3, 3, 64, 64)
+            torch.testing.assert_close(seq, per)
     assert not torch.allclose(seq[0, 0], seq[1, 0])   # the tokens, not only the context, decide
     with pytest.raises(ValueError, match="batch sizes"):
         tok.decode_sequence(dyn, ctx[:1])
