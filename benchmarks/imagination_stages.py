@@ -47,8 +47,9 @@ def reconstruct(tokenizer, clips: list[dict], batch: int = 16) -> list[dict]:
         b, t = x.shape[:2]
         with torch.no_grad():
             ctx = tokenizer.encode_context(x[:, 0])
-            tok = tokenizer.encode_dynamics(x[:, 1:].flatten(0, 1), ctx.repeat_interleave(t - 1, 0))
-            fr = tokenizer.decode_sequence(tok.view(b, t - 1, -1), ctx)
+            tok = tokenizer.encode_dynamics(x[:, 1:].flatten(0, 1), ctx.repeat_interleave(t - 1, 0),
+                                            x[:, 0].repeat_interleave(t - 1, 0))
+            fr = tokenizer.decode_sequence(tok.view(b, t - 1, -1), ctx, x[:, 0])
         fr = (fr.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 1, 3, 4, 2).numpy()
         for c, f in zip(chunk, fr):
             out.append({**c, "frames": np.concatenate([c["frames"][:1], f])})

@@ -90,8 +90,8 @@ def evaluate(tok: DualFSQTokenizer, pairs: list[dict], batch_size: int = 64, png
         b = default_collate(pairs[i:i + batch_size])
         ctx, frame = b["context"], b["frame"]
         ctx_tokens = tok.encode_context(ctx)
-        dyn_tokens = tok.encode_dynamics(frame, ctx_tokens)
-        ctx_rec, dyn_rec = tok.decode_context(ctx_tokens), tok.decode(dyn_tokens, ctx_tokens)
+        dyn_tokens = tok.encode_dynamics(frame, ctx_tokens, ctx)
+        ctx_rec, dyn_rec = tok.decode_context(ctx_tokens), tok.decode(dyn_tokens, ctx_tokens, ctx)
         ctx_all.append(ctx_tokens), dyn_all.append(dyn_tokens)
         for name, pred, target, labels in (("ctx", ctx_rec, ctx, b["context_mask"]),
                                            ("dyn", dyn_rec, frame, b["mask"]),

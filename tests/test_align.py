@@ -29,15 +29,15 @@ class ToyTokenizer(nn.Module):
     def encode_context(self, frames):
         return torch.zeros(frames.shape[0], self.config.n_ctx_tokens, dtype=torch.long)
 
-    def encode_dynamics(self, frames, ctx):
+    def encode_dynamics(self, frames, ctx, ctx_frames=None):
         return torch.zeros(frames.shape[0], self.config.n_dyn_tokens, dtype=torch.long)
 
-    def decode(self, tokens, ctx):
+    def decode(self, tokens, ctx, ctx_frames=None):
         """(B, Nd) -> (B, 3, H, H)"""
         v = tokens.float().mean(-1) / (self.config.dyn_codebook_size - 1)
         return v[..., None, None, None].expand(*v.shape, 3, H, H).clone()
 
-    def decode_sequence(self, tokens, ctx):
+    def decode_sequence(self, tokens, ctx, ctx_frames=None):
         """(B, T, Nd) -> (B, T, 3, H, H)"""
         return self.decode(tokens, ctx)
 

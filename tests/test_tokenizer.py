@@ -264,6 +264,35 @@ def test_decode_sequence_matches_per_frame_decode(tok):
         tok.decode_sequence(dyn, ctx[:1])
 
 
+def test_pixel_context_keeps_what_does_not_change_exact(real_frames):
+    """With ``pixel_context`` the dynamics change is added to the context frame's own pixels:
+    an untrained (zero-change) decoder returns the context frame exactly, not its lossy
+    reconstruction; the verbs need the context frames and check them; the training pass
+    and the public verbs agree."""
+    torch.manual_seed(0)
+    tok = DualFSQTokenizer(replace(TINY, pixel_context=True)).eval()
+    ctx_frames, fut = real_frames[:3], real_frames[3:6]
+    with torch.no_grad():
+        ctx = tok.encode_context(ctx_frames)
+        dyn = tok.encode_dynamics(fut, ctx, ctx_frames)
+        torch.testing.assert_close(tok.decode(dyn, ctx, ctx_frames), ctx_frames, atol=1e-6, rtol=0)
+        assert (tok.decode_context(ctx) - ctx_frames).abs().max() > 0.05    # the token path is lossy
+        out = tok(ctx_frames, fut)
+        torch.testing.assert_close(out["dyn_recon"], tok.decode(out["dyn_tokens"], out["ctx_tokens"], ctx_frames))
+        seq = tok.decode_sequence(dyn[:, None].expand(3, 2, -1), ctx, ctx_frames)
+        torch.testing.assert_close(seq[:, 1], tok.decode(dyn, ctx, ctx_frames))
+        shared = tok.decode_sequence(dyn[:, None], ctx[:1].expand(3, -1), ctx_frames[:1])   # one start frame
+        torch.testing.assert_close(shared[:, 0], ctx_frames[:1].expand(3, -1, -1, -1), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="pass ctx_frames"):
+        tok.decode(dyn, ctx)
+    with pytest.raises(ValueError, match="pass ctx_frames"):
+        tok.encode_dynamics(fut, ctx)
+    with pytest.raises(ValueError, match="batch sizes differ"):
+        tok.decode(dyn, ctx, ctx_frames[:2])
+    with pytest.raises(ValueError, match="ctx_frames"):
+        tok.decode(dyn, ctx, ctx_frames[:, :, :32])
+
+
 def test_region_weights_reweight_the_loss(tok, real_frames):
     """Uniform pixel weights leave the loss unchanged; weights on the pixels a tokenizer gets
     most wrong raise it (and gradients follow them)."""

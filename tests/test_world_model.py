@@ -54,6 +54,20 @@ def test_greedy_rollout_is_deterministic_and_sampling_follows_the_generator(wm):
     assert torch.equal(s1, s2)
 
 
+def test_pixel_context_rollout_decodes_on_the_segment_start_frames():
+    """A ``pixel_context`` tokenizer: each segment's frames are a change on top of the
+    segment's start frame (the real one first, then the re-encoded prediction), so an
+    untrained decoder reproduces the start frame exactly through the whole rollout."""
+    torch.manual_seed(0)
+    wm = WorldModel.build(DualFSQTokenizer(TokenizerConfig(**{**TOK.__dict__, "pixel_context": True})), DYN,
+                          action_repeat=2, window=3).eval()
+    frames, actions = _inputs(t=5)
+    for start in (frames, frames[:1]):      # per-clip start frames, and one shared start frame
+        roll = wm.rollout(start, actions, mode="swr")
+        expect = start.expand(2, -1, -1, -1)[:, None].expand(2, 5, -1, -1, -1)
+        torch.testing.assert_close(roll.frames, expect, atol=1e-6, rtol=0)
+
+
 def test_log_prob_over_segments_has_gradient(wm):
     frames, actions = _inputs(t=5)
     roll = wm.rollout(frames, actions, temperature=1.0, generator=torch.Generator().manual_seed(0))

@@ -66,16 +66,17 @@ def ssim_frames(pred: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
 
 def frame_metrics(pred: torch.Tensor, real: torch.Tensor, mask: torch.Tensor) -> dict:
     """pred, real (B, T, 3, H, W); mask (B, T, H, W) -> per-step means (T,) of
-    ``psnr``, ``ssim``, ``region_mse`` and ``region_psnr``."""
+    ``psnr``, ``ssim``, ``mse`` (whole frame), ``region_mse`` and ``region_psnr``."""
     b, t = pred.shape[:2]
     p, r = pred.flatten(0, 1).float().clamp(0, 1), real.flatten(0, 1).float()
     # PSNR per image from its MSE, capped at 60 dB (identical frames would give inf)
-    psnr = 10 * torch.log10(1.0 / ((p - r) ** 2).mean((1, 2, 3)).clamp(min=1e-6))
+    mse = ((p - r) ** 2).mean((1, 2, 3))
+    psnr = 10 * torch.log10(1.0 / mse.clamp(min=1e-6))
     ssim = ssim_frames(p, r)
     sq = ((p - r) ** 2).mean(1)                                          # (BT, H, W)
     m = mask.flatten(0, 1).float()
     region = (sq * m).sum((1, 2)) / m.sum((1, 2)).clamp(min=1)
-    per = {"psnr": psnr, "ssim": ssim, "region_mse": region,
+    per = {"psnr": psnr, "ssim": ssim, "mse": mse, "region_mse": region,
            "region_psnr": 10 * torch.log10(1.0 / region.clamp(min=1e-6))}
     return {k: v.view(b, t).mean(0) for k, v in per.items()}
 
@@ -120,7 +121,9 @@ def open_loop(wm: WorldModel, episodes: list[dict], horizon: int = 8, every: int
         ctx = wm.tokenizer.encode_context(start)
         b = start.shape[0]
         ctx_rep = ctx[:, None].expand(b, horizon, ctx.shape[-1]).reshape(b * horizon, -1)
-        recon = wm.tokenizer.decode(wm.tokenizer.encode_dynamics(real.flatten(0, 1), ctx_rep), ctx_rep)
+        start_rep = start[:, None].expand(b, horizon, *start.shape[1:]).flatten(0, 1)
+        recon = wm.tokenizer.decode(wm.tokenizer.encode_dynamics(real.flatten(0, 1), ctx_rep, start_rep),
+                                    ctx_rep, start_rep)
         outs = {"model": pred, "copy_last": start[:, None].expand_as(real),
                 "recon": recon.view_as(real)}
         for name, frames in outs.items():

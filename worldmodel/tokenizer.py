@@ -11,15 +11,18 @@ Layout (S = 64): frames enter space-to-depth at 32x32; the context decoder's fea
 at 32/16/8 and its reconstruction condition the dynamics encoder (concatenated at every
 resolution) and are fused U-Net-style into the dynamics decoder, whose output is a
 change on top of the context reconstruction (static background comes from the context
-path). A learned background image sits under the context reconstruction. No
+path). A learned background image sits under the context reconstruction. With
+``pixel_context`` the change is added to the context frame's own pixels instead (the
+features still come from the tokens): what does not move is then exact, not a ~27 dB
+reconstruction, and every dynamics verb also takes the context frames. No
 convolution runs at 64x64 and GroupNorm is used only at <= 32x32: both are what makes
 a step on 16 pairs ~0.14 s on 2 CPU cores under bf16.
 
 Public verbs (frames: float in [0, 1], ``(B, 3, 64, 64)``; tokens: int64)::
 
     ctx = tok.encode_context(frames)            # (B, ctx_grid**2)
-    dyn = tok.encode_dynamics(future, ctx)      # (B, dyn_grid**2)
-    tok.decode(dyn, ctx)                        # (B, 3, 64, 64)
+    dyn = tok.encode_dynamics(future, ctx, frames)   # (B, dyn_grid**2); frames only used
+    tok.decode(dyn, ctx, frames)                     # (B, 3, 64, 64)  with pixel_context
     tok.decode_context(ctx)                     # (B, 3, 64, 64)
     tok(ctx_frames, frames)                     # training: reconstructions + losses
 """
@@ -54,6 +57,10 @@ class TokenizerConfig:
     dyn_weight: float = 1.0               # weight of the dynamics branch's loss
     region_weight: float = 0.0            # extra loss weight on object + gripper pixels (training
                                           # passes per-pixel weights 1 + region_weight * mask)
+    pixel_context: bool = False           # dynamics frames are a change on top of the context
+                                          # frame's own pixels instead of its token reconstruction:
+                                          # what does not move stays exact; encoding and decoding
+                                          # dynamics tokens then take the context frames too
 
     def __post_init__(self):
         self.ctx_levels, self.dyn_levels = tuple(self.ctx_levels), tuple(self.dyn_levels)
@@ -295,6 +302,19 @@ class DualFSQTokenizer(nn.Module):
             return ctx_out + change
         return (ctx_out[:, None] + change.unflatten(0, (-1, repeat))).flatten(0, 1)
 
+    def _base(self, ctx_out: torch.Tensor, ctx_frames: torch.Tensor | None) -> torch.Tensor:
+        """What the dynamics change is added to, in [-1, 1]: the context reconstruction, or
+        with ``pixel_context`` the context frames themselves ``(B, 3, S, S)`` in [0, 1]."""
+        if not self.config.pixel_context:
+            return ctx_out
+        if ctx_frames is None:
+            raise ValueError("this tokenizer (pixel_context=True) adds the dynamics change to the context "
+                             "frame's pixels: pass ctx_frames (B, 3, S, S), the frames the context tokens encode")
+        x = self._frames(ctx_frames, "ctx_frames") * 2 - 1
+        if x.shape[0] != ctx_out.shape[0]:
+            raise ValueError(f"batch sizes differ: {x.shape[0]} ctx_frames vs {ctx_out.shape[0]} context tokens")
+        return x
+
     @staticmethod
     def _to_unit(x: torch.Tensor) -> torch.Tensor:
         return ((x.float() + 1) / 2).clamp(0, 1)
@@ -305,29 +325,35 @@ class DualFSQTokenizer(nn.Module):
         x = self._frames(frames) * 2 - 1
         return self._quantize(self.ctx_fsq, self.ctx_enc(x))[1]
 
-    def encode_dynamics(self, frames: torch.Tensor, ctx_tokens: torch.Tensor) -> torch.Tensor:
-        """Future frames ``(B, 3, S, S)`` + their context tokens ``(B, ctx_grid**2)`` ->
-        dynamics tokens ``(B, dyn_grid**2)`` int64."""
+    def encode_dynamics(self, frames: torch.Tensor, ctx_tokens: torch.Tensor,
+                        ctx_frames: torch.Tensor | None = None) -> torch.Tensor:
+        """Future frames ``(B, 3, S, S)`` + their context tokens ``(B, ctx_grid**2)`` (and, for
+        a ``pixel_context`` tokenizer, the context frames ``(B, 3, S, S)``) -> dynamics tokens
+        ``(B, dyn_grid**2)`` int64."""
         x = self._frames(frames) * 2 - 1
         ctx_out, feats = self._context_features(self._tokens(ctx_tokens, "ctx"))
         if ctx_out.shape[0] != x.shape[0]:
             raise ValueError(f"batch sizes differ: {x.shape[0]} frames vs {ctx_out.shape[0]} context")
-        return self._quantize(self.dyn_fsq, self._dyn_encode(x, ctx_out, feats))[1]
+        return self._quantize(self.dyn_fsq, self._dyn_encode(x, self._base(ctx_out, ctx_frames), feats))[1]
 
-    def decode(self, dyn_tokens: torch.Tensor, ctx_tokens: torch.Tensor) -> torch.Tensor:
-        """Dynamics tokens ``(B, dyn_grid**2)`` + context tokens ``(B, ctx_grid**2)`` ->
-        frames ``(B, 3, S, S)`` float32 in [0, 1]."""
+    def decode(self, dyn_tokens: torch.Tensor, ctx_tokens: torch.Tensor,
+               ctx_frames: torch.Tensor | None = None) -> torch.Tensor:
+        """Dynamics tokens ``(B, dyn_grid**2)`` + context tokens ``(B, ctx_grid**2)`` (+ context
+        frames ``(B, 3, S, S)`` for ``pixel_context``) -> frames ``(B, 3, S, S)`` float32 in [0, 1]."""
         dyn, ctx = self._tokens(dyn_tokens, "dyn"), self._tokens(ctx_tokens, "ctx")
         if dyn.shape[0] != ctx.shape[0]:
             raise ValueError(f"batch sizes differ: {dyn.shape[0]} dynamics vs {ctx.shape[0]} context")
         ctx_out, feats = self._context_features(ctx)
-        return self._to_unit(self._dyn_decode(self._dequantize(self.dyn_fsq, dyn), ctx_out, feats))
+        return self._to_unit(self._dyn_decode(self._dequantize(self.dyn_fsq, dyn),
+                                              self._base(ctx_out, ctx_frames), feats))
 
-    def decode_sequence(self, dyn_tokens: torch.Tensor, ctx_tokens: torch.Tensor) -> torch.Tensor:
+    def decode_sequence(self, dyn_tokens: torch.Tensor, ctx_tokens: torch.Tensor,
+                        ctx_frames: torch.Tensor | None = None) -> torch.Tensor:
         """Dynamics tokens ``(B, T, dyn_grid**2)`` of T frames that share one context
-        ``(B, ctx_grid**2)`` -> frames ``(B, T, 3, S, S)`` in [0, 1]. Same result as
-        :meth:`decode` per frame, but the context decoder runs once per distinct context (once
-        for all clips when they share one), not per frame, and its features are broadcast."""
+        ``(B, ctx_grid**2)`` (+ context frames ``(B or 1, 3, S, S)`` for ``pixel_context``) ->
+        frames ``(B, T, 3, S, S)`` in [0, 1]. Same result as :meth:`decode` per frame, but the
+        context decoder runs once per distinct context (once for all clips when they share
+        one), not per frame, and its features are broadcast."""
         if dyn_tokens.ndim != 3:
             raise ValueError(f"expected dynamics tokens (B, T, {self.config.n_dyn_tokens}), "
                              f"got {tuple(dyn_tokens.shape)}")
@@ -336,8 +362,14 @@ class DualFSQTokenizer(nn.Module):
         ctx = self._tokens(ctx_tokens, "ctx")
         if ctx.shape[0] != b:
             raise ValueError(f"batch sizes differ: {b} dynamics vs {ctx.shape[0]} context")
-        shared = b > 1 and bool((ctx == ctx[:1]).all())   # one context for all (planning from one frame)
+        if ctx_frames is not None and self.config.pixel_context:
+            ctx_frames = ctx_frames.expand(b, *ctx_frames.shape[1:]) if ctx_frames.shape[0] == 1 else ctx_frames
+        # one context for all (planning from one frame)
+        shared = b > 1 and bool((ctx == ctx[:1]).all()) and (
+            not self.config.pixel_context or ctx_frames is None or bool((ctx_frames == ctx_frames[:1]).all()))
         ctx_out, feats = self._context_features(ctx[:1] if shared else ctx)
+        if self.config.pixel_context:
+            ctx_out = self._base(ctx_out, None if ctx_frames is None else ctx_frames[:1] if shared else ctx_frames)
         q = self._dequantize(self.dyn_fsq, dyn).unflatten(0, (b, t))
         # decode in chunks of ~DECODE_CHUNK frames: a whole 64 x 8 imagination at once keeps
         # ~30 MB activations per layer and runs memory-bound on CPU (~1.5x slower)
@@ -366,8 +398,9 @@ class DualFSQTokenizer(nn.Module):
         cx, fx = self._frames(ctx_frames, "ctx_frames") * 2 - 1, self._frames(frames) * 2 - 1
         cq, ctx_tokens = self._quantize(self.ctx_fsq, self.ctx_enc(cx))
         ctx_out, feats = self._context(cq)
-        dq, dyn_tokens = self._quantize(self.dyn_fsq, self._dyn_encode(fx, ctx_out, feats))
-        dyn_out = self._dyn_decode(dq, ctx_out, feats)
+        base = cx if self.config.pixel_context else ctx_out
+        dq, dyn_tokens = self._quantize(self.dyn_fsq, self._dyn_encode(fx, base, feats))
+        dyn_out = self._dyn_decode(dq, base, feats)
         cfg, out = self.config, {}
         loss = 0.0
         pix = (None, None) if weights is None else weights

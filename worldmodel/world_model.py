@@ -98,12 +98,13 @@ class WorldModel(nn.Module):
     def encode(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """frames (B, 3, H, W) -> (context tokens (B, Nc), own dynamics tokens (B, Nd))."""
         ctx = self.tokenizer.encode_context(frames)
-        return ctx, self.tokenizer.encode_dynamics(frames, ctx)
+        return ctx, self.tokenizer.encode_dynamics(frames, ctx, frames)
 
     @torch.no_grad()
-    def decode(self, tokens: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
-        """tokens (B, T, Nd) under context ctx (B, Nc) -> frames (B, T, 3, H, W)."""
-        return self.tokenizer.decode_sequence(tokens, ctx)
+    def decode(self, tokens: torch.Tensor, ctx: torch.Tensor, ctx_frames: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens (B, T, Nd) under context ctx (B, Nc), encoded from ctx_frames (B or 1, 3, H, W)
+        (needed by a ``pixel_context`` tokenizer) -> frames (B, T, 3, H, W)."""
+        return self.tokenizer.decode_sequence(tokens, ctx, ctx_frames)
 
     @torch.no_grad()
     def rollout(self, frames: torch.Tensor, actions: torch.Tensor, *, mode: str = "swr",
@@ -148,7 +149,7 @@ class WorldModel(nn.Module):
                 seg_tokens.append(prev)
                 peak = max(peak, cache["kv"][0][0].shape[2])
             seg_tokens = torch.stack(seg_tokens, 1)
-            seg_frames = self.decode(seg_tokens, ctx)
+            seg_frames = self.decode(seg_tokens, ctx, current)
             out_tokens.append(seg_tokens)
             out_frames.append(seg_frames)
             current = seg_frames[:, -1]
