@@ -70,10 +70,10 @@ def frame_metrics(pred: torch.Tensor, real: torch.Tensor, mask: torch.Tensor) ->
     b, t = pred.shape[:2]
     p, r = pred.flatten(0, 1).float().clamp(0, 1), real.flatten(0, 1).float()
     # PSNR per image from its MSE, capped at 60 dB (identical frames would give inf)
-    mse = ((p - r) ** 2).mean((1, 2, 3))
+    sq = ((p - r) ** 2).mean(1)                                          # (BT, H, W)
+    mse = sq.mean((1, 2))
     psnr = 10 * torch.log10(1.0 / mse.clamp(min=1e-6))
     ssim = ssim_frames(p, r)
-    sq = ((p - r) ** 2).mean(1)                                          # (BT, H, W)
     m = mask.flatten(0, 1).float()
     region = (sq * m).sum((1, 2)) / m.sum((1, 2)).clamp(min=1)
     per = {"psnr": psnr, "ssim": ssim, "mse": mse, "region_mse": region,

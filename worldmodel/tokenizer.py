@@ -362,14 +362,14 @@ class DualFSQTokenizer(nn.Module):
         ctx = self._tokens(ctx_tokens, "ctx")
         if ctx.shape[0] != b:
             raise ValueError(f"batch sizes differ: {b} dynamics vs {ctx.shape[0]} context")
-        if ctx_frames is not None and self.config.pixel_context:
-            ctx_frames = ctx_frames.expand(b, *ctx_frames.shape[1:]) if ctx_frames.shape[0] == 1 else ctx_frames
-        # one context for all (planning from one frame)
-        shared = b > 1 and bool((ctx == ctx[:1]).all()) and (
-            not self.config.pixel_context or ctx_frames is None or bool((ctx_frames == ctx_frames[:1]).all()))
-        ctx_out, feats = self._context_features(ctx[:1] if shared else ctx)
-        if self.config.pixel_context:
-            ctx_out = self._base(ctx_out, None if ctx_frames is None else ctx_frames[:1] if shared else ctx_frames)
+        pix = self.config.pixel_context and ctx_frames is not None
+        if pix and ctx_frames.shape[0] == 1:
+            ctx_frames = ctx_frames.expand(b, *ctx_frames.shape[1:])
+        # one context for all (planning from one frame): its features are computed once
+        shared = b > 1 and bool((ctx == ctx[:1]).all()) and (not pix or bool((ctx_frames == ctx_frames[:1]).all()))
+        keep = slice(0, 1) if shared else slice(None)
+        ctx_out, feats = self._context_features(ctx[keep])
+        ctx_out = self._base(ctx_out, ctx_frames[keep] if pix else None)
         q = self._dequantize(self.dyn_fsq, dyn).unflatten(0, (b, t))
         # decode in chunks of ~DECODE_CHUNK frames: a whole 64 x 8 imagination at once keeps
         # ~30 MB activations per layer and runs memory-bound on CPU (~1.5x slower)
