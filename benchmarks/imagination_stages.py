@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from agent.gap import stage_confusion  # noqa: E402
 from benchmarks.report import write_section  # noqa: E402
 from experiments.common import resolve, setup_torch  # noqa: E402
+from envs.rollouts import find_rollouts  # noqa: E402
 
 STAGES = ("nothing", "reached", "grasped", "done")
 
@@ -87,7 +88,7 @@ def main() -> None:
     if wm_path is None and (args.temperatures or not args.tokenizer):
         raise SystemExit("--worldmodel none reads tokenizers only: pass --tokenizer PATH and --temperatures (empty)")
     teacher_path = resolve(args.teacher or Path(st["bench"]) / "teacher.json")
-    rollouts = args.rollouts or sorted(str(p) for d in st["collect"] for p in Path(d).glob("*_val_*.hdf5"))
+    rollouts = args.rollouts or [str(p) for d in st["collect"] for p in find_rollouts(d, "*_val_*.hdf5")]
     wm, teacher = (WorldModel.from_checkpoint(wm_path) if wm_path else None), Teacher.load(teacher_path)
     rng = np.random.default_rng(args.seed)
     real = []

@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import envs  # noqa: E402
+from envs.rollouts import find_rollouts  # noqa: E402
 from agent.collect import run_episode  # noqa: E402
 from agent.scripted import ScriptedExpert, ScriptParams  # noqa: E402
 from benchmarks.report import write_section  # noqa: E402
@@ -219,7 +220,7 @@ def main():
         print(table)
         Path(args.bench).with_name("wm_agreement.md").write_text(table + "\n")
         return None
-    paths = sorted((ROOT / "artifacts" / "rollouts").glob("*_val_*.hdf5"))
+    paths = find_rollouts(ROOT / "artifacts" / "rollouts", "*_val_*.hdf5")
     eps = load_source_episodes(paths, args.episodes)
     rng = np.random.default_rng(0)
     real = [make_clip(e, s) for e in eps for s in cut_windows(e, args.windows, rng)]

@@ -94,6 +94,12 @@ def atomic_path(path: str | os.PathLike):
             tmp.unlink()
 
 
+def find_rollouts(folder: str | os.PathLike, pattern: str = "*.hdf5") -> list[Path]:
+    """The rollout files in ``folder`` matching ``pattern``, sorted. Hidden names are left
+    out: they are :func:`atomic_path` temp files, which a killed writer can leave behind."""
+    return sorted(p for p in Path(folder).glob(pattern) if not p.name.startswith("."))
+
+
 class RolloutWriter:
     """Append episodes to an open HDF5 file (use inside :func:`atomic_path`)."""
 

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from experiments.common import resolve, setup_torch
-from envs.rollouts import demo_keys, open_rollouts
+from envs.rollouts import demo_keys, find_rollouts, open_rollouts
 from worldmodel.judge.teacher import TEACHER_VERSION
 from worldmodel.judge.bench import (build_shard, calibrated_teacher, concat_rows, read_rows, summary_table,
                                     write_bench)
@@ -30,7 +30,7 @@ def source_paths(cfg) -> list[Path]:
     if cfg.rollouts:
         return [resolve(p) for p in cfg.rollouts]
     root = resolve(cfg.artifacts) / "rollouts"
-    paths = sorted(root.glob("*_train_*.hdf5")) + sorted(root.glob("*_val_*.hdf5"))
+    paths = find_rollouts(root, "*_train_*.hdf5") + find_rollouts(root, "*_val_*.hdf5")
     if not paths:
         raise FileNotFoundError(f"no rollouts in {root}; collect with "
                                 "`python experiments/collect.py env=lift agent=noisy episodes=100 split=train`")
@@ -44,7 +44,7 @@ def run(cfg: DictConfig) -> dict:
     paths = source_paths(cfg)
     # calibration always uses every train rollout file (not only this run's shards)
     train = ([resolve(p) for p in cfg.calib_rollouts] if cfg.calib_rollouts else
-             sorted((resolve(cfg.artifacts) / "rollouts").glob("*_train_*.hdf5"))) or \
+             find_rollouts(resolve(cfg.artifacts) / "rollouts", "*_train_*.hdf5")) or \
         [p for p in paths if "_train_" in p.name] or paths
     teacher, stats = calibrated_teacher(train, out_dir, b.calib_episodes, b.windows, cfg.seed, cfg.recalibrate)
     if stats:

@@ -31,13 +31,15 @@ def rollout_paths(paths, split: str, artifacts: str | os.PathLike = "artifacts")
 
     Raises ``FileNotFoundError`` naming the command that makes them when none exist.
     """
+    from envs.rollouts import find_rollouts
+
     if paths:
         found = [resolve(p) for p in paths]
         missing = [str(p) for p in found if not p.exists()]
         if missing:
             raise FileNotFoundError(f"rollout files not found: {missing}")
         return found
-    found = sorted(resolve(artifacts).joinpath("rollouts").glob(f"*_{split}_*.hdf5"))
+    found = find_rollouts(resolve(artifacts) / "rollouts", f"*_{split}_*.hdf5")
     if not found:
         raise FileNotFoundError(
             f"no {split} rollouts in {resolve(artifacts) / 'rollouts'}; collect some with "

@@ -28,6 +28,7 @@ from typing import Callable
 from omegaconf import DictConfig, OmegaConf
 
 import envs
+from envs.rollouts import find_rollouts
 
 from experiments.common import ROOT, resolve
 
@@ -244,7 +245,7 @@ def collected_rollouts(collected: list[StageResult]) -> dict[str, list[Path]]:
     """The rollout files of built collect stages, by split (``train``, ``val``)."""
     out: dict[str, list[Path]] = {"train": [], "val": []}
     for res in collected:
-        out[res.manifest["config"]["split"]] += sorted(res.dir.glob("*.hdf5"))
+        out[res.manifest["config"]["split"]] += find_rollouts(res.dir)
     return out
 
 

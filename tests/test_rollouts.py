@@ -306,3 +306,15 @@ def test_atomic_path_keeps_old_file_on_failure(tmp_path):
         tmp.write_text("new")
     assert target.read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+
+
+def test_find_rollouts_skips_a_killed_writers_temp_file(tmp_path):
+    """A SIGKILLed collector leaves atomic_path's hidden temp file beside the finished
+    file; readers of a stage folder must list only the finished one."""
+    (tmp_path / "lift_noisy_train_0_100.hdf5").write_bytes(b"x")
+    (tmp_path / "lift_noisy_val_0_16.hdf5").write_bytes(b"x")
+    with rollouts.atomic_path(tmp_path / "lift_noisy_train_0_100.hdf5") as tmp:
+        tmp.write_bytes(b"partial")
+        names = [p.name for p in rollouts.find_rollouts(tmp_path)]
+        assert names == ["lift_noisy_train_0_100.hdf5", "lift_noisy_val_0_16.hdf5"]
+        assert [p.name for p in rollouts.find_rollouts(tmp_path, "*_train_*.hdf5")] == ["lift_noisy_train_0_100.hdf5"]

@@ -32,7 +32,7 @@ import numpy as np
 from scipy import ndimage
 
 from envs import RENDER_VERSION
-from envs.rollouts import atomic_path, demo_keys, open_rollouts
+from envs.rollouts import atomic_path, demo_keys, find_rollouts, open_rollouts
 
 N_CLASSES = 4
 CLASS_NAMES = ("background", "red", "green", "gripper")
@@ -184,7 +184,7 @@ def default_perception(path: str | os.PathLike | None = None, rollout_paths=None
         if stale.render_version == RENDER_VERSION:
             return stale
     if rollout_paths is None:
-        rollout_paths = sorted((Path(__file__).resolve().parents[2] / "artifacts" / "rollouts").glob("*_train_*.hdf5"))
+        rollout_paths = find_rollouts(Path(__file__).resolve().parents[2] / "artifacts" / "rollouts", "*_train_*.hdf5")
     if stale is not None:
         msg = (f"{path} was fitted on frames of render version {stale.render_version or '<= 2'}, the env "
                f"renders version {RENDER_VERSION} (envs.RENDER_VERSION)")
