@@ -39,7 +39,8 @@ NON_SEMANTIC = {"artifacts", "out", "out_dir", "threads", "workers", "progress",
 #: exactly (dotted path in the stage config -> value): left out of the key at that value,
 #: so adding an option does not invalidate every finished stage.
 NEUTRAL_DEFAULTS = {"prior.train.balance": "none", "prior.train.colour_swap": 0.0,
-                    "prior.model.instruction_film": False, "student.model.members": 1}
+                    "prior.model.instruction_film": False, "student.model.members": 1,
+                    "tokenizer.model.pixel_context": False}
 
 
 @dataclass

@@ -371,6 +371,11 @@ def test_stage_key_ignores_new_options_at_their_neutral_default():
     assert default["prior"]["model"]["instruction_film"] is True  # on by default: a new key
     off = semantic(compose("train_prior", ["prior=default", "artifacts=x", "prior.model.instruction_film=false"]))
     assert "instruction_film" not in off["prior"]["model"]  # off: the key of older priors
+    # the tokenizer's pixel_context option (default off) kept the quick tokenizer's key
+    tok = semantic(compose("train_tokenizer", ["tokenizer=quick", "artifacts=x"]))
+    assert "pixel_context" not in tok["tokenizer"]["model"] and "ctx_grid" in tok["tokenizer"]["model"]
+    pix = semantic(compose("train_tokenizer", ["tokenizer=quick", "artifacts=x", "tokenizer.model.pixel_context=true"]))
+    assert pix["tokenizer"]["model"]["pixel_context"] is True
 
 
 def test_planning_student_override(tmp_path):
