@@ -372,3 +372,31 @@ def test_ensemble_members_train_independently_and_average(tmp_path):
     assert torch.equal(again.score(frames, ids)["total"], ens.score(frames, ids)["total"])
     with pytest.raises(ValueError, match="members"):
         StudentConfig(members=0)
+
+
+def test_depth_adds_residual_convs_and_round_trips(tmp_path):
+    """``depth`` extra residual convs change the output, keep shapes, survive save/load;
+    a negative depth is refused."""
+    clips = synthetic_clips(3)
+    torch.manual_seed(0)
+    base = StudentReward(TINY).eval()
+    torch.manual_seed(0)
+    deep = StudentReward(StudentConfig(channels=8, hidden=32, embed=8, depth=2)).eval()
+    assert len(deep.convs) == 2 and deep.n_params() == base.n_params() + 2 * (8 * 8 * 9 + 8)
+    missing, unexpected = deep.load_state_dict(base.state_dict(), strict=False)
+    assert not unexpected and sorted(missing) == ["convs.0.bias", "convs.0.weight", "convs.1.bias", "convs.1.weight"]
+    with torch.no_grad():
+        for conv in deep.convs:      # zero residual convs: the base network exactly
+            conv.weight.zero_()
+            conv.bias.zero_()
+    a = base.score(clips["frames"], clips["instruction"], amp=False)
+    assert torch.allclose(deep.score(clips["frames"], clips["instruction"], amp=False)["total"], a["total"])
+    with torch.no_grad():
+        deep.convs[1].bias.fill_(0.5)
+    b = deep.score(clips["frames"], clips["instruction"])
+    assert b["dims"].shape == (3, 6) and not torch.allclose(b["total"], a["total"])
+    again = StudentReward.from_checkpoint(deep.save(tmp_path / "deep.pt"))
+    assert again.config.depth == 2
+    assert torch.equal(again.score(clips["frames"], clips["instruction"])["total"], b["total"])
+    with pytest.raises(ValueError, match="depth"):
+        StudentConfig(depth=-1)

@@ -7,7 +7,8 @@ trained (``worldmodel.judge.distill``) to reproduce the privileged teacher's sco
 Architecture (per clip of ``T+1`` frames, 64x64):
 
 - every frame enters with its difference to the previous frame (6 channels; zeros for
-  the start frame), is patchified 4x4 -> 16x16 and goes through one 3x3 conv;
+  the start frame), is patchified 4x4 -> 16x16 (``patch``) and goes through one 3x3 conv
+  (plus ``depth`` residual 3x3 convs);
 - the instruction modulates the 16x16 feature map (FiLM, per channel) so "red" and
   "green" instructions attend to different cubes;
 - the map is read out by a spatial soft-argmax (one (x, y) keypoint per channel: where
@@ -74,11 +75,15 @@ class StudentConfig:
     action_dropout: float = 0.3    # training: fraction of clips whose actions are hidden
     members: int = 1               # an ensemble of this many independently initialised
                                    # networks; outputs are their mean (see `forward`)
+    depth: int = 0                 # extra residual 3x3 convs at the feature resolution
+                                   # (0: the stem and one conv, the original student)
 
     def __post_init__(self):
         self.weights = tuple(float(w) for w in self.weights)
         if len(self.weights) != N_DIMS:
             raise ValueError(f"weights needs {N_DIMS} entries ({', '.join(DIMENSIONS)}), got {len(self.weights)}")
+        if self.depth < 0:
+            raise ValueError(f"depth must be >= 0, got {self.depth}")
         if self.members < 1:
             raise ValueError(f"members must be >= 1, got {self.members}")
         if self.image_size % self.patch:
@@ -124,6 +129,7 @@ class StudentReward(nn.Module):
         # the frame difference is taken at 16x16 features, not at 64x64 pixels)
         self.stem = nn.Conv2d(3, 2 * c, kernel_size=cfg.patch, stride=cfg.patch)
         self.conv = nn.Conv2d(c, c, 3, padding=1)
+        self.convs = nn.ModuleList(nn.Conv2d(c, c, 3, padding=1) for _ in range(cfg.depth))
         self.embed = nn.Embedding(cfg.n_instructions, cfg.embed)
         self.film = nn.Linear(cfg.embed, 2 * c)
         nn.init.zeros_(self.film.weight)
@@ -255,6 +261,8 @@ class StudentReward(nn.Module):
         x = x.flatten(0, 1).contiguous(memory_format=cl)
         x = F.gelu(x + self.stem.bias[:c, None, None].to(x.dtype))
         x = F.conv2d(x, self.conv.weight.to(x.dtype), self.conv.bias.to(x.dtype), padding=1)
+        for conv in self.convs:           # residual: x + conv(gelu(x))
+            x = x + F.conv2d(F.gelu(x), conv.weight.to(x.dtype), conv.bias.to(x.dtype), padding=1)
         e = self.embed(instruction)                                                   # (B, E)
         gb = self.film(e).to(x.dtype).repeat_interleave(t1, dim=0)[:, :, None, None]
         x = F.gelu(torch.addcmul(gb[:, c:], x, 1 + gb[:, :c]))
