@@ -77,7 +77,8 @@ class WorldModelMPC(Agent):
     ``world_model``: a :class:`worldmodel.world_model.WorldModel` or a checkpoint path;
     ``reward``: an object with ``score(frames (B, T+1, 3, 64, 64) float [0, 1],
     instruction (B,) long) -> {"dims": (B, 6), "shaping": (B, 3), "total": (B,)}`` or a
-    student checkpoint path; ``weights``: objective weights by dim short name and
+    student checkpoint path (``score_actions=True``: ``score`` also gets each candidate's
+    control actions ``(B, T*repeat, 4)`` as ``actions=``); ``weights``: objective weights by dim short name and
     ``target_rise`` / ``grip_dist`` / ``progress`` (missing keys take :data:`DEFAULT_WEIGHTS`).
     """
 
@@ -87,7 +88,7 @@ class WorldModelMPC(Agent):
                  weights: dict | None = None, rollout_mode: str = "swr", window: int | None = None,
                  temperature: float = 1.0, top_k: int | None = None, seed: int = 0,
                  threads: int | None = None, keep_imagined: bool = True, name: str | None = None,
-                 amp: bool = True, prior=None):
+                 amp: bool = True, prior=None, score_actions: bool = False):
         planner = dict(planner or {"name": "cem"})
         self.planner_cfg = planner
         self.planner = make_planner(planner)
@@ -105,6 +106,9 @@ class WorldModelMPC(Agent):
         self.temperature, self.top_k = float(temperature), top_k
         self.base_seed, self.threads, self.keep_imagined = int(seed), threads, bool(keep_imagined)
         self.amp = bool(amp)   # bf16 autocast for imagination (~1.5x faster on CPU)
+        # the reward also reads each candidate's control actions (an action-aware student:
+        # ``score(..., actions=)``); False: it judges the imagined video alone
+        self.score_actions = bool(score_actions)
         self._prior_src = prior  # an agent.prior.ActionPrior / checkpoint: proposes the first iteration
         self._prior = None if isinstance(prior, (str, os.PathLike)) else prior
         self.name = name or f"mpc_{self.planner.name}"
@@ -200,7 +204,9 @@ class WorldModelMPC(Agent):
             tb = time.perf_counter()
             instr = torch.full((len(cands),), instruction, dtype=torch.long)
             with torch.no_grad():
-                obj = self.objective(self.reward.score(clips, instr)).numpy().astype(np.float64)
+                extra = {"actions": torch.as_tensor(np.clip(cands, -1.0, 1.0), dtype=torch.float32)} \
+                    if self.score_actions else {}
+                obj = self.objective(self.reward.score(clips, instr, **extra)).numpy().astype(np.float64)
             timing["wm_s"] += tb - ta
             timing["reward_s"] += time.perf_counter() - tb
             i = int(np.argmax(obj))

@@ -80,9 +80,11 @@ class ToyReward:
     def __init__(self):
         self.calls = []
 
-    def score(self, frames, instruction):
+    def score(self, frames, instruction, **kw):
         assert frames.dim() == 5 and frames.shape[2:] == (3, 64, 64) and instruction.dtype == torch.long
         self.calls.append(tuple(frames.shape))
+        self.actions = kw.pop("actions", None)
+        assert not kw
         b = frames.shape[0]
         dims = frames[:, -1].mean((1, 2, 3))[:, None].expand(b, 6).clamp(0, 1)
         return {"dims": dims, "shaping": torch.zeros(b, 3), "total": dims.sum(-1)}
@@ -135,6 +137,13 @@ def test_world_model_mpc_acts_from_observations_only(tiny_wm, one_torch_thread, 
     assert [s for s, _ in extras["imagined"]] == [0, 2, 4] and extras["repeat"] == 2
     agent.reset()
     assert agent._plan is None and agent.log == [] and agent.last_imagined is None
+    assert reward.actions is None                              # video only by default
+    # score_actions: the reward also gets every candidate's control actions, clipped to [-1, 1]
+    seen = WorldModelMPC(tiny_wm, reward, planner={"name": "cem", "horizon": 4, "samples": 6, "iterations": 1,
+                                                   "elites": 2}, score_actions=True)
+    seen.act(obs)
+    assert reward.actions.shape == (6, 8, 4) and reward.actions.dtype == torch.float32
+    assert reward.actions.abs().max() <= 1
     # constructible in worker processes: checkpoint paths are loaded lazily, pickles cheaply
     path = tmp_path / "wm.pt"
     tiny_wm.save(path)
