@@ -12,6 +12,7 @@ episodes). Reported per student:
   (``wm_t*``), both imagined from perturbed actions (``wm_a*``, what the planner's candidates
   look like; a bench built with ``+bench.wm_action_noise=[...]``), or one of each;
   a 95% bootstrap interval over starts (starts resampled, 2000 draws) for the headline;
+- the same pairs by the teacher's gap between the two clips (near-ties vs clear differences);
 - Spearman of the total with the teacher's on all clips and on the generations;
 - for an ensemble (``members > 1``), each member alone on the same pairs;
 - scoring speed (9-frame 64x64 clips, batch 256, bf16) with 1 and 2 threads.
@@ -127,6 +128,21 @@ def _rel(p: Path) -> str:
     return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
 
 
+#: bands of the teacher's gap |total_i - total_j| (of 10) for the accuracy-by-gap table
+GAP_BANDS = ((0.0, 0.3), (0.3, 1.1), (1.1, 10.0))
+
+
+def gap_accuracy(pred: np.ndarray, true: np.ndarray, pairs: np.ndarray) -> list[tuple[float, int]]:
+    """(accuracy, pairs) per :data:`GAP_BANDS` band of the teacher's gap (ties left out)."""
+    hits, keep = _pair_hits(pred, true, pairs)
+    gap = np.abs(true[pairs[keep, 0]] - true[pairs[keep, 1]])
+    out = []
+    for lo, hi in GAP_BANDS:
+        m = (gap > lo) & (gap <= hi)
+        out.append((float(hits[m].mean()) if m.any() else float("nan"), int(m.sum())))
+    return out
+
+
 def compare(bench: Path, students: list[tuple[str, Path]], split: str = "test", boot: int = 2000,
             speed: bool = True) -> tuple[str, dict]:
     """The markdown body and the numbers of every student (see the module docstring)."""
@@ -145,11 +161,13 @@ def compare(bench: Path, students: list[tuple[str, Path]], split: str = "test", 
             + (" clips/s, 1 thread | clips/s, 2 threads |" if speed else "")
             + " vs the first: difference, 95% interval |"
             + "\n|" + "---|" * (11 + 2 * speed))
-    rows, members_rows, out, first = [head], [], {}, None
+    rows, members_rows, gap_rows, out, first = [head], [], [], {}, None
     for name, path in students:
         st = StudentReward.from_checkpoint(path)
         pred = predict(st, data)["total"]
         res = {k: pair_accuracy(pred, true, *subsets[k], boot=boot if k == "all" else 0) for k in KINDS}
+        res["by_gap"] = gap_accuracy(pred, true, pairs)
+        gap_rows.append(f"| {name} | " + " | ".join(f"{_f(a)} ({n})" for a, n in res["by_gap"]) + " |")
         res["spearman_all"] = spearman(pred, true)
         res["spearman_gen"] = spearman(pred[gen], true[gen])
         if speed:
@@ -177,6 +195,9 @@ def compare(bench: Path, students: list[tuple[str, Path]], split: str = "test", 
     body += [f"- {name}: `{_rel(path)}`" for name, path in students]
     body += ["", "Within-start pairwise accuracy on world-model generations (teacher ties left out; pairs in "
              "brackets), by how the two futures differ:", "", *rows]
+    body += ["", "The same pairs (all kinds) by the teacher's gap between the two clips (total, of 10):", "",
+             "| student | " + " | ".join(f"gap ({lo:g}, {hi:g}]" for lo, hi in GAP_BANDS) + " |",
+             "|" + "---|" * (len(GAP_BANDS) + 1), *gap_rows]
     if members_rows:
         body += ["", "Each ensemble member alone, same pairs:", "",
                  "| student | " + " | ".join(f"pairs: {k}" for k in KINDS) + " | Spearman total (all clips) |",

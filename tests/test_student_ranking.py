@@ -1,7 +1,7 @@
 """The student-comparison benchmark's pair bookkeeping (benchmarks/student_ranking.py)."""
 import numpy as np
 
-from benchmarks.student_ranking import generation_pairs, pair_accuracy, paired_difference
+from benchmarks.student_ranking import gap_accuracy, generation_pairs, pair_accuracy, paired_difference
 
 
 def _data():
@@ -33,3 +33,15 @@ def test_pair_accuracy_leaves_teacher_ties_out_and_counts_predicted_ties_half():
     assert pair_accuracy(np.zeros(9), true, pairs, start)["acc"] == 0.5
     d = paired_difference(true, -true, true, pairs, start, boot=200)
     assert d["diff"] == 1.0 and d["ci"] == (1.0, 1.0)
+
+
+def test_gap_accuracy_splits_pairs_by_the_teachers_gap():
+    pairs, _, _ = generation_pairs(_data())
+    true = np.array([1.0, 1.2, 2.0, 4.0, 4.1, 1, 1, 0, 0])     # start 1's pair is a teacher tie
+    # start 0's gaps: 0.2, 0.1 | 1.0, 0.8 | 3.0, 3.1, 2.8, 2.9, 2.0, 2.1
+    pred = true.copy()
+    pred[1] = 0.0                                              # now below clip 0: flips only pair (0, 1), gap 0.2
+    (a1, n1), (a2, n2), (a3, n3) = gap_accuracy(pred, true, pairs)
+    assert (n1, n2, n3) == (2, 2, 6)
+    assert (a1, a2, a3) == (0.5, 1.0, 1.0)
+    assert [a for a, _ in gap_accuracy(-true, true, pairs)] == [0.0, 0.0, 0.0]
