@@ -33,7 +33,7 @@ import torch  # noqa: E402
 
 from benchmarks.report import write_section  # noqa: E402
 from experiments.common import resolve  # noqa: E402
-from worldmodel.judge.distill import bench_groups, from_bench, predict, spearman  # noqa: E402
+from worldmodel.judge.distill import bench_groups, from_bench, pairwise_accuracy, predict, spearman  # noqa: E402
 from worldmodel.judge.student import StudentReward  # noqa: E402
 
 TITLE = "Judge: student rewards compared on within-start ranking"
@@ -132,15 +132,10 @@ def _rel(p: Path) -> str:
 GAP_BANDS = ((0.0, 0.3), (0.3, 1.1), (1.1, 10.0))
 
 
-def gap_accuracy(pred: np.ndarray, true: np.ndarray, pairs: np.ndarray) -> list[tuple[float, int]]:
-    """(accuracy, pairs) per :data:`GAP_BANDS` band of the teacher's gap (ties left out)."""
-    hits, keep = _pair_hits(pred, true, pairs)
-    gap = np.abs(true[pairs[keep, 0]] - true[pairs[keep, 1]])
-    out = []
-    for lo, hi in GAP_BANDS:
-        m = (gap > lo) & (gap <= hi)
-        out.append((float(hits[m].mean()) if m.any() else float("nan"), int(m.sum())))
-    return out
+def gap_accuracy(pred: np.ndarray, true: np.ndarray, groups: np.ndarray) -> list[tuple[float, int]]:
+    """(accuracy, pairs) per :data:`GAP_BANDS` band of the teacher's gap, over the pairs of
+    clips sharing a ``groups`` label (a start; ties left out): ``distill.pairwise_accuracy(band=)``."""
+    return [pairwise_accuracy(pred, true, groups, return_pairs=True, band=band) for band in GAP_BANDS]
 
 
 def compare(bench: Path, students: list[tuple[str, Path]], split: str = "test", boot: int = 2000,
@@ -154,6 +149,7 @@ def compare(bench: Path, students: list[tuple[str, Path]], split: str = "test", 
     true = data["scores"].numpy().sum(1)
     gen = np.asarray(data["source"]).astype(str) == "generated"
     pairs, start, kind = generation_pairs(data)
+    gen_start = bench_groups({"episode": data["episode"], "start_step": data["start_step"]})[gen]
     subsets = {k: (pairs, start) if k == "all" else (pairs[kind == k], start[kind == k]) for k in KINDS}
     n_kind = {k: len(subsets[k][0]) for k in KINDS}
     head = ("| student | members | parameters | " + " | ".join(f"pairs: {k}" for k in KINDS)
@@ -166,7 +162,7 @@ def compare(bench: Path, students: list[tuple[str, Path]], split: str = "test", 
         st = StudentReward.from_checkpoint(path)
         pred = predict(st, data)["total"]
         res = {k: pair_accuracy(pred, true, *subsets[k], boot=boot if k == "all" else 0) for k in KINDS}
-        res["by_gap"] = gap_accuracy(pred, true, pairs)
+        res["by_gap"] = gap_accuracy(pred[gen], true[gen], gen_start)
         gap_rows.append(f"| {name} | " + " | ".join(f"{_f(a)} ({n})" for a, n in res["by_gap"]) + " |")
         res["spearman_all"] = spearman(pred, true)
         res["spearman_gen"] = spearman(pred[gen], true[gen])

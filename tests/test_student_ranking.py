@@ -37,11 +37,14 @@ def test_pair_accuracy_leaves_teacher_ties_out_and_counts_predicted_ties_half():
 
 def test_gap_accuracy_splits_pairs_by_the_teachers_gap():
     pairs, _, _ = generation_pairs(_data())
-    true = np.array([1.0, 1.2, 2.0, 4.0, 4.1, 1, 1, 0, 0])     # start 1's pair is a teacher tie
+    groups = np.array(["a4", "a4", "a4", "a4", "a4", "b8", "b8"])   # the generations' starts in _data()
+    true = np.array([1.0, 1.2, 2.0, 4.0, 4.1, 1, 1])           # start b8's pair is a teacher tie
     # start 0's gaps: 0.2, 0.1 | 1.0, 0.8 | 3.0, 3.1, 2.8, 2.9, 2.0, 2.1
     pred = true.copy()
     pred[1] = 0.0                                              # now below clip 0: flips only pair (0, 1), gap 0.2
-    (a1, n1), (a2, n2), (a3, n3) = gap_accuracy(pred, true, pairs)
+    (a1, n1), (a2, n2), (a3, n3) = gap_accuracy(pred, true, groups)
     assert (n1, n2, n3) == (2, 2, 6)
     assert (a1, a2, a3) == (0.5, 1.0, 1.0)
-    assert [a for a, _ in gap_accuracy(-true, true, pairs)] == [0.0, 0.0, 0.0]
+    assert [a for a, _ in gap_accuracy(-true, true, groups)] == [0.0, 0.0, 0.0]
+    # the bands cover exactly the non-tied pairs pair_accuracy counts
+    assert n1 + n2 + n3 == pair_accuracy(pred, true, pairs, np.zeros(len(pairs)))["pairs"] == 10
