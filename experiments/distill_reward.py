@@ -47,6 +47,18 @@ def load_bench_file(path: Path) -> dict:
     return load_bench(path)
 
 
+def bench_perception(bench_path: Path):
+    """The teacher's fitted perception saved next to a bench file (``perception.npz``), for a
+    student with the colour input (``student.model.colour=true``)."""
+    from worldmodel.judge.perception import Perception
+
+    path = bench_path.parent / "perception.npz"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: a student with colour input reads the teacher's perception "
+                                f"saved next to the bench; rebuild the bench with `{BENCH_COMMAND}`")
+    return Perception.load(path)
+
+
 def fidelity(student: StudentReward, data: dict, amp: bool = True) -> dict:
     """:func:`evaluate` on all rows and per ``source`` (pairwise accuracy within shared
     starts), and on all rows without actions (``video_only``: how ``score(frames,
@@ -89,6 +101,8 @@ def run(cfg: DictConfig) -> dict:
 
     torch.manual_seed(cfg.seed)
     student = StudentReward(scfg)
+    if scfg.colour:
+        student.set_colour_table(bench_perception(bench_path))
     out = resolve(cfg.out_dir)
     t0 = time.time()
     student, _ = distill(

@@ -59,6 +59,8 @@ KIND = "student_reward"
 SHAPING: tuple[str, ...] = ("target_rise", "grip_dist", "progress")
 N_DIMS, N_SHAPING = len(DIMENSIONS), len(SHAPING)
 N_ACT_FEATS = 6
+N_COLOUR = 3          # colour-posterior classes: red cube, green cube, gripper
+N_COLOUR_FEATS = 4 * N_COLOUR   # per class: area fraction, centroid (x, y), vertical spread
 
 
 @dataclass
@@ -77,6 +79,11 @@ class StudentConfig:
                                    # networks; outputs are their mean (see `forward`)
     depth: int = 0                 # extra residual 3x3 convs at the feature resolution
                                    # (0: the stem and one conv, the original student)
+    colour: bool = False           # colour-posterior input: per pixel P(red | green | gripper)
+                                   # from a fitted colour table (the teacher's perception,
+                                   # `set_colour_table`), as 3 extra stem channels plus per-frame
+                                   # area / centroid / spread of each class
+    colour_bins: int = 32          # the colour table's levels per RGB channel
 
     def __post_init__(self):
         self.weights = tuple(float(w) for w in self.weights)
@@ -86,6 +93,8 @@ class StudentConfig:
             raise ValueError(f"depth must be >= 0, got {self.depth}")
         if self.members < 1:
             raise ValueError(f"members must be >= 1, got {self.members}")
+        if self.colour_bins < 2 or 256 % self.colour_bins:
+            raise ValueError(f"colour_bins must divide 256, got {self.colour_bins}")
         if self.image_size % self.patch:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch {self.patch}")
 
@@ -109,6 +118,22 @@ def _spatial_softargmax(m: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     return (p.transpose(1, 2) @ coords).transpose(1, 2).flatten(1)              # (N, 2C): x..., y...
 
 
+def colour_features(post: torch.Tensor) -> torch.Tensor:
+    """Class posteriors ``(N, K, s, s)`` (patch averages) -> ``(N, 4K)``: per class the square root of its
+    area fraction (x4), its posterior-weighted centroid (x, y) in [-1, 1] and its vertical
+    spread (a centroid is shrunk towards the centre when a class has few pixels)."""
+    post = post.float()
+    s_h, s_w = post.shape[-2:]
+    ys = torch.linspace(-1, 1, s_h, device=post.device)[:, None]
+    xs = torch.linspace(-1, 1, s_w, device=post.device)[None, :]
+    mass = post.sum((2, 3))                                                            # (N, K)
+    w = post / (mass[..., None, None] + 1.0)
+    cx, cy = (w * xs).sum((2, 3)), (w * ys).sum((2, 3))
+    spread = ((w * (ys - cy[..., None, None]) ** 2).sum((2, 3)) + 1e-4).sqrt()
+    area = (mass / (s_h * s_w)).sqrt() * 4
+    return torch.cat([area, cx, cy, spread], dim=1)
+
+
 def to_unit_frames(frames: torch.Tensor | np.ndarray) -> torch.Tensor:
     """uint8 ``(..., S, S, 3)`` -> float ``(..., 3, S, S)`` in [0, 1] (the student's float layout)."""
     frames = torch.as_tensor(frames)
@@ -129,12 +154,18 @@ class StudentReward(nn.Module):
         # the frame difference is taken at 16x16 features, not at 64x64 pixels)
         self.stem = nn.Conv2d(3, 2 * c, kernel_size=cfg.patch, stride=cfg.patch)
         self.conv = nn.Conv2d(c, c, 3, padding=1)
+        # colour posteriors (3 classes), averaged over each patch, through their own 1x1 conv,
+        # added to the stem's output; the table is a persistent buffer, so a checkpoint carries its perception
+        self.colour_stem = nn.Conv2d(N_COLOUR, 2 * c, 1, bias=False) if cfg.colour else None
+        if cfg.colour:
+            self.register_buffer("colour_table", torch.zeros(cfg.colour_bins ** 3, N_COLOUR))
         self.convs = nn.ModuleList(nn.Conv2d(c, c, 3, padding=1) for _ in range(cfg.depth))
         self.embed = nn.Embedding(cfg.n_instructions, cfg.embed)
         self.film = nn.Linear(cfg.embed, 2 * c)
         nn.init.zeros_(self.film.weight)
         nn.init.zeros_(self.film.bias)
         frame_dim = 4 * c                         # keypoints (2c) + mean (c) + max (c)
+        frame_dim += N_COLOUR_FEATS if cfg.colour else 0
         self.frame_proj = nn.Linear(frame_dim, h)
         k = cfg.temporal_kernel
         # per model step: commanded displacement (sum of dx, dy, dz over the step), mean and last
@@ -199,6 +230,36 @@ class StudentReward(nn.Module):
                            f"({list(INSTRUCTIONS)})")
         return ids
 
+    def set_colour_table(self, table) -> None:
+        """Install the colour table of ``colour=True`` (every ensemble member): a fitted
+        :class:`worldmodel.judge.perception.Perception` or its ``table``
+        ``(bins, bins, bins, 4)`` of class posteriors (background, red, green, gripper)."""
+        if self.colour_stem is None:
+            raise ValueError("this student has no colour input (StudentConfig.colour=False)")
+        table = torch.as_tensor(np.asarray(getattr(table, "table", table), np.float32))
+        bins = self.config.colour_bins
+        if table.shape != (bins, bins, bins, N_COLOUR + 1):
+            raise ValueError(f"colour table must be ({bins},)*3 + ({N_COLOUR + 1},) (StudentConfig.colour_bins="
+                             f"{bins}), got {tuple(table.shape)}")
+        for net in (self, *self.extra):
+            net.colour_table.copy_(table.reshape(-1, N_COLOUR + 1)[:, 1:])
+
+    def colour_posteriors(self, frames: torch.Tensor) -> torch.Tensor:
+        """Validated clip frames (:meth:`prepare_frames`) -> per-pixel class posteriors
+        ``(B*(T+1), 3, S, S)`` float32 (red, green, gripper) by one table lookup per pixel."""
+        if not bool(self.colour_table.any()):
+            raise RuntimeError("the student's colour table is empty: call set_colour_table(perception) before "
+                               "training (experiments/distill_reward.py does, from the bench's perception.npz)")
+        if frames.dtype == torch.uint8:
+            u = frames.flatten(0, 1).permute(0, 3, 1, 2)                              # (N, 3, S, S)
+        else:
+            u = (frames.flatten(0, 1).float() * 255).round().clamp(0, 255).to(torch.uint8)
+        bins = self.config.colour_bins
+        shift = (256 // bins).bit_length() - 1
+        q = (u >> shift).to(torch.int32)
+        idx = (q[:, 0] * bins + q[:, 1]) * bins + q[:, 2]                              # (N, S, S)
+        return F.embedding(idx, self.colour_table).permute(0, 3, 1, 2)
+
     # -- model -----------------------------------------------------------------------------
     def action_features(self, actions: torch.Tensor | None, b: int, t1: int, device) -> torch.Tensor:
         """Control actions ``(B, T*stride, 4)`` (or None) -> per-frame features ``(B, T+1, 6)``:
@@ -253,6 +314,9 @@ class StudentReward(nn.Module):
         else:
             x = frames.flatten(0, 1).to(dtype).contiguous(memory_format=cl)
         z = F.conv2d(x, w.to(dtype), None, stride=p)                                  # (N, 2c, s, s)
+        if self.colour_stem is not None:
+            post = F.avg_pool2d(self.colour_posteriors(frames), p)                    # (N, 3, s, s)
+            z = z + F.conv2d(post.to(dtype), self.colour_stem.weight.to(dtype))
         z = z.view(b, t1, 2 * c, *z.shape[-2:]) if z.is_contiguous() else \
             z.permute(0, 2, 3, 1).reshape(b, t1, *z.shape[-2:], 2 * c).permute(0, 1, 4, 2, 3)
         a, d = z[:, :, :c], z[:, :, c:]
@@ -267,7 +331,10 @@ class StudentReward(nn.Module):
         gb = self.film(e).to(x.dtype).repeat_interleave(t1, dim=0)[:, :, None, None]
         x = F.gelu(torch.addcmul(gb[:, c:], x, 1 + gb[:, :c]))
         m = x.permute(0, 2, 3, 1).flatten(1, 2)                                       # (N, s*s, c)
-        feats = torch.cat([_spatial_softargmax(m, x.shape[-2:]), m.mean(1), m.amax(1)], dim=1)
+        feats = [_spatial_softargmax(m, x.shape[-2:]), m.mean(1), m.amax(1)]
+        if self.colour_stem is not None:
+            feats.append(colour_features(post).to(m.dtype))
+        feats = torch.cat(feats, dim=1)
         f = self.frame_proj(feats).view(b, t1, -1)                                     # (B, T1, H)
         if self.act_proj is not None and actions is not None:
             af = self.action_features(actions, b, t1, f.device)
