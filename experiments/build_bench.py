@@ -37,6 +37,16 @@ def source_paths(cfg) -> list[Path]:
     return paths
 
 
+def shard_config(bench: dict, seed: int, calib: dict, wm_path: Path | None) -> tuple[dict, str]:
+    """What a shard's content depends on, and its 12-hex key (part of the shard's file name,
+    so a shard is reused by any run whose settings match). The preset's ``name`` is left
+    out: the same settings under another preset name build the same clips."""
+    shard_cfg = {"bench": {k: v for k, v in bench.items() if k != "name"}, "seed": seed, "teacher": calib,
+                 "teacher_version": TEACHER_VERSION, "worldmodel": str(wm_path) if wm_path is not None else None,
+                 "wm_mtime": wm_path.stat().st_mtime if wm_path is not None else None}
+    return shard_cfg, hashlib.sha1(json.dumps(shard_cfg, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def run(cfg: DictConfig) -> dict:
     setup_torch(cfg.threads)
     b = cfg.bench
@@ -56,11 +66,8 @@ def run(cfg: DictConfig) -> dict:
         wm = WorldModel.from_checkpoint(wm_path).eval()
     elif wm_path is not None:
         print(f"no world model at {wm_path}: building without generations")
-    shard_cfg = {"bench": OmegaConf.to_container(b), "seed": cfg.seed, "teacher": teacher.calib,
-                 "teacher_version": TEACHER_VERSION,
-                 "worldmodel": str(wm_path) if wm is not None else None,
-                 "wm_mtime": wm_path.stat().st_mtime if wm is not None else None}
-    key = hashlib.sha1(json.dumps(shard_cfg, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    shard_cfg, key = shard_config(OmegaConf.to_container(b), cfg.seed, teacher.calib,
+                                  wm_path if wm is not None else None)
     parts = []
     jobs = []
     for path in paths:

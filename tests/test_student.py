@@ -459,3 +459,4 @@ def test_colour_input_reads_the_table_and_round_trips(tmp_path):
     ens = StudentReward(StudentConfig(channels=8, hidden=32, embed=8, colour=True, members=2))
     ens.set_colour_table(_colour_table())
     assert all(bool(m.colour_table.any()) for m in ens.members_as_students())
+

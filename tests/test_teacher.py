@@ -288,3 +288,16 @@ def test_perturbed_action_clips_change_only_the_actions_and_drop_the_recorded_re
     small = np.abs(out[0]["actions"] - real[0]["actions"]).mean()
     large = np.abs(out[1]["actions"] - real[0]["actions"]).mean()
     assert small < large
+
+
+def test_bench_shard_key_ignores_the_preset_name():
+    """Bench shards are reused across preset names with the same settings, rebuilt when a
+    setting changes."""
+    from experiments.build_bench import shard_config
+
+    base = {"name": "default", "windows": 8, "wm_starts": 800}
+    _, key = shard_config(base, 0, {"a": 1.0}, None)
+    assert shard_config({**base, "name": "ranking"}, 0, {"a": 1.0}, None)[1] == key
+    assert shard_config({**base, "windows": 4}, 0, {"a": 1.0}, None)[1] != key
+    assert shard_config(base, 1, {"a": 1.0}, None)[1] != key
+    assert "name" not in shard_config(base, 0, {"a": 1.0}, None)[0]["bench"]
