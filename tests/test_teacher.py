@@ -301,3 +301,20 @@ def test_bench_shard_key_ignores_the_preset_name():
     assert shard_config({**base, "windows": 4}, 0, {"a": 1.0}, None)[1] != key
     assert shard_config(base, 1, {"a": 1.0}, None)[1] != key
     assert "name" not in shard_config(base, 0, {"a": 1.0}, None)[0]["bench"]
+
+
+def test_stability_noise_is_static_bounded_and_off_at_zero():
+    """benchmarks/teacher_stability's perturbation: one pattern for every frame of a clip
+    (no temporal change), within [-k, k], clipped to uint8; k = 0 leaves the clip alone."""
+    from benchmarks.teacher_stability import noisy_frames
+
+    rng = np.random.default_rng(0)
+    frames = np.repeat(np.array([0, 128, 255], np.uint8)[None, :, None, None], 4, axis=0)
+    frames = np.broadcast_to(frames, (4, 3, 8, 3)).copy()          # (T+1, H, W, 3)
+    assert noisy_frames(frames, 0, rng) is frames
+    out = noisy_frames(frames, 2, rng)
+    assert out.dtype == np.uint8 and out.shape == frames.shape
+    assert (np.diff(out.astype(int), axis=0) == 0).all()             # static: every frame the same
+    d = out.astype(int) - frames
+    assert np.abs(d).max() <= 2 and d.any()
+    assert out[:, 0].max() <= 2 and out[:, 2].min() >= 253          # clipped at 0 and 255
