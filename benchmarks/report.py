@@ -49,3 +49,21 @@ def write_section(title: str, body: str, command: str | None = None) -> None:
     tmp = BENCH.with_suffix(".md.tmp")
     tmp.write_text(text)
     os.replace(tmp, BENCH)
+
+
+def add_section_args(ap, title: str) -> None:
+    """``--title`` (default ``title``), ``--notes`` (text appended to the body) and
+    ``--no-write`` (print only) for a script that writes one BENCHMARKS.md section."""
+    ap.add_argument("--title", default=title)
+    ap.add_argument("--notes", default="")
+    ap.add_argument("--no-write", action="store_true", help="print only; do not touch BENCHMARKS.md")
+
+
+def publish(args, body: str) -> None:
+    """Print ``body`` (plus ``args.notes``) and write it as section ``args.title`` unless
+    ``args.no_write`` (the options of :func:`add_section_args`)."""
+    if args.notes:
+        body += f"\n\n{args.notes}"
+    print(body)
+    if not args.no_write:
+        write_section(args.title, body + "\n")

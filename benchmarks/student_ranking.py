@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from benchmarks.report import write_section  # noqa: E402
+from benchmarks.report import add_section_args, publish  # noqa: E402
 from experiments.common import resolve  # noqa: E402
 from worldmodel.judge.distill import bench_groups, from_bench, pairwise_accuracy, predict, spearman  # noqa: E402
 from worldmodel.judge.student import StudentReward  # noqa: E402
@@ -209,9 +209,7 @@ def main() -> None:
     ap.add_argument("--split", default="test")
     ap.add_argument("--boot", type=int, default=2000)
     ap.add_argument("--no-speed", action="store_true")
-    ap.add_argument("--title", default=TITLE)
-    ap.add_argument("--notes", default="")
-    ap.add_argument("--no-write", action="store_true")
+    add_section_args(ap, TITLE)
     args = ap.parse_args()
     students = []
     for s in args.student:
@@ -226,11 +224,7 @@ def main() -> None:
     if not bench.exists():
         ap.error(f"bench {bench} does not exist (build one with python experiments/build_bench.py)")
     body, _ = compare(bench, students, args.split, args.boot, speed=not args.no_speed)
-    if args.notes:
-        body += f"\n\n{args.notes}"
-    print(body)
-    if not args.no_write:
-        write_section(args.title, body + "\n")
+    publish(args, body)
 
 
 if __name__ == "__main__":
