@@ -9,6 +9,10 @@ Architecture (per clip of ``T+1`` frames, 64x64):
 - every frame enters with its difference to the previous frame (6 channels; zeros for
   the start frame), is patchified 4x4 -> 16x16 (``patch``) and goes through one 3x3 conv
   (plus ``depth`` residual 3x3 convs);
+- optionally (``colour``) every pixel's class posteriors P(red cube | green cube | gripper)
+  from the teacher's fitted colour table (``set_colour_table``; stored in the checkpoint)
+  are averaged per patch into the stem (1x1 conv), and each class's area, centroid and
+  vertical spread join the per-frame features (measured: no ranking gain, half the speed);
 - the instruction modulates the 16x16 feature map (FiLM, per channel) so "red" and
   "green" instructions attend to different cubes;
 - the map is read out by a spatial soft-argmax (one (x, y) keypoint per channel: where
