@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from benchmarks.report import write_section  # noqa: E402
+from benchmarks.report import rel_path, write_section  # noqa: E402
 from experiments.common import resolve  # noqa: E402
 from worldmodel.judge import SHORT  # noqa: E402
 from worldmodel.judge.distill import (bench_groups, evaluate, from_bench, n_rows, pairwise_accuracy,  # noqa: E402
@@ -167,10 +167,10 @@ def main() -> None:
         speed.append(f"| teacher | {t_speed:.2f} | {t_note} |")
     ratio = f"; the student is {sp_bf16 / t_speed:.0f}x faster than the teacher" if t_speed else ""
     speed_table = "\n".join(speed)
-    body = f"""Student `{student_path.relative_to(ROOT) if student_path.is_relative_to(ROOT) else student_path}`
+    body = f"""Student `{rel_path(student_path)}`
 ({student.n_params():,} parameters, {student.config.channels} channels, {student.config.hidden} hidden; trained by
 `python experiments/distill_reward.py`) against the teacher's labels on the **{args.split}** split of
-`{bench_path.relative_to(ROOT) if bench_path.is_relative_to(ROOT) else bench_path}` ({n_rows(data)} clips of {t1} frames; splits are by source
+`{rel_path(bench_path)}` ({n_rows(data)} clips of {t1} frames; splits are by source
 episode, the test split from the held-out `*_val_*` rollout files).
 
 Fidelity (Spearman of student vs teacher; MAE in teacher units):

@@ -38,7 +38,7 @@ import envs  # noqa: E402
 from envs.rollouts import find_rollouts  # noqa: E402
 from agent.collect import run_episode  # noqa: E402
 from agent.scripted import ScriptedExpert, ScriptParams  # noqa: E402
-from benchmarks.report import write_section  # noqa: E402
+from benchmarks.report import rel_path, write_section  # noqa: E402
 from envs.splits import split_seeds  # noqa: E402
 from envs.vocab import instruction_id  # noqa: E402
 from worldmodel.judge import SHORT  # noqa: E402
@@ -238,7 +238,7 @@ def main():
     print("wrong cube IF:", wrong_if, "true:", wrong_true, flush=True)
     sp_replay, sp_cached = speed(teacher, real[:48])
     n_src = len(eps)
-    body = f"""Teacher: `{Path(args.teacher).relative_to(ROOT) if Path(args.teacher).is_relative_to(ROOT) else args.teacher}` (perception and thresholds fitted on TRAIN rollouts only).
+    body = f"""Teacher: `{rel_path(args.teacher)}` (perception and thresholds fitted on TRAIN rollouts only).
 Held-out clips: {len(real)} clips (9 frames, stride 2) cut from {n_src} episodes of the `*_val_*` rollout files
 (noisy expert, successes and failures; the bench's test split), {args.windows} windows per episode
 (episode end, around the first grasp/lift, random).

@@ -9,7 +9,8 @@ import shlex
 import sys
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "BENCHMARKS.md"
 HEADER = "# Benchmarks\n\nNumbers measured by the scripts in `benchmarks/`; each section names its command, machine and date.\n"
 
 
@@ -67,3 +68,10 @@ def publish(args, body: str) -> None:
     print(body)
     if not args.no_write:
         write_section(args.title, body + "\n")
+
+
+def rel_path(p) -> str:
+    """``p`` relative to the repository root when it lies inside it (as BENCHMARKS.md cites
+    paths), else as given."""
+    p = Path(p)
+    return str(p.relative_to(ROOT)) if p.is_absolute() and p.is_relative_to(ROOT) else str(p)

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from benchmarks.report import add_section_args, publish  # noqa: E402
+from benchmarks.report import add_section_args, publish, rel_path  # noqa: E402
 from experiments.common import resolve  # noqa: E402
 from worldmodel.judge.distill import bench_groups, from_bench, pairwise_accuracy, predict, spearman  # noqa: E402
 from worldmodel.judge.student import StudentReward  # noqa: E402
@@ -124,10 +124,6 @@ def _f(x, nd: int = 3) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{x:.{nd}f}"
 
 
-def _rel(p: Path) -> str:
-    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
-
-
 #: bands of the teacher's gap |total_i - total_j| (of 10) for the accuracy-by-gap table
 GAP_BANDS = ((0.0, 0.3), (0.3, 1.1), (1.1, 10.0))
 
@@ -185,10 +181,10 @@ def compare(bench: Path, students: list[tuple[str, Path]], split: str = "test", 
                                     + " | ".join(_f(pair_accuracy(mp, true, *subsets[k])["acc"]) for k in KINDS)
                                     + f" | {_f(spearman(mp, true))} |")
         out[name] = res
-    body = [f"Bench `{_rel(bench)}`, **{split}** split ({len(true)} clips, {int(gen.sum())} world-model generations "
+    body = [f"Bench `{rel_path(bench)}`, **{split}** split ({len(true)} clips, {int(gen.sum())} world-model generations "
             f"from {len(np.unique(start))} starts; pairs per kind: "
             + ", ".join(f"{k} {n_kind[k]}" for k in KINDS) + "). Students:", ""]
-    body += [f"- {name}: `{_rel(path)}`" for name, path in students]
+    body += [f"- {name}: `{rel_path(path)}`" for name, path in students]
     body += ["", "Within-start pairwise accuracy on world-model generations (teacher ties left out; pairs in "
              "brackets), by how the two futures differ:", "", *rows]
     body += ["", "The same pairs (all kinds) by the teacher's gap between the two clips (total, of 10):", "",

@@ -28,8 +28,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.report import add_section_args, publish  # noqa: E402
-from benchmarks.student_ranking import GAP_BANDS, KINDS, _rel, gap_accuracy, generation_pairs, pair_accuracy  # noqa: E402
+from benchmarks.report import add_section_args, publish, rel_path  # noqa: E402
+from benchmarks.student_ranking import GAP_BANDS, KINDS, gap_accuracy, generation_pairs, pair_accuracy  # noqa: E402
 from experiments.common import resolve  # noqa: E402
 from worldmodel.judge.distill import bench_groups  # noqa: E402
 
@@ -92,7 +92,7 @@ def stability(bench: Path, split: str = "test", noise=(1, 2, 4), seed: int = 0, 
     head = ("| noise k (of 255) | clips whose total changed | largest change of a total | "
             + " | ".join(f"agreement: {kd} pairs" for kd in KINDS) + " | 95% interval (all) | "
             + " | ".join(f"gap ({lo:g}, {hi:g}]" for lo, hi in GAP_BANDS) + " |")
-    body = [f"Bench `{_rel(bench)}`, **{split}** split: {len(gen)} world-model generations from "
+    body = [f"Bench `{rel_path(bench)}`, **{split}** split: {len(gen)} world-model generations from "
             f"{len(np.unique(start))} starts, re-scored by the bench's own teacher (`teacher.json`) "
             f"{1 + len(noise)} times ({seconds:.0f} s). Agreement = within-start pairwise accuracy of the "
             "re-scored totals against the stored labels (stored ties left out); k = 0 is the unchanged clips.",

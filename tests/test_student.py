@@ -456,7 +456,11 @@ def test_colour_input_reads_the_table_and_round_trips(tmp_path):
     again = StudentReward.from_checkpoint(st.save(tmp_path / "colour.pt"))
     assert again.config.colour and torch.equal(again.colour_table, st.colour_table)
     assert torch.equal(again.score(frames, 0, amp=False)["total"], a)
-    ens = StudentReward(StudentConfig(channels=8, hidden=32, embed=8, colour=True, members=2))
+    ens = StudentReward(StudentConfig(channels=8, hidden=32, embed=8, colour=True, members=2)).eval()
     ens.set_colour_table(_colour_table())
-    assert all(bool(m.colour_table.any()) for m in ens.members_as_students())
+    members = ens.members_as_students()
+    assert all(bool(m.colour_table.any()) for m in members)
+    # the ensemble looks the colours up once and gives every member the same posteriors
+    mean = sum(m.score(frames, 0, amp=False)["total"] for m in members) / 2
+    assert torch.allclose(ens.score(frames, 0, amp=False)["total"], mean, atol=1e-5)
 

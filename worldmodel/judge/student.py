@@ -85,8 +85,8 @@ class StudentConfig:
                                    # (0: the stem and one conv, the original student)
     colour: bool = False           # colour-posterior input: per pixel P(red | green | gripper)
                                    # from a fitted colour table (the teacher's perception,
-                                   # `set_colour_table`), as 3 extra stem channels plus per-frame
-                                   # area / centroid / spread of each class
+                                   # `set_colour_table`), patch-averaged into the stem (1x1 conv),
+                                   # plus per-frame area / centroid / spread of each class
     colour_bins: int = 32          # the colour table's levels per RGB channel
 
     def __post_init__(self):
@@ -264,6 +264,11 @@ class StudentReward(nn.Module):
         idx = (q[:, 0] * bins + q[:, 1]) * bins + q[:, 2]                              # (N, S, S)
         return F.embedding(idx, self.colour_table).permute(0, 3, 1, 2)
 
+    def patch_posteriors(self, frames: torch.Tensor) -> torch.Tensor:
+        """:meth:`colour_posteriors` averaged over each ``patch`` x ``patch`` patch:
+        ``(B*(T+1), 3, S/patch, S/patch)``, what the colour input reads."""
+        return F.avg_pool2d(self.colour_posteriors(frames), self.config.patch)
+
     # -- model -----------------------------------------------------------------------------
     def action_features(self, actions: torch.Tensor | None, b: int, t1: int, device) -> torch.Tensor:
         """Control actions ``(B, T*stride, 4)`` (or None) -> per-frame features ``(B, T+1, 6)``:
@@ -293,19 +298,21 @@ class StudentReward(nn.Module):
         the seed-to-seed variance of one small student's ranking)."""
         if not len(self.extra) and not members:      # one network: its output as it is
             return self.member_forward(frames, instruction, actions)
-        outs = [self.member_forward(frames, instruction, actions)]
-        outs += [m.member_forward(frames, instruction, actions) for m in self.extra]
+        post = self.patch_posteriors(frames) if self.colour_stem is not None else None   # once for all members
+        outs = [self.member_forward(frames, instruction, actions, post=post)]
+        outs += [m.member_forward(frames, instruction, actions, post=post) for m in self.extra]
         dims, shaping = torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
         return (dims, shaping) if members else (dims.mean(0), shaping.mean(0))
 
-    def member_forward(self, frames: torch.Tensor, instruction: torch.Tensor,
-                       actions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def member_forward(self, frames: torch.Tensor, instruction: torch.Tensor, actions: torch.Tensor | None = None,
+                       post: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One network's forward: frames as accepted by :meth:`prepare_frames` (validated; uint8
         ``(B, T+1, S, S, 3)`` is converted inside the stem, which is the fast path), long
         ids ``(B,)``, optional control actions ``(B, T*stride, 4)`` -> (normalized dims
         ``(B, 6)`` in [0, 1], shaping ``(B, 3)``), float32. In training mode a fraction
         ``action_dropout`` of the clips have their actions hidden, so the same model
-        scores clips with and without actions."""
+        scores clips with and without actions. ``post``: :meth:`patch_posteriors` of ``frames``
+        when the caller has them (an ensemble computes them once for all members)."""
         c, p = self.config.channels, self.config.patch
         b, t1 = frames.shape[:2]
         dev = frames.device.type
@@ -319,7 +326,7 @@ class StudentReward(nn.Module):
             x = frames.flatten(0, 1).to(dtype).contiguous(memory_format=cl)
         z = F.conv2d(x, w.to(dtype), None, stride=p)                                  # (N, 2c, s, s)
         if self.colour_stem is not None:
-            post = F.avg_pool2d(self.colour_posteriors(frames), p)                    # (N, 3, s, s)
+            post = self.patch_posteriors(frames) if post is None else post           # (N, 3, s, s)
             z = z + F.conv2d(post.to(dtype), self.colour_stem.weight.to(dtype))
         z = z.view(b, t1, 2 * c, *z.shape[-2:]) if z.is_contiguous() else \
             z.permute(0, 2, 3, 1).reshape(b, t1, *z.shape[-2:], 2 * c).permute(0, 1, 4, 2, 3)
