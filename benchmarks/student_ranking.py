@@ -2,6 +2,7 @@
 
     python benchmarks/student_ranking.py --bench PATH/bench.h5 \\
         --student default=artifacts/stages/student-.../student.pt --student ens3=... [--split test]
+        --student joined=a/student.pt+b/student.pt+c/student.pt   # students trained apart, as one ensemble
 
 Every student scores the same clips of one bench split (the test split: held-out source
 episodes). Reported per student:
@@ -134,7 +135,14 @@ def gap_accuracy(pred: np.ndarray, true: np.ndarray, groups: np.ndarray) -> list
     return [pairwise_accuracy(pred, true, groups, return_pairs=True, band=band) for band in GAP_BANDS]
 
 
-def compare(bench: Path, students: list[tuple[str, Path]], split: str = "test", boot: int = 2000,
+def load_student(paths: Path | list[Path]) -> StudentReward:
+    """One checkpoint, or several one-member students joined as one ensemble
+    (:meth:`StudentReward.from_members`)."""
+    paths = [paths] if isinstance(paths, Path) else list(paths)
+    return StudentReward.from_checkpoint(paths[0]) if len(paths) == 1 else StudentReward.from_members(paths)
+
+
+def compare(bench: Path, students: list[tuple[str, Path | list[Path]]], split: str = "test", boot: int = 2000,
             speed: bool = True) -> tuple[str, dict]:
     """The markdown body and the numbers of every student (see the module docstring)."""
     from worldmodel.judge.bench import load_bench
@@ -155,7 +163,7 @@ def compare(bench: Path, students: list[tuple[str, Path]], split: str = "test", 
             + "\n|" + "---|" * (11 + 2 * speed))
     rows, members_rows, gap_rows, out, first = [head], [], [], {}, None
     for name, path in students:
-        st = StudentReward.from_checkpoint(path)
+        st = load_student(path)
         pred = predict(st, data)["total"]
         res = {k: pair_accuracy(pred, true, *subsets[k], boot=boot if k == "all" else 0) for k in KINDS}
         res["by_gap"] = gap_accuracy(pred[gen], true[gen], gen_start)
@@ -184,7 +192,8 @@ def compare(bench: Path, students: list[tuple[str, Path]], split: str = "test", 
     body = [f"Bench `{rel_path(bench)}`, **{split}** split ({len(true)} clips, {int(gen.sum())} world-model generations "
             f"from {len(np.unique(start))} starts; pairs per kind: "
             + ", ".join(f"{k} {n_kind[k]}" for k in KINDS) + "). Students:", ""]
-    body += [f"- {name}: `{rel_path(path)}`" for name, path in students]
+    body += [f"- {name}: " + " + ".join(f"`{rel_path(p)}`" for p in ([path] if isinstance(path, Path) else path))
+             for name, path in students]
     body += ["", "Within-start pairwise accuracy on world-model generations (teacher ties left out; pairs in "
              "brackets), by how the two futures differ:", "", *rows]
     body += ["", "The same pairs (all kinds) by the teacher's gap between the two clips (total, of 10):", "",
@@ -200,8 +209,9 @@ def compare(bench: Path, students: list[tuple[str, Path]], split: str = "test", 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bench", required=True)
-    ap.add_argument("--student", action="append", required=True, metavar="NAME=PATH",
-                    help="a student checkpoint to compare (repeatable)")
+    ap.add_argument("--student", action="append", required=True, metavar="NAME=PATH[+PATH...]",
+                    help="a student checkpoint to compare (repeatable); PATH+PATH+...: one-member "
+                         "students trained apart, scored as one ensemble")
     ap.add_argument("--split", default="test")
     ap.add_argument("--boot", type=int, default=2000)
     ap.add_argument("--no-speed", action="store_true")
@@ -212,10 +222,11 @@ def main() -> None:
         name, sep, path = s.partition("=")
         if not sep or not name or not path:
             ap.error(f"--student wants NAME=PATH, got {s!r}")
-        p = resolve(path)
-        if not p.exists():
-            ap.error(f"student checkpoint {p} does not exist")
-        students.append((name, p))
+        ps = [resolve(q) for q in path.split("+")]
+        for p in ps:
+            if not p.exists():
+                ap.error(f"student checkpoint {p} does not exist")
+        students.append((name, ps[0] if len(ps) == 1 else ps))
     bench = resolve(args.bench)
     if not bench.exists():
         ap.error(f"bench {bench} does not exist (build one with python experiments/build_bench.py)")

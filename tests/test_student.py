@@ -5,6 +5,7 @@ Hydra entry point on a synthetic bench file."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -379,6 +380,26 @@ def test_ensemble_members_train_independently_and_average(tmp_path):
         StudentConfig(members=0)
 
 
+def test_students_trained_apart_join_as_one_ensemble(tmp_path):
+    torch.manual_seed(0)
+    singles = [StudentReward(TINY).eval() for _ in range(3)]
+    clips = synthetic_clips(6, t1=5)
+    frames, ids = torch.as_tensor(clips["frames"]), torch.as_tensor(clips["instruction"])
+    paths = [s.save(tmp_path / f"s{i}.pt") for i, s in enumerate(singles)]
+    ens = StudentReward.from_members([singles[0], *paths[1:]])       # modules and checkpoints mix
+    assert ens.config.members == 3 and not ens.training
+    mean = sum(s.score(frames, ids, amp=False)["total"] for s in singles) / 3
+    assert torch.allclose(ens.score(frames, ids, amp=False)["total"], mean, atol=1e-5)
+    for a, b in zip(ens.members_as_students(), singles):             # the round trip gives the members back
+        assert torch.equal(a.score(frames, ids, amp=False)["total"], b.score(frames, ids, amp=False)["total"])
+    with pytest.raises(ValueError, match="architecture.*channels"):
+        StudentReward.from_members([singles[0], StudentReward(replace(TINY, channels=TINY.channels + 4))])
+    with pytest.raises(ValueError, match="already an ensemble"):
+        StudentReward.from_members([ens])
+    with pytest.raises(ValueError, match="at least one"):
+        StudentReward.from_members([])
+
+
 def test_depth_adds_residual_convs_and_round_trips(tmp_path):
     """``depth`` extra residual convs change the output, keep shapes, survive save/load;
     a negative depth is refused."""
@@ -464,3 +485,15 @@ def test_colour_input_reads_the_table_and_round_trips(tmp_path):
     mean = sum(m.score(frames, 0, amp=False)["total"] for m in members) / 2
     assert torch.allclose(ens.score(frames, 0, amp=False)["total"], mean, atol=1e-5)
 
+
+
+@pytest.mark.parametrize("preset", ["tiny", "quick", "default", "full", "ranking"])
+def test_every_student_preset_builds_a_student(preset):
+    from omegaconf import OmegaConf
+
+    from experiments.pipeline import compose
+
+    cfg = compose("distill_reward", [f"student={preset}"])
+    config = StudentConfig.from_dict(OmegaConf.to_container(cfg.student.model))
+    assert cfg.student.name == preset and cfg.student.train.steps > 0
+    assert StudentReward(config).n_params() > 0

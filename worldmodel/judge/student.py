@@ -468,5 +468,30 @@ class StudentReward(nn.Module):
         first.load_state_dict({k: v for k, v in self.state_dict().items() if not k.startswith("extra.")})
         return [first, *self.extra]
 
+    @classmethod
+    def from_members(cls, students: Sequence[StudentReward | str | os.PathLike]) -> StudentReward:
+        """The inverse of :meth:`members_as_students`: K one-member students (modules or
+        checkpoint paths) of one architecture, trained apart (other seeds, other processes),
+        as one K-member ensemble whose output is their mean. Raises ``ValueError`` when a
+        student is itself an ensemble or their configs differ in anything but ``members``."""
+        nets = [s if isinstance(s, StudentReward) else cls.from_checkpoint(s) for s in students]
+        if not nets:
+            raise ValueError("from_members needs at least one student")
+        for i, net in enumerate(nets):
+            if net.config.members != 1:
+                raise ValueError(f"student {i} is already an ensemble of {net.config.members}; "
+                                 "pass its members (members_as_students())")
+            if net.config != nets[0].config:
+                diff = {f.name: (getattr(nets[0].config, f.name), getattr(net.config, f.name))
+                        for f in fields(StudentConfig)
+                        if getattr(nets[0].config, f.name) != getattr(net.config, f.name)}
+                raise ValueError(f"student {i} has another architecture than student 0: {diff}")
+        ens = cls(replace(nets[0].config, members=len(nets))).to(nets[0].max_scores.device)
+        state = dict(nets[0].state_dict())
+        for i, net in enumerate(nets[1:]):
+            state.update({f"extra.{i}.{k}": v for k, v in net.state_dict().items()})
+        ens.load_state_dict(state)
+        return ens.train(nets[0].training)
+
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
