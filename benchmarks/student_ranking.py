@@ -13,7 +13,8 @@ episodes). Reported per student:
   (``wm_t*``), both imagined from perturbed actions (``wm_a*``, what the planner's candidates
   look like; a bench built with ``+bench.wm_action_noise=[...]``), or one of each;
   a 95% bootstrap interval over starts (starts resampled, 2000 draws) for the headline;
-- the same pairs by the teacher's gap between the two clips (near-ties vs clear differences);
+- the same pairs by the teacher's gap between the two clips (near-ties vs clear differences),
+  and by the dimension that decides the pair for the teacher (the largest difference);
 - Spearman of the total with the teacher's on all clips and on the generations;
 - for an ensemble (``members > 1``), each member alone on the same pairs;
 - scoring speed (9-frame 64x64 clips, batch 256, bf16) with 1 and 2 threads.
@@ -34,6 +35,7 @@ import torch  # noqa: E402
 
 from benchmarks.report import add_section_args, publish, rel_path  # noqa: E402
 from experiments.common import resolve  # noqa: E402
+from worldmodel.judge import DIMENSIONS, MAX_SCORES, SHORT  # noqa: E402
 from worldmodel.judge.distill import bench_groups, from_bench, pairwise_accuracy, predict, spearman  # noqa: E402
 from worldmodel.judge.student import StudentReward  # noqa: E402
 
@@ -135,6 +137,19 @@ def gap_accuracy(pred: np.ndarray, true: np.ndarray, groups: np.ndarray) -> list
     return [pairwise_accuracy(pred, true, groups, return_pairs=True, band=band) for band in GAP_BANDS]
 
 
+def dominant_dimension(scores: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Per pair ``(P,)`` the dimension (index into ``DIMENSIONS``) on which the teacher's two
+    scores differ most as a share of its range: what mainly decides the pair for the teacher."""
+    diff = np.abs(scores[pairs[:, 0]] - scores[pairs[:, 1]]) / np.asarray(MAX_SCORES, np.float64)
+    return diff.argmax(1)
+
+
+def dimension_accuracy(pred: np.ndarray, true: np.ndarray, pairs: np.ndarray, start: np.ndarray,
+                       dominant: np.ndarray) -> list[dict]:
+    """:func:`pair_accuracy` on the pairs each dimension decides (:func:`dominant_dimension`)."""
+    return [pair_accuracy(pred, true, pairs[dominant == k], start[dominant == k]) for k in range(len(DIMENSIONS))]
+
+
 def load_student(paths: Path | list[Path]) -> StudentReward:
     """One checkpoint, or several one-member students joined as one ensemble
     (:meth:`StudentReward.from_members`)."""
@@ -156,18 +171,21 @@ def compare(bench: Path, students: list[tuple[str, Path | list[Path]]], split: s
     gen_start = bench_groups({"episode": data["episode"], "start_step": data["start_step"]})[gen]
     subsets = {k: (pairs, start) if k == "all" else (pairs[kind == k], start[kind == k]) for k in KINDS}
     n_kind = {k: len(subsets[k][0]) for k in KINDS}
+    dominant = dominant_dimension(data["scores"].numpy().astype(np.float64), pairs)
     head = ("| student | members | parameters | " + " | ".join(f"pairs: {k}" for k in KINDS)
             + " | 95% interval (all) | Spearman total (all clips) | Spearman total (generations) |"
             + (" clips/s, 1 thread | clips/s, 2 threads |" if speed else "")
             + " vs the first: difference, 95% interval |"
             + "\n|" + "---|" * (11 + 2 * speed))
-    rows, members_rows, gap_rows, out, first = [head], [], [], {}, None
+    rows, members_rows, gap_rows, dim_rows, out, first = [head], [], [], [], {}, None
     for name, path in students:
         st = load_student(path)
         pred = predict(st, data)["total"]
         res = {k: pair_accuracy(pred, true, *subsets[k], boot=boot if k == "all" else 0) for k in KINDS}
         res["by_gap"] = gap_accuracy(pred[gen], true[gen], gen_start)
         gap_rows.append(f"| {name} | " + " | ".join(f"{_f(a)} ({n})" for a, n in res["by_gap"]) + " |")
+        res["by_dimension"] = dimension_accuracy(pred, true, pairs, start, dominant)
+        dim_rows.append(f"| {name} | " + " | ".join(f"{_f(r['acc'])} ({r['pairs']})" for r in res["by_dimension"]) + " |")
         res["spearman_all"] = spearman(pred, true)
         res["spearman_gen"] = spearman(pred[gen], true[gen])
         if speed:
@@ -199,6 +217,9 @@ def compare(bench: Path, students: list[tuple[str, Path | list[Path]]], split: s
     body += ["", "The same pairs (all kinds) by the teacher's gap between the two clips (total, of 10):", "",
              "| student | " + " | ".join(f"gap ({lo:g}, {hi:g}]" for lo, hi in GAP_BANDS) + " |",
              "|" + "---|" * (len(GAP_BANDS) + 1), *gap_rows]
+    body += ["", "The same pairs by the dimension on which the teacher's two scores differ most (as a share "
+             "of its range): what decides the pair for the teacher:", "",
+             "| student | " + " | ".join(SHORT) + " |", "|" + "---|" * (len(SHORT) + 1), *dim_rows]
     if members_rows:
         body += ["", "Each ensemble member alone, same pairs:", "",
                  "| student | " + " | ".join(f"pairs: {k}" for k in KINDS) + " | Spearman total (all clips) |",

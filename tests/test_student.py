@@ -85,6 +85,12 @@ def test_optional_actions(student):
     assert (f[:, :, 5] == 1).all() and (s.action_features(None, 5, 9, "cpu") == 0).all()
     with pytest.raises(ValueError, match="actions must be"):
         s.score(clips["frames"], clips["instruction"], actions=acts[:, :15])
+    # action_path: the commanded path so far (cumulative displacement from the start frame)
+    p = StudentReward(StudentConfig(**{**TINY.__dict__, "actions": True, "action_path": True}))
+    fp = p.action_features(torch.as_tensor(acts), 5, 9, "cpu")
+    assert fp.shape == (5, 9, 9) and torch.equal(fp[..., :6], f) and (fp[:, 0, 6:] == 0).all()
+    assert torch.allclose(fp[:, 4, 6:], torch.as_tensor(acts[:, :8, :3].sum(1)), atol=1e-5)
+    assert p.score(clips["frames"], clips["instruction"], actions=acts)["dims"].shape == (5, 6)
     # video-only students (the default) ignore actions
     v = StudentReward(TINY)
     assert v.act_proj is None

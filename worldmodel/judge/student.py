@@ -79,6 +79,9 @@ class StudentConfig:
     weights: tuple[float, ...] = (1.0,) * N_DIMS   # default per-dimension weights of `total`
     actions: bool = False          # optional action input (see `forward`); False: video only
     action_dropout: float = 0.3    # training: fraction of clips whose actions are hidden
+    action_path: bool = False      # with `actions`: also the commanded path so far (cumulative
+                                   # dx, dy, dz from the start frame), so a frame's keypoints can be
+                                   # compared with where the actions should have taken the arm
     members: int = 1               # an ensemble of this many independently initialised
                                    # networks; outputs are their mean (see `forward`)
     depth: int = 0                 # extra residual 3x3 convs at the feature resolution
@@ -174,7 +177,7 @@ class StudentReward(nn.Module):
         k = cfg.temporal_kernel
         # per model step: commanded displacement (sum of dx, dy, dz over the step), mean and last
         # grip command, and a "have actions" flag; zero-initialised so video features lead
-        self.act_proj = nn.Linear(N_ACT_FEATS, h) if cfg.actions else None
+        self.act_proj = nn.Linear(N_ACT_FEATS + 3 * cfg.action_path, h) if cfg.actions else None
         if self.act_proj is not None:
             nn.init.zeros_(self.act_proj.weight)
             nn.init.zeros_(self.act_proj.bias)
@@ -273,8 +276,10 @@ class StudentReward(nn.Module):
     def action_features(self, actions: torch.Tensor | None, b: int, t1: int, device) -> torch.Tensor:
         """Control actions ``(B, T*stride, 4)`` (or None) -> per-frame features ``(B, T+1, 6)``:
         frame t >= 1 gets the step into it (sum of dx, dy, dz, mean and last grip), every
-        frame a 1 flag when actions are given; all zeros without actions."""
-        out = torch.zeros(b, t1, N_ACT_FEATS, device=device)
+        frame a 1 flag when actions are given; all zeros without actions. With
+        ``config.action_path`` 3 more: the commanded path from the start frame to frame t
+        (cumulative dx, dy, dz), ``(B, T+1, 9)``."""
+        out = torch.zeros(b, t1, N_ACT_FEATS + 3 * self.config.action_path, device=device)
         if actions is None:
             return out
         actions = torch.as_tensor(actions, dtype=torch.float32, device=device)
@@ -287,6 +292,8 @@ class StudentReward(nn.Module):
         out[:, 1:, 3] = a[..., 3].mean(2)
         out[:, 1:, 4] = a[:, :, -1, 3]
         out[:, :, 5] = 1.0
+        if self.config.action_path:
+            out[:, 1:, 6:9] = out[:, 1:, :3].cumsum(1)
         return out
 
     def forward(self, frames: torch.Tensor, instruction: torch.Tensor, actions: torch.Tensor | None = None,
