@@ -150,16 +150,16 @@ def dimension_accuracy(pred: np.ndarray, true: np.ndarray, pairs: np.ndarray, st
     return [pair_accuracy(pred, true, pairs[dominant == k], start[dominant == k]) for k in range(len(DIMENSIONS))]
 
 
-def load_student(paths: Path | list[Path]) -> StudentReward:
+def load_student(paths: list[Path]) -> StudentReward:
     """One checkpoint, or several one-member students joined as one ensemble
     (:meth:`StudentReward.from_members`)."""
-    paths = [paths] if isinstance(paths, Path) else list(paths)
     return StudentReward.from_checkpoint(paths[0]) if len(paths) == 1 else StudentReward.from_members(paths)
 
 
-def compare(bench: Path, students: list[tuple[str, Path | list[Path]]], split: str = "test", boot: int = 2000,
+def compare(bench: Path, students: list[tuple[str, list[Path]]], split: str = "test", boot: int = 2000,
             speed: bool = True) -> tuple[str, dict]:
-    """The markdown body and the numbers of every student (see the module docstring)."""
+    """The markdown body and the numbers of every student (see the module docstring); a
+    student is one checkpoint or several joined as one ensemble (:func:`load_student`)."""
     from worldmodel.judge.bench import load_bench
 
     raw = load_bench(bench, split=split)
@@ -178,8 +178,8 @@ def compare(bench: Path, students: list[tuple[str, Path | list[Path]]], split: s
             + " vs the first: difference, 95% interval |"
             + "\n|" + "---|" * (11 + 2 * speed))
     rows, members_rows, gap_rows, dim_rows, out, first = [head], [], [], [], {}, None
-    for name, path in students:
-        st = load_student(path)
+    for name, paths in students:
+        st = load_student(paths)
         pred = predict(st, data)["total"]
         res = {k: pair_accuracy(pred, true, *subsets[k], boot=boot if k == "all" else 0) for k in KINDS}
         res["by_gap"] = gap_accuracy(pred[gen], true[gen], gen_start)
@@ -210,8 +210,7 @@ def compare(bench: Path, students: list[tuple[str, Path | list[Path]]], split: s
     body = [f"Bench `{rel_path(bench)}`, **{split}** split ({len(true)} clips, {int(gen.sum())} world-model generations "
             f"from {len(np.unique(start))} starts; pairs per kind: "
             + ", ".join(f"{k} {n_kind[k]}" for k in KINDS) + "). Students:", ""]
-    body += [f"- {name}: " + " + ".join(f"`{rel_path(p)}`" for p in ([path] if isinstance(path, Path) else path))
-             for name, path in students]
+    body += [f"- {name}: " + " + ".join(f"`{rel_path(p)}`" for p in paths) for name, paths in students]
     body += ["", "Within-start pairwise accuracy on world-model generations (teacher ties left out; pairs in "
              "brackets), by how the two futures differ:", "", *rows]
     body += ["", "The same pairs (all kinds) by the teacher's gap between the two clips (total, of 10):", "",
@@ -247,7 +246,7 @@ def main() -> None:
         for p in ps:
             if not p.exists():
                 ap.error(f"student checkpoint {p} does not exist")
-        students.append((name, ps[0] if len(ps) == 1 else ps))
+        students.append((name, ps))
     bench = resolve(args.bench)
     if not bench.exists():
         ap.error(f"bench {bench} does not exist (build one with python experiments/build_bench.py)")

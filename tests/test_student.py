@@ -91,6 +91,8 @@ def test_optional_actions(student):
     assert fp.shape == (5, 9, 9) and torch.equal(fp[..., :6], f) and (fp[:, 0, 6:] == 0).all()
     assert torch.allclose(fp[:, 4, 6:], torch.as_tensor(acts[:, :8, :3].sum(1)), atol=1e-5)
     assert p.score(clips["frames"], clips["instruction"], actions=acts)["dims"].shape == (5, 6)
+    with pytest.raises(ValueError, match="needs actions=True"):
+        StudentConfig(action_path=True)
     # video-only students (the default) ignore actions
     v = StudentReward(TINY)
     assert v.act_proj is None
@@ -490,7 +492,6 @@ def test_colour_input_reads_the_table_and_round_trips(tmp_path):
     # the ensemble looks the colours up once and gives every member the same posteriors
     mean = sum(m.score(frames, 0, amp=False)["total"] for m in members) / 2
     assert torch.allclose(ens.score(frames, 0, amp=False)["total"], mean, atol=1e-5)
-
 
 
 @pytest.mark.parametrize("preset", ["tiny", "quick", "default", "full", "ranking"])

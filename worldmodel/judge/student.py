@@ -98,6 +98,8 @@ class StudentConfig:
             raise ValueError(f"weights needs {N_DIMS} entries ({', '.join(DIMENSIONS)}), got {len(self.weights)}")
         if self.depth < 0:
             raise ValueError(f"depth must be >= 0, got {self.depth}")
+        if self.action_path and not self.actions:
+            raise ValueError("action_path adds to the action input: it needs actions=True")
         if self.members < 1:
             raise ValueError(f"members must be >= 1, got {self.members}")
         if self.colour_bins < 2 or 256 % self.colour_bins:
