@@ -79,6 +79,13 @@ def run(cfg: DictConfig) -> dict:
     bench = load_bench_file(bench_path)
     data = from_bench({k: v for k, v in bench.items() if k in KEYS})
     del bench
+    if cfg.student.model.get("tracks"):
+        import torch
+
+        from worldmodel.judge.bench import load_tracks
+
+        tr = load_tracks(bench_path)
+        data["x_track"], data["r_track"] = torch.from_numpy(tr["x"]), torch.from_numpy(tr["r"])
     splits = {s: subset(data, np.asarray(data["split"]).astype(str) == s) for s in ("train", "val", "test")}
     del data
     train_splits = list(cfg.student.get("train_splits", ["train"]))
@@ -114,7 +121,7 @@ def run(cfg: DictConfig) -> dict:
         ckpt_every=tcfg["ckpt_every"], log_every=tcfg["log_every"], warmup=tcfg["warmup"], amp=cfg.amp,
         seed=cfg.seed, progress=cfg.progress, flip=tcfg.get("flip", False),
         rank_weight=tcfg.get("rank_weight", 0.0), source_weights=tcfg.get("source_weights"),
-        shaping_rank_weight=tcfg.get("shaping_rank_weight", 0.0))
+        shaping_rank_weight=tcfg.get("shaping_rank_weight", 0.0), track_weight=tcfg.get("track_weight", 1.0))
     train_s = time.time() - t0
     metrics = {"bench": str(bench_path), "bench_hash": bench_hash, "rows": {s: n_rows(d) for s, d in splits.items()},
                "train_splits": train_splits,

@@ -14,7 +14,7 @@ import torch
 from envs.vocab import INSTRUCTIONS
 from worldmodel.judge import MAX_SCORES
 from worldmodel.judge.distill import (data_from_clips, distill, distill_loss, evaluate, from_bench,
-                                      make_data, pairwise_accuracy, refresh, spearman, subset, _rank)
+                                      make_data, pairwise_accuracy, refresh, spearman, subset, track_loss, _rank)
 from worldmodel.judge.student import StudentConfig, StudentReward, to_unit_frames
 from worldmodel.training import CheckpointError
 
@@ -386,6 +386,73 @@ def test_ensemble_members_train_independently_and_average(tmp_path):
     assert torch.equal(again.score(frames, ids)["total"], ens.score(frames, ids)["total"])
     with pytest.raises(ValueError, match="members"):
         StudentConfig(members=0)
+
+
+def tracked_clips(n: int, seed: int = 0) -> dict:
+    """Clips of a white square that moves by its actions' commanded dz (one model step = 2
+    actions), with the teacher-style tracks: ``x_track`` where the square is in each frame
+    (gripper slot), ``r_track`` where the actions put it (here, where it is: a faithful clip
+    except in every fourth clip, whose square stays put)."""
+    rng = np.random.default_rng(seed)
+    t1 = 5
+    acts = np.zeros((n, 2 * (t1 - 1), 4), np.float32)
+    acts[:, :, 2] = rng.uniform(0, 1, (n, 1))                  # a steady lift per clip
+    frames = np.full((n, t1, 64, 64, 3), 60, np.uint8)
+    x_track = np.full((n, t1, 3, 2), np.nan, np.float32)
+    x0 = rng.integers(8, 44, n)
+    rise = np.concatenate([np.zeros((n, 1)), 4 * acts[:, :, 2].reshape(n, t1 - 1, 2).sum(2).cumsum(1)], 1)
+    stuck = np.arange(n) % 4 == 3
+    for i in range(n):
+        for t in range(t1):
+            y = int(46 - (0 if stuck[i] else rise[i, t]))
+            frames[i, t, y:y + 12, x0[i]:x0[i] + 12] = 255
+            x_track[i, t, 0] = (x0[i] + 6, y + 6)
+    r_track = x_track.copy()
+    r_track[:, :, 0, 1] = 52 - rise
+    scores = np.tile(np.asarray(MAX_SCORES, np.float32), (n, 1))
+    scores[stuck, 2] = 0.0                                     # AOC: the outcome ignores the actions
+    return {"frames": frames, "instruction": rng.integers(0, len(INSTRUCTIONS), n), "scores": scores,
+            "actions": acts, "x_track": x_track, "r_track": r_track}
+
+
+def test_track_heads_learn_where_objects_are_and_where_the_actions_put_them(tmp_path):
+    with pytest.raises(ValueError, match="needs actions=True"):
+        StudentConfig(tracks=True)
+    torch.manual_seed(0)
+    st = StudentReward(StudentConfig(**{**TINY.__dict__, "actions": True, "tracks": True, "members": 2}))
+    raw = tracked_clips(128, seed=1)
+    cols = {k: raw.pop(k) for k in ("x_track", "r_track")}
+    train = make_data(**raw)
+    with pytest.raises(ValueError, match="bench_tracks.py"):
+        distill(st, train, steps=1, progress=False)
+    train.update({k: torch.as_tensor(v) for k, v in cols.items()})
+    val = tracked_clips(32, seed=2)
+    frames, ids, acts = (torch.as_tensor(val[k]) for k in ("frames", "instruction", "actions"))
+    dims, shaping, seen, expected, has = st(frames, ids, acts, members=True, tracks=True)
+    assert dims.shape == (2, 32, 6) and seen.shape == expected.shape == (2, 32, 5, 3, 2) and has.shape == (2, 32)
+    with pytest.raises(ValueError, match="members=True"):
+        st(frames, ids, acts, tracks=True)
+
+    def losses(model):
+        model.eval()
+        with torch.no_grad():
+            _, _, s, e, h = model(frames, ids, acts, members=True, tracks=True)
+        out = [track_loss(s[k], e[k], h[k], torch.as_tensor(val["x_track"]), torch.as_tensor(val["r_track"]))[1]
+               for k in range(2)]
+        return {n: float(np.mean([o[n] for o in out])) for n in ("track_seen", "track_expected")}
+
+    before = losses(st)
+    st, _ = distill(st, train, steps=150, batch_size=32, lr=4e-3, warmup=5, out_dir=tmp_path / "d",
+                    eval_every=150, ckpt_every=150, log_every=50, progress=False)
+    after = losses(st)
+    # both heads learn: the seen positions from the frames, the expected ones from the actions alone
+    assert after["track_seen"] < 0.5 * before["track_seen"], (before, after)
+    assert after["track_expected"] < 0.5 * before["track_expected"], (before, after)
+    # scoring needs no tracks; without actions the difference features are off; checkpoints round-trip
+    again = StudentReward.from_checkpoint(st.save(tmp_path / "t.pt"))
+    assert again.config.tracks
+    assert torch.equal(again.score(frames, ids, actions=acts)["total"], st.score(frames, ids, actions=acts)["total"])
+    assert st.score(frames, ids)["dims"].shape == (32, 6)
 
 
 def test_students_trained_apart_join_as_one_ensemble(tmp_path):

@@ -271,6 +271,39 @@ def test_bench_roundtrip(data, tmp_path):
         load_bench(tmp_path / "b.h5", split="val")
 
 
+def test_object_tracks_follow_the_clip_and_the_replay_and_belong_to_their_bench(data, tmp_path):
+    from worldmodel.judge.bench import build_tracks, load_tracks, tracks_path
+    from worldmodel.judge.teacher import TRACK_SLOTS
+
+    t = data["teacher"]
+    real = [_final_clip(data["test"]["lift"]), _final_clip(data["test"]["pick"])]
+    rev = degrade(real[1], "reverse", np.random.default_rng(0))
+    rows = label_clips(t, real + [rev], "real", ["", "", "reverse"])
+    rows["split"] = ["train"] * 3
+    write_bench(tmp_path / "b.h5", rows)
+    t.save(tmp_path / "teacher.json")
+    data["perception"].save(tmp_path / "perception.npz")
+    with pytest.raises(FileNotFoundError, match="bench_tracks.py"):
+        load_tracks(tmp_path / "b.h5")
+    assert build_tracks(tmp_path / "b.h5", progress=False) == tracks_path(tmp_path / "b.h5")
+    tr = load_tracks(tmp_path / "b.h5")
+    x, r = tr["x"], tr["r"]
+    assert x.shape == r.shape == (3, 9, len(TRACK_SLOTS), 2) and x.dtype == np.float32
+    # Lift has no green cube; PickColor has both; the replay always places the gripper
+    assert np.isnan(r[0, :, 2]).all() and not np.isnan(r[1]).any() and not np.isnan(r[:, :, 0]).any()
+    # a real clip is where its replay is; a reversed clip shows the replay's frames backwards
+    err = np.linalg.norm(x[1, :, 0] - r[1, :, 0], axis=-1)
+    assert np.nanmax(err) < t.calib["tol_grip_px"], err
+    assert np.nanmax(np.linalg.norm(x[2, ::-1] - r[1], axis=-1)) < t.calib["tol_grip_px"]
+    fwd, back = (np.nanmax(np.linalg.norm(a[:, 1] - r[2, :, 1], axis=-1)) for a in (x[2], x[2, ::-1]))
+    assert fwd > 2 * back and fwd > t.calib["tol_cube_px"], (fwd, back)      # the lifted red cube
+    assert np.array_equal(load_tracks(tmp_path / "b.h5", [2])["x"], x[2:], equal_nan=True)
+    # tracks of another build of the bench are refused
+    write_bench(tmp_path / "b.h5", {k: v[:2] for k, v in rows.items()})
+    with pytest.raises(ValueError, match="another version"):
+        load_tracks(tmp_path / "b.h5")
+
+
 def test_perturbed_action_clips_change_only_the_actions_and_drop_the_recorded_replay(data):
     from worldmodel.judge.bench import perturbed_action_clips
 

@@ -39,6 +39,8 @@ from worldmodel.judge.student import N_DIMS, N_SHAPING, KIND, SHAPING, StudentRe
 from worldmodel.training import pick_device, train
 
 TENSOR_KEYS = ("frames", "instruction", "scores", "shaping", "group")
+#: optional per-clip object tracks (pixels, ``(N, T+1, 3, 2)``) for a ``tracks`` student
+TRACK_KEYS = ("x_track", "r_track")
 
 
 # ----------------------------------------------------------------------------- data
@@ -211,6 +213,26 @@ def distill_loss(dims: torch.Tensor, shaping: torch.Tensor, target_scores: torch
     return loss, metrics
 
 
+def track_loss(seen: torch.Tensor, expected: torch.Tensor, has_actions: torch.Tensor, x_track: torch.Tensor,
+               r_track: torch.Tensor, delta: float = 0.1) -> tuple[torch.Tensor, dict]:
+    """Auxiliary loss of a ``tracks`` student (:meth:`StudentReward.track_heads`): Huber of the
+    seen positions against the teacher's perceived ones (``x_track``) and of the expected
+    positions against the replay's (``r_track``, only clips whose actions the student saw:
+    ``has_actions`` ``(B,)``). Predictions ``(B, T+1, 3, 2)`` in [-1, 1]; targets in pixels
+    ``(B, T+1, 3, 2)`` (NaN: left out), mapped by ``p / 32 - 1``."""
+    metrics, total = {}, seen.new_zeros(())
+    for name, pred, target, rows in (("track_seen", seen, x_track, None), ("track_expected", expected, r_track, has_actions)):
+        t = target.float().to(pred.device) / 32.0 - 1.0
+        mask = ~torch.isnan(t)
+        if rows is not None:
+            mask &= rows.bool()[:, None, None, None]
+        if mask.any():
+            term = F.huber_loss(pred.float()[mask], t[mask], delta=delta)
+            total = total + term
+            metrics[name] = term.detach()
+    return total, metrics
+
+
 def _pair_loss(pred: torch.Tensor, target: torch.Tensor, tie_tol: float) -> torch.Tensor:
     """Logistic loss ``softplus(-sign(t_i - t_j) * (p_i - p_j))`` over the pairs (row i,
     row i + B/2) of a paired batch, elementwise over any trailing columns; pairs whose
@@ -374,12 +396,16 @@ def _stream(data: dict, batch_size: int, seed: int, device, new_index: np.ndarra
             idx = torch.randint(n, (batch_size - k_new,), generator=g)
         if k_new and not pairs:
             idx = torch.cat([idx, new_t[torch.randint(len(new_t), (k_new,), generator=g)]])
-        batch = {k: data[k][idx] for k in ("frames", "instruction", "scores", "shaping", "actions") if k in data}
+        batch = {k: data[k][idx] for k in ("frames", "instruction", "scores", "shaping", "actions", *TRACK_KEYS)
+                 if k in data}
         if flip:
             m = torch.rand(len(idx), generator=g) < 0.5
             batch["frames"][m] = batch["frames"][m].flip(-2)
             if "actions" in batch:
                 batch["actions"][m, :, 1] *= -1     # camera looks along x: mirroring flips y
+            for k in TRACK_KEYS:                    # mirrored clips: no track targets
+                if k in batch:
+                    batch[k][m] = float("nan")
         yield {k: v.to(device) for k, v in batch.items()}
 
 
@@ -397,7 +423,8 @@ def distill(student: StudentReward, data: dict, val_data: dict | None = None, *,
             amp: bool = True, seed: int = 0, progress: bool = True,
             new_index: np.ndarray | None = None, new_fraction: float = 0.0,
             eval_batch_size: int = 512, flip: bool = False, rank_weight: float = 0.0,
-            source_weights: dict | None = None, shaping_rank_weight: float = 0.0) -> tuple[StudentReward, dict]:
+            source_weights: dict | None = None, shaping_rank_weight: float = 0.0,
+            track_weight: float = 1.0) -> tuple[StudentReward, dict]:
     """Train ``student`` to regress the teacher's labels in ``data``; returns
     ``(student, metrics)`` where metrics are :func:`evaluate` on ``val_data`` (if given).
 
@@ -412,17 +439,24 @@ def distill(student: StudentReward, data: dict, val_data: dict | None = None, *,
     from one shared start (``group``; teacher ties left out), the ranking alignment and
     planning rely on; ``shaping_rank_weight``: the same on each shaping output
     (:func:`shaping_ranking_loss`). ``source_weights``: sampling weight per ``source`` value (e.g.
-    ``{"generated": 2.0}``; others 1).
+    ``{"generated": 2.0}``; others 1). ``track_weight``: weight of :func:`track_loss` for a
+    ``config.tracks`` student (``data`` then needs the :data:`TRACK_KEYS` columns).
     """
     if n_rows(data) == 0:
         raise ValueError("no training rows")
+    use_tracks = student.config.tracks and track_weight > 0
+    if use_tracks and not all(k in data for k in TRACK_KEYS):
+        raise ValueError("a tracks student trains on the teacher's object tracks: add the bench's tracks "
+                         "(worldmodel.judge.bench.load_tracks; build them with `python experiments/bench_tracks.py "
+                         "<bench.h5>`) as columns x_track, r_track, or set track_weight=0")
     device = pick_device()
     train_cfg = {"steps": steps, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
                  "dim_weights": list(dim_weights) if dim_weights is not None else None,
                  "shaping_weight": shaping_weight, "huber_delta": huber_delta, "seed": seed, "flip": flip,
                  **({"rank_weight": rank_weight} if rank_weight else {}),
                  **({"shaping_rank_weight": shaping_rank_weight} if shaping_rank_weight else {}),
-                 **({"source_weights": dict(source_weights)} if source_weights else {})}
+                 **({"source_weights": dict(source_weights)} if source_weights else {}),
+                 **({"track_weight": track_weight} if use_tracks else {})}
     row_weights = None
     if source_weights:
         if "source" not in data:
@@ -445,10 +479,14 @@ def distill(student: StudentReward, data: dict, val_data: dict | None = None, *,
     def loss_fn(net, batch):
         # an ensemble's members are each fitted to the labels (mean of their losses), not
         # their mean output: that keeps them independent estimates
-        dims, shaping = net(batch["frames"], batch["instruction"], batch.get("actions"), members=True)
-        per = [member_loss(d, s, batch) for d, s in zip(dims, shaping)]
+        out = net(batch["frames"], batch["instruction"], batch.get("actions"), members=True, tracks=use_tracks)
+        per = [member_loss(d, s, batch) for d, s in zip(out[0], out[1])]
+        if use_tracks:
+            for k, (seen, expected, has) in enumerate(zip(*out[2:])):
+                tl, tm = track_loss(seen, expected, has, batch["x_track"], batch["r_track"])
+                per[k] = (per[k][0] + track_weight * tl, {**per[k][1], **tm})
         loss = torch.stack([p[0] for p in per]).mean()
-        return loss, {k: torch.stack([p[1][k] for p in per]).mean() for k in per[0][1]}
+        return loss, {k: torch.stack([p[1][k] for p in per]).mean() for k in per[0][1] if all(k in p[1] for p in per)}
 
     eval_fn = None
     if val_data is not None and n_rows(val_data):

@@ -65,6 +65,7 @@ N_DIMS, N_SHAPING = len(DIMENSIONS), len(SHAPING)
 N_ACT_FEATS = 6
 N_COLOUR = 3          # colour-posterior classes: red cube, green cube, gripper
 N_COLOUR_FEATS = 4 * N_COLOUR   # per class: area fraction, centroid (x, y), vertical spread
+N_TRACK = 3           # tracked objects (worldmodel.judge.teacher.TRACK_SLOTS: gripper, red, green)
 
 
 @dataclass
@@ -82,6 +83,12 @@ class StudentConfig:
     action_path: bool = False      # with `actions`: also the commanded path so far (cumulative
                                    # dx, dy, dz from the start frame), so a frame's keypoints can be
                                    # compared with where the actions should have taken the arm
+    tracks: bool = False           # with `actions`: two auxiliary heads, trained on the teacher's
+                                   # object tracks (experiments/bench_tracks.py): where the gripper
+                                   # and cubes are in each frame (from the frame) and where the
+                                   # actions put them (a GRU over the actions from the start
+                                   # frame: a learned forward model); their difference joins
+                                   # the per-frame features (see `member_forward`)
     members: int = 1               # an ensemble of this many independently initialised
                                    # networks; outputs are their mean (see `forward`)
     depth: int = 0                 # extra residual 3x3 convs at the feature resolution
@@ -100,6 +107,8 @@ class StudentConfig:
             raise ValueError(f"depth must be >= 0, got {self.depth}")
         if self.action_path and not self.actions:
             raise ValueError("action_path adds to the action input: it needs actions=True")
+        if self.tracks and not self.actions:
+            raise ValueError("tracks compares the frames with where the actions put the objects: it needs actions=True")
         if self.members < 1:
             raise ValueError(f"members must be >= 1, got {self.members}")
         if self.colour_bins < 2 or 256 % self.colour_bins:
@@ -183,6 +192,17 @@ class StudentReward(nn.Module):
         if self.act_proj is not None:
             nn.init.zeros_(self.act_proj.weight)
             nn.init.zeros_(self.act_proj.bias)
+        if cfg.tracks:
+            # seen: per-frame positions (x, y in [-1, 1]) of the gripper and cubes read from the frame;
+            # expected: a GRU over the action features (plus the commanded path so far) started
+            # from the start frame's features; their difference (and its size) -> per-frame vector
+            self.track_x = nn.Linear(h, 2 * N_TRACK)
+            self.track_r0 = nn.Linear(h, h)
+            self.track_gru = nn.GRU(N_ACT_FEATS + 3, h, batch_first=True)
+            self.track_r = nn.Linear(h, 2 * N_TRACK)
+            self.track_proj = nn.Linear(4 * N_TRACK, h)
+            nn.init.zeros_(self.track_proj.weight)
+            nn.init.zeros_(self.track_proj.bias)
         self.tconv1 = nn.Conv1d(2 * h, h, k, padding=k // 2)
         self.tconv2 = nn.Conv1d(h, h, k, padding=k // 2)
         self.trunk = nn.Sequential(nn.Linear(4 * h + cfg.embed, h), nn.GELU(), nn.Linear(h, h), nn.GELU())
@@ -299,29 +319,35 @@ class StudentReward(nn.Module):
         return out
 
     def forward(self, frames: torch.Tensor, instruction: torch.Tensor, actions: torch.Tensor | None = None,
-                *, members: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                *, members: bool = False, tracks: bool = False) -> tuple[torch.Tensor, ...]:
         """The ensemble's mean of :meth:`member_forward` over its ``config.members`` networks:
         (normalized dims ``(B, 6)`` in [0, 1], shaping ``(B, 3)``); with ``members=True``
         every member's output, ``(K, B, 6)`` and ``(K, B, 3)`` (training fits each member to
         the labels on its own, so they stay independent; averaging K of them mostly removes
-        the seed-to-seed variance of one small student's ranking)."""
+        the seed-to-seed variance of one small student's ranking). ``tracks=True`` (a
+        ``config.tracks`` student, with ``members=True``): also the track heads' outputs
+        ``(K, B, T+1, 3, 2)`` seen and expected, and the have-actions mask ``(K, B)``."""
+        if tracks and not (self.config.tracks and members):
+            raise ValueError("tracks=True needs a config.tracks student and members=True")
         if not len(self.extra) and not members:      # one network: its output as it is
             return self.member_forward(frames, instruction, actions)
         post = self.patch_posteriors(frames) if self.colour_stem is not None else None   # once for all members
-        outs = [self.member_forward(frames, instruction, actions, post=post)]
-        outs += [m.member_forward(frames, instruction, actions, post=post) for m in self.extra]
-        dims, shaping = torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
-        return (dims, shaping) if members else (dims.mean(0), shaping.mean(0))
+        outs = [self.member_forward(frames, instruction, actions, post=post, tracks=tracks)]
+        outs += [m.member_forward(frames, instruction, actions, post=post, tracks=tracks) for m in self.extra]
+        stacked = tuple(torch.stack([o[i] for o in outs]) for i in range(len(outs[0])))
+        return stacked if members else (stacked[0].mean(0), stacked[1].mean(0))
 
     def member_forward(self, frames: torch.Tensor, instruction: torch.Tensor, actions: torch.Tensor | None = None,
-                       post: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                       post: torch.Tensor | None = None, tracks: bool = False) -> tuple[torch.Tensor, ...]:
         """One network's forward: frames as accepted by :meth:`prepare_frames` (validated; uint8
         ``(B, T+1, S, S, 3)`` is converted inside the stem, which is the fast path), long
         ids ``(B,)``, optional control actions ``(B, T*stride, 4)`` -> (normalized dims
         ``(B, 6)`` in [0, 1], shaping ``(B, 3)``), float32. In training mode a fraction
         ``action_dropout`` of the clips have their actions hidden, so the same model
         scores clips with and without actions. ``post``: :meth:`patch_posteriors` of ``frames``
-        when the caller has them (an ensemble computes them once for all members)."""
+        when the caller has them (an ensemble computes them once for all members).
+        ``tracks`` (``config.tracks``): also return the seen and expected object positions
+        ``(B, T+1, 3, 2)`` in [-1, 1] and the have-actions mask ``(B,)`` (for the auxiliary loss)."""
         c, p = self.config.channels, self.config.patch
         b, t1 = frames.shape[:2]
         dev = frames.device.type
@@ -356,11 +382,21 @@ class StudentReward(nn.Module):
             feats.append(colour_features(post).to(m.dtype))
         feats = torch.cat(feats, dim=1)
         f = self.frame_proj(feats).view(b, t1, -1)                                     # (B, T1, H)
+        af = None
         if self.act_proj is not None and actions is not None:
             af = self.action_features(actions, b, t1, f.device)
             if self.training and self.config.action_dropout > 0:
                 keep = torch.rand(b, device=f.device) >= self.config.action_dropout
                 af = af * keep[:, None, None]
+        track_out = ()
+        if self.config.tracks:
+            seen, expected = self.track_heads(f, af)
+            has = af[:, 0, 5] if af is not None else torch.zeros(b, device=f.device)      # (B,)
+            diff = (seen - expected) * has[:, None, None]
+            f = f + self.track_proj(torch.cat([diff, diff.abs()], 1).transpose(1, 2)).to(f.dtype)
+            track_out = (seen.transpose(1, 2).reshape(b, t1, N_TRACK, 2),
+                         expected.transpose(1, 2).reshape(b, t1, N_TRACK, 2), has)
+        if af is not None:
             f = f + self.act_proj(af).to(f.dtype)
         df = torch.cat([torch.zeros_like(f[:, :1]), f[:, 1:] - f[:, :-1]], dim=1)
         y = torch.cat([f, df], dim=2).transpose(1, 2)                                  # (B, 2H, T1)
@@ -368,7 +404,26 @@ class StudentReward(nn.Module):
         y = F.gelu(self.tconv2(y)) + y
         pooled = torch.cat([y.mean(2), y.amax(2), y[:, :, 0], y[:, :, -1], e.to(y.dtype)], dim=1)
         out = self.head(self.trunk(pooled)).float()
+        if tracks:
+            return (torch.sigmoid(out[:, :N_DIMS]), out[:, N_DIMS:]) + track_out
         return torch.sigmoid(out[:, :N_DIMS]), out[:, N_DIMS:]
+
+    def track_heads(self, f: torch.Tensor, af: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-frame vectors ``(B, T+1, H)`` and action features ``(B, T+1, 6)`` (or None) ->
+        seen and expected positions ``(B, 6, T+1)`` (x, y of gripper, red, green; [-1, 1]),
+        float32: ``seen`` read from each frame's vector, ``expected`` by the GRU over the
+        action features plus the commanded path so far, from the start frame's vector."""
+        b, t1 = f.shape[:2]
+        dev = f.device.type
+        with torch.autocast(dev, enabled=False):
+            f32 = f.float()
+            seen = self.track_x(f32)                                                   # (B, T1, 6)
+            a = af.float() if af is not None else torch.zeros(b, t1, N_ACT_FEATS, device=f.device)
+            a = torch.cat([a, a[..., :3].cumsum(1)], dim=2)                             # (B, T1, 9)
+            h0 = torch.tanh(self.track_r0(f32[:, 0]))[None]                            # (1, B, H)
+            r, _ = self.track_gru(a, h0.contiguous())
+            expected = self.track_r(r)                                                 # (B, T1, 6)
+        return seen.transpose(1, 2), expected.transpose(1, 2)
 
     def total(self, dims: torch.Tensor, weights: Sequence[float] | torch.Tensor | None = None) -> torch.Tensor:
         """``sum_k w_k * dims_k * MAX_SCORES[k]`` for normalized ``dims`` ``(B, 6)``."""

@@ -82,6 +82,8 @@ TEACHER_VERSION = 9
 TABLE_Z = 0.8          # table top of the robosuite scenes (m)
 IMAGE_SIZE = 64
 DEFAULT_CALIB_PATH = Path(__file__).resolve().parents[2] / "artifacts" / "judge" / "default" / "teacher.json"
+#: The objects :meth:`Teacher.tracks` follows, in slot order.
+TRACK_SLOTS = ("gripper", "red", "green")
 
 #: Fixed physical constants of the stage rules (not tuned on degradations).
 CONSTANTS = dict(near_m=0.05, off_table_m=0.01, displaced_m=0.01, x_lift_slack=0.005,
@@ -342,6 +344,27 @@ class Teacher:
         for name in list(colours) + ["gripper"]:
             feats["unreadable"] |= exp[name] & ~seen[name]
         return feats
+
+    def tracks(self, clip: dict) -> dict:
+        """Where each object of :data:`TRACK_SLOTS` is, frame by frame, in the clip and in the
+        replay: ``{"x": (T+1, 3, 2), "r": (T+1, 3, 2)}`` float32 pixel coordinates (u, v) in
+        R's convention (X corrected by the calibrated offsets, the same positions the AOC and
+        order checks compare). ``x`` is NaN where the perception does not see the object,
+        ``r`` where the scene has no such object (R's projection is kept when occluded: it is
+        where the actions put the object). A student learns from these to predict both."""
+        clip = validate_clip(clip)
+        R = self.replay(clip["env_id"], clip["start_state"], clip["actions"], clip["stride"])
+        F = self._frames_features(clip, R)
+        t1 = len(clip["frames"])
+        x = np.full((t1, len(TRACK_SLOTS), 2), np.nan, np.float32)
+        r = np.full_like(x, np.nan)
+        x[:, 0], r[:, 0] = F["Xg"], F["Rg"]
+        x[~F["seen"]["gripper"], 0] = np.nan
+        for s, col in enumerate(TRACK_SLOTS[1:], 1):
+            if col in F["colours"]:
+                x[:, s], r[:, s] = F["Xc"][col], F["Rpx"][col]
+                x[~F["seen"][col], s] = np.nan
+        return {"x": x, "r": r}
 
     # ------------------------------------------------------------------ stage rules
     def _stage_R(self, F: dict) -> tuple[int, int, list]:
