@@ -150,6 +150,16 @@ def dimension_accuracy(pred: np.ndarray, true: np.ndarray, pairs: np.ndarray, st
     return [pair_accuracy(pred, true, pairs[dominant == k], start[dominant == k]) for k in range(len(DIMENSIONS))]
 
 
+def tc_checks(reasons: np.ndarray, scores: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Per pair ``(P,)`` the Temporal Consistency checks (``TC:<check>`` reasons, e.g.
+    ``order``, ``flicker``, ``blobs``, ``frozen``) that fired on the clip with the lower TC
+    score, joined by ``+`` (``""`` when none did): which check made the teacher tell the two apart."""
+    tc = DIMENSIONS.index("temporal_consistency")
+    lower = np.where(scores[pairs[:, 0], tc] <= scores[pairs[:, 1], tc], pairs[:, 0], pairs[:, 1])
+    return np.array(["+".join(sorted(r[3:] for r in str(reasons[i]).split(";") if r.startswith("TC:")))
+                     for i in lower], dtype=object)
+
+
 def load_student(paths: list[Path]) -> StudentReward:
     """One checkpoint, or several one-member students joined as one ensemble
     (:meth:`StudentReward.from_members`)."""
@@ -164,6 +174,7 @@ def compare(bench: Path, students: list[tuple[str, list[Path]]], split: str = "t
 
     raw = load_bench(bench, split=split)
     data = from_bench({k: v for k, v in raw.items() if k in KEYS})
+    reasons = raw["reasons"]
     del raw
     true = data["scores"].numpy().sum(1)
     gen = np.asarray(data["source"]).astype(str) == "generated"
@@ -172,12 +183,16 @@ def compare(bench: Path, students: list[tuple[str, list[Path]]], split: str = "t
     subsets = {k: (pairs, start) if k == "all" else (pairs[kind == k], start[kind == k]) for k in KINDS}
     n_kind = {k: len(subsets[k][0]) for k in KINDS}
     dominant = dominant_dimension(data["scores"].numpy().astype(np.float64), pairs)
+    tc_decided = dominant == DIMENSIONS.index("temporal_consistency")
+    checks = tc_checks(reasons, data["scores"].numpy(), pairs[tc_decided])
+    names, counts = np.unique(checks, return_counts=True)
+    check_groups = [str(c) for c, n in sorted(zip(names, counts), key=lambda t: -t[1]) if n >= 20 and c]
     head = ("| student | members | parameters | " + " | ".join(f"pairs: {k}" for k in KINDS)
             + " | 95% interval (all) | Spearman total (all clips) | Spearman total (generations) |"
             + (" clips/s, 1 thread | clips/s, 2 threads |" if speed else "")
             + " vs the first: difference, 95% interval |"
             + "\n|" + "---|" * (11 + 2 * speed))
-    rows, members_rows, gap_rows, dim_rows, out, first = [head], [], [], [], {}, None
+    rows, members_rows, gap_rows, dim_rows, check_rows, out, first = [head], [], [], [], [], {}, None
     for name, paths in students:
         st = load_student(paths)
         pred = predict(st, data)["total"]
@@ -186,6 +201,11 @@ def compare(bench: Path, students: list[tuple[str, list[Path]]], split: str = "t
         gap_rows.append(f"| {name} | " + " | ".join(f"{_f(a)} ({n})" for a, n in res["by_gap"]) + " |")
         res["by_dimension"] = dimension_accuracy(pred, true, pairs, start, dominant)
         dim_rows.append(f"| {name} | " + " | ".join(f"{_f(r['acc'])} ({r['pairs']})" for r in res["by_dimension"]) + " |")
+        tc_pairs, tc_start = pairs[tc_decided], start[tc_decided]
+        res["by_tc_check"] = {c: pair_accuracy(pred, true, tc_pairs[checks == c], tc_start[checks == c])
+                              for c in check_groups}
+        check_rows.append(f"| {name} | " + " | ".join(f"{_f(r['acc'])} ({r['pairs']})"
+                                                      for r in res["by_tc_check"].values()) + " |")
         res["spearman_all"] = spearman(pred, true)
         res["spearman_gen"] = spearman(pred[gen], true[gen])
         if speed:
@@ -219,6 +239,11 @@ def compare(bench: Path, students: list[tuple[str, list[Path]]], split: str = "t
     body += ["", "The same pairs by the dimension on which the teacher's two scores differ most (as a share "
              "of its range): what decides the pair for the teacher:", "",
              "| student | " + " | ".join(SHORT) + " |", "|" + "---|" * (len(SHORT) + 1), *dim_rows]
+    if check_groups:
+        body += ["", "The pairs decided by TC, by the TC checks that fired on the lower-scored clip (the "
+                 "bench's `reasons`; groups of >= 20 pairs; `order` = the replay-order check alone):", "",
+                 "| student | " + " | ".join(f"`{c}`" for c in check_groups) + " |",
+                 "|" + "---|" * (len(check_groups) + 1), *check_rows]
     if members_rows:
         body += ["", "Each ensemble member alone, same pairs:", "",
                  "| student | " + " | ".join(f"pairs: {k}" for k in KINDS) + " | Spearman total (all clips) |",

@@ -455,6 +455,40 @@ def test_track_heads_learn_where_objects_are_and_where_the_actions_put_them(tmp_
     assert st.score(frames, ids)["dims"].shape == (32, 6)
 
 
+def test_track_order_features_reproduce_the_teachers_order_check():
+    with pytest.raises(ValueError, match="needs tracks=True"):
+        StudentConfig(actions=True, track_order=True)
+    torch.manual_seed(0)
+    st = StudentReward(StudentConfig(**{**TINY.__dict__, "actions": True, "tracks": True, "track_order": True}))
+    path = torch.linspace(-0.8, 0.8, 9)[None, :, None].repeat(1, 1, 6)         # every object moves steadily
+    present = torch.ones(1, 3, dtype=torch.bool)
+    same = st.order_features(path, path, present)[0]
+    assert same.shape == (9, 3) and (same[:, :2] == 0).all() and (same[:, 2] == 1).all()
+    back = st.order_features(path.flip(1), path, present)[0]           # the clip plays the path backwards
+    assert (back[:, 2] == 0).all() and torch.allclose(back[:, 0], torch.linspace(1, -1, 9))
+    assert torch.allclose(back[:, 1], torch.full((9,), 8 / 36))         # each frame in 8 of the 36 inverted pairs
+    swap = path.clone()
+    swap[0, [3, 4]] = path[0, [4, 3]]                                  # two neighbouring frames swapped
+    one = st.order_features(swap, path, present)[0]
+    assert torch.isclose(one[0, 2], torch.tensor(1 - 1 / 36)) and (one[[3, 4], 1] > 0).all() and one[0, 1] == 0
+    # an object that is not in the scene does not count; nor do steps below order_px
+    ghost = path.clone()
+    ghost[..., 4:] = ghost[..., 4:].flip(1)
+    assert (st.order_features(ghost, path, torch.tensor([[True, True, False]]))[0, :, 2] == 1).all()
+    still = torch.zeros(1, 9, 6)
+    assert (st.order_features(still.flip(1), still, present)[0, :, 2] == 1).all()
+    # forward: the presence logits come out for the auxiliary loss, which fits them to the replay's objects
+    clips = tracked_clips(4)
+    out = st(torch.as_tensor(clips["frames"]), torch.as_tensor(clips["instruction"]),
+             torch.as_tensor(clips["actions"]), members=True, tracks=True)
+    assert len(out) == 6 and out[5].shape == (1, 4, 3)
+    r = torch.as_tensor(clips["r_track"])
+    _, m = track_loss(out[2][0], out[3][0], out[4][0], torch.as_tensor(clips["x_track"]), r, present=out[5][0])
+    _, m_sure = track_loss(out[2][0], out[3][0], out[4][0], torch.as_tensor(clips["x_track"]), r,
+                           present=torch.tensor([[20.0, -20.0, -20.0]]).expand(4, 3))
+    assert m_sure["track_present"] < 1e-6 < m["track_present"]
+
+
 def test_students_trained_apart_join_as_one_ensemble(tmp_path):
     torch.manual_seed(0)
     singles = [StudentReward(TINY).eval() for _ in range(3)]

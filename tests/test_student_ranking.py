@@ -1,7 +1,7 @@
 """The student-comparison benchmark's pair bookkeeping (benchmarks/student_ranking.py)."""
 import numpy as np
 
-from benchmarks.student_ranking import gap_accuracy, generation_pairs, pair_accuracy, paired_difference
+from benchmarks.student_ranking import gap_accuracy, generation_pairs, pair_accuracy, paired_difference, tc_checks
 
 
 def _data():
@@ -48,3 +48,11 @@ def test_gap_accuracy_splits_pairs_by_the_teachers_gap():
     assert [a for a, _ in gap_accuracy(-true, true, groups)] == [0.0, 0.0, 0.0]
     # the bands cover exactly the non-tied pairs pair_accuracy counts
     assert n1 + n2 + n3 == pair_accuracy(pred, true, pairs, np.zeros(len(pairs)))["pairs"] == 10
+
+
+def test_tc_checks_name_what_fired_on_the_lower_clip():
+    scores = np.zeros((4, 6), np.float32)
+    scores[:, 3] = [1.0, 0.5, 0.8, 0.5]                        # TC
+    reasons = np.array(["", "TC:order;AOC:track_mismatch:3", "TC:flicker;TC:order", "PA:jump"], dtype=object)
+    pairs = np.array([[0, 1], [2, 0], [1, 2], [0, 3]])
+    assert tc_checks(reasons, scores, pairs).tolist() == ["order", "flicker+order", "order", ""]

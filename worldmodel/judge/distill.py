@@ -214,12 +214,14 @@ def distill_loss(dims: torch.Tensor, shaping: torch.Tensor, target_scores: torch
 
 
 def track_loss(seen: torch.Tensor, expected: torch.Tensor, has_actions: torch.Tensor, x_track: torch.Tensor,
-               r_track: torch.Tensor, delta: float = 0.1) -> tuple[torch.Tensor, dict]:
+               r_track: torch.Tensor, delta: float = 0.1, present: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Auxiliary loss of a ``tracks`` student (:meth:`StudentReward.track_heads`): Huber of the
     seen positions against the teacher's perceived ones (``x_track``) and of the expected
     positions against the replay's (``r_track``, only clips whose actions the student saw:
     ``has_actions`` ``(B,)``). Predictions ``(B, T+1, 3, 2)`` in [-1, 1]; targets in pixels
-    ``(B, T+1, 3, 2)`` (NaN: left out), mapped by ``p / 32 - 1``."""
+    ``(B, T+1, 3, 2)`` (NaN: left out), mapped by ``p / 32 - 1``. ``present``: the presence
+    logits ``(B, 3)`` of a ``track_order`` student, + binary cross-entropy against the objects
+    the replay has (``r_track`` not NaN)."""
     metrics, total = {}, seen.new_zeros(())
     for name, pred, target, rows in (("track_seen", seen, x_track, None), ("track_expected", expected, r_track, has_actions)):
         t = target.float().to(pred.device) / 32.0 - 1.0
@@ -230,6 +232,11 @@ def track_loss(seen: torch.Tensor, expected: torch.Tensor, has_actions: torch.Te
             term = F.huber_loss(pred.float()[mask], t[mask], delta=delta)
             total = total + term
             metrics[name] = term.detach()
+    if present is not None:
+        has_object = (~torch.isnan(r_track[:, 0, :, 0])).float().to(present.device)
+        term = F.binary_cross_entropy_with_logits(present.float(), has_object)
+        total = total + term
+        metrics["track_present"] = term.detach()
     return total, metrics
 
 
@@ -482,8 +489,9 @@ def distill(student: StudentReward, data: dict, val_data: dict | None = None, *,
         out = net(batch["frames"], batch["instruction"], batch.get("actions"), members=True, tracks=use_tracks)
         per = [member_loss(d, s, batch) for d, s in zip(out[0], out[1])]
         if use_tracks:
-            for k, (seen, expected, has) in enumerate(zip(*out[2:])):
-                tl, tm = track_loss(seen, expected, has, batch["x_track"], batch["r_track"])
+            for k, (seen, expected, has, *present) in enumerate(zip(*out[2:])):
+                tl, tm = track_loss(seen, expected, has, batch["x_track"], batch["r_track"],
+                                    present=present[0] if present else None)
                 per[k] = (per[k][0] + track_weight * tl, {**per[k][1], **tm})
         loss = torch.stack([p[0] for p in per]).mean()
         return loss, {k: torch.stack([p[1][k] for p in per]).mean() for k in per[0][1] if all(k in p[1] for p in per)}

@@ -66,6 +66,7 @@ N_ACT_FEATS = 6
 N_COLOUR = 3          # colour-posterior classes: red cube, green cube, gripper
 N_COLOUR_FEATS = 4 * N_COLOUR   # per class: area fraction, centroid (x, y), vertical spread
 N_TRACK = 3           # tracked objects (worldmodel.judge.teacher.TRACK_SLOTS: gripper, red, green)
+N_ORDER_FEATS = 3     # per frame: matched expected frame - own frame, inversions it is part of, clip's order score
 
 
 @dataclass
@@ -89,6 +90,11 @@ class StudentConfig:
                                    # actions put them (a GRU over the actions from the start
                                    # frame: a learned forward model); their difference joins
                                    # the per-frame features (see `member_forward`)
+    track_order: bool = False      # with `tracks`: also the teacher's replay-order check computed on
+                                   # the two track heads' outputs (each frame matched to the nearest
+                                   # expected frame; see `order_features`), as per-frame inputs
+    order_px: float = 3.0          # expected states this far apart (px) count for the order check
+                                   # (the teacher's `order_px`)
     members: int = 1               # an ensemble of this many independently initialised
                                    # networks; outputs are their mean (see `forward`)
     depth: int = 0                 # extra residual 3x3 convs at the feature resolution
@@ -109,6 +115,8 @@ class StudentConfig:
             raise ValueError("action_path adds to the action input: it needs actions=True")
         if self.tracks and not self.actions:
             raise ValueError("tracks compares the frames with where the actions put the objects: it needs actions=True")
+        if self.track_order and not self.tracks:
+            raise ValueError("track_order reads the track heads: it needs tracks=True")
         if self.members < 1:
             raise ValueError(f"members must be >= 1, got {self.members}")
         if self.colour_bins < 2 or 256 % self.colour_bins:
@@ -200,7 +208,8 @@ class StudentReward(nn.Module):
             self.track_r0 = nn.Linear(h, h)
             self.track_gru = nn.GRU(N_ACT_FEATS + 3, h, batch_first=True)
             self.track_r = nn.Linear(h, 2 * N_TRACK)
-            self.track_proj = nn.Linear(4 * N_TRACK, h)
+            self.track_present = nn.Linear(h, N_TRACK) if cfg.track_order else None
+            self.track_proj = nn.Linear(4 * N_TRACK + N_ORDER_FEATS * cfg.track_order, h)
             nn.init.zeros_(self.track_proj.weight)
             nn.init.zeros_(self.track_proj.bias)
         self.tconv1 = nn.Conv1d(2 * h, h, k, padding=k // 2)
@@ -326,7 +335,8 @@ class StudentReward(nn.Module):
         the labels on its own, so they stay independent; averaging K of them mostly removes
         the seed-to-seed variance of one small student's ranking). ``tracks=True`` (a
         ``config.tracks`` student, with ``members=True``): also the track heads' outputs
-        ``(K, B, T+1, 3, 2)`` seen and expected, and the have-actions mask ``(K, B)``."""
+        ``(K, B, T+1, 3, 2)`` seen and expected, the have-actions mask ``(K, B)`` and, with
+        ``config.track_order``, the objects' presence logits ``(K, B, 3)``."""
         if tracks and not (self.config.tracks and members):
             raise ValueError("tracks=True needs a config.tracks student and members=True")
         if not len(self.extra) and not members:      # one network: its output as it is
@@ -347,7 +357,8 @@ class StudentReward(nn.Module):
         scores clips with and without actions. ``post``: :meth:`patch_posteriors` of ``frames``
         when the caller has them (an ensemble computes them once for all members).
         ``tracks`` (``config.tracks``): also return the seen and expected object positions
-        ``(B, T+1, 3, 2)`` in [-1, 1] and the have-actions mask ``(B,)`` (for the auxiliary loss)."""
+        ``(B, T+1, 3, 2)`` in [-1, 1], the have-actions mask ``(B,)`` and, with ``config.track_order``,
+        the presence logits ``(B, 3)`` (for the auxiliary loss)."""
         c, p = self.config.channels, self.config.patch
         b, t1 = frames.shape[:2]
         dev = frames.device.type
@@ -392,10 +403,17 @@ class StudentReward(nn.Module):
         if self.config.tracks:
             seen, expected = self.track_heads(f, af)
             has = af[:, 0, 5] if af is not None else torch.zeros(b, device=f.device)      # (B,)
-            diff = (seen - expected) * has[:, None, None]
-            f = f + self.track_proj(torch.cat([diff, diff.abs()], 1).transpose(1, 2)).to(f.dtype)
+            diff = torch.cat([seen - expected, (seen - expected).abs()], 1)               # (B, 12, T1)
+            present = None
+            if self.track_present is not None:
+                present = self.track_present(f[:, 0].float())                              # (B, 3) logits
+                order = self.order_features(seen.transpose(1, 2), expected.transpose(1, 2), present > 0)
+                diff = torch.cat([diff, order.transpose(1, 2)], 1)
+            f = f + self.track_proj((diff * has[:, None, None]).transpose(1, 2)).to(f.dtype)
             track_out = (seen.transpose(1, 2).reshape(b, t1, N_TRACK, 2),
                          expected.transpose(1, 2).reshape(b, t1, N_TRACK, 2), has)
+            if tracks and present is not None:
+                track_out += (present,)
         if af is not None:
             f = f + self.act_proj(af).to(f.dtype)
         df = torch.cat([torch.zeros_like(f[:, :1]), f[:, 1:] - f[:, :-1]], dim=1)
@@ -407,6 +425,29 @@ class StudentReward(nn.Module):
         if tracks:
             return (torch.sigmoid(out[:, :N_DIMS]), out[:, N_DIMS:]) + track_out
         return torch.sigmoid(out[:, :N_DIMS]), out[:, N_DIMS:]
+
+    @torch.no_grad()
+    def order_features(self, seen: torch.Tensor, expected: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """The teacher's replay-order check on the track heads' outputs: ``seen``, ``expected``
+        ``(B, T+1, 6)`` in [-1, 1], ``present`` bool ``(B, 3)`` (objects in the scene) ->
+        per-frame ``(B, T+1, 3)``: (index of the expected frame nearest to the seen one -
+        own index) / T, the share of judged frame pairs with this frame in an inverted pair,
+        and the clip's order score 1 - inverted / judged (pairs whose expected states differ
+        by more than ``order_px``; 1 when none). Not differentiable (inputs, not outputs)."""
+        b, t1, _ = seen.shape
+        seen, expected = seen.float(), expected.float()
+        m = present.float().repeat_interleave(2, dim=1)[:, None, None]                    # (B, 1, 1, 6)
+        d = (((seen[:, :, None] - expected[:, None]) ** 2) * m).sum(-1)                    # (B, T1, T1)
+        match = d.argmin(2).float()                                                        # (B, T1)
+        rdist = ((expected[:, :, None] - expected[:, None]).abs() * m).amax(-1)            # (B, T1, T1)
+        upper = torch.triu(torch.ones(t1, t1, dtype=torch.bool, device=seen.device), 1)
+        judged = (rdist > self.config.order_px / (self.config.image_size / 2)) & upper
+        inverted = judged & (match[:, :, None] > match[:, None])
+        n_judged = judged.sum((1, 2)).clamp(min=1).float()
+        order = 1.0 - inverted.sum((1, 2)).float() / n_judged                              # (B,)
+        per_frame = (inverted.sum(2) + inverted.sum(1)).float() / n_judged[:, None]
+        steps = torch.arange(t1, device=seen.device, dtype=torch.float32)
+        return torch.stack([(match - steps) / max(1, t1 - 1), per_frame, order[:, None].expand(b, t1)], dim=2)
 
     def track_heads(self, f: torch.Tensor, af: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-frame vectors ``(B, T+1, H)`` and action features ``(B, T+1, 6)`` (or None) ->
