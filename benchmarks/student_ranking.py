@@ -14,7 +14,9 @@ episodes). Reported per student:
   look like; a bench built with ``+bench.wm_action_noise=[...]``), or one of each;
   a 95% bootstrap interval over starts (starts resampled, 2000 draws) for the headline;
 - the same pairs by the teacher's gap between the two clips (near-ties vs clear differences),
-  and by the dimension that decides the pair for the teacher (the largest difference);
+  by the dimension that decides the pair for the teacher (the largest difference), and, for
+  the pairs Temporal Consistency decides, by the TC checks that fired on the lower clip
+  (``TC:order`` alone is the teacher's replay-order check, which needs the replay);
 - Spearman of the total with the teacher's on all clips and on the generations;
 - for an ensemble (``members > 1``), each member alone on the same pairs;
 - scoring speed (9-frame 64x64 clips, batch 256, bf16) with 1 and 2 threads.

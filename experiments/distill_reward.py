@@ -1,6 +1,6 @@
 """Distil the privileged teacher into the fast student reward.
 
-    python experiments/distill_reward.py [student=tiny|quick|default|full] [bench_file=artifacts/judge/default/bench.h5]
+    python experiments/distill_reward.py [student=tiny|quick|default|full|ranking|tracks] [bench_file=artifacts/judge/default/bench.h5]
 
 Reads the teacher-labelled benchmark set (``worldmodel.judge.bench``; build it with
 ``python experiments/build_bench.py``), trains :class:`worldmodel.judge.student.StudentReward`

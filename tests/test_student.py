@@ -595,7 +595,7 @@ def test_colour_input_reads_the_table_and_round_trips(tmp_path):
     assert torch.allclose(ens.score(frames, 0, amp=False)["total"], mean, atol=1e-5)
 
 
-@pytest.mark.parametrize("preset", ["tiny", "quick", "default", "full", "ranking"])
+@pytest.mark.parametrize("preset", ["tiny", "quick", "default", "full", "ranking", "tracks"])
 def test_every_student_preset_builds_a_student(preset):
     from omegaconf import OmegaConf
 
