@@ -189,6 +189,7 @@ def compare(bench: Path, students: list[tuple[str, list[Path]]], split: str = "t
     checks = tc_checks(reasons, data["scores"].numpy(), pairs[tc_decided])
     names, counts = np.unique(checks, return_counts=True)
     check_groups = [str(c) for c, n in sorted(zip(names, counts), key=lambda t: -t[1]) if n >= 20 and c]
+    tc_pairs, tc_start = pairs[tc_decided], start[tc_decided]
     head = ("| student | members | parameters | " + " | ".join(f"pairs: {k}" for k in KINDS)
             + " | 95% interval (all) | Spearman total (all clips) | Spearman total (generations) |"
             + (" clips/s, 1 thread | clips/s, 2 threads |" if speed else "")
@@ -203,7 +204,6 @@ def compare(bench: Path, students: list[tuple[str, list[Path]]], split: str = "t
         gap_rows.append(f"| {name} | " + " | ".join(f"{_f(a)} ({n})" for a, n in res["by_gap"]) + " |")
         res["by_dimension"] = dimension_accuracy(pred, true, pairs, start, dominant)
         dim_rows.append(f"| {name} | " + " | ".join(f"{_f(r['acc'])} ({r['pairs']})" for r in res["by_dimension"]) + " |")
-        tc_pairs, tc_start = pairs[tc_decided], start[tc_decided]
         res["by_tc_check"] = {c: pair_accuracy(pred, true, tc_pairs[checks == c], tc_start[checks == c])
                               for c in check_groups}
         check_rows.append(f"| {name} | " + " | ".join(f"{_f(r['acc'])} ({r['pairs']})"

@@ -453,6 +453,11 @@ def test_track_heads_learn_where_objects_are_and_where_the_actions_put_them(tmp_
     assert again.config.tracks
     assert torch.equal(again.score(frames, ids, actions=acts)["total"], st.score(frames, ids, actions=acts)["total"])
     assert st.score(frames, ids)["dims"].shape == (32, 6)
+    # without actions the track heads are skipped: the same output as running them with no actions
+    st.eval()
+    with torch.no_grad():
+        full = st(frames, ids, None, members=True, tracks=True)[0].mean(0)
+    assert torch.allclose(st.score(frames, ids, amp=False)["dims"], full, atol=1e-6)
 
 
 def test_track_order_features_reproduce_the_teachers_order_check():

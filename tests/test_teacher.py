@@ -286,6 +286,9 @@ def test_object_tracks_follow_the_clip_and_the_replay_and_belong_to_their_bench(
     with pytest.raises(FileNotFoundError, match="bench_tracks.py"):
         load_tracks(tmp_path / "b.h5")
     assert build_tracks(tmp_path / "b.h5", progress=False) == tracks_path(tmp_path / "b.h5")
+    made = tracks_path(tmp_path / "b.h5").stat().st_mtime_ns
+    build_tracks(tmp_path / "b.h5", progress=False)                   # finished: returned as it is
+    assert tracks_path(tmp_path / "b.h5").stat().st_mtime_ns == made
     tr = load_tracks(tmp_path / "b.h5")
     x, r = tr["x"], tr["r"]
     assert x.shape == r.shape == (3, 9, len(TRACK_SLOTS), 2) and x.dtype == np.float32

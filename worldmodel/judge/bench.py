@@ -476,7 +476,8 @@ def build_tracks(bench_path: str | os.PathLike, teacher_path: str | os.PathLike 
     to :func:`tracks_path` as ``x``, ``r`` float32 ``(N, T+1, 3, 2)`` plus ``fingerprint``
     (:func:`bench_fingerprint`). ~0.1 s per clip per core (replay + perception). Chunks of
     :data:`TRACKS_CHUNK` rows are kept beside it until the end, so an interrupted run
-    resumes; ``workers`` processes share the chunks. ``teacher_path``: the bench's own
+    resumes; ``workers`` processes share the chunks. A finished file that belongs to this
+    build of the bench is returned as it is. ``teacher_path``: the bench's own
     ``teacher.json`` by default."""
     import multiprocessing as mp
 
@@ -488,6 +489,10 @@ def build_tracks(bench_path: str | os.PathLike, teacher_path: str | os.PathLike 
         raise FileNotFoundError(f"no teacher at {teacher_path}: pass the teacher.json the bench was labelled with")
     out = tracks_path(bench_path)
     fp = bench_fingerprint(bench_path)
+    if out.exists():
+        with np.load(out) as z:
+            if str(z["fingerprint"]) == fp:
+                return out
     with h5py.File(bench_path, "r") as f:
         n = len(f["scores"])
     parts_dir = out.with_name(out.stem + f".parts-{fp}")
@@ -513,9 +518,12 @@ def build_tracks(bench_path: str | os.PathLike, teacher_path: str | os.PathLike 
             save(_tracks_chunk(job))
             bar.update()
     bar.close()
-    parts = [np.load(parts_dir / f"{lo:07d}.npz") for lo in range(0, n, TRACKS_CHUNK)]
-    x = np.concatenate([p["x"] for p in parts])
-    r = np.concatenate([p["r"] for p in parts])
+    xs, rs = [], []
+    for lo in range(0, n, TRACKS_CHUNK):
+        with np.load(parts_dir / f"{lo:07d}.npz") as z:
+            xs.append(z["x"])
+            rs.append(z["r"])
+    x, r = np.concatenate(xs), np.concatenate(rs)
     with atomic_path(out) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, x=x, r=r, fingerprint=np.array(fp))

@@ -400,7 +400,10 @@ class StudentReward(nn.Module):
                 keep = torch.rand(b, device=f.device) >= self.config.action_dropout
                 af = af * keep[:, None, None]
         track_out = ()
-        if self.config.tracks:
+        if self.config.tracks and af is None and not tracks:
+            # no actions: the difference features are zero (see below), only the bias remains
+            f = f + self.track_proj.bias.to(f.dtype)
+        elif self.config.tracks:
             seen, expected = self.track_heads(f, af)
             has = af[:, 0, 5] if af is not None else torch.zeros(b, device=f.device)      # (B,)
             diff = torch.cat([seen - expected, (seen - expected).abs()], 1)               # (B, 12, T1)
