@@ -78,7 +78,8 @@ class WorldModelMPC(Agent):
     ``reward``: an object with ``score(frames (B, T+1, 3, 64, 64) float [0, 1],
     instruction (B,) long) -> {"dims": (B, 6), "shaping": (B, 3), "total": (B,)}`` or a
     student checkpoint path (``score_actions=True``: ``score`` also gets each candidate's
-    control actions ``(B, T*repeat, 4)`` as ``actions=``); ``weights``: objective weights by dim short name and
+    control actions ``(B, T*repeat, 4)`` as ``actions=``); ``futures``: imagined clips per
+    candidate, their objectives averaged (the world model samples; 1 = one draw); ``weights``: objective weights by dim short name and
     ``target_rise`` / ``grip_dist`` / ``progress`` (missing keys take :data:`DEFAULT_WEIGHTS`).
     """
 
@@ -88,7 +89,7 @@ class WorldModelMPC(Agent):
                  weights: dict | None = None, rollout_mode: str = "swr", window: int | None = None,
                  temperature: float = 1.0, top_k: int | None = None, seed: int = 0,
                  threads: int | None = None, keep_imagined: bool = True, name: str | None = None,
-                 amp: bool = True, prior=None, score_actions: bool = False):
+                 amp: bool = True, prior=None, score_actions: bool = False, futures: int = 1):
         planner = dict(planner or {"name": "cem"})
         self.planner_cfg = planner
         self.planner = make_planner(planner)
@@ -109,6 +110,11 @@ class WorldModelMPC(Agent):
         # the reward also reads each candidate's control actions (an action-aware student:
         # ``score(..., actions=)``); False: it judges the imagined video alone
         self.score_actions = bool(score_actions)
+        # imagined futures per candidate: the world model samples its tokens, so one imagined
+        # clip is one draw; the objective is the mean over ``futures`` draws (1: one draw)
+        if int(futures) < 1:
+            raise ValueError(f"futures must be >= 1 (imagined futures per candidate), got {futures}")
+        self.futures = int(futures)
         self._prior_src = prior  # an agent.prior.ActionPrior / checkpoint: proposes the first iteration
         self._prior = None if isinstance(prior, (str, os.PathLike)) else prior
         self.name = name or f"mpc_{self.planner.name}"
@@ -199,19 +205,22 @@ class WorldModelMPC(Agent):
         best = {"score": -np.inf, "actions": None, "clip": None}
 
         def score(cands: np.ndarray) -> np.ndarray:
+            k = self.futures
+            reps = np.repeat(cands, k, 0)      # each candidate's k draws side by side
             ta = time.perf_counter()
-            clips = self.imagine(image, cands)
+            clips = self.imagine(image, reps)
             tb = time.perf_counter()
-            instr = torch.full((len(cands),), instruction, dtype=torch.long)
+            instr = torch.full((len(reps),), instruction, dtype=torch.long)
             with torch.no_grad():
-                extra = {"actions": torch.as_tensor(np.clip(cands, -1.0, 1.0), dtype=torch.float32)} \
+                extra = {"actions": torch.as_tensor(np.clip(reps, -1.0, 1.0), dtype=torch.float32)} \
                     if self.score_actions else {}
                 obj = self.objective(self.reward.score(clips, instr, **extra)).numpy().astype(np.float64)
+            obj = obj.reshape(len(cands), k).mean(1)
             timing["wm_s"] += tb - ta
             timing["reward_s"] += time.perf_counter() - tb
             i = int(np.argmax(obj))
             if obj[i] > best["score"]:
-                best.update(score=float(obj[i]), actions=cands[i].copy(), clip=clips[i])
+                best.update(score=float(obj[i]), actions=cands[i].copy(), clip=clips[i * k])
             return obj
 
         with torch.no_grad():

@@ -169,7 +169,8 @@ def measure(run: dict, env_id: str, args) -> dict:
     oracle_p.attach_privileged_env(env)
     oracle_s.attach_privileged_env(env)
     gen = torch.Generator().manual_seed(args.seed)
-    cache = {k: [] for k in ("value", *VIEWS, "seed", "t", "instruction", "clips_true", "clips_imagined")}
+    cache = {k: [] for k in ("value", *VIEWS, "student_futures", "seed", "t", "instruction", "clips_true",
+                             "clips_imagined")}
     secs = {"simulate": 0.0, "render": 0.0, "imagine": 0.0, "student": 0.0, "teacher": 0.0}
     try:
         for s in tqdm(states, desc="states"):
@@ -188,6 +189,12 @@ def measure(run: dict, env_id: str, args) -> dict:
             with torch.no_grad():
                 f_true = features({k: v.numpy() for k, v in mpc.reward.score(true, ids).items()})
                 f_imag = features({k: v.numpy() for k, v in mpc.reward.score(imagined, ids).items()})
+                f_fut = [f_imag]
+                if args.futures > 1:     # more draws of the same candidates' futures (mpc.futures)
+                    more = mpc.imagine(s["image"], np.repeat(cands, args.futures - 1, 0))
+                    ids_more = torch.full((len(more),), instr, dtype=torch.long)
+                    f_more = features({k: v.numpy() for k, v in mpc.reward.score(more, ids_more).items()})
+                    f_fut += list(f_more.reshape(len(cands), args.futures - 1, -1).transpose(1, 0, 2))
             te = time.perf_counter()
             clips = [{"frames": c, "instruction": instr, "start_state": s["state"], "actions": a.astype(np.float32),
                       "stride": planner.get("repeat", 2), "env_id": env_id} for c, a in zip(true, cands)]
@@ -200,7 +207,8 @@ def measure(run: dict, env_id: str, args) -> dict:
                 secs[k] += v
             for k, v in (("value", value), ("teacher_true", f_teacher), ("student_true", f_true),
                          ("teacher_imagined", f_teacher_imag),
-                         ("student_imagined", f_imag), ("seed", s["seed"]), ("t", s["t"]), ("instruction", instr),
+                         ("student_imagined", f_imag), ("student_futures", np.stack(f_fut, 1)),
+                         ("seed", s["seed"]), ("t", s["t"]), ("instruction", instr),
                          ("clips_true", true), ("clips_imagined", imagined)):
                 cache[k].append(v)
     finally:
@@ -229,6 +237,7 @@ def rescore(c: dict, student: str) -> None:
         with torch.no_grad():
             out = reward.score(clips.reshape(n_s * n_c, *clips.shape[2:]), ids)
         c[f"student_{kind}"] = features({k: v.numpy() for k, v in out.items()}).reshape(n_s, n_c, -1)
+    c.pop("student_futures", None)    # scores of clips the cache does not keep: another student's are unknown
 
 
 # ----------------------------------------------------------------------------- report
@@ -280,6 +289,19 @@ def report(c: dict, tol: float, seed: int) -> str:
     for kind in ("true", "imagined"):
         m = ranking_metrics(c[f"teacher_{kind}"][..., :6] @ total, c[f"student_{kind}"][..., :6] @ total, 1e-6)
         trows.append(f"| {kind} | {m['pairs']} | {m['pair_acc']:.3f} | {m['spearman']:.3f} |")
+    futures = c.get("student_futures")
+    frows = []
+    if futures is not None and futures.shape[2] > 1:
+        frows = ["| imagined futures per candidate (mean objective) | objective | pairwise accuracy | pick regret "
+                 "| t < 16: pairwise / regret | t >= 16: pairwise / regret |", "|---|---|---|---|---|---|"]
+        ks = sorted({1, *(2 ** i for i in range(1, 8) if 2 ** i < futures.shape[2]), futures.shape[2]})
+        for name, sc_of in (("MPC objective", lambda f: f @ w), ("progress", lambda f: f[..., 8])):
+            for k in ks:
+                sc = sc_of(futures[:, :, :k].mean(2))
+                m = ranking_metrics(values, sc, tol)
+                a, b = ranking_metrics(values[early], sc[early], tol), ranking_metrics(values[~early], sc[~early], tol)
+                frows.append(f"| {k} | {name} | {m['pair_acc']:.3f} | {m['regret']:.2f} | {a['pair_acc']:.3f} / "
+                             f"{a['regret']:.2f} | {b['pair_acc']:.3f} / {b['regret']:.2f} |")
     secs = c.get("seconds")
     timing = ("" if secs is None else "Time (s, all states): " + ", ".join(
         f"{k} {v:.0f}" for k, v in zip(("simulate", "render", "imagine", "student", "teacher"), secs)) + ".")
@@ -290,7 +312,10 @@ def report(c: dict, tol: float, seed: int) -> str:
             + "\n".join(rows) + f"\n\nBy phase ({int(early.sum())} states in the first 16 control steps, "
             f"{int((~early).sum())} later):\n\n" + "\n".join(prow) + "\n\nThe student against the teacher on the same candidates (totals in the "
             "teacher's units; teacher ties left out):\n\n" + "\n".join(trows) + "\n\nRefitted weights on all states (least squares on within-state centred values; "
-            "the terms as in the objective, grip_dist negated):\n\n" + "\n".join(wrows) + "\n\n" + timing)
+            "the terms as in the objective, grip_dist negated):\n\n" + "\n".join(wrows) + "\n\n"
+            + ("student_imagined with k imagined futures per candidate (the world model's token draws; the "
+               "objective averaged over the first k, as `mpc.futures=k`):\n\n" + "\n".join(frows) + "\n\n"
+               if frows else "") + timing)
 
 
 def main() -> None:
@@ -303,6 +328,7 @@ def main() -> None:
     ap.add_argument("--planner", default="cem", help="experiments/conf/planner/<name>.yaml (horizon, repeat)")
     ap.add_argument("--seed-start", type=int, default=0, help="offset into the val seeds")
     ap.add_argument("--tol", type=float, default=0.5, help="value differences at or below this are ties")
+    ap.add_argument("--futures", type=int, default=1, help="imagined futures per candidate scored by the student")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--cache", default=None, help="npz of an earlier run: re-score only")

@@ -10,7 +10,7 @@ import torch
 
 from agent.base import RandomAgent
 from agent.collect import run_episode
-from agent.mpc import WorldModelMPC
+from agent.mpc import WorldModelMPC, plan_objective
 from agent.oracle import OracleP, OracleS
 from agent.planner import CEM, MPPI, ChunkParam, make_planner, shift_actions
 from envs.splits import split_seeds
@@ -87,6 +87,7 @@ class ToyReward:
         assert not kw
         b = frames.shape[0]
         dims = frames[:, -1].mean((1, 2, 3))[:, None].expand(b, 6).clamp(0, 1)
+        self.last_dims = dims
         return {"dims": dims, "shaping": torch.zeros(b, 3), "total": dims.sum(-1)}
 
 
@@ -144,6 +145,22 @@ def test_world_model_mpc_acts_from_observations_only(tiny_wm, one_torch_thread, 
     seen.act(obs)
     assert reward.actions.shape == (6, 8, 4) and reward.actions.dtype == torch.float32
     assert reward.actions.abs().max() <= 1
+    # futures: every candidate imagined k times in the same batch, the objective their mean
+    draw_reward = ToyReward()
+    fut = WorldModelMPC(tiny_wm, draw_reward, planner={"name": "cem", "horizon": 4, "samples": 6, "iterations": 1,
+                                                  "elites": 2}, futures=3)
+    fut.reset(seed=3)
+    real_imagine = fut.imagine
+    draws = torch.Generator().manual_seed(0)
+    fut.imagine = lambda image, actions: real_imagine(image, actions) * 0 + torch.rand(   # draws that differ
+        (len(actions), 5, 3, 64, 64), generator=draws)   # (the tiny model's are all alike)
+    fut.act(obs)
+    assert draw_reward.calls[-1] == (18, 5, 3, 64, 64)
+    per_draw = plan_objective({"dims": draw_reward.last_dims}, fut.weights).reshape(6, 3)
+    assert not torch.allclose(per_draw[:, 0], per_draw[:, 1])              # the draws differ
+    assert np.isclose(fut.log[-1]["best_score"], per_draw.mean(1).max().item(), atol=1e-5)
+    with pytest.raises(ValueError, match="futures"):
+        WorldModelMPC(tiny_wm, draw_reward, planner={"name": "cem"}, futures=0)
     # constructible in worker processes: checkpoint paths are loaded lazily, pickles cheaply
     path = tmp_path / "wm.pt"
     tiny_wm.save(path)
