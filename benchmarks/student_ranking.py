@@ -162,10 +162,36 @@ def tc_checks(reasons: np.ndarray, scores: np.ndarray, pairs: np.ndarray) -> np.
                      for i in lower], dtype=object)
 
 
-def load_student(paths: list[Path]) -> StudentReward:
+class MixedEnsemble:
+    """Students of different architectures (e.g. with and without track heads) as one
+    ensemble for this benchmark: ``score`` averages their outputs, as
+    :meth:`StudentReward.from_members` does for students of one architecture."""
+
+    def __init__(self, students: list[StudentReward]):
+        self.students = students
+        self.config = type("Members", (), {"members": len(students)})()
+
+    def score(self, *args, **kw) -> dict:
+        outs = [st.score(*args, **kw) for st in self.students]
+        return {k: torch.stack([o[k].float() for o in outs]).mean(0) for k in outs[0]}
+
+    def n_params(self) -> int:
+        return sum(st.n_params() for st in self.students)
+
+    def members_as_students(self) -> list[StudentReward]:
+        return list(self.students)
+
+
+def load_student(paths: list[Path]) -> StudentReward | MixedEnsemble:
     """One checkpoint, or several one-member students joined as one ensemble
-    (:meth:`StudentReward.from_members`)."""
-    return StudentReward.from_checkpoint(paths[0]) if len(paths) == 1 else StudentReward.from_members(paths)
+    (:meth:`StudentReward.from_members`; students of different architectures: a
+    :class:`MixedEnsemble`)."""
+    if len(paths) == 1:
+        return StudentReward.from_checkpoint(paths[0])
+    nets = [StudentReward.from_checkpoint(p) for p in paths]
+    if all(n.config == nets[0].config for n in nets):
+        return StudentReward.from_members(nets)
+    return MixedEnsemble(nets)
 
 
 def compare(bench: Path, students: list[tuple[str, list[Path]]], split: str = "test", boot: int = 2000,

@@ -510,6 +510,17 @@ def test_students_trained_apart_join_as_one_ensemble(tmp_path):
         StudentReward.from_members([singles[0], StudentReward(replace(TINY, channels=TINY.channels + 4))])
     with pytest.raises(ValueError, match="already an ensemble"):
         StudentReward.from_members([ens])
+    # the ranking benchmark joins students of different architectures by their mean output
+    from benchmarks.student_ranking import MixedEnsemble, load_student
+
+    wide = StudentReward(replace(TINY, channels=TINY.channels + 4)).eval()
+    wide_path = wide.save(tmp_path / "wide.pt")
+    mixed = load_student([paths[1], wide_path])
+    assert isinstance(mixed, MixedEnsemble) and mixed.config.members == 2
+    assert mixed.n_params() == singles[1].n_params() + wide.n_params()
+    want = (singles[1].score(frames, ids, amp=False)["total"] + wide.score(frames, ids, amp=False)["total"]) / 2
+    assert torch.allclose(mixed.score(frames, ids, amp=False)["total"], want, atol=1e-5)
+    assert isinstance(load_student(paths[:2]), StudentReward)        # one architecture: a true ensemble
     with pytest.raises(ValueError, match="at least one"):
         StudentReward.from_members([])
 
