@@ -8,11 +8,12 @@ Each replan (every ``execute`` control steps):
    observation in the first iteration);
 2. the world model imagines all ``N`` futures in ONE batched rollout
    (``WorldModel.rollout``, SWR by default) from the latest real frame
-   ``obs["image"]``;
+   ``obs["image"]`` (``futures=k``: each candidate ``k`` times, ``N * k`` clips);
 3. the real start frame is prepended and the clips ``(N, horizon + 1, 3, 64, 64)`` are
    scored by the reward model (``reward.score(clips, instruction)``, the student);
 4. objective = weighted normalized dims (task: IF, MS; realism: AOC, TC, CR, PA as
-   plausibility terms) + ``w_rise * target_rise - w_grip * grip_dist + w_progress * progress``;
+   plausibility terms) + ``w_rise * target_rise - w_grip * grip_dist + w_progress * progress``,
+   averaged over a candidate's ``k`` imagined futures;
 5. the chosen plan's first ``execute`` control steps are executed, then it replans,
    warm-started from the shifted plan.
 
