@@ -107,6 +107,29 @@ def ranking_metrics(values: np.ndarray, scores: np.ndarray, tol: float) -> dict:
             "regret": float(np.mean(regret)) if regret else float("nan"), "states": len(regret)}
 
 
+def budget_regret(values: np.ndarray, futures: np.ndarray, score, n: int, k: int, tol: float,
+                  rng: np.random.Generator, reps: int = 50) -> float:
+    """Mean pick regret (as :func:`ranking_metrics`, against all ``N`` candidates of a state)
+    when the planner sees only ``n`` of the ``N`` candidates, each through the mean of ``k``
+    of its ``K`` imagined futures (both drawn at random, ``reps`` times per state):
+    ``futures`` ``(S, N, K, F)``, ``score`` maps ``(n, F)`` features to ``(n,)`` scores.
+    At a fixed imagination budget ``n * k`` this asks whether more draws per candidate beat
+    more candidates."""
+    n_cands, n_fut = futures.shape[1:3]
+    out = []
+    for v, f in zip(values, futures):
+        spread = v.max() - v.mean()
+        if np.ptp(v) <= tol:
+            continue
+        r = 0.0
+        for _ in range(reps):
+            idx, fut = rng.choice(n_cands, n, replace=False), rng.choice(n_fut, k, replace=False)
+            sc = score(f[idx][:, fut].mean(1))
+            r += (v.max() - v[idx[sc == sc.max()]].mean()) / spread
+        out.append(r / reps)
+    return float(np.mean(out)) if out else float("nan")
+
+
 def fit_weights(values: np.ndarray, feats: np.ndarray) -> np.ndarray:
     """Least-squares weights ``(F,)`` of within-state centred features ``(S, N, F)`` on
     centred values ``(S, N)`` (a ranking only needs the differences within a state)."""
@@ -302,6 +325,18 @@ def report(c: dict, tol: float, seed: int) -> str:
                 a, b = ranking_metrics(values[early], sc[early], tol), ranking_metrics(values[~early], sc[~early], tol)
                 frows.append(f"| {k} | {name} | {m['pair_acc']:.3f} | {m['regret']:.2f} | {a['pair_acc']:.3f} / "
                              f"{a['regret']:.2f} | {b['pair_acc']:.3f} / {b['regret']:.2f} |")
+        # the same imagination budget spent on more candidates or on more draws of fewer
+        n_cands, n_fut = futures.shape[1:3]
+        splits = [(n_cands // k, k) for k in ks if n_cands % k == 0 and k <= n_cands]
+        brng = np.random.default_rng(seed)
+        frows += ["", f"Pick regret at a fixed imagination budget of {n_cands} imagined clips per state, spent as "
+                  "n candidates x k futures (both drawn at random, 50 times per state; regret against the best "
+                  "of all candidates):", "",
+                  "| objective | " + " | ".join(f"{n} x {k}" for n, k in splits) + " |",
+                  "|---|" + "---|" * len(splits)]
+        for name, sc_of in (("MPC objective", lambda f: f @ w), ("progress", lambda f: f[:, 8])):
+            frows.append(f"| {name} | " + " | ".join(f"{budget_regret(values, futures, sc_of, n, k, tol, brng):.2f}"
+                                                   for n, k in splits) + " |")
     secs = c.get("seconds")
     timing = ("" if secs is None else "Time (s, all states): " + ", ".join(
         f"{k} {v:.0f}" for k, v in zip(("simulate", "render", "imagine", "student", "teacher"), secs)) + ".")

@@ -1,7 +1,7 @@
 """The plan-ranking metrics (benchmarks/plan_ranking.py) separate good from bad rankers."""
 import numpy as np
 
-from benchmarks.plan_ranking import fit_weights, ranking_metrics
+from benchmarks.plan_ranking import budget_regret, fit_weights, ranking_metrics
 
 
 def test_ranking_metrics_perfect_reversed_and_constant_scores():
@@ -28,3 +28,18 @@ def test_fit_weights_recovers_a_within_state_linear_value():
     feats = rng.normal(size=(30, 16, 3))
     values = feats @ np.array([2.0, 0.0, -1.0]) + rng.normal(size=(30, 1)) * 10   # a per-state offset is irrelevant
     assert np.allclose(fit_weights(values, feats), [2.0, 0.0, -1.0], atol=1e-6)
+
+
+def test_budget_regret_trades_candidates_for_imagined_futures():
+    rng = np.random.default_rng(2)
+    values = rng.normal(size=(40, 8)) * 3
+    exact = np.repeat(values[:, :, None, None], 4, 2)                 # every future shows the value
+    assert budget_regret(values, exact, lambda f: f[:, 0], 8, 1, 0.1, rng) == 0.0
+    fewer = budget_regret(values, exact, lambda f: f[:, 0], 2, 4, 0.1, rng)   # best of 2 random candidates
+    assert 0.3 < fewer < 1.0
+    noisy = exact + rng.normal(size=exact.shape) * 20                 # one draw says little, four say more
+    one = budget_regret(values, noisy, lambda f: f[:, 0], 8, 1, 0.1, np.random.default_rng(0), reps=100)
+    four = budget_regret(values, noisy, lambda f: f[:, 0], 8, 4, 0.1, np.random.default_rng(0), reps=100)
+    assert four < one
+    flat = budget_regret(values, np.zeros_like(exact), lambda f: f[:, 0], 8, 1, 0.1, rng)
+    assert np.isclose(flat, 1.0)                                      # all tied: a random pick
