@@ -318,7 +318,8 @@ def report(c: dict, tol: float, seed: int) -> str:
         frows = ["| imagined futures per candidate (mean objective) | objective | pairwise accuracy | pick regret "
                  "| t < 16: pairwise / regret | t >= 16: pairwise / regret |", "|---|---|---|---|---|---|"]
         ks = sorted({1, *(2 ** i for i in range(1, 8) if 2 ** i < futures.shape[2]), futures.shape[2]})
-        for name, sc_of in (("MPC objective", lambda f: f @ w), ("progress", lambda f: f[..., 8])):
+        objectives = (("MPC objective", lambda f: f @ w), ("progress", lambda f: f[..., 8]))
+        for name, sc_of in objectives:
             for k in ks:
                 sc = sc_of(futures[:, :, :k].mean(2))
                 m = ranking_metrics(values, sc, tol)
@@ -334,7 +335,7 @@ def report(c: dict, tol: float, seed: int) -> str:
                   "of all candidates):", "",
                   "| objective | " + " | ".join(f"{n} x {k}" for n, k in splits) + " |",
                   "|---|" + "---|" * len(splits)]
-        for name, sc_of in (("MPC objective", lambda f: f @ w), ("progress", lambda f: f[:, 8])):
+        for name, sc_of in objectives:
             frows.append(f"| {name} | " + " | ".join(f"{budget_regret(values, futures, sc_of, n, k, tol, brng):.2f}"
                                                    for n, k in splits) + " |")
     secs = c.get("seconds")
@@ -373,6 +374,8 @@ def main() -> None:
     ap.add_argument("--notes", default="")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
+    if args.futures < 1:
+        raise SystemExit(f"--futures must be >= 1 (imagined futures per candidate), got {args.futures}")
     if args.student and not args.cache:
         raise SystemExit("--student re-scores a saved cache: pass --cache PATH too")
     setup_torch(args.threads)

@@ -27,6 +27,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -169,7 +170,7 @@ class MixedEnsemble:
 
     def __init__(self, students: list[StudentReward]):
         self.students = students
-        self.config = type("Members", (), {"members": len(students)})()
+        self.config = SimpleNamespace(members=len(students))
 
     def score(self, *args, **kw) -> dict:
         outs = [st.score(*args, **kw) for st in self.students]
