@@ -2,6 +2,8 @@
 
     python benchmarks/plan_ranking.py                       # the main job's models (run.json), Lift val seeds
     python benchmarks/plan_ranking.py --cache PATH          # re-score a saved cache (no simulation)
+    python benchmarks/plan_ranking.py --cache PATH --worldmodel WM --out NEW
+                                                            # re-imagine its candidates with another world model
 
 The MPC picks one of the prior's candidate plans by the objective of its imagined clip
 (world model + student, ``agent.mpc.plan_objective``). 'Closed loop diagnosis' found that
@@ -183,7 +185,7 @@ def measure(run: dict, env_id: str, args) -> dict:
     t0 = time.perf_counter()
     states = collect_states(env_id, prior_path, args.episodes, args.every, args.seed_start)
     print(f"{len(states)} states from {args.episodes} prior episodes ({time.perf_counter() - t0:.0f} s)")
-    mpc = WorldModelMPC(str(resolve(Path(st["aligned"]) / "worldmodel.pt")),
+    mpc = WorldModelMPC(world_model_path(run, args.worldmodel),
                         str(resolve(Path(st["student"]) / "student.pt")), planner=planner, prior=prior_path)
     mpc.reset(seed=args.seed)
     oracle_p, oracle_s = OracleP(planner=planner), OracleS(mpc.reward, planner=planner)
@@ -193,7 +195,7 @@ def measure(run: dict, env_id: str, args) -> dict:
     oracle_s.attach_privileged_env(env)
     gen = torch.Generator().manual_seed(args.seed)
     cache = {k: [] for k in ("value", *VIEWS, "student_futures", "seed", "t", "instruction", "clips_true",
-                             "clips_imagined")}
+                             "clips_imagined", "image", "candidates", "state")}
     secs = {"simulate": 0.0, "render": 0.0, "imagine": 0.0, "student": 0.0, "teacher": 0.0}
     try:
         for s in tqdm(states, desc="states"):
@@ -232,7 +234,8 @@ def measure(run: dict, env_id: str, args) -> dict:
                          ("teacher_imagined", f_teacher_imag),
                          ("student_imagined", f_imag), ("student_futures", np.stack(f_fut, 1)),
                          ("seed", s["seed"]), ("t", s["t"]), ("instruction", instr),
-                         ("clips_true", true), ("clips_imagined", imagined)):
+                         ("clips_true", true), ("clips_imagined", imagined), ("image", s["image"]),
+                         ("candidates", cands.astype(np.float32)), ("state", s["state"])):
                 cache[k].append(v)
     finally:
         env.close()
@@ -242,6 +245,72 @@ def measure(run: dict, env_id: str, args) -> dict:
     out["seconds"] = np.array([secs[k] for k in secs])
     out["weights"] = objective_weights(mpc.weights)
     return out
+
+
+def world_model_path(run: dict, override: str | None) -> str:
+    """The world model that imagines: ``--worldmodel PATH`` or the run's aligned stage."""
+    if not override:
+        return str(resolve(Path(run["stages"]["aligned"]) / "worldmodel.pt"))
+    p = resolve(override)
+    if not p.exists():
+        raise SystemExit(f"--worldmodel {override}: no such world-model checkpoint ({p})")
+    return str(p)
+
+
+def reimagine(c: dict, run: dict, args) -> None:
+    """Re-imagine a cache's candidates with another world model (``--worldmodel``) and
+    re-score the imagined views (student, teacher, ``--futures`` draws); the states,
+    candidates, values and true clips stay those of the cache, so the views compare paired."""
+    import torch
+    from tqdm import tqdm
+
+    from agent.mpc import WorldModelMPC
+    from worldmodel.judge.teacher import Teacher
+
+    missing = {"image", "candidates", "state"} - set(c)
+    if missing:
+        raise SystemExit(f"this cache holds no {sorted(missing)} (made before they were saved): "
+                         "re-run without --cache to make one that can be re-imagined")
+    st = run["stages"]
+    mpc = WorldModelMPC(world_model_path(run, args.worldmodel), str(resolve(Path(st["student"]) / "student.pt")))
+    mpc.reset(seed=args.seed)
+    teacher = Teacher.load(resolve(Path(st["bench"]) / "teacher.json"))
+    stride, env_id = mpc.world_model.action_repeat, args.env
+    views = {k: [] for k in ("clips_imagined", "student_imagined", "teacher_imagined", "student_futures")}
+    secs = np.zeros(3)
+    for image, cands, state, instr in tqdm(list(zip(c["image"], c["candidates"], c["state"], c["instruction"])),
+                                          desc="re-imagine"):
+        instr = int(instr)
+        ta = time.perf_counter()
+        with torch.no_grad():
+            clips = mpc.imagine(image, np.repeat(cands, args.futures, 0))
+        tb = time.perf_counter()
+        ids = torch.full((len(clips),), instr, dtype=torch.long)
+        with torch.no_grad():
+            f = features({k: v.numpy() for k, v in mpc.reward.score(clips, ids).items()})
+        f = f.reshape(len(cands), args.futures, -1)
+        tc = time.perf_counter()
+        first = (clips.reshape(len(cands), args.futures, *clips.shape[1:])[:, 0].permute(0, 1, 3, 4, 2)
+                 * 255).round().byte().numpy()
+        f_teacher = features(teacher.score_clips([
+            {"frames": fr, "instruction": instr, "start_state": state, "actions": a, "stride": stride,
+             "env_id": env_id} for fr, a in zip(first, cands)]), teacher=True)
+        secs += (tb - ta, tc - tb, time.perf_counter() - tc)
+        for k, v in (("clips_imagined", first), ("student_imagined", f[:, 0]), ("teacher_imagined", f_teacher),
+                     ("student_futures", f)):
+            views[k].append(v)
+    c.update({k: np.asarray(v) for k, v in views.items()})
+    c["seconds"] = np.concatenate([c["seconds"][:2], secs]) if "seconds" in c else np.concatenate([[0, 0], secs])
+
+
+def save_cache(c: dict, path: str) -> None:
+    """Write the cache arrays atomically (temp file + rename)."""
+    out = resolve(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.stem + ".tmp.npz")
+    np.savez_compressed(tmp, **c)
+    tmp.replace(out)
+    print(f"cache: {out}")
 
 
 def rescore(c: dict, student: str) -> None:
@@ -369,6 +438,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--cache", default=None, help="npz of an earlier run: re-score only")
     ap.add_argument("--student", default=None, help="with --cache: score the cached clips with this student checkpoint")
+    ap.add_argument("--worldmodel", default=None,
+                    help="a worldmodel.pt to imagine with instead of the run's aligned model; with --cache: "
+                         "re-imagine the cached candidates (paired with the cache's other views)")
     ap.add_argument("--out", default="artifacts/benchmarks/plan_ranking.npz")
     ap.add_argument("--title", default="Plan ranking: the objective vs the true simulator (Lift, prior candidates)")
     ap.add_argument("--notes", default="")
@@ -383,19 +455,22 @@ def main() -> None:
         if not resolve(args.cache).exists():
             raise SystemExit(f"{resolve(args.cache)} not found: run `python benchmarks/plan_ranking.py` once to make it")
         c = upgrade_cache(dict(np.load(resolve(args.cache))))
+        if args.student and args.worldmodel:
+            raise SystemExit("--student and --worldmodel re-score a cache one way at a time: pass one of them")
         if args.student:
             rescore(c, args.student)
+        if args.worldmodel:
+            run_path = resolve(args.run)
+            if not run_path.exists():
+                raise SystemExit(f"{run_path} not found: --worldmodel re-imagines with the run's student and teacher")
+            reimagine(c, json.loads(run_path.read_text()), args)
+            save_cache(c, args.out)
     else:
         run_path = resolve(args.run)
         if not run_path.exists():
             raise SystemExit(f"{run_path} not found: run `python experiments/closed_loop.py` first (it names the models)")
         c = measure(json.loads(run_path.read_text()), args.env, args)
-        out = resolve(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.stem + ".tmp.npz")
-        np.savez_compressed(tmp, **c)
-        tmp.replace(out)
-        print(f"cache: {out}")
+        save_cache(c, args.out)
     body = report(c, args.tol, args.seed) + ("\n\n" + args.notes if args.notes else "")
     print(body)
     if not args.no_write:

@@ -67,9 +67,10 @@ def make_method(method: str, cfg: DictConfig, stages: dict):
         stage, extra = WORLD_MODEL_METHODS[method]
         kwargs = {**OmegaConf.to_container(cfg.mpc), **extra}
         kwargs.pop("student", None)
+        kwargs.pop("worldmodel", None)
         if method in PRIOR_METHODS:
             kwargs["prior"] = str(pipeline.model_path(stages, "prior"))
-        return WorldModelMPC(str(pipeline.model_path(stages, stage)), planning_student(cfg, stages),
+        return WorldModelMPC(planning_world_model(cfg, stages, stage), planning_student(cfg, stages),
                              planner=planner, name=method, **kwargs)
     if method in SAC_METHODS:
         from agent.sb3 import SACAgent
@@ -98,17 +99,30 @@ def make_method(method: str, cfg: DictConfig, stages: dict):
     return make_agent(method, **kwargs)
 
 
+def _override(cfg: DictConfig, key: str, default, what: str) -> str:
+    """``+mpc.<key>=PATH`` if given (it must exist), else the pipeline's ``default`` path."""
+    path = cfg.mpc.get(key)
+    if not path:
+        return str(default)
+    p = resolve(path)
+    if not p.exists():
+        raise FileNotFoundError(f"mpc.{key}={path}: no such {what} checkpoint ({p})")
+    return str(p)
+
+
 def planning_student(cfg: DictConfig, stages: dict) -> str:
     """The student checkpoint the planners score with: the pipeline's student stage, or
     ``+mpc.student=PATH`` (e.g. another student with the same world model; the aligned
     model is still the one GRPO-trained against the pipeline's student)."""
-    path = cfg.mpc.get("student")
-    if not path:
-        return str(pipeline.model_path(stages, "student"))
-    p = resolve(path)
-    if not p.exists():
-        raise FileNotFoundError(f"mpc.student={path}: no such student checkpoint ({p})")
-    return str(p)
+    return _override(cfg, "student", pipeline.model_path(stages, "student"), "student")
+
+
+def planning_world_model(cfg: DictConfig, stages: dict, stage: str) -> str:
+    """The world model a world-model method imagines with: its pipeline stage (aligned or
+    pre-trained), or ``+mpc.worldmodel=PATH`` for every world-model method of the run (e.g.
+    a model trained on more rollouts than the pipeline collects; the path is part of the
+    method's identity, so its episodes are kept apart)."""
+    return _override(cfg, "worldmodel", pipeline.model_path(stages, stage), "world-model")
 
 
 def method_identity(method: str, cfg: DictConfig, stages: dict) -> dict:

@@ -378,21 +378,29 @@ def test_stage_key_ignores_new_options_at_their_neutral_default():
     assert pix["tokenizer"]["model"]["pixel_context"] is True
 
 
-def test_planning_student_override(tmp_path):
-    from experiments.closed_loop import planning_student
+def test_planning_student_and_world_model_overrides(tmp_path):
+    from experiments.closed_loop import method_identity, planning_student, planning_world_model
     from experiments.pipeline import StageResult
 
-    stage_dir = tmp_path / "student-abc"
-    stage_dir.mkdir()
-    (stage_dir / "student.pt").write_bytes(b"x")
-    stages = {"student": StageResult("student", "abc", stage_dir, True)}
+    stages = {"prior": StageResult("prior", "p", tmp_path, True)}
+    for stage, name in (("student", "student.pt"), ("aligned", "worldmodel.pt")):
+        (tmp_path / stage).mkdir()
+        (tmp_path / stage / name).write_bytes(b"x")
+        stages[stage] = StageResult(stage, "abc", tmp_path / stage, True)
+    other = tmp_path / "other.pt"
+    other.write_bytes(b"y")
+    verbs = {"student": lambda cfg: planning_student(cfg, stages),
+             "worldmodel": lambda cfg: planning_world_model(cfg, stages, "aligned")}
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         cfg = compose(config_name="closed_loop")
-        assert planning_student(cfg, stages) == str(stage_dir / "student.pt")
-        other = tmp_path / "other.pt"
-        other.write_bytes(b"y")
-        cfg = compose(config_name="closed_loop", overrides=[f"+mpc.student={other}"])
-        assert planning_student(cfg, stages) == str(other)
-        cfg = compose(config_name="closed_loop", overrides=[f"+mpc.student={tmp_path / 'missing.pt'}"])
-        with pytest.raises(FileNotFoundError, match="mpc.student"):
-            planning_student(cfg, stages)
+        assert verbs["student"](cfg) == str(tmp_path / "student" / "student.pt")
+        assert verbs["worldmodel"](cfg) == str(tmp_path / "aligned" / "worldmodel.pt")
+        base = method_identity("mpc_prior", cfg, stages)
+        for key, verb in verbs.items():
+            cfg = compose(config_name="closed_loop", overrides=[f"+mpc.{key}={other}"])
+            assert verb(cfg) == str(other)
+            # another checkpoint is another method identity: saved episodes are not mixed
+            assert method_identity("mpc_prior", cfg, stages) != base
+            cfg = compose(config_name="closed_loop", overrides=[f"+mpc.{key}={tmp_path / 'missing.pt'}"])
+            with pytest.raises(FileNotFoundError, match=f"mpc.{key}"):
+                verb(cfg)
