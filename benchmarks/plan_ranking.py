@@ -132,6 +132,19 @@ def budget_regret(values: np.ndarray, futures: np.ndarray, score, n: int, k: int
     return float(np.mean(out)) if out else float("nan")
 
 
+def paired_difference(values: np.ndarray, a: np.ndarray, b: np.ndarray, tol: float, key: str,
+                      rng: np.random.Generator, reps: int = 1000) -> tuple[float, float, float]:
+    """``metric(b) - metric(a)`` (``key`` of :func:`ranking_metrics`) on the same states and
+    candidates, with a 95% bootstrap interval over states (states resampled, paired)."""
+    diff = ranking_metrics(values, b, tol)[key] - ranking_metrics(values, a, tol)[key]
+    boot = []
+    for _ in range(reps):
+        i = rng.integers(0, len(values), len(values))
+        boot.append(ranking_metrics(values[i], b[i], tol)[key] - ranking_metrics(values[i], a[i], tol)[key])
+    lo, hi = np.nanpercentile(boot, [2.5, 97.5])
+    return float(diff), float(lo), float(hi)
+
+
 def fit_weights(values: np.ndarray, feats: np.ndarray) -> np.ndarray:
     """Least-squares weights ``(F,)`` of within-state centred features ``(S, N, F)`` on
     centred values ``(S, N)`` (a ranking only needs the differences within a state)."""
@@ -333,6 +346,54 @@ def rescore(c: dict, student: str) -> None:
 
 
 # ----------------------------------------------------------------------------- report
+def compare(caches: list[tuple[str, dict]], tol: float, seed: int, reps: int = 1000) -> str:
+    """The imagined views of caches made on the SAME states and candidates (``--cache ...
+    --worldmodel``) side by side: pairwise accuracy and pick regret of the planning
+    objectives, and each cache's difference from the first with a paired bootstrap interval."""
+    (base_label, base), others = caches[0], caches[1:]
+    for label, c in others:
+        if c["value"].shape != base["value"].shape or not np.array_equal(c["value"], base["value"]):
+            raise SystemExit(f"--compare: {label} was not made on {base_label}'s states and candidates "
+                             "(make it with --cache <that cache> --worldmodel ...)")
+    values, w = base["value"], base["weights"]
+    early = base["t"] < 16
+    rng = np.random.default_rng(seed)
+    objectives = (("MPC objective (default weights)", lambda f: f @ w), ("progress", lambda f: f[..., 8]),
+                  ("-grip_dist", lambda f: f[..., 7]))
+    rows = ["| view | objective | " + " | ".join(f"{label}: pairwise / regret" for label, _ in caches)
+            + " | " + " | ".join(f"{label} - {base_label}: pairwise [95% CI] / regret [95% CI]" for label, _ in others)
+            + " |", "|---|---|" + "---|" * (2 * len(caches) - 1)]
+    for view in ("student_imagined", "teacher_imagined"):
+        for name, sc_of in objectives:
+            cells = []
+            for _, c in caches:
+                m = ranking_metrics(values, sc_of(c[view]), tol)
+                cells.append(f"{m['pair_acc']:.3f} / {m['regret']:.2f}")
+            for _, c in others:
+                a, b = sc_of(base[view]), sc_of(c[view])
+                dp = paired_difference(values, a, b, tol, "pair_acc", rng, reps)
+                dr = paired_difference(values, a, b, tol, "regret", rng, reps)
+                cells.append(f"{dp[0]:+.3f} [{dp[1]:+.3f}, {dp[2]:+.3f}] / {dr[0]:+.2f} [{dr[1]:+.2f}, {dr[2]:+.2f}]")
+            rows.append(f"| {view} | {name} | " + " | ".join(cells) + " |")
+    phase = ["| view | objective | phase | " + " | ".join(f"{label}: pairwise / regret" for label, _ in caches) + " |",
+             "|---|---|---|" + "---|" * len(caches)]
+    for view in ("student_imagined", "teacher_imagined"):
+        for name, sc_of in objectives[:2]:
+            for ph, sel in (("t < 16", early), ("t >= 16", ~early)):
+                cells = []
+                for _, c in caches:
+                    m = ranking_metrics(values[sel], sc_of(c[view])[sel], tol)
+                    cells.append(f"{m['pair_acc']:.3f} / {m['regret']:.2f}")
+                phase.append(f"| {view} | {name} | {ph} | " + " | ".join(cells) + " |")
+    true = ranking_metrics(values, objectives[1][1](base["student_true"]), tol)
+    return (f"{values.shape[0]} states x {values.shape[1]} prior candidates, the same in every column (value = "
+            f"oracle-P's shaped return; pairs with |value difference| > {tol:g}); only the world model that "
+            f"imagines the candidates differs. Differences: paired bootstrap over states ({reps} resamples). "
+            f"For reference, the student's progress term on the candidates' TRUE clips: pairwise "
+            f"{true['pair_acc']:.3f}, regret {true['regret']:.2f}; random pick: regret 1.\n\n"
+            + "\n".join(rows) + "\n\nBy phase:\n\n" + "\n".join(phase))
+
+
 def report(c: dict, tol: float, seed: int) -> str:
     values, w = c["value"], c["weights"]
     n_states, n_cands = values.shape
@@ -437,6 +498,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--cache", default=None, help="npz of an earlier run: re-score only")
+    ap.add_argument("--compare", nargs="+", metavar="LABEL=NPZ", default=None,
+                    help="caches of the same states and candidates (--cache ... --worldmodel): their imagined "
+                         "views side by side, differences from the first paired")
     ap.add_argument("--student", default=None, help="with --cache: score the cached clips with this student checkpoint")
     ap.add_argument("--worldmodel", default=None,
                     help="a worldmodel.pt to imagine with instead of the run's aligned model; with --cache: "
@@ -451,6 +515,20 @@ def main() -> None:
     if args.student and not args.cache:
         raise SystemExit("--student re-scores a saved cache: pass --cache PATH too")
     setup_torch(args.threads)
+    if args.compare:
+        caches = []
+        for item in args.compare:
+            label, sep, path = item.partition("=")
+            if not sep or not resolve(path).exists():
+                raise SystemExit(f"--compare {item}: expected LABEL=PATH of an existing cache")
+            caches.append((label, upgrade_cache(dict(np.load(resolve(path))))))
+        if len(caches) < 2:
+            raise SystemExit("--compare needs at least two caches")
+        body = compare(caches, args.tol, args.seed) + ("\n\n" + args.notes if args.notes else "")
+        print(body)
+        if not args.no_write:
+            write_section(args.title, body)
+        return
     if args.cache:
         if not resolve(args.cache).exists():
             raise SystemExit(f"{resolve(args.cache)} not found: run `python benchmarks/plan_ranking.py` once to make it")

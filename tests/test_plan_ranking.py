@@ -43,3 +43,38 @@ def test_budget_regret_trades_candidates_for_imagined_futures():
     assert four < one
     flat = budget_regret(values, np.zeros_like(exact), lambda f: f[:, 0], 8, 1, 0.1, rng)
     assert np.isclose(flat, 1.0)                                      # all tied: a random pick
+
+
+def test_paired_difference_finds_a_better_ranker_and_not_an_equal_one():
+    from benchmarks.plan_ranking import paired_difference
+
+    rng = np.random.default_rng(2)
+    values = rng.normal(size=(40, 8))
+    noisy = values + rng.normal(size=values.shape) * 2.0
+    good = values + rng.normal(size=values.shape) * 0.3
+    d, lo, hi = paired_difference(values, noisy, good, 0.1, "pair_acc", rng, reps=100)
+    assert d > 0.1 and lo > 0                      # the better ranker's gain is resolved
+    d, lo, hi = paired_difference(values, noisy, noisy.copy(), 0.1, "pair_acc", rng, reps=100)
+    assert d == 0 and lo == hi == 0                 # the same scores: exactly no difference
+
+
+def test_compare_puts_world_models_side_by_side_and_refuses_other_states():
+    import pytest
+
+    from benchmarks.plan_ranking import TERMS, compare
+
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=(20, 6))
+    t = np.arange(20) * 4
+
+    def cache(progress):
+        f = np.zeros((20, 6, len(TERMS)))
+        f[..., 8] = progress
+        return {"value": values, "weights": np.ones(len(TERMS)), "t": t, "student_true": f,
+                "student_imagined": f, "teacher_imagined": f}
+
+    good, bad = cache(values), cache(-values)
+    table = compare([("bad", bad), ("good", good)], tol=0.1, seed=0, reps=20)
+    assert "| student_imagined | progress | 0.000 / " in table and "1.000 / 0.00 | +1.000 [+1.000, +1.000]" in table
+    with pytest.raises(SystemExit, match="same states|states and candidates"):
+        compare([("bad", bad), ("other", {**good, "value": values + 1})], tol=0.1, seed=0, reps=5)
