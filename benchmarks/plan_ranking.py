@@ -132,15 +132,41 @@ def budget_regret(values: np.ndarray, futures: np.ndarray, score, n: int, k: int
     return float(np.mean(out)) if out else float("nan")
 
 
+def _per_state(values: np.ndarray, scores: np.ndarray, tol: float) -> np.ndarray:
+    """``(S, 3)``: right pairs, counted pairs and pick regret (NaN where the values spread
+    by at most ``tol``) per state, as :func:`ranking_metrics` counts them."""
+    out = np.full((len(values), 3), np.nan)
+    for i, (v, s) in enumerate(zip(values, scores)):
+        dv, ds = v[:, None] - v[None, :], s[:, None] - s[None, :]
+        mask = np.triu(np.abs(dv) > tol, 1)
+        out[i, 0] = ((np.sign(dv) == np.sign(ds)) & (ds != 0))[mask].sum() + 0.5 * (ds == 0)[mask].sum()
+        out[i, 1] = mask.sum()
+        if np.ptp(v) > tol:
+            best = s == s.max()
+            out[i, 2] = (v.max() - v[best].mean()) / (v.max() - v.mean())
+    return out
+
+
 def paired_difference(values: np.ndarray, a: np.ndarray, b: np.ndarray, tol: float, key: str,
                       rng: np.random.Generator, reps: int = 1000) -> tuple[float, float, float]:
-    """``metric(b) - metric(a)`` (``key`` of :func:`ranking_metrics`) on the same states and
-    candidates, with a 95% bootstrap interval over states (states resampled, paired)."""
-    diff = ranking_metrics(values, b, tol)[key] - ranking_metrics(values, a, tol)[key]
+    """``metric(b) - metric(a)`` (``key``: ``pair_acc`` or ``regret`` of :func:`ranking_metrics`)
+    on the same states and candidates, with a 95% bootstrap interval over states (resampled
+    together for both, i.e. paired)."""
+    if key not in ("pair_acc", "regret"):
+        raise ValueError(f"key must be pair_acc or regret, got {key!r}")
+    sa, sb = _per_state(values, a, tol), _per_state(values, b, tol)
+
+    def metric(st, idx):
+        if key == "pair_acc":
+            return st[idx, 0].sum() / max(st[idx, 1].sum(), 1)
+        return np.nanmean(st[idx, 2]) if np.isfinite(st[idx, 2]).any() else np.nan
+
+    every = np.arange(len(values))
+    diff = metric(sb, every) - metric(sa, every)
     boot = []
     for _ in range(reps):
         i = rng.integers(0, len(values), len(values))
-        boot.append(ranking_metrics(values[i], b[i], tol)[key] - ranking_metrics(values[i], a[i], tol)[key])
+        boot.append(metric(sb, i) - metric(sa, i))
     lo, hi = np.nanpercentile(boot, [2.5, 97.5])
     return float(diff), float(lo), float(hi)
 
@@ -363,14 +389,20 @@ def compare(caches: list[tuple[str, dict]], tol: float, seed: int, reps: int = 1
     rows = ["| view | objective | " + " | ".join(f"{label}: pairwise / regret" for label, _ in caches)
             + " | " + " | ".join(f"{label} - {base_label}: pairwise [95% CI] / regret [95% CI]" for label, _ in others)
             + " |", "|---|---|" + "---|" * (2 * len(caches) - 1)]
-    for view in ("student_imagined", "teacher_imagined"):
+    views = {"student_imagined": lambda c: c["student_imagined"], "teacher_imagined": lambda c: c["teacher_imagined"]}
+    ks = [c["student_futures"].shape[2] if "student_futures" in c else 1 for _, c in caches]
+    if min(ks) > 1:   # every cache has several draws per candidate: their mean too (mpc.futures)
+        views[f"student_imagined, mean of {min(ks)} futures"] = lambda c: c["student_futures"][:, :, :min(ks)].mean(2)
+    for view, of in views.items():
         for name, sc_of in objectives:
+            if view == "teacher_imagined" and name == "progress":
+                continue      # the teacher's progress is read off its replay of the actions, not the clip
             cells = []
             for _, c in caches:
-                m = ranking_metrics(values, sc_of(c[view]), tol)
+                m = ranking_metrics(values, sc_of(of(c)), tol)
                 cells.append(f"{m['pair_acc']:.3f} / {m['regret']:.2f}")
             for _, c in others:
-                a, b = sc_of(base[view]), sc_of(c[view])
+                a, b = sc_of(of(base)), sc_of(of(c))
                 dp = paired_difference(values, a, b, tol, "pair_acc", rng, reps)
                 dr = paired_difference(values, a, b, tol, "regret", rng, reps)
                 cells.append(f"{dp[0]:+.3f} [{dp[1]:+.3f}, {dp[2]:+.3f}] / {dr[0]:+.2f} [{dr[1]:+.2f}, {dr[2]:+.2f}]")
@@ -378,7 +410,7 @@ def compare(caches: list[tuple[str, dict]], tol: float, seed: int, reps: int = 1
     phase = ["| view | objective | phase | " + " | ".join(f"{label}: pairwise / regret" for label, _ in caches) + " |",
              "|---|---|---|" + "---|" * len(caches)]
     for view in ("student_imagined", "teacher_imagined"):
-        for name, sc_of in objectives[:2]:
+        for name, sc_of in objectives[:2] if view == "student_imagined" else objectives[:1]:
             for ph, sel in (("t < 16", early), ("t >= 16", ~early)):
                 cells = []
                 for _, c in caches:

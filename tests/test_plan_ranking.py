@@ -78,3 +78,12 @@ def test_compare_puts_world_models_side_by_side_and_refuses_other_states():
     assert "| student_imagined | progress | 0.000 / " in table and "1.000 / 0.00 | +1.000 [+1.000, +1.000]" in table
     with pytest.raises(SystemExit, match="same states|states and candidates"):
         compare([("bad", bad), ("other", {**good, "value": values + 1})], tol=0.1, seed=0, reps=5)
+
+
+def test_per_state_counts_add_up_to_ranking_metrics():
+    from benchmarks.plan_ranking import _per_state
+
+    rng = np.random.default_rng(4)
+    values, scores = rng.normal(size=(15, 7)), rng.normal(size=(15, 7)).round(1)
+    st, m = _per_state(values, scores, 0.2), ranking_metrics(values, scores, 0.2)
+    assert np.isclose(st[:, 0].sum() / st[:, 1].sum(), m["pair_acc"]) and np.isclose(np.nanmean(st[:, 2]), m["regret"])
