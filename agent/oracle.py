@@ -43,7 +43,7 @@ class OracleP(Agent):
     name = "oracle_p"
 
     def __init__(self, planner: dict | None = None, execute: int | None = None, objective: str = "shaped",
-                 discount: float = 1.0, seed: int = 0):
+                 discount: float = 1.0, seed: int = 0, prior=None):
         planner = dict(planner or {"name": "cem"})
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; known: {OBJECTIVES}")
@@ -56,6 +56,8 @@ class OracleP(Agent):
         self.name = f"oracle_p_{self.planner.name}"
         self._real = None        # the attached real env (privileged)
         self._sim = None         # the oracle's own simulator (state observations, no rendering)
+        self._prior_src = prior  # an agent.prior.ActionPrior / checkpoint: proposes the first iteration
+        self._prior = None if isinstance(prior, (str, os.PathLike)) else prior
         self.reset()
 
     # ------------------------------------------------------------------ privileged hook
@@ -84,7 +86,12 @@ class OracleP(Agent):
 
     # ------------------------------------------------------------------ Agent API
     def reset(self, seed: int | None = None) -> None:
-        self._rng = np.random.default_rng(self.base_seed if seed is None else (self.base_seed, seed))
+        import torch
+
+        key = (self.base_seed,) if seed is None else (self.base_seed, seed)
+        self._rng = np.random.default_rng(key)
+        # the prior's samples: a stream of their own (the planner's draws stay what they were without a prior)
+        self._gen = torch.Generator().manual_seed(int(np.random.default_rng((*key, 1)).integers(2**62)))
         self._plan, self._t, self._steps = None, 0, 0
         self.log: list[dict] = []           # one entry per replan
 
@@ -99,6 +106,8 @@ class OracleP(Agent):
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_real"] = state["_sim"] = None
+        if isinstance(self._prior_src, (str, os.PathLike)):
+            state["_prior"] = None
         return state
 
     def __setstate__(self, state):
@@ -107,8 +116,15 @@ class OracleP(Agent):
 
     # ------------------------------------------------------------------ planning
     def _proposals(self, obs: dict) -> np.ndarray | None:
-        """First-iteration candidates ``(samples, steps, 4)``, or None for Gaussian ones."""
-        return None
+        """First-iteration candidates ``(samples, steps, 4)``: the action prior's samples
+        (given ``prior``), or None for Gaussian ones."""
+        if self._prior_src is None:
+            return None
+        if self._prior is None:
+            from agent.prior import load_prior
+
+            self._prior = load_prior(self._prior_src)
+        return self._prior.sample(obs["image"], obs["proprio"], obs["instruction"], self.planner.samples, self._gen)
 
     def _replan(self, obs: dict) -> None:
         start = self._privileged_state()
@@ -200,15 +216,13 @@ class OracleS(OracleP):
                  weights: dict | None = None, seed: int = 0, threads: int | None = None, prior=None):
         from agent.mpc import DEFAULT_WEIGHTS
 
-        super().__init__(planner=planner, execute=execute, seed=seed)
+        super().__init__(planner=planner, execute=execute, seed=seed, prior=prior)
         unknown = set(weights or {}) - set(DEFAULT_WEIGHTS)
         if unknown:
             raise ValueError(f"unknown objective weights {sorted(unknown)}; known: {sorted(DEFAULT_WEIGHTS)}")
         self.weights = {**DEFAULT_WEIGHTS, **(weights or {})}
         self._reward_src, self.threads = reward, threads
         self._reward = None if isinstance(reward, (str, os.PathLike)) else reward
-        self._prior_src = prior      # an agent.prior.ActionPrior / checkpoint: proposes the first iteration
-        self._prior = None if isinstance(prior, (str, os.PathLike)) else prior
         self.name = f"oracle_s_{self.planner.name}"
 
     def reset(self, seed: int | None = None) -> None:
@@ -216,15 +230,6 @@ class OracleS(OracleP):
         import torch
 
         self._gen = torch.Generator().manual_seed(int(self._rng.integers(2**62)))
-
-    def _proposals(self, obs: dict) -> np.ndarray | None:
-        if self._prior_src is None:
-            return None
-        if self._prior is None:
-            from agent.prior import load_prior
-
-            self._prior = load_prior(self._prior_src)
-        return self._prior.sample(obs["image"], obs["proprio"], obs["instruction"], self.planner.samples, self._gen)
 
     @property
     def reward(self):
@@ -238,8 +243,6 @@ class OracleS(OracleP):
         state = super().__getstate__()
         if isinstance(self._reward_src, (str, os.PathLike)):
             state["_reward"] = None
-        if isinstance(self._prior_src, (str, os.PathLike)):
-            state["_prior"] = None
         return state
 
     def _simulator(self):

@@ -39,7 +39,12 @@ WORLD_MODEL_METHODS = {
     "mpc_prior_noswr": ("aligned", {"rollout_mode": "full"}),  # ... imagining without SWR
 }
 #: Methods that use the learned action prior (agent/prior.py).
-PRIOR_METHODS = ("mpc_prior", "mpc_prior_pretrained", "mpc_prior_noswr", "prior", "prior_random", "oracle_s_prior")
+PRIOR_METHODS = ("mpc_prior", "mpc_prior_pretrained", "mpc_prior_noswr", "prior", "prior_random", "oracle_s_prior",
+                 "oracle_p_prior")
+#: Oracle-P variants: the planner in the true simulator with the privileged reward
+#: (``oracle_p_prior``: the prior proposes, as in mpc_prior -- how well any choice among its
+#: samples can do: the ceiling of the world model + student's choice).
+PRIVILEGED_ORACLES = ("oracle_p", "oracle_p_prior")
 #: Oracle-S variants: the planner in the true simulator, rendered candidates scored by the student.
 STUDENT_ORACLES = ("oracle_s", "oracle_s_prior")
 #: SB3 SAC on state observations (agent/sb3.py), trained on the evaluated env: at the world
@@ -58,7 +63,7 @@ def make_method(method: str, cfg: DictConfig, stages: dict):
     """An agent for a method name: a world-model MPC variant, ``oracle_p``, the action
     prior (``prior``, ``prior_random``), or a plain agent of ``agent/collect.py``'s
     registry (scripted, noisy, random), SB3 SAC (``sac``, ``sac_ref``), or the oracles
-    (``oracle_p``: true simulator + privileged reward; ``oracle_s``: true simulator,
+    (``oracle_p``, ``oracle_p_prior``: true simulator + privileged reward; ``oracle_s``: true simulator,
     rendered candidates scored by the student)."""
     planner = OmegaConf.to_container(cfg.planner)
     if method in WORLD_MODEL_METHODS:
@@ -85,10 +90,11 @@ def make_method(method: str, cfg: DictConfig, stages: dict):
         # the MPC's proposal set (same cadence, same number of samples) with a random pick
         return PriorAgent(path, execute=planner.get("execute", 2), samples=planner["samples"], pick="random",
                           threads=cfg.prior_agent.get("threads"))
-    if method == "oracle_p":
+    if method in PRIVILEGED_ORACLES:
         from agent.oracle import OracleP
 
-        return OracleP(planner=planner)
+        prior = str(pipeline.model_path(stages, "prior")) if method in PRIOR_METHODS else None
+        return OracleP(planner=planner, prior=prior)
     if method in STUDENT_ORACLES:
         from agent.oracle import OracleS
 
@@ -129,7 +135,7 @@ def method_identity(method: str, cfg: DictConfig, stages: dict) -> dict:
     """What defines a method's episodes: its settings and the keys of the models it uses
     (saved episodes of another identity are not reused)."""
     ident = {"method": method, "env": OmegaConf.to_container(cfg.env)}
-    if method in WORLD_MODEL_METHODS or method in ("oracle_p", "prior_random", *STUDENT_ORACLES):
+    if method in WORLD_MODEL_METHODS or method in ("prior_random", *PRIVILEGED_ORACLES, *STUDENT_ORACLES):
         ident["planner"] = OmegaConf.to_container(cfg.planner)
     if method in STUDENT_ORACLES:
         ident.update(weights=OmegaConf.to_container(cfg.mpc.weights), student=stages["student"].key)

@@ -254,3 +254,27 @@ def test_oracle_s_scores_the_real_rendered_future_with_the_reward(make_env):
     assert props.shape == (3, 4, 4) and with_prior.act(obs).shape == (4,)
     with pytest.raises(ValueError, match="unknown objective weights"):
         OracleS(reward, weights={"speed": 1.0})
+
+
+def test_oracle_p_takes_its_first_proposals_from_a_prior():
+    class FakePrior:
+        def __init__(self):
+            self.calls = []
+
+        def sample(self, image, proprio, instruction, n, gen):
+            self.calls.append((instruction, n))
+            return np.full((n, 4, 4), 0.25, np.float32)
+
+    planner = {"name": "cem", "horizon": 2, "samples": 6, "iterations": 1, "elites": 2}
+    obs = {"image": np.zeros((64, 64, 3), np.uint8), "proprio": np.zeros(9, np.float32), "instruction": 1}
+    assert OracleP(planner=planner)._proposals(obs) is None          # Gaussian proposals
+    prior = FakePrior()
+    oracle = OracleP(planner=planner, prior=prior)
+    cands = oracle._proposals(obs)
+    assert cands.shape == (6, 4, 4) and prior.calls == [(1, 6)]
+    # without a prior the planner's random stream is what it was: the prior draws from its own
+    a, b = OracleP(planner=planner), OracleP(planner=planner, prior=prior)
+    a.reset(seed=3), b.reset(seed=3)
+    assert a._rng.random() == b._rng.random()
+    clone = pickle.loads(pickle.dumps(OracleP(planner=planner, prior="missing/prior.pt")))
+    assert clone._prior is None and clone._prior_src == "missing/prior.pt"
