@@ -203,15 +203,15 @@ def build(pcfg: DictConfig, stages, *, artifacts: str | os.PathLike = "artifacts
     """
     need = needed(stages)
     done: dict = {}
-    collected = []
-    for env in pcfg.envs:
-        for split in ("train", "val"):
-            n = int(pcfg.collect.episodes[split])
-            collected.append(run_script_stage(
-                "collect", "collect",
-                [f"env={env}", f"agent={pcfg.collect.agent}", f"episodes={n}", f"split={split}",
-                 *pcfg.collect.get("overrides", [])], {"render": str(envs.RENDER_VERSION)}, {},
-                artifacts=artifacts, log=log))
+
+    def collect(env: str, split: str, n: int, seed_start: int = 0) -> StageResult:
+        return run_script_stage(
+            "collect", "collect",
+            [f"env={env}", f"agent={pcfg.collect.agent}", f"episodes={n}", f"split={split}",
+             *([f"seed_start={seed_start}"] if seed_start else []), *pcfg.collect.get("overrides", [])],
+            {"render": str(envs.RENDER_VERSION)}, {}, artifacts=artifacts, log=log)
+
+    collected = [collect(env, split, int(pcfg.collect.episodes[split])) for env in pcfg.envs for split in ("train", "val")]
     done["collect"] = collected
     rollouts = collected_rollouts(collected)
     coll_keys = {f"collect{i}": r.key for i, r in enumerate(collected)}
@@ -220,7 +220,16 @@ def build(pcfg: DictConfig, stages, *, artifacts: str | os.PathLike = "artifacts
         done["tokenizer"] = run_script_stage("tokenizer", "train_tokenizer", list(pcfg.tokenizer),
                                              coll_keys, data, artifacts=artifacts, log=log)
     if "worldmodel" in need:
-        done["worldmodel"] = worldmodel_stage(pcfg, done["tokenizer"], coll_keys, data, artifacts=artifacts, log=log)
+        # `collect.worldmodel_extra`: more episodes of the same agent, on the train seeds after the
+        # main collection, that only the world model trains on (the other stages keep their keys)
+        wm_keys, wm_data = coll_keys, data
+        n_extra = int(pcfg.collect.get("worldmodel_extra") or 0)
+        if n_extra:
+            extra = [collect(env, "train", n_extra, int(pcfg.collect.episodes.train)) for env in pcfg.envs]
+            done["collect_extra"] = extra
+            wm_keys = {**coll_keys, **{f"extra{i}": r.key for i, r in enumerate(extra)}}
+            wm_data = {**data, "data.train": path_list(rollouts["train"] + collected_rollouts(extra)["train"])}
+        done["worldmodel"] = worldmodel_stage(pcfg, done["tokenizer"], wm_keys, wm_data, artifacts=artifacts, log=log)
     if "bench" in need:
         from worldmodel.judge.teacher import TEACHER_VERSION   # a rule change rebuilds the bench
 

@@ -192,6 +192,31 @@ def test_flywheel_tiny_round_trains_on_the_agents_own_rollouts(tiny_run, capsys)
     assert [r["successes"] for r in again["rounds"]] == [r["successes"] for r in fly["rounds"]]
 
 
+def test_world_model_extra_episodes_train_the_world_model_only(tiny_run, capsys):
+    """`pipeline.collect.worldmodel_extra=N`: N more train episodes (seeds after the main
+    collection) join the world model's training data; the stages before it are reused."""
+    from omegaconf import OmegaConf
+
+    from envs.rollouts import open_rollouts
+    from experiments import pipeline
+
+    artifacts, cfg, report = tiny_run
+    pcfg = OmegaConf.merge(cfg.pipeline, {"collect": {"worldmodel_extra": 1}})
+    done = pipeline.build(pcfg, "worldmodel", artifacts=str(artifacts))
+    assert str(done["tokenizer"].dir) == report["stages"]["tokenizer"] and done["tokenizer"].reused
+    assert str(done["worldmodel"].dir) != report["stages"]["worldmodel"]      # another model, kept apart
+    (extra,) = done["collect_extra"]
+    with open_rollouts(pipeline.find_rollouts(extra.dir)[0]) as f:
+        seeds = [int(f["data"][k].attrs["seed"]) for k in f["data"]]
+    n_train = int(cfg.pipeline.collect.episodes.train)
+    assert seeds == split_seeds("train", n_train + 1)[n_train:]            # after the main collection's seeds
+    manifest = json.loads((done["worldmodel"].dir / "stage.json").read_text())
+    assert manifest["inputs"]["extra0"] == extra.key
+    capsys.readouterr()
+    assert pipeline.build(cfg.pipeline, "worldmodel", artifacts=str(artifacts))["worldmodel"].reused   # 0: as before
+    assert "collect_extra" not in pipeline.build(cfg.pipeline, "worldmodel", artifacts=str(artifacts))
+
+
 def test_unknown_config_key_fails_at_compose():
     from hydra.errors import HydraException
 
