@@ -389,7 +389,8 @@ def compare(caches: list[tuple[str, dict]], tol: float, seed: int, reps: int = 1
     rows = ["| view | objective | " + " | ".join(f"{label}: pairwise / regret" for label, _ in caches)
             + " | " + " | ".join(f"{label} - {base_label}: pairwise [95% CI] / regret [95% CI]" for label, _ in others)
             + " |", "|---|---|" + "---|" * (2 * len(caches) - 1)]
-    views = {"student_imagined": lambda c: c["student_imagined"], "teacher_imagined": lambda c: c["teacher_imagined"]}
+    views = {"student_true": lambda c: c["student_true"], "student_imagined": lambda c: c["student_imagined"],
+             "teacher_imagined": lambda c: c["teacher_imagined"]}
     ks = [c["student_futures"].shape[2] if "student_futures" in c else 1 for _, c in caches]
     if min(ks) > 1:   # every cache has several draws per candidate: their mean too (mpc.futures)
         views[f"student_imagined, mean of {min(ks)} futures"] = lambda c: c["student_futures"][:, :, :min(ks)].mean(2)
@@ -417,12 +418,11 @@ def compare(caches: list[tuple[str, dict]], tol: float, seed: int, reps: int = 1
                     m = ranking_metrics(values[sel], sc_of(c[view])[sel], tol)
                     cells.append(f"{m['pair_acc']:.3f} / {m['regret']:.2f}")
                 phase.append(f"| {view} | {name} | {ph} | " + " | ".join(cells) + " |")
-    true = ranking_metrics(values, objectives[1][1](base["student_true"]), tol)
     return (f"{values.shape[0]} states x {values.shape[1]} prior candidates, the same in every column (value = "
-            f"oracle-P's shaped return; pairs with |value difference| > {tol:g}); only the world model that "
-            f"imagines the candidates differs. Differences: paired bootstrap over states ({reps} resamples). "
-            f"For reference, the student's progress term on the candidates' TRUE clips: pairwise "
-            f"{true['pair_acc']:.3f}, regret {true['regret']:.2f}; random pick: regret 1.\n\n"
+            f"oracle-P's shaped return; pairs with |value difference| > {tol:g}); the columns differ in the world "
+            f"model that imagines the candidates (`--worldmodel`) or the student that scores the clips "
+            f"(`--student`). student_true: the student on the candidates' true clips (no world model). "
+            f"Differences: paired bootstrap over states ({reps} resamples). Random pick: regret 1.\n\n"
             + "\n".join(rows) + "\n\nBy phase:\n\n" + "\n".join(phase))
 
 
@@ -533,7 +533,8 @@ def main() -> None:
     ap.add_argument("--compare", nargs="+", metavar="LABEL=NPZ", default=None,
                     help="caches of the same states and candidates (--cache ... --worldmodel): their imagined "
                          "views side by side, differences from the first paired")
-    ap.add_argument("--student", default=None, help="with --cache: score the cached clips with this student checkpoint")
+    ap.add_argument("--student", default=None, help="with --cache: score the cached clips with this student checkpoint "
+                                                     "(the re-scored cache goes to --out)")
     ap.add_argument("--worldmodel", default=None,
                     help="a worldmodel.pt to imagine with instead of the run's aligned model; with --cache: "
                          "re-imagine the cached candidates (paired with the cache's other views)")
@@ -574,7 +575,11 @@ def main() -> None:
             if not run_path.exists():
                 raise SystemExit(f"{run_path} not found: --worldmodel re-imagines with the run's student and teacher")
             reimagine(c, json.loads(run_path.read_text()), args)
-            save_cache(c, args.out)
+        if args.student or args.worldmodel:     # a new cache (for --compare); the source stays as it is
+            if resolve(args.out) == resolve(args.cache):
+                print(f"not saved: --out is the --cache file ({resolve(args.out)}); pass another --out to keep it")
+            else:
+                save_cache(c, args.out)
     else:
         run_path = resolve(args.run)
         if not run_path.exists():

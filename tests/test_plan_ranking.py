@@ -75,7 +75,7 @@ def test_compare_puts_world_models_side_by_side_and_refuses_other_states():
 
     good, bad = cache(values), cache(-values)
     table = compare([("bad", bad), ("good", good)], tol=0.1, seed=0, reps=20)
-    assert "| student_imagined | progress | 0.000 / " in table and "1.000 / 0.00 | +1.000 [+1.000, +1.000]" in table
+    assert "| student_imagined | progress | 0.000 / " in table and "| student_true | progress |" in table and "1.000 / 0.00 | +1.000 [+1.000, +1.000]" in table
     with pytest.raises(SystemExit, match="same states|states and candidates"):
         compare([("bad", bad), ("other", {**good, "value": values + 1})], tol=0.1, seed=0, reps=5)
 
