@@ -171,6 +171,18 @@ def paired_difference(values: np.ndarray, a: np.ndarray, b: np.ndarray, tol: flo
     return float(diff), float(lo), float(hi)
 
 
+def top_pick_optimism(c: dict, scores: np.ndarray) -> tuple[float, float]:
+    """(rate over states at which the top-scored candidate's imagined clip shows a later task
+    stage than its true clip, the same rate over all candidates): the teacher's IF reading of
+    ``teacher_imagined`` vs ``teacher_true`` (stage 0-3). A planner taking the argmax of many
+    imagined futures selects for false lifts; the first number is what it sees."""
+    imag = np.rint(c["teacher_imagined"][..., 0] * 3)
+    true = np.rint(c["teacher_true"][..., 0] * 3)
+    over = (imag > true).astype(float)
+    top = [over[i][scores[i] == scores[i].max()].mean() for i in range(len(scores))]
+    return float(np.mean(top)), float(over.mean())
+
+
 def fit_weights(values: np.ndarray, feats: np.ndarray) -> np.ndarray:
     """Least-squares weights ``(F,)`` of within-state centred features ``(S, N, F)`` on
     centred values ``(S, N)`` (a ranking only needs the differences within a state)."""
@@ -418,6 +430,14 @@ def compare(caches: list[tuple[str, dict]], tol: float, seed: int, reps: int = 1
                     m = ranking_metrics(values[sel], sc_of(c[view])[sel], tol)
                     cells.append(f"{m['pair_acc']:.3f} / {m['regret']:.2f}")
                 phase.append(f"| {view} | {name} | {ph} | " + " | ".join(cells) + " |")
+    opt = ["| objective (student_imagined) | " + " | ".join(f"{label}: top pick / any candidate" for label, _ in caches)
+           + " |", "|---|" + "---|" * len(caches)]
+    for name, sc_of in objectives[:2]:
+        opt.append(f"| {name} | " + " | ".join("{:.2f} / {:.2f}".format(*top_pick_optimism(c, sc_of(c["student_imagined"])))
+                                               for _, c in caches) + " |")
+    phase += ["", "False stages at the top: the fraction of states whose top-scored imagined candidate shows a later "
+              "task stage (the teacher's IF reading) than its true clip, against the same fraction over all "
+              "candidates. The planner acts on the top pick:", "", *opt]
     return (f"{values.shape[0]} states x {values.shape[1]} prior candidates, the same in every column (value = "
             f"oracle-P's shaped return; pairs with |value difference| > {tol:g}); the columns differ in the world "
             f"model that imagines the candidates (`--worldmodel`) or the student that scores the clips "

@@ -70,7 +70,7 @@ def test_compare_puts_world_models_side_by_side_and_refuses_other_states():
     def cache(progress):
         f = np.zeros((20, 6, len(TERMS)))
         f[..., 8] = progress
-        return {"value": values, "weights": np.ones(len(TERMS)), "t": t, "student_true": f,
+        return {"value": values, "weights": np.ones(len(TERMS)), "t": t, "student_true": f, "teacher_true": f,
                 "student_imagined": f, "teacher_imagined": f}
 
     good, bad = cache(values), cache(-values)
@@ -87,3 +87,15 @@ def test_per_state_counts_add_up_to_ranking_metrics():
     values, scores = rng.normal(size=(15, 7)), rng.normal(size=(15, 7)).round(1)
     st, m = _per_state(values, scores, 0.2), ranking_metrics(values, scores, 0.2)
     assert np.isclose(st[:, 0].sum() / st[:, 1].sum(), m["pair_acc"]) and np.isclose(np.nanmean(st[:, 2]), m["regret"])
+
+
+def test_top_pick_optimism_counts_false_stages_of_the_argmax():
+    from benchmarks.plan_ranking import TERMS, top_pick_optimism
+
+    true = np.zeros((2, 4, len(TERMS)))
+    imag = true.copy()
+    imag[0, 1, 0] = 1.0          # state 0: candidate 1 imagined as done (IF 3/3), truly nothing
+    c = {"teacher_true": true, "teacher_imagined": imag}
+    scores = np.array([[0, 5, 1, 2], [3, 1, 0, 0.0]])
+    assert top_pick_optimism(c, scores) == (0.5, 1 / 8)          # state 0's argmax is the false lift
+    assert top_pick_optimism(c, -scores)[0] == 0.0
