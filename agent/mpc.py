@@ -13,7 +13,8 @@ Each replan (every ``execute`` control steps):
    scored by the reward model (``reward.score(clips, instruction)``, the student);
 4. objective = weighted normalized dims (task: IF, MS; realism: AOC, TC, CR, PA as
    plausibility terms) + ``w_rise * target_rise - w_grip * grip_dist + w_progress * progress``,
-   averaged over a candidate's ``k`` imagined futures;
+   averaged over a candidate's ``k`` imagined futures (``pessimism=l``: mean - l * their
+   spread, so a candidate is not picked for one lucky imagined draw);
 5. the chosen plan's first ``execute`` control steps are executed, then it replans,
    warm-started from the shifted plan.
 
@@ -60,6 +61,13 @@ def plan_objective(out: dict, weights: dict) -> torch.Tensor:
     return obj
 
 
+def aggregate_futures(obj: np.ndarray, pessimism: float = 0.0) -> np.ndarray:
+    """A candidate's objective from its ``k`` imagined draws ``(N, k)``: the mean minus
+    ``pessimism`` x the (population) standard deviation ``(N,)``; with ``k = 2`` and 1.0 it
+    is the worse of the two draws."""
+    return obj.mean(1) - pessimism * obj.std(1) if pessimism else obj.mean(1)
+
+
 def _load_world_model(path):
     from worldmodel.world_model import WorldModel
 
@@ -80,7 +88,9 @@ class WorldModelMPC(Agent):
     instruction (B,) long) -> {"dims": (B, 6), "shaping": (B, 3), "total": (B,)}`` or a
     student checkpoint path (``score_actions=True``: ``score`` also gets each candidate's
     control actions ``(B, T*repeat, 4)`` as ``actions=``); ``futures``: imagined clips per
-    candidate, their objectives averaged (the world model samples; 1 = one draw); ``weights``: objective weights by dim short name and
+    candidate, their objectives averaged (the world model samples; 1 = one draw); ``pessimism``:
+    the objective is the mean minus ``pessimism`` x the standard deviation over the ``futures``
+    draws (with ``futures=2`` and 1.0: the worse draw); ``weights``: objective weights by dim short name and
     ``target_rise`` / ``grip_dist`` / ``progress`` (missing keys take :data:`DEFAULT_WEIGHTS`).
     """
 
@@ -90,7 +100,8 @@ class WorldModelMPC(Agent):
                  weights: dict | None = None, rollout_mode: str = "swr", window: int | None = None,
                  temperature: float = 1.0, top_k: int | None = None, seed: int = 0,
                  threads: int | None = None, keep_imagined: bool = True, name: str | None = None,
-                 amp: bool = True, prior=None, score_actions: bool = False, futures: int = 1):
+                 amp: bool = True, prior=None, score_actions: bool = False, futures: int = 1,
+                 pessimism: float = 0.0):
         planner = dict(planner or {"name": "cem"})
         self.planner_cfg = planner
         self.planner = make_planner(planner)
@@ -116,6 +127,12 @@ class WorldModelMPC(Agent):
         if int(futures) < 1:
             raise ValueError(f"futures must be >= 1 (imagined futures per candidate), got {futures}")
         self.futures = int(futures)
+        # a lower confidence bound over the draws: the argmax of many one-draw objectives picks
+        # the draws that imagined a lift that the actions do not make (winner's curse)
+        if float(pessimism) < 0 or (float(pessimism) > 0 and self.futures < 2):
+            raise ValueError(f"pessimism must be >= 0 and needs futures >= 2 (a spread over draws), "
+                             f"got pessimism={pessimism}, futures={futures}")
+        self.pessimism = float(pessimism)
         self._prior_src = prior  # an agent.prior.ActionPrior / checkpoint: proposes the first iteration
         self._prior = None if isinstance(prior, (str, os.PathLike)) else prior
         self.name = name or f"mpc_{self.planner.name}"
@@ -216,7 +233,7 @@ class WorldModelMPC(Agent):
                 extra = {"actions": torch.as_tensor(np.clip(reps, -1.0, 1.0), dtype=torch.float32)} \
                     if self.score_actions else {}
                 obj = self.objective(self.reward.score(clips, instr, **extra)).numpy().astype(np.float64)
-            obj = obj.reshape(len(cands), k).mean(1)
+            obj = aggregate_futures(obj.reshape(len(cands), k), self.pessimism)
             timing["wm_s"] += tb - ta
             timing["reward_s"] += time.perf_counter() - tb
             i = int(np.argmax(obj))
@@ -259,4 +276,4 @@ class WorldModelMPC(Agent):
         return sum(e["plan_s"] for e in self.log) / max(self._step, 1)
 
 
-__all__ = ["WorldModelMPC", "plan_objective", "DEFAULT_WEIGHTS", "DIM_KEYS"]
+__all__ = ["WorldModelMPC", "plan_objective", "aggregate_futures", "DEFAULT_WEIGHTS", "DIM_KEYS"]

@@ -183,6 +183,37 @@ def top_pick_optimism(c: dict, scores: np.ndarray) -> tuple[float, float]:
     return float(np.mean(top)), float(over.mean())
 
 
+def _false_stage(c: dict) -> np.ndarray:
+    """``(S, N, K)``: 1 where a draw of a candidate's imagined future shows a later task stage
+    (the teacher's IF reading, 0-3) than the candidate's true clip."""
+    imag = np.rint(c["teacher_futures"][..., 0] * 3)
+    true = np.rint(c["teacher_true"][..., 0] * 3)
+    return (imag > true[:, :, None]).astype(float)
+
+
+def pessimism_rows(c: dict, tol: float, ks=(1, 2, 4), lams=(0.0, 0.5, 1.0, 2.0)) -> list[str]:
+    """A table: for the MPC objective over ``k`` draws aggregated as mean - l x spread
+    (:func:`agent.mpc.aggregate_futures`) and as the minimum, the pairwise accuracy, pick
+    regret and false-stage rate at the top pick (:func:`_false_stage`)."""
+    from agent.mpc import aggregate_futures
+
+    obj = c["student_futures"] @ c["weights"]          # (S, N, K)
+    false = _false_stage(c)
+    n_fut = obj.shape[2]
+    rows = ["| draws k | aggregate | pairwise accuracy | pick regret | false stage at the top pick |",
+            "|---|---|---|---|---|"]
+    for k in (k for k in ks if k <= n_fut):
+        aggs = [(f"mean - {lam:g} x spread" if lam else "mean", lambda o, lam=lam: aggregate_futures(o, lam))
+                for lam in (lams if k > 1 else (0.0,))]
+        aggs += [("min", lambda o: o.min(1))] if k > 2 else []
+        for name, agg in aggs:
+            sc = np.stack([agg(o[:, :k]) for o in obj])
+            m = ranking_metrics(c["value"], sc, tol)
+            top = np.mean([false[i][sc[i] == sc[i].max()][:, :k].mean() for i in range(len(sc))])
+            rows.append(f"| {k} | {name} | {m['pair_acc']:.3f} | {m['regret']:.2f} | {top:.2f} |")
+    return rows
+
+
 def fit_weights(values: np.ndarray, feats: np.ndarray) -> np.ndarray:
     """Least-squares weights ``(F,)`` of within-state centred features ``(S, N, F)`` on
     centred values ``(S, N)`` (a ranking only needs the differences within a state)."""
@@ -192,15 +223,15 @@ def fit_weights(values: np.ndarray, feats: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- data
-def collect_states(env_id: str, prior_path: str, episodes: int, every: int, seed_start: int) -> list[dict]:
-    """(sim state, observation) every ``every`` control steps of prior-agent episodes on val seeds."""
+def collect_states(env_id: str, agent, episodes: int, every: int, seed_start: int) -> list[dict]:
+    """(sim state, observation) every ``every`` control steps of ``agent``'s episodes on val
+    seeds (the prior agent, or the MPC itself: the states its own choices lead to)."""
     import gymnasium as gym
 
     import envs  # noqa: F401  (registers roboalign/*)
-    from agent.prior import PriorAgent
     from envs.splits import split_seeds
 
-    env, agent, states = gym.make(env_id), PriorAgent(prior_path, execute=8), []
+    env, states = gym.make(env_id), []
     try:
         for seed in split_seeds("val", episodes, seed_start):
             agent.reset(seed=seed)
@@ -218,6 +249,21 @@ def collect_states(env_id: str, prior_path: str, episodes: int, every: int, seed
     return states
 
 
+def state_agent(kind: str, mpc, planner: dict, iterations: int | None):
+    """The agent whose episodes give the states: ``prior`` (the action prior alone, one
+    sample, 8 steps per chunk) or ``mpc`` (the measured world model + student + prior as
+    the closed loop's ``mpc_prior``: the planner config with ``samples`` of its own and
+    ``iterations`` if given, the cache's objective weights)."""
+    from agent.mpc import WorldModelMPC
+    from agent.prior import PriorAgent
+
+    if kind == "prior":
+        return PriorAgent(mpc.prior, execute=8)
+    conf = {**planner, **({"iterations": iterations} if iterations else {})}
+    return WorldModelMPC(mpc.world_model, mpc.reward, planner=conf, prior=mpc.prior, weights=mpc.weights,
+                         keep_imagined=False, name="mpc_prior")
+
+
 def measure(run: dict, env_id: str, args) -> dict:
     """Simulate, render, imagine and score every candidate; returns the cache arrays."""
     import gymnasium as gym
@@ -232,20 +278,23 @@ def measure(run: dict, env_id: str, args) -> dict:
     st = run["stages"]
     prior_path = str(resolve(Path(st["prior"]) / "prior.pt"))
     conf = Path(__file__).resolve().parents[1] / "experiments" / "conf" / "planner" / f"{args.planner}.yaml"
-    planner = {**OmegaConf.to_container(OmegaConf.load(conf)), "samples": args.samples}
-    t0 = time.perf_counter()
-    states = collect_states(env_id, prior_path, args.episodes, args.every, args.seed_start)
-    print(f"{len(states)} states from {args.episodes} prior episodes ({time.perf_counter() - t0:.0f} s)")
-    mpc = WorldModelMPC(world_model_path(run, args.worldmodel),
-                        str(resolve(Path(st["student"]) / "student.pt")), planner=planner, prior=prior_path)
+    planner_conf = OmegaConf.to_container(OmegaConf.load(conf))
+    planner = {**planner_conf, "samples": args.samples, "elites": min(planner_conf.get("elites", 1), args.samples)}
+    student = str(resolve(args.student)) if args.student else str(resolve(Path(st["student"]) / "student.pt"))
+    mpc = WorldModelMPC(world_model_path(run, args.worldmodel), student, planner=planner, prior=prior_path,
+                        weights={"progress": args.progress})
     mpc.reset(seed=args.seed)
+    t0 = time.perf_counter()
+    states = collect_states(env_id, state_agent(args.states, mpc, planner_conf, args.iterations), args.episodes,
+                            args.every, args.seed_start)
+    print(f"{len(states)} states from {args.episodes} {args.states}-agent episodes ({time.perf_counter() - t0:.0f} s)")
     oracle_p, oracle_s = OracleP(planner=planner), OracleS(mpc.reward, planner=planner)
     teacher = Teacher.load(resolve(Path(st["bench"]) / "teacher.json"))
     env = gym.make(env_id)
     oracle_p.attach_privileged_env(env)
     oracle_s.attach_privileged_env(env)
     gen = torch.Generator().manual_seed(args.seed)
-    cache = {k: [] for k in ("value", *VIEWS, "student_futures", "seed", "t", "instruction", "clips_true",
+    cache = {k: [] for k in ("value", *VIEWS, "student_futures", "teacher_futures", "seed", "t", "instruction", "clips_true",
                              "clips_imagined", "image", "candidates", "state")}
     secs = {"simulate": 0.0, "render": 0.0, "imagine": 0.0, "student": 0.0, "teacher": 0.0}
     try:
@@ -265,12 +314,13 @@ def measure(run: dict, env_id: str, args) -> dict:
             with torch.no_grad():
                 f_true = features({k: v.numpy() for k, v in mpc.reward.score(true, ids).items()})
                 f_imag = features({k: v.numpy() for k, v in mpc.reward.score(imagined, ids).items()})
-                f_fut = [f_imag]
+                f_fut, more = [f_imag], None
                 if args.futures > 1:     # more draws of the same candidates' futures (mpc.futures)
                     more = mpc.imagine(s["image"], np.repeat(cands, args.futures - 1, 0))
                     ids_more = torch.full((len(more),), instr, dtype=torch.long)
                     f_more = features({k: v.numpy() for k, v in mpc.reward.score(more, ids_more).items()})
                     f_fut += list(f_more.reshape(len(cands), args.futures - 1, -1).transpose(1, 0, 2))
+                    more = (more.permute(0, 1, 3, 4, 2) * 255).round().byte().numpy()
             te = time.perf_counter()
             clips = [{"frames": c, "instruction": instr, "start_state": s["state"], "actions": a.astype(np.float32),
                       "stride": planner.get("repeat", 2), "env_id": env_id} for c, a in zip(true, cands)]
@@ -278,12 +328,18 @@ def measure(run: dict, env_id: str, args) -> dict:
             for clip, frames in zip(clips, imagined):   # same start and actions: the replay is cached
                 clip["frames"] = frames
             f_teacher_imag = features(teacher.score_clips(clips), teacher=True)
+            t_fut = [f_teacher_imag]
+            if more is not None:     # the teacher on every draw: which draws imagined a false stage
+                rep = [{**clips[i // (args.futures - 1)], "frames": fr} for i, fr in enumerate(more)]
+                f_more = features(teacher.score_clips(rep), teacher=True)
+                t_fut += list(f_more.reshape(len(cands), args.futures - 1, -1).transpose(1, 0, 2))
             tf = time.perf_counter()
             for k, v in zip(secs, (tb - ta, tc - tb, td - tc, te - td, tf - te)):
                 secs[k] += v
             for k, v in (("value", value), ("teacher_true", f_teacher), ("student_true", f_true),
                          ("teacher_imagined", f_teacher_imag),
                          ("student_imagined", f_imag), ("student_futures", np.stack(f_fut, 1)),
+                         ("teacher_futures", np.stack(t_fut, 1)),
                          ("seed", s["seed"]), ("t", s["t"]), ("instruction", instr),
                          ("clips_true", true), ("clips_imagined", imagined), ("image", s["image"]),
                          ("candidates", cands.astype(np.float32)), ("state", s["state"])):
@@ -295,6 +351,7 @@ def measure(run: dict, env_id: str, args) -> dict:
     out = {k: np.asarray(v) for k, v in cache.items()}
     out["seconds"] = np.array([secs[k] for k in secs])
     out["weights"] = objective_weights(mpc.weights)
+    out["states_from"] = np.array(args.states)
     return out
 
 
@@ -520,6 +577,12 @@ def report(c: dict, tol: float, seed: int) -> str:
         for name, sc_of in objectives:
             frows.append(f"| {name} | " + " | ".join(f"{budget_regret(values, futures, sc_of, n, k, tol, brng):.2f}"
                                                    for n, k in splits) + " |")
+    if "teacher_futures" in c and c["teacher_futures"].shape[2] > 1:
+        frows += ["", "Pessimism over the draws (`mpc.futures=k +mpc.pessimism=l`: mean - l x spread of a "
+                  "candidate's k draws) against the winner's curse. False stage at the top pick: the fraction of "
+                  "the picked candidate's draws that the teacher reads at a later task stage than its true clip "
+                  "(over all candidates and draws: {:.2f}):".format(_false_stage(c).mean()), "",
+                  *pessimism_rows(c, tol)]
     secs = c.get("seconds")
     timing = ("" if secs is None else "Time (s, all states): " + ", ".join(
         f"{k} {v:.0f}" for k, v in zip(("simulate", "render", "imagine", "student", "teacher"), secs)) + ".")
@@ -553,8 +616,15 @@ def main() -> None:
     ap.add_argument("--compare", nargs="+", metavar="LABEL=NPZ", default=None,
                     help="caches of the same states and candidates (--cache ... --worldmodel): their imagined "
                          "views side by side, differences from the first paired")
-    ap.add_argument("--student", default=None, help="with --cache: score the cached clips with this student checkpoint "
-                                                     "(the re-scored cache goes to --out)")
+    ap.add_argument("--student", default=None, help="score with this student checkpoint instead of the run's; with "
+                                                     "--cache: re-score the cached clips (the re-scored cache goes to --out)")
+    ap.add_argument("--states", choices=("prior", "mpc"), default="prior",
+                    help="whose episodes give the states: the prior agent's, or the MPC's own (the measured world "
+                         "model + student choosing among the prior's samples, as the closed loop's mpc_prior)")
+    ap.add_argument("--iterations", type=int, default=None, help="--states mpc: CEM iterations of that MPC "
+                                                                    "(default: the planner config's)")
+    ap.add_argument("--progress", type=float, default=0.0, help="objective weight of the student's progress term "
+                                                                 "(mpc.weights.progress) for the MPC and the report")
     ap.add_argument("--worldmodel", default=None,
                     help="a worldmodel.pt to imagine with instead of the run's aligned model; with --cache: "
                          "re-imagine the cached candidates (paired with the cache's other views)")
@@ -565,8 +635,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.futures < 1:
         raise SystemExit(f"--futures must be >= 1 (imagined futures per candidate), got {args.futures}")
-    if args.student and not args.cache:
-        raise SystemExit("--student re-scores a saved cache: pass --cache PATH too")
+    if args.student and not resolve(args.student).exists():
+        raise SystemExit(f"--student {args.student}: no such student checkpoint ({resolve(args.student)})")
     setup_torch(args.threads)
     if args.compare:
         caches = []

@@ -99,3 +99,21 @@ def test_top_pick_optimism_counts_false_stages_of_the_argmax():
     scores = np.array([[0, 5, 1, 2], [3, 1, 0, 0.0]])
     assert top_pick_optimism(c, scores) == (0.5, 1 / 8)          # state 0's argmax is the false lift
     assert top_pick_optimism(c, -scores)[0] == 0.0
+
+
+def test_pessimism_rows_show_a_lucky_draw_losing_its_pick():
+    from benchmarks.plan_ranking import TERMS, pessimism_rows
+
+    # one state, 3 candidates x 2 draws. Candidate 0 is truly best and imagined steadily well;
+    # candidate 1 is truly worst but one of its draws imagines a lift (IF 3/3, objective 10)
+    obj = np.array([[[3.0, 3.0], [10.0, 0.0], [1.0, 1.0]]])
+    sf = np.zeros((1, 3, 2, len(TERMS)))
+    sf[..., 8] = obj
+    tf = np.zeros_like(sf)
+    tf[0, 1, 0, 0] = 1.0
+    c = {"value": np.array([[5.0, 0.0, 2.0]]), "weights": np.eye(len(TERMS))[8], "student_futures": sf,
+         "teacher_futures": tf, "teacher_true": np.zeros((1, 3, len(TERMS)))}
+    rows = {tuple(x.strip() for x in r.split("|")[1:3]): r for r in pessimism_rows(c, 0.1)}
+    assert rows[("2", "mean")].endswith("| 0.333 | 1.88 | 0.50 |")        # the lucky draw wins: the worst pick
+    assert rows[("2", "mean - 1 x spread")].endswith("| 1.000 | 0.00 | 0.00 |")   # the steady candidate wins
+    assert ("4", "mean") not in rows                                    # only k <= the draws held

@@ -10,7 +10,7 @@ import torch
 
 from agent.base import RandomAgent
 from agent.collect import run_episode
-from agent.mpc import WorldModelMPC, plan_objective
+from agent.mpc import WorldModelMPC, aggregate_futures, plan_objective
 from agent.oracle import OracleP, OracleS
 from agent.planner import CEM, MPPI, ChunkParam, make_planner, shift_actions
 from envs.splits import split_seeds
@@ -159,6 +159,19 @@ def test_world_model_mpc_acts_from_observations_only(tiny_wm, one_torch_thread, 
     per_draw = plan_objective({"dims": draw_reward.last_dims}, fut.weights).reshape(6, 3)
     assert not torch.allclose(per_draw[:, 0], per_draw[:, 1])              # the draws differ
     assert np.isclose(fut.log[-1]["best_score"], per_draw.mean(1).max().item(), atol=1e-5)
+    # pessimism: mean - l * spread over the draws; with 2 draws and 1.0 the worse draw
+    assert np.allclose(aggregate_futures(np.array([[1.0, 3.0], [2.0, 2.0]]), 1.0), [1.0, 2.0])
+    low = WorldModelMPC(tiny_wm, draw_reward, planner={"name": "cem", "horizon": 4, "samples": 6, "iterations": 1,
+                                                  "elites": 2}, futures=3, pessimism=0.5)
+    low.reset(seed=3)
+    low.imagine = fut.imagine
+    low.act(obs)
+    per_draw = plan_objective({"dims": draw_reward.last_dims}, low.weights).reshape(6, 3)
+    lcb = per_draw.mean(1) - 0.5 * per_draw.std(1, unbiased=False)
+    assert np.isclose(low.log[-1]["best_score"], lcb.max().item(), atol=1e-5)
+    for bad in ({"futures": 1, "pessimism": 1.0}, {"futures": 2, "pessimism": -1.0}):
+        with pytest.raises(ValueError, match="pessimism"):
+            WorldModelMPC(tiny_wm, draw_reward, planner={"name": "cem"}, **bad)
     with pytest.raises(ValueError, match="futures"):
         WorldModelMPC(tiny_wm, draw_reward, planner={"name": "cem"}, futures=0)
     # constructible in worker processes: checkpoint paths are loaded lazily, pickles cheaply
