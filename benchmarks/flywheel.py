@@ -3,7 +3,7 @@
     python experiments/flywheel.py [flywheel.rounds=2] [episodes=20]    # first: the run itself
     python benchmarks/flywheel.py [--env lift] [--command ...] [--notes ...]
 
-Reads ``<artifacts>/closed_loop/<env>/flywheel/flywheel.json`` and writes the per-round
+Reads ``<run-dir>/flywheel/flywheel.json`` (default run dir ``<artifacts>/closed_loop/<env>``) and writes the per-round
 table (success with interval, McNemar vs round 0 on the same seeds, the collected
 episodes, the fine-tuned world model's val CE, the imagined-vs-real gap) with the
 stage folders of each round.
@@ -26,11 +26,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--env", default="lift")
     ap.add_argument("--artifacts", default="artifacts")
+    ap.add_argument("--run-dir", default=None, help="the flywheel's out_dir (default: <artifacts>/closed_loop/<env>)")
     ap.add_argument("--title", default=None)
     ap.add_argument("--notes", default="", help="free text appended under the table")
     ap.add_argument("--command", default="python experiments/flywheel.py", help="the command that made the run")
     args = ap.parse_args()
-    path = resolve(Path(args.artifacts) / "closed_loop" / args.env / "flywheel" / "flywheel.json")
+    run_dir = Path(args.run_dir) if args.run_dir else Path(args.artifacts) / "closed_loop" / args.env
+    path = resolve(run_dir / "flywheel" / "flywheel.json")
     if not path.exists():
         raise SystemExit(f"{path} not found; run `python experiments/flywheel.py env={args.env}` first")
     run = json.loads(path.read_text())
