@@ -171,14 +171,18 @@ def paired_difference(values: np.ndarray, a: np.ndarray, b: np.ndarray, tol: flo
     return float(diff), float(lo), float(hi)
 
 
+def _later_stage(imagined: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """1.0 where the teacher's IF reading (stage 0-3: nothing, reached, grasped, done) of an
+    imagined clip ``(..., 9)`` is later than that of the true clip ``(..., 9)`` (broadcast)."""
+    return (np.rint(imagined[..., 0] * 3) > np.rint(true[..., 0] * 3)).astype(float)
+
+
 def top_pick_optimism(c: dict, scores: np.ndarray) -> tuple[float, float]:
     """(rate over states at which the top-scored candidate's imagined clip shows a later task
     stage than its true clip, the same rate over all candidates): the teacher's IF reading of
     ``teacher_imagined`` vs ``teacher_true`` (stage 0-3). A planner taking the argmax of many
     imagined futures selects for false lifts; the first number is what it sees."""
-    imag = np.rint(c["teacher_imagined"][..., 0] * 3)
-    true = np.rint(c["teacher_true"][..., 0] * 3)
-    over = (imag > true).astype(float)
+    over = _later_stage(c["teacher_imagined"], c["teacher_true"])
     top = [over[i][scores[i] == scores[i].max()].mean() for i in range(len(scores))]
     return float(np.mean(top)), float(over.mean())
 
@@ -186,9 +190,7 @@ def top_pick_optimism(c: dict, scores: np.ndarray) -> tuple[float, float]:
 def _false_stage(c: dict) -> np.ndarray:
     """``(S, N, K)``: 1 where a draw of a candidate's imagined future shows a later task stage
     (the teacher's IF reading, 0-3) than the candidate's true clip."""
-    imag = np.rint(c["teacher_futures"][..., 0] * 3)
-    true = np.rint(c["teacher_true"][..., 0] * 3)
-    return (imag > true[:, :, None]).astype(float)
+    return _later_stage(c["teacher_futures"], c["teacher_true"][:, :, None])
 
 
 def pessimism_rows(c: dict, tol: float, ks=(1, 2, 4), lams=(0.0, 0.5, 1.0, 2.0)) -> list[str]:
@@ -408,6 +410,7 @@ def reimagine(c: dict, run: dict, args) -> None:
                      ("student_futures", f)):
             views[k].append(v)
     c.update({k: np.asarray(v) for k, v in views.items()})
+    c.pop("teacher_futures", None)     # the teacher read the cache's own world model's draws, not these
     c["seconds"] = np.concatenate([c["seconds"][:2], secs]) if "seconds" in c else np.concatenate([[0, 0], secs])
 
 
@@ -577,7 +580,7 @@ def report(c: dict, tol: float, seed: int) -> str:
         for name, sc_of in objectives:
             frows.append(f"| {name} | " + " | ".join(f"{budget_regret(values, futures, sc_of, n, k, tol, brng):.2f}"
                                                    for n, k in splits) + " |")
-    if "teacher_futures" in c and c["teacher_futures"].shape[2] > 1:
+    if "teacher_futures" in c and "student_futures" in c and c["teacher_futures"].shape[2] > 1:
         frows += ["", "Pessimism over the draws (`mpc.futures=k +mpc.pessimism=l`: mean - l x spread of a "
                   "candidate's k draws) against the winner's curse. False stage at the top pick: the fraction of "
                   "the picked candidate's draws that the teacher reads at a later task stage than its true clip "
@@ -587,7 +590,8 @@ def report(c: dict, tol: float, seed: int) -> str:
     timing = ("" if secs is None else "Time (s, all states): " + ", ".join(
         f"{k} {v:.0f}" for k, v in zip(("simulate", "render", "imagine", "student", "teacher"), secs)) + ".")
     spread = np.ptp(values, 1)
-    return (f"{n_states} states x {n_cands} prior candidates (16 control steps each); value = oracle-P's shaped "
+    return (f"{n_states} states (from the {c.get('states_from', 'prior')} agent's episodes) x {n_cands} prior "
+            f"candidates (16 control steps each); value = oracle-P's shaped "
             f"return; pairs with |value difference| > {tol:g}. States whose candidates' values spread by more "
             f"than {tol:g}: {int((spread > tol).sum())} of {n_states} (median spread {np.median(spread):.2f}).\n\n"
             + "\n".join(rows) + f"\n\nBy phase ({int(early.sum())} states in the first 16 control steps, "
@@ -635,6 +639,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.futures < 1:
         raise SystemExit(f"--futures must be >= 1 (imagined futures per candidate), got {args.futures}")
+    if args.iterations is not None and (args.states != "mpc" or args.iterations < 1):
+        raise SystemExit(f"--iterations {args.iterations}: CEM iterations (>= 1) of the state-collecting MPC; "
+                         "it needs --states mpc")
     if args.student and not resolve(args.student).exists():
         raise SystemExit(f"--student {args.student}: no such student checkpoint ({resolve(args.student)})")
     setup_torch(args.threads)
