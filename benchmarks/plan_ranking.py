@@ -4,6 +4,8 @@
     python benchmarks/plan_ranking.py --cache PATH          # re-score a saved cache (no simulation)
     python benchmarks/plan_ranking.py --cache PATH --worldmodel WM --out NEW
                                                             # re-imagine its candidates with another world model
+    python benchmarks/plan_ranking.py --cache PATH --score-actions --out NEW
+                                                            # the student also reads each candidate's actions
 
 The MPC picks one of the prior's candidate plans by the objective of its imagined clip
 (world model + student, ``agent.mpc.plan_objective``). 'Closed loop diagnosis' found that
@@ -59,6 +61,18 @@ def features(out: dict, teacher: bool = False) -> np.ndarray:
         dims = np.asarray(out["dims"], np.float64)
     sh = np.asarray(out["shaping"], np.float64)
     return np.concatenate([dims, sh[:, :1], -sh[:, 1:2], sh[:, 2:3]], 1)
+
+
+def student_features(reward, clips, ids, actions=None) -> np.ndarray:
+    """The student's objective terms ``(N, 9)`` of clips ``(N, T+1, ...)``; given the
+    candidates' control ``actions (N, T*stride, 4)`` the student also reads them
+    (``--score-actions``, as ``mpc.score_actions``)."""
+    import torch
+
+    extra = {} if actions is None else {"actions": torch.as_tensor(np.clip(actions, -1.0, 1.0), dtype=torch.float32)}
+    with torch.no_grad():
+        out = reward.score(clips, ids, **extra)
+    return features({k: v.numpy() for k, v in out.items()})
 
 
 def upgrade_cache(c: dict) -> dict:
@@ -284,7 +298,7 @@ def measure(run: dict, env_id: str, args) -> dict:
     planner = {**planner_conf, "samples": args.samples, "elites": min(planner_conf.get("elites", 1), args.samples)}
     student = str(resolve(args.student)) if args.student else str(resolve(Path(st["student"]) / "student.pt"))
     mpc = WorldModelMPC(world_model_path(run, args.worldmodel), student, planner=planner, prior=prior_path,
-                        weights={"progress": args.progress})
+                        weights={"progress": args.progress}, score_actions=args.score_actions)
     mpc.reset(seed=args.seed)
     t0 = time.perf_counter()
     states = collect_states(env_id, state_agent(args.states, mpc, planner_conf, args.iterations), args.episodes,
@@ -313,14 +327,16 @@ def measure(run: dict, env_id: str, args) -> dict:
                 imagined = (mpc.imagine(s["image"], cands).permute(0, 1, 3, 4, 2) * 255).round().byte().numpy()
             td = time.perf_counter()
             ids = torch.full((len(cands),), instr, dtype=torch.long)
+            acts = cands if args.score_actions else None
+            f_true = student_features(mpc.reward, true, ids, acts)
+            f_imag = student_features(mpc.reward, imagined, ids, acts)
+            f_fut, more = [f_imag], None
             with torch.no_grad():
-                f_true = features({k: v.numpy() for k, v in mpc.reward.score(true, ids).items()})
-                f_imag = features({k: v.numpy() for k, v in mpc.reward.score(imagined, ids).items()})
-                f_fut, more = [f_imag], None
                 if args.futures > 1:     # more draws of the same candidates' futures (mpc.futures)
-                    more = mpc.imagine(s["image"], np.repeat(cands, args.futures - 1, 0))
+                    reps = np.repeat(cands, args.futures - 1, 0)
+                    more = mpc.imagine(s["image"], reps)
                     ids_more = torch.full((len(more),), instr, dtype=torch.long)
-                    f_more = features({k: v.numpy() for k, v in mpc.reward.score(more, ids_more).items()})
+                    f_more = student_features(mpc.reward, more, ids_more, reps if args.score_actions else None)
                     f_fut += list(f_more.reshape(len(cands), args.futures - 1, -1).transpose(1, 0, 2))
                     more = (more.permute(0, 1, 3, 4, 2) * 255).round().byte().numpy()
             te = time.perf_counter()
@@ -354,6 +370,7 @@ def measure(run: dict, env_id: str, args) -> dict:
     out["seconds"] = np.array([secs[k] for k in secs])
     out["weights"] = objective_weights(mpc.weights)
     out["states_from"] = np.array(args.states)
+    out["score_actions"] = np.array(bool(args.score_actions))
     return out
 
 
@@ -365,6 +382,14 @@ def world_model_path(run: dict, override: str | None) -> str:
     if not p.exists():
         raise SystemExit(f"--worldmodel {override}: no such world-model checkpoint ({p})")
     return str(p)
+
+
+def run_student(run_json: str) -> str:
+    """The student checkpoint of a main-job run (``run.json``'s student stage)."""
+    path = resolve(run_json)
+    if not path.exists():
+        raise SystemExit(f"{path} not found: pass --student, or --run naming the main job's stages")
+    return str(resolve(Path(json.loads(path.read_text())["stages"]["student"]) / "student.pt"))
 
 
 def reimagine(c: dict, run: dict, args) -> None:
@@ -396,8 +421,7 @@ def reimagine(c: dict, run: dict, args) -> None:
             clips = mpc.imagine(image, np.repeat(cands, args.futures, 0))
         tb = time.perf_counter()
         ids = torch.full((len(clips),), instr, dtype=torch.long)
-        with torch.no_grad():
-            f = features({k: v.numpy() for k, v in mpc.reward.score(clips, ids).items()})
+        f = student_features(mpc.reward, clips, ids, np.repeat(cands, args.futures, 0) if scored_actions(c) else None)
         f = f.reshape(len(cands), args.futures, -1)
         tc = time.perf_counter()
         first = (clips.reshape(len(cands), args.futures, *clips.shape[1:])[:, 0].permute(0, 1, 3, 4, 2)
@@ -424,22 +448,34 @@ def save_cache(c: dict, path: str) -> None:
     print(f"cache: {out}")
 
 
-def rescore(c: dict, student: str) -> None:
-    """Replace the student views of a cache by another student's scores of the cached clips."""
+def scored_actions(c: dict) -> bool:
+    """Whether a cache's student views read the candidates' actions (``--score-actions``)."""
+    return bool(c.get("score_actions", False))
+
+
+def rescore(c: dict, student: str, score_actions: bool = False) -> None:
+    """Replace the student views of a cache by another student's scores of the cached clips
+    (``score_actions``: the student also reads each candidate's actions)."""
     import torch
 
     from worldmodel.judge.student import StudentReward
 
     if "clips_true" not in c:
         raise SystemExit("this cache holds no clips (made before clips were saved): re-run without --cache")
+    if score_actions and "candidates" not in c:
+        raise SystemExit("--score-actions: this cache holds no candidate actions (made before they were saved): "
+                         "re-run without --cache")
     reward = StudentReward.from_checkpoint(resolve(student))
+    if score_actions and reward.act_proj is None:
+        raise SystemExit(f"--score-actions: the student {student} does not read actions (student.model.actions off)")
     for kind in ("true", "imagined"):
         clips = c[f"clips_{kind}"]
         n_s, n_c = clips.shape[:2]
         ids = torch.as_tensor(np.repeat(c["instruction"], n_c), dtype=torch.long)
-        with torch.no_grad():
-            out = reward.score(clips.reshape(n_s * n_c, *clips.shape[2:]), ids)
-        c[f"student_{kind}"] = features({k: v.numpy() for k, v in out.items()}).reshape(n_s, n_c, -1)
+        acts = c["candidates"].reshape(n_s * n_c, *c["candidates"].shape[2:]) if score_actions else None
+        c[f"student_{kind}"] = student_features(reward, clips.reshape(n_s * n_c, *clips.shape[2:]), ids,
+                                                acts).reshape(n_s, n_c, -1)
+    c["score_actions"] = np.array(bool(score_actions))
     c.pop("student_futures", None)    # scores of clips the cache does not keep: another student's are unknown
 
 
@@ -590,8 +626,10 @@ def report(c: dict, tol: float, seed: int) -> str:
     timing = ("" if secs is None else "Time (s, all states): " + ", ".join(
         f"{k} {v:.0f}" for k, v in zip(("simulate", "render", "imagine", "student", "teacher"), secs)) + ".")
     spread = np.ptp(values, 1)
+    reads = ("; the student reads each candidate's actions with its clip (`--score-actions`)" if scored_actions(c)
+             else "")
     return (f"{n_states} states (from the {c.get('states_from', 'prior')} agent's episodes) x {n_cands} prior "
-            f"candidates (16 control steps each); value = oracle-P's shaped "
+            f"candidates (16 control steps each){reads}; value = oracle-P's shaped "
             f"return; pairs with |value difference| > {tol:g}. States whose candidates' values spread by more "
             f"than {tol:g}: {int((spread > tol).sum())} of {n_states} (median spread {np.median(spread):.2f}).\n\n"
             + "\n".join(rows) + f"\n\nBy phase ({int(early.sum())} states in the first 16 control steps, "
@@ -629,6 +667,9 @@ def main() -> None:
                                                                     "(default: the planner config's)")
     ap.add_argument("--progress", type=float, default=0.0, help="objective weight of the student's progress term "
                                                                  "(mpc.weights.progress) for the MPC and the report")
+    ap.add_argument("--score-actions", action="store_true",
+                    help="the student reads each candidate's actions with its clip (mpc.score_actions); with "
+                         "--cache: re-score the cached clips that way (the run's student unless --student)")
     ap.add_argument("--worldmodel", default=None,
                     help="a worldmodel.pt to imagine with instead of the run's aligned model; with --cache: "
                          "re-imagine the cached candidates (paired with the cache's other views)")
@@ -663,16 +704,18 @@ def main() -> None:
         if not resolve(args.cache).exists():
             raise SystemExit(f"{resolve(args.cache)} not found: run `python benchmarks/plan_ranking.py` once to make it")
         c = upgrade_cache(dict(np.load(resolve(args.cache))))
-        if args.student and args.worldmodel:
-            raise SystemExit("--student and --worldmodel re-score a cache one way at a time: pass one of them")
-        if args.student:
-            rescore(c, args.student)
+        rescoring = bool(args.student) or args.score_actions != scored_actions(c)
+        if rescoring and args.worldmodel:
+            raise SystemExit("--student / --score-actions and --worldmodel re-score a cache one way at a time: "
+                             "pass one of them")
+        if rescoring:
+            rescore(c, args.student or run_student(args.run), args.score_actions)
         if args.worldmodel:
             run_path = resolve(args.run)
             if not run_path.exists():
                 raise SystemExit(f"{run_path} not found: --worldmodel re-imagines with the run's student and teacher")
             reimagine(c, json.loads(run_path.read_text()), args)
-        if args.student or args.worldmodel:     # a new cache (for --compare); the source stays as it is
+        if rescoring or args.worldmodel:     # a new cache (for --compare); the source stays as it is
             if resolve(args.out) == resolve(args.cache):
                 print(f"not saved: --out is the --cache file ({resolve(args.out)}); pass another --out to keep it")
             else:

@@ -1,5 +1,6 @@
 """The plan-ranking metrics (benchmarks/plan_ranking.py) separate good from bad rankers."""
 import numpy as np
+import pytest
 
 from benchmarks.plan_ranking import budget_regret, fit_weights, ranking_metrics
 
@@ -117,3 +118,34 @@ def test_pessimism_rows_show_a_lucky_draw_losing_its_pick():
     assert rows[("2", "mean")].endswith("| 0.333 | 1.88 | 0.50 |")        # the lucky draw wins: the worst pick
     assert rows[("2", "mean - 1 x spread")].endswith("| 1.000 | 0.00 | 0.00 |")   # the steady candidate wins
     assert ("4", "mean") not in rows                                    # only k <= the draws held
+
+
+def test_rescore_with_actions_reads_the_candidates(tmp_path):
+    import torch
+
+    from benchmarks.plan_ranking import TERMS, rescore, scored_actions
+    from worldmodel.judge.student import StudentConfig, StudentReward
+
+    rng = np.random.default_rng(0)
+    n_s, n_c = 2, 3
+    clips = rng.integers(0, 256, (n_s, n_c, 9, 64, 64, 3), dtype=np.uint8)
+    cands = rng.uniform(-1, 1, (n_s, n_c, 16, 4)).astype(np.float32)
+    torch.manual_seed(0)
+    s = StudentReward(StudentConfig(channels=8, hidden=32, embed=8, actions=True))
+    torch.nn.init.normal_(s.act_proj.weight)            # zero-initialised: make actions matter
+    s.save(tmp_path / "student.pt")
+    base = {"clips_true": clips, "clips_imagined": clips, "candidates": cands, "instruction": np.zeros(n_s, int),
+            "student_futures": np.zeros((n_s, n_c, 1, len(TERMS)))}
+    video, acted = dict(base), dict(base)
+    rescore(video, str(tmp_path / "student.pt"))
+    rescore(acted, str(tmp_path / "student.pt"), score_actions=True)
+    assert video["student_imagined"].shape == (n_s, n_c, len(TERMS)) and not scored_actions(video)
+    assert scored_actions(acted) and "student_futures" not in acted
+    assert not np.allclose(video["student_imagined"], acted["student_imagined"])
+    # the same candidates in another order give their scores in that order: each clip reads its own actions
+    swapped = {**base, "candidates": cands[:, ::-1].copy()}
+    rescore(swapped, str(tmp_path / "student.pt"), score_actions=True)
+    assert not np.allclose(swapped["student_imagined"], acted["student_imagined"])
+    with pytest.raises(SystemExit, match="does not read actions"):
+        StudentReward(StudentConfig(channels=8, hidden=32, embed=8)).save(tmp_path / "video.pt")
+        rescore(dict(base), str(tmp_path / "video.pt"), score_actions=True)
