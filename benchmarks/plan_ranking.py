@@ -704,7 +704,8 @@ def main() -> None:
         if not resolve(args.cache).exists():
             raise SystemExit(f"{resolve(args.cache)} not found: run `python benchmarks/plan_ranking.py` once to make it")
         c = upgrade_cache(dict(np.load(resolve(args.cache))))
-        rescoring = bool(args.student) or args.score_actions != scored_actions(c)
+        # a plain --cache reports the cache as it was scored; --student or a newly asked --score-actions re-scores it
+        rescoring = bool(args.student) or (args.score_actions and not scored_actions(c))
         if rescoring and args.worldmodel:
             raise SystemExit("--student / --score-actions and --worldmodel re-score a cache one way at a time: "
                              "pass one of them")

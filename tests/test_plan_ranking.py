@@ -142,10 +142,15 @@ def test_rescore_with_actions_reads_the_candidates(tmp_path):
     assert video["student_imagined"].shape == (n_s, n_c, len(TERMS)) and not scored_actions(video)
     assert scored_actions(acted) and "student_futures" not in acted
     assert not np.allclose(video["student_imagined"], acted["student_imagined"])
-    # the same candidates in another order give their scores in that order: each clip reads its own actions
-    swapped = {**base, "candidates": cands[:, ::-1].copy()}
-    rescore(swapped, str(tmp_path / "student.pt"), score_actions=True)
-    assert not np.allclose(swapped["student_imagined"], acted["student_imagined"])
+    # each clip is scored with its own candidate's actions: reordering both reorders the scores,
+    # pairing the clips with other candidates' actions changes them
+    both = {**base, "clips_true": clips[:, ::-1].copy(), "clips_imagined": clips[:, ::-1].copy(),
+            "candidates": cands[:, ::-1].copy()}
+    rescore(both, str(tmp_path / "student.pt"), score_actions=True)
+    assert np.allclose(both["student_imagined"], acted["student_imagined"][:, ::-1], atol=1e-4)
+    mismatched = {**base, "candidates": cands[:, ::-1].copy()}
+    rescore(mismatched, str(tmp_path / "student.pt"), score_actions=True)
+    assert not np.allclose(mismatched["student_imagined"], acted["student_imagined"])
     with pytest.raises(SystemExit, match="does not read actions"):
         StudentReward(StudentConfig(channels=8, hidden=32, embed=8)).save(tmp_path / "video.pt")
         rescore(dict(base), str(tmp_path / "video.pt"), score_actions=True)
