@@ -3,6 +3,7 @@ round after round, and each round is scored by closed-loop success.
 
     python experiments/flywheel.py                              # Lift, 2 rounds on the main job's models
     python experiments/flywheel.py flywheel.rounds=3 flywheel.episodes=30 workers=2
+    python experiments/flywheel.py flywheel.rounds=1 flywheel.episodes=160 flywheel.collector=prior_random
     python experiments/flywheel.py preset=tiny                  # tests: seconds per stage
 
 Uses the main job's config (``experiments/conf/closed_loop.yaml``: env, agent, planner,
@@ -10,7 +11,8 @@ preset, ``pipeline``) plus its ``flywheel`` section. Round 0 is the main job's m
 stack (built by :mod:`experiments.pipeline` when missing). Round ``r``:
 
 1. **collect** ``flywheel.episodes`` episodes of the main agent (``agent``, default
-   ``mpc_prior``) planning with round ``r-1``'s aligned world model, on TRAIN seeds
+   ``mpc_prior``; or of ``flywheel.collector``, e.g. ``prior_random``, which is ~50x cheaper
+   per step) planning with round ``r-1``'s aligned world model, on TRAIN seeds
    (offset ``flywheel.seed_start + (r-1) * episodes``; never test seeds), recorded in
    the rollout format of :mod:`envs.rollouts` with segmentation -- a cached stage
    ``flycollect-<key>`` keyed on the models that acted;
@@ -40,14 +42,27 @@ from agent.collect import collect
 from agent.evaluate import mcnemar
 from envs.splits import split_seeds
 from experiments import pipeline
-from experiments.closed_loop import (WORLD_MODEL_METHODS, evaluate_method, make_method, method_identity,
+from experiments.closed_loop import (SAC_METHODS, WORLD_MODEL_METHODS, evaluate_method, make_method, method_identity,
                                      plot_success, stages_for)
 from experiments.common import resolve, save_results, setup_torch
 
 
+def collector(cfg: DictConfig) -> str:
+    """The method whose episodes a round collects: ``flywheel.collector``, or the main agent
+    when it is null. A cheaper collector (e.g. ``prior_random``: the action prior's samples
+    picked at random, no imagination) gives many more episodes per round of the same
+    proposals the MPC chooses among."""
+    name = cfg.flywheel.get("collector") or cfg.agent.name
+    if name in SAC_METHODS:
+        raise ValueError(f"flywheel.collector={name}: an SB3 agent is trained on the fly, not a collector; "
+                         f"use the main agent (null), prior_random, prior, scripted or noisy")
+    return name
+
+
 def collect_stage(cfg: DictConfig, stages: dict, rnd: int) -> pipeline.StageResult:
-    """Round ``rnd``'s rollouts of the main agent acting with ``stages``' models (cached)."""
-    fly, method = cfg.flywheel, cfg.agent.name
+    """Round ``rnd``'s rollouts of the collector (:func:`collector`) acting with ``stages``'
+    models (cached)."""
+    fly, method = cfg.flywheel, collector(cfg)
     n, start = int(fly.episodes), int(fly.seed_start) + (rnd - 1) * int(fly.episodes)
     after = int(fly.get("after_success", 0))      # steps recorded past each success (collect.yaml)
     config = {"round": rnd, "episodes": n, "seed_start": start, "env": cfg.env.id,
@@ -96,7 +111,8 @@ def run(cfg: DictConfig) -> dict:
     if int(fly.rounds) < 1 or int(fly.episodes) < 1:
         raise ValueError(f"flywheel.rounds and flywheel.episodes must be >= 1, got {fly.rounds}, {fly.episodes}")
     t0 = time.time()
-    stages = pipeline.build(cfg.pipeline, sorted({*stages_for(method), "aligned"}), artifacts=cfg.artifacts)
+    stages = pipeline.build(cfg.pipeline, sorted({*stages_for(method), *stages_for(collector(cfg)), "aligned"}),
+                            artifacts=cfg.artifacts)
     rollouts = pipeline.collected_rollouts(stages["collect"])
     inputs = {f"collect{i}": r.key for i, r in enumerate(stages["collect"])}
     seeds = split_seeds(cfg.split, cfg.episodes, cfg.seed_start)
@@ -126,11 +142,11 @@ def run(cfg: DictConfig) -> dict:
         summaries.append({**s, "agent": f"round {rnd}"})
         print(table(rows), flush=True)
     wall = time.time() - t0
-    report = {"env_id": cfg.env.id, "agent": method, "seeds": seeds, "rounds": rows, "wall_s": wall,
+    report = {"env_id": cfg.env.id, "agent": method, "collector": collector(cfg), "seeds": seeds, "rounds": rows, "wall_s": wall,
               "flywheel": OmegaConf.to_container(fly)}
     save_results(out / "flywheel", report,
                  f"# Data flywheel: {cfg.env.id}, {method}, {len(seeds)} held-out seeds per round\n\n"
-                 f"{table(rows)}\n\nEach round collects {fly.episodes} episodes of the agent on train seeds, "
+                 f"{table(rows)}\n\nEach round collects {fly.episodes} episodes of `{collector(cfg)}` on train seeds, "
                  f"fine-tunes the world model on all rollouts so far and re-aligns it. Wall time {wall:.0f} s.",
                  json_name="flywheel.json")
     plot_success(summaries, out / "flywheel" / "success.png", f"{cfg.env.id}: {method} per flywheel round")

@@ -192,6 +192,31 @@ def test_flywheel_tiny_round_trains_on_the_agents_own_rollouts(tiny_run, capsys)
     assert [r["successes"] for r in again["rounds"]] == [r["successes"] for r in fly["rounds"]]
 
 
+def test_flywheel_collector_collects_another_methods_episodes(tiny_run):
+    """`flywheel.collector=prior_random`: a round's rollouts come from that method (its own
+    cached stage, keyed on it), not from the main agent; an SB3 collector is refused."""
+    from omegaconf import OmegaConf
+
+    from envs.rollouts import open_rollouts
+    from experiments import pipeline
+    from experiments.flywheel import collect_stage, collector
+
+    artifacts, cfg, report = tiny_run
+    assert collector(cfg) == cfg.agent.name                       # null: the main agent
+    cfg2 = OmegaConf.merge(cfg, {"flywheel": {"collector": "prior_random"}})
+    assert collector(cfg2) == "prior_random"
+    stages = pipeline.build(cfg2.pipeline, ["aligned", "prior", "student"], artifacts=cfg2.artifacts)
+    got = collect_stage(cfg2, stages, 1)
+    assert got.manifest["config"]["agent"]["method"] == "prior_random"
+    with open_rollouts(got.dir / "rollouts.hdf5") as f:
+        args = f["data"].attrs["env_args"]
+        assert "prior_random" in args and "mpc_prior" not in args
+        seeds = [int(f["data"][k].attrs["seed"]) for k in f["data"]]
+    assert seeds == [cfg.flywheel.seed_start] and split_of(seeds[0]) == "train"
+    with pytest.raises(ValueError, match="collector=sac"):
+        collector(OmegaConf.merge(cfg, {"flywheel": {"collector": "sac"}}))
+
+
 def test_world_model_extra_episodes_train_the_world_model_only(tiny_run, capsys):
     """`pipeline.collect.worldmodel_extra=N`: N more train episodes (seeds after the main
     collection) join the world model's training data; the stages before it are reused."""
