@@ -39,7 +39,8 @@ def main() -> None:
     fly = run["flywheel"]
     seeds = run["seeds"]
     body = [f"{run['env_id']}, agent `{run['agent']}`, {len(seeds)} held-out test seeds per round "
-            f"({seeds[0]}..{seeds[-1]}, the same every round). Each round: {fly['episodes']} episodes of the agent "
+            f"({seeds[0]}..{seeds[-1]}, the same every round). Each round: {fly['episodes']} episodes of "
+            f"{'the agent' if not fly.get('collector') else '`' + fly['collector'] + '`'} "
             f"on train seeds (from {fly['seed_start']}), world-model fine-tuning `{' '.join(fly['worldmodel'])}` on "
             f"all rollouts so far, re-alignment `{' '.join(fly['align']) or '(pipeline.align)'}`.", "",
             table(run["rounds"]), "", "| round | aligned world model |", "|---|---|"]
