@@ -2,6 +2,7 @@
 
     python benchmarks/imagination_stages.py                   # the main job's models (run.json), Lift val episodes
     python benchmarks/imagination_stages.py --temperatures 1.0 0.3 --windows 4 --episodes 16
+    python benchmarks/imagination_stages.py --worldmodel A/worldmodel.pt --worldmodel B/worldmodel.pt --draws 3
 
 Held-out (val-split) clips of 8 model steps, cut where the instructed cube is grasped
 and lifted (plus the episode end and random windows: :func:`worldmodel.judge.bench.cut_windows`),
@@ -60,8 +61,9 @@ def reconstruct(tokenizer, clips: list[dict], batch: int = 16) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", default="artifacts/closed_loop/lift/run.json", help="a main-job run.json naming the stages")
-    ap.add_argument("--worldmodel", default=None,
-                    help="default: the run's aligned stage; 'none': tokenizers (--tokenizer) only")
+    ap.add_argument("--worldmodel", action="append", default=None,
+                    help="default: the run's aligned stage; 'none': tokenizers (--tokenizer) only; repeat to "
+                         "compare world models on the same clips (e.g. before and after a flywheel round)")
     ap.add_argument("--teacher", default=None, help="default: the run's bench stage teacher.json")
     ap.add_argument("--rollouts", nargs="*", default=None, help="default: the run's val collect stage")
     ap.add_argument("--episodes", type=int, default=16)
@@ -70,6 +72,8 @@ def main() -> None:
     ap.add_argument("--tokenizer", action="append", default=[],
                     help="another tokenizer checkpoint whose reconstructions to read too (repeatable)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--draws", type=int, default=1,
+                    help="imagined futures per clip and temperature (seeds seed..seed+draws-1), pooled in the tables")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-write", action="store_true", help="print only; do not touch BENCHMARKS.md")
     ap.add_argument("--notes", default="", help="free text appended under the tables")
@@ -84,7 +88,9 @@ def main() -> None:
 
     run = json.loads(resolve(args.run).read_text()) if resolve(args.run).exists() else {"stages": {}}
     st = run["stages"]
-    wm_path = None if args.worldmodel == "none" else resolve(args.worldmodel or Path(st["aligned"]) / "worldmodel.pt")
+    paths = args.worldmodel or [str(Path(st["aligned"]) / "worldmodel.pt")]
+    wm_paths = [] if paths == ["none"] else [resolve(p) for p in paths]
+    wm_path = wm_paths[0] if wm_paths else None
     if wm_path is None and (args.temperatures or not args.tokenizer):
         raise SystemExit("--worldmodel none reads tokenizers only: pass --tokenizer PATH and --temperatures (empty)")
     teacher_path = resolve(args.teacher or Path(st["bench"]) / "teacher.json")
@@ -102,22 +108,30 @@ def main() -> None:
         from worldmodel.tokenizer import DualFSQTokenizer
 
         versions[f"tokenizer {resolve(path).parent.name}"] = reconstruct(DualFSQTokenizer.from_checkpoint(resolve(path)), real)
-    for temp in args.temperatures:
-        versions[f"wm_t{temp:g}"] = generate_clips(wm, real, [temp], seed=args.seed)[0]
+    for i, path in enumerate(wm_paths):
+        model = wm if i == 0 else WorldModel.from_checkpoint(path)
+        for temp in args.temperatures:
+            name = f"wm_t{temp:g}" + (f" {path.parent.name}" if len(wm_paths) > 1 else "")
+            versions[name] = [c for k in range(args.draws) for c in generate_clips(model, real, [temp], seed=args.seed + k)[0]]
     mats = {name: stage_confusion(teacher.score_clips(clips)) for name, clips in versions.items()}
 
-    rows = ["| version | clips | true stage 3 (lifted) | read 3 when true 3 (lift recall) | read != true | "
-            "read < true (pessimistic) | read > true (optimistic) |", "|---|---|---|---|---|---|---|"]
+    rows = ["| version | clips | true stage 3 (lifted) | read 3 when true 3 (lift recall) | "
+            "read 3 when true < 3 (false lift) | read != true | "
+            "read < true (pessimistic) | read > true (optimistic) |", "|---|---|---|---|---|---|---|---|"]
     for name, m in mats.items():
-        n, lifted = m.sum(), m[3].sum()
+        n, lifted, unlifted = m.sum(), m[3].sum(), m[:3].sum()
         rows.append(f"| {name} | {n} | {lifted} | {m[3, 3]}/{lifted} = {m[3, 3] / max(lifted, 1):.2f} | "
+                    f"{m[:3, 3].sum()}/{unlifted} = {m[:3, 3].sum() / max(unlifted, 1):.2f} | "
                     f"{1 - np.trace(m) / n:.2f} | {np.tril(m, -1).sum() / n:.2f} | {np.triu(m, 1).sum() / n:.2f} |")
     conf = ["| version | true stage | " + " | ".join(f"read {s}" for s in STAGES) + " |", "|---|---|---|---|---|---|"]
     for name, m in mats.items():
         conf += [f"| {name} | {k} {STAGES[k]} | " + " | ".join(str(v) for v in m[k]) + " |" for k in range(4)]
-    body = "\n".join([f"World model `{wm_path.parent.name if wm_path else 'none'}`, teacher `{teacher_path.parent.name}`; {len(real)} "
+    names = ", ".join(f"`{p.parent.name}`" for p in wm_paths) or "none"
+    body = "\n".join([f"World model {names}, teacher `{teacher_path.parent.name}`; {len(real)} "
                       f"held-out clips (8 model steps = 16 control steps) from {args.episodes} episodes of "
-                      f"{', '.join(Path(r).name for r in rollouts)}, {args.windows} windows each.", "",
+                      f"{', '.join(Path(r).name for r in rollouts)}, {args.windows} windows each"
+                      + (f"; {args.draws} imagined futures per clip (seeds {args.seed}..{args.seed + args.draws - 1})"
+                         if args.draws > 1 else "") + ".", "",
                       *rows, "", "Confusion ([true stage][stage the teacher reads in the clip]):", "", *conf,
                       *(["", args.notes] if args.notes else [])])
     print(body)
