@@ -217,6 +217,31 @@ def test_flywheel_collector_collects_another_methods_episodes(tiny_run):
         collector(OmegaConf.merge(cfg, {"flywheel": {"collector": "sac"}}))
 
 
+def test_imagination_stages_compares_world_models_on_the_same_clips(tiny_run, monkeypatch, capsys):
+    """benchmarks/imagination_stages.py with two world models and two draws: one real row,
+    one row per model with twice the real clips, and the false-lift column."""
+    import sys
+
+    from benchmarks import imagination_stages
+
+    artifacts, cfg, report = tiny_run
+    run_json = artifacts / "closed_loop" / "lift" / "run.json"
+    models = [str(Path(report["stages"][s]) / "worldmodel.pt") for s in ("aligned", "worldmodel")]
+    monkeypatch.setattr(sys, "argv", ["imagination_stages.py", "--run", str(run_json), "--worldmodel", models[0],
+                                      "--worldmodel", models[1], "--temperatures", "1.0", "--draws", "2",
+                                      "--episodes", "1", "--windows", "2", "--threads", "1", "--no-write"])
+    imagination_stages.main()
+    out = capsys.readouterr().out
+    summary = out.split("Confusion")[0]
+    rows = {r.split("|")[1].strip(): r for r in summary.splitlines() if r.startswith("| ") and "true stage 3" not in r}
+    n_real = int(rows["real"].split("|")[2])
+    assert n_real >= 1
+    for s in ("aligned", "worldmodel"):
+        name = f"wm_t1 {Path(report['stages'][s]).name}"
+        assert int(rows[name].split("|")[2]) == 2 * n_real          # two imagined futures per clip
+    assert "read 3 when true < 3 (false lift)" in out and "2 imagined futures per clip" in out
+
+
 def test_world_model_extra_episodes_train_the_world_model_only(tiny_run, capsys):
     """`pipeline.collect.worldmodel_extra=N`: N more train episodes (seeds after the main
     collection) join the world model's training data; the stages before it are reused."""
