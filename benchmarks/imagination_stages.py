@@ -80,6 +80,10 @@ def main() -> None:
     ap.add_argument("--title", default="Imagination: where the lift gets lost (Lift, held-out clips)",
                     help="BENCHMARKS.md section to (re)write")
     args = ap.parse_args()
+    if args.draws < 1:
+        raise SystemExit(f"--draws must be >= 1, got {args.draws}")
+    if args.worldmodel and "none" in args.worldmodel and len(args.worldmodel) > 1:
+        raise SystemExit("--worldmodel none reads tokenizers only: do not combine it with world-model paths")
     setup_torch(args.threads)
 
     from worldmodel.judge.bench import cut_windows, generate_clips, load_source_episodes, make_clip, prime

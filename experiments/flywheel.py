@@ -3,7 +3,7 @@ round after round, and each round is scored by closed-loop success.
 
     python experiments/flywheel.py                              # Lift, 2 rounds on the main job's models
     python experiments/flywheel.py flywheel.rounds=3 flywheel.episodes=30 workers=2
-    python experiments/flywheel.py flywheel.rounds=1 flywheel.episodes=160 flywheel.collector=prior_random
+    python experiments/flywheel.py flywheel.rounds=1 flywheel.episodes=200 flywheel.collector=prior_random
     python experiments/flywheel.py preset=tiny                  # tests: seconds per stage
 
 Uses the main job's config (``experiments/conf/closed_loop.yaml``: env, agent, planner,
@@ -11,8 +11,8 @@ preset, ``pipeline``) plus its ``flywheel`` section. Round 0 is the main job's m
 stack (built by :mod:`experiments.pipeline` when missing). Round ``r``:
 
 1. **collect** ``flywheel.episodes`` episodes of the main agent (``agent``, default
-   ``mpc_prior``; or of ``flywheel.collector``, e.g. ``prior_random``, which is ~50x cheaper
-   per step) planning with round ``r-1``'s aligned world model, on TRAIN seeds
+   ``mpc_prior``) planning with round ``r-1``'s aligned world model -- or of
+   ``flywheel.collector``, e.g. ``prior_random``, ~20x faster to collect -- on TRAIN seeds
    (offset ``flywheel.seed_start + (r-1) * episodes``; never test seeds), recorded in
    the rollout format of :mod:`envs.rollouts` with segmentation -- a cached stage
    ``flycollect-<key>`` keyed on the models that acted;
@@ -110,8 +110,9 @@ def run(cfg: DictConfig) -> dict:
                          f"(use one of {[m for m, (s, _) in WORLD_MODEL_METHODS.items() if s == 'aligned']})")
     if int(fly.rounds) < 1 or int(fly.episodes) < 1:
         raise ValueError(f"flywheel.rounds and flywheel.episodes must be >= 1, got {fly.rounds}, {fly.episodes}")
+    collecting = collector(cfg)
     t0 = time.time()
-    stages = pipeline.build(cfg.pipeline, sorted({*stages_for(method), *stages_for(collector(cfg)), "aligned"}),
+    stages = pipeline.build(cfg.pipeline, sorted({*stages_for(method), *stages_for(collecting), "aligned"}),
                             artifacts=cfg.artifacts)
     rollouts = pipeline.collected_rollouts(stages["collect"])
     inputs = {f"collect{i}": r.key for i, r in enumerate(stages["collect"])}
@@ -142,11 +143,11 @@ def run(cfg: DictConfig) -> dict:
         summaries.append({**s, "agent": f"round {rnd}"})
         print(table(rows), flush=True)
     wall = time.time() - t0
-    report = {"env_id": cfg.env.id, "agent": method, "collector": collector(cfg), "seeds": seeds, "rounds": rows, "wall_s": wall,
+    report = {"env_id": cfg.env.id, "agent": method, "collector": collecting, "seeds": seeds, "rounds": rows, "wall_s": wall,
               "flywheel": OmegaConf.to_container(fly)}
     save_results(out / "flywheel", report,
                  f"# Data flywheel: {cfg.env.id}, {method}, {len(seeds)} held-out seeds per round\n\n"
-                 f"{table(rows)}\n\nEach round collects {fly.episodes} episodes of `{collector(cfg)}` on train seeds, "
+                 f"{table(rows)}\n\nEach round collects {fly.episodes} episodes of `{collecting}` on train seeds, "
                  f"fine-tunes the world model on all rollouts so far and re-aligns it. Wall time {wall:.0f} s.",
                  json_name="flywheel.json")
     plot_success(summaries, out / "flywheel" / "success.png", f"{cfg.env.id}: {method} per flywheel round")

@@ -242,6 +242,27 @@ def test_imagination_stages_compares_world_models_on_the_same_clips(tiny_run, mo
     assert "read 3 when true < 3 (false lift)" in out and "2 imagined futures per clip" in out
 
 
+def test_collect_method_writes_held_out_episodes_of_a_closed_loop_method(tiny_run, tmp_path):
+    """benchmarks/collect_method.py: episodes of `prior_random` with the run's prior, on
+    the asked split and seeds; nonsense input is refused."""
+    from benchmarks.collect_method import main as collect_method
+    from envs.rollouts import open_rollouts
+
+    artifacts, cfg, report = tiny_run
+    out = tmp_path / "held.hdf5"
+    summary = collect_method(["prior_random", "--episodes", "1", "--split", "val", "--start", "7", "--out", str(out),
+                              "preset=tiny", f"artifacts={artifacts}"])
+    assert summary["episodes"] == 1 and out.is_file()
+    with open_rollouts(out) as f:
+        assert "prior_random" in f["data"].attrs["env_args"]
+        seeds = [int(f["data"][k].attrs["seed"]) for k in f["data"]]
+    assert seeds == split_seeds("val", 1, 7)
+    for bad, msg in ((["prior_random", "--episodes", "0", "--out", str(out)], "episodes must be"),
+                     (["sac", "--episodes", "1", "--out", str(out)], "SB3")):
+        with pytest.raises(SystemExit, match=msg):
+            collect_method(bad)
+
+
 def test_world_model_extra_episodes_train_the_world_model_only(tiny_run, capsys):
     """`pipeline.collect.worldmodel_extra=N`: N more train episodes (seeds after the main
     collection) join the world model's training data; the stages before it are reused."""
