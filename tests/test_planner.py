@@ -150,10 +150,10 @@ def test_world_model_mpc_acts_from_observations_only(tiny_wm, one_torch_thread, 
     fut = WorldModelMPC(tiny_wm, draw_reward, planner={"name": "cem", "horizon": 4, "samples": 6, "iterations": 1,
                                                   "elites": 2}, futures=3)
     fut.reset(seed=3)
-    real_imagine = fut.imagine
+    real_imagine = fut.imagine_rollout
     draws = torch.Generator().manual_seed(0)
-    fut.imagine = lambda image, actions: real_imagine(image, actions) * 0 + torch.rand(   # draws that differ
-        (len(actions), 5, 3, 64, 64), generator=draws)   # (the tiny model's are all alike)
+    fut.imagine_rollout = lambda image, actions: (real_imagine(image, actions)[0] * 0 + torch.rand(   # draws that
+        (len(actions), 5, 3, 64, 64), generator=draws), None)   # differ (the tiny model's are all alike)
     fut.act(obs)
     assert draw_reward.calls[-1] == (18, 5, 3, 64, 64)
     per_draw = plan_objective({"dims": draw_reward.last_dims}, fut.weights).reshape(6, 3)
@@ -164,7 +164,7 @@ def test_world_model_mpc_acts_from_observations_only(tiny_wm, one_torch_thread, 
     low = WorldModelMPC(tiny_wm, draw_reward, planner={"name": "cem", "horizon": 4, "samples": 6, "iterations": 1,
                                                   "elites": 2}, futures=3, pessimism=0.5)
     low.reset(seed=3)
-    low.imagine = fut.imagine
+    low.imagine_rollout = fut.imagine_rollout
     low.act(obs)
     per_draw = plan_objective({"dims": draw_reward.last_dims}, low.weights).reshape(6, 3)
     lcb = per_draw.mean(1) - 0.5 * per_draw.std(1, unbiased=False)

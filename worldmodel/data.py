@@ -6,6 +6,8 @@ control steps::
 
     frames   (T + 1, 3, H, W) uint8      (channels first)
     actions  (T, action_repeat * 4) float32
+    rewards  (T,) float32                (the env's reward after each model step's last control
+                                          step; only when every file records rewards)
     episode, start  int                  (where the window came from)
 
 Windows never cross episode boundaries; splits are by file (each file comes from
@@ -52,6 +54,7 @@ class RolloutWindows(Dataset):
         self.window, self.repeat = window, action_repeat
         self.frames: list[np.ndarray] = []
         self.actions: list[np.ndarray] = []
+        self.rewards: list[np.ndarray] | None = []
         self.index: list[tuple[int, int]] = []
         span = window * action_repeat
         for path in paths:
@@ -62,6 +65,11 @@ class RolloutWindows(Dataset):
                     ep = len(self.frames)
                     self.frames.append(_resize(frames, image_size))
                     self.actions.append(actions.astype(np.float32))
+                    g = f["data"][key]
+                    if self.rewards is not None and "rewards" in g:
+                        self.rewards.append(g["rewards"][()].astype(np.float32))
+                    else:
+                        self.rewards = None
                     self.index += [(ep, s) for s in range(0, len(actions) - span + 1, stride)]
         if not self.index:
             raise RolloutFileError(f"no episode in {paths} is long enough for a window of "
@@ -84,8 +92,11 @@ class RolloutWindows(Dataset):
         span = self.window * self.repeat
         frames = self.frames[ep][start:start + span + 1:self.repeat]
         actions = self.actions[ep][start:start + span].reshape(self.window, self.repeat * 4)
-        return {"frames": torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2),
+        item = {"frames": torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2),
                 "actions": torch.from_numpy(actions), "episode": ep, "start": start}
+        if self.rewards is not None:
+            item["rewards"] = torch.from_numpy(self.rewards[ep][start + self.repeat - 1:start + span:self.repeat].copy())
+        return item
 
 
 class FramePairs(Dataset):

@@ -34,6 +34,7 @@ class DynamicsConfig:
     n_layers: int = 4
     n_heads: int = 4
     dropout: float = 0.0
+    outcome: int = 0         # hidden width of the outcome head (0: none; see DynamicsModel.outcome)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -90,6 +91,10 @@ class DynamicsModel(nn.Module):
         self.blocks = nn.ModuleList(_Block(d, cfg.n_heads, cfg.dropout) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(d)
         self.head = nn.Linear(d, cfg.vocab)
+        # outcome head: the env's shaped reward after each model step, read from that step's
+        # pooled hidden state (worldmodel/outcome.py fits it on the model's own imagination)
+        self.outcome = nn.Sequential(nn.Linear(d, cfg.outcome), nn.GELU(), nn.Linear(cfg.outcome, 1)) \
+            if cfg.outcome else None
         self.apply(self._init)
 
     @staticmethod
@@ -131,6 +136,22 @@ class DynamicsModel(nn.Module):
         ctx (B, Nc), prev0 (B, Nd) tokens of the start frame; actions (B, T, A);
         tokens (B, T, Nd) dynamics tokens of frames 1..T. Returns (B, T, Nd, vocab).
         """
+        return self.head(self._hidden(ctx, prev0, actions, tokens))
+
+    def features(self, ctx, prev0, actions, tokens) -> torch.Tensor:
+        """Teacher-forced step features (B, T, d): each step block's token-position hidden
+        states, pooled -- what :meth:`step` leaves in ``cache["h"]`` and the outcome head reads."""
+        return self._hidden(ctx, prev0, actions, tokens).mean(2)
+
+    def predict_outcome(self, features: torch.Tensor) -> torch.Tensor:
+        """Step features (..., d) -> the outcome head's reward estimate (...)."""
+        if self.outcome is None:
+            raise ValueError("this dynamics model has no outcome head; fit one with "
+                             "experiments/train_outcome.py")
+        return self.outcome(features).squeeze(-1)
+
+    def _hidden(self, ctx, prev0, actions, tokens) -> torch.Tensor:
+        """Final-layer hidden states (B, T, Nd, d) at the token positions of each step block."""
         self._check(ctx, prev0, actions)
         b, t = actions.shape[:2]
         c = self.cfg
@@ -142,8 +163,7 @@ class DynamicsModel(nn.Module):
         mask = pos[:, None] >= pos[None, :]                                  # block-causal
         for block in self.blocks:
             x, _ = block(x, pos, mask)
-        h = self.ln_f(x[:, c.n_ctx:]).view(b, t, blk, -1)[:, :, 1:]          # token positions
-        return self.head(h)
+        return self.ln_f(x[:, c.n_ctx:]).view(b, t, blk, -1)[:, :, 1:]       # token positions
 
     def loss(self, ctx, prev0, actions, tokens) -> tuple[torch.Tensor, dict]:
         """Next-frame token cross-entropy (dynamics tokens only); metrics include accuracy."""
@@ -174,7 +194,8 @@ class DynamicsModel(nn.Module):
         """Logits (B, Nd, vocab) for the next frame; appends the step block to ``cache``.
 
         prev (B, Nd) tokens of the latest frame, action (B, A). ``max_len`` caps the
-        cached positions (oldest dropped first: the naive sliding window)."""
+        cached positions (oldest dropped first: the naive sliding window). The step's pooled
+        features (B, d) (see :meth:`features`) are left in ``cache["h"]``."""
         cache["t"] += 1
         x = self._step_embed(prev, action)
         pos = self._positions(1, cache["t"])
@@ -183,7 +204,9 @@ class DynamicsModel(nn.Module):
             if max_len is not None and cache["kv"][i][0].shape[2] > max_len:
                 k, v = cache["kv"][i]
                 cache["kv"][i] = (k[:, :, -max_len:], v[:, :, -max_len:])
-        return self.head(self.ln_f(x[:, 1:]))
+        h = self.ln_f(x[:, 1:])
+        cache["h"] = h.mean(1)
+        return self.head(h)
 
 
 def sample_tokens(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,

@@ -1,5 +1,9 @@
 """The world model's public verbs: ``encode``, ``rollout``, ``decode``, ``log_prob``.
 
+A rollout also returns each imagined step's pooled hidden features and, when the
+dynamics has an outcome head (``experiments/train_outcome.py``), its estimate of the
+env's shaped reward after each step (``Rollout.outcome``).
+
 Everything else (planner, aligner, evaluation) talks to :class:`WorldModel` only.
 Frames are float in [0, 1], ``(B, 3, H, W)``; actions are grouped per model step,
 ``(B, T, action_repeat * 4)`` (see :func:`group_actions`).
@@ -50,6 +54,8 @@ class Rollout:
     tokens: torch.Tensor           # (B, T, Nd) sampled dynamics tokens
     segments: list[Segment] = field(default_factory=list)
     peak_cache_len: int = 0        # largest number of cached positions (per layer)
+    features: torch.Tensor | None = None   # (B, T, d) pooled hidden state of each imagined step
+    outcome: torch.Tensor | None = None    # (B, T) outcome head's reward estimate (None: no head)
 
 
 class WorldModel(nn.Module):
@@ -93,6 +99,16 @@ class WorldModel(nn.Module):
         model.load_state_dict(ckpt["model"])
         return model.to(map_location).eval()
 
+    def with_outcome_head(self, hidden: int = 128) -> "WorldModel":
+        """A copy of this world model whose dynamics carries a fresh outcome head (``hidden``
+        units; any old head is dropped); every other weight is shared by value."""
+        cfg = DynamicsConfig(**{**self.dynamics.cfg.to_dict(), "outcome": int(hidden)})
+        dyn = DynamicsModel(cfg)
+        own = {k: v for k, v in self.dynamics.state_dict().items() if not k.startswith("outcome.")}
+        missing, _ = dyn.load_state_dict(own, strict=False)
+        assert all(k.startswith("outcome.") for k in missing), missing
+        return WorldModel(self.tokenizer, dyn, self.action_repeat, self.window)
+
     # ------------------------------------------------------------------ verbs
     @torch.no_grad()
     def encode(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,7 +144,7 @@ class WorldModel(nn.Module):
         blk = 1 + dyn.cfg.n_dyn
         max_len = dyn.cfg.n_ctx + w * blk if mode == "naive" else None
         seg_len = w if mode == "swr" else t
-        out_frames, out_tokens, segments, peak = [], [], [], 0
+        out_frames, out_tokens, out_feats, segments, peak = [], [], [], [], 0
         current = frames
         ctx, prev = self.encode(current)
         for s0 in range(0, t, seg_len):
@@ -147,13 +163,16 @@ class WorldModel(nn.Module):
                 logits = dyn.step(cache, prev, actions[:, i].to(frames.dtype), max_len=max_len)
                 prev = sample_tokens(logits, temperature, top_k, generator)
                 seg_tokens.append(prev)
+                out_feats.append(cache["h"])
                 peak = max(peak, cache["kv"][0][0].shape[2])
             seg_tokens = torch.stack(seg_tokens, 1)
             seg_frames = self.decode(seg_tokens, ctx, current)
             out_tokens.append(seg_tokens)
             out_frames.append(seg_frames)
             current = seg_frames[:, -1]
-        return Rollout(torch.cat(out_frames, 1), torch.cat(out_tokens, 1), segments, peak)
+        feats = torch.stack(out_feats, 1)
+        outcome = dyn.predict_outcome(feats).float() if dyn.outcome is not None else None
+        return Rollout(torch.cat(out_frames, 1), torch.cat(out_tokens, 1), segments, peak, feats, outcome)
 
     def log_prob(self, rollout: Rollout, actions: torch.Tensor) -> torch.Tensor:
         """Log-probability (B,) of a rollout's tokens under the current dynamics (with grad)."""

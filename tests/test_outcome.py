@@ -1,0 +1,136 @@
+"""The world model's outcome head: reward labels per model step, fitting on the model's own
+imagination, checkpoints, and the planner's objective term."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from agent.mpc import WorldModelMPC, plan_objective
+from worldmodel.data import RolloutWindows
+from worldmodel.outcome import fit_outcome, imagine_features, outcome_metrics
+from worldmodel.tokenizer import DualFSQTokenizer, TokenizerConfig
+from worldmodel.world_model import WorldModel
+
+TOK = TokenizerConfig(channels=8, latent_dim=8, ctx_levels=(5, 5, 5), dyn_levels=(5, 5, 5))
+
+
+@pytest.fixture(scope="module")
+def wm():
+    torch.manual_seed(0)
+    return WorldModel.build(DualFSQTokenizer(TOK), {"d_model": 32, "n_layers": 1, "n_heads": 2},
+                            action_repeat=2, window=3).eval()
+
+
+@pytest.fixture(scope="module")
+def episode_file(tmp_path_factory):
+    """One scripted Lift episode (it succeeds: its rewards climb to the success reward 1.0)."""
+    from agent.collect import collect
+
+    path = tmp_path_factory.mktemp("outcome") / "lift.hdf5"
+    collect("roboalign/Lift-v0", "scripted", 1, path, split="train", workers=1, progress=False)
+    return path
+
+
+def test_windows_carry_the_reward_after_each_model_step(episode_file):
+    from envs.rollouts import read_episode
+
+    rewards = read_episode(episode_file, 0)["rewards"]
+    windows = RolloutWindows([episode_file], window=4, action_repeat=2, stride=6)
+    for i in (0, len(windows) - 1):
+        item = windows[i]
+        want = [rewards[item["start"] + 2 * (t + 1) - 1] for t in range(4)]
+        assert item["rewards"].shape == (4,) and np.allclose(item["rewards"].numpy(), want)
+    assert float(rewards.max()) == pytest.approx(1.0)          # the success reward the metrics use
+
+
+def test_outcome_head_is_fitted_on_imagination_and_leaves_the_world_model_alone(wm, episode_file, tmp_path,
+                                                                              one_torch_thread):
+    windows = RolloutWindows([episode_file], window=4, action_repeat=2, stride=2)
+    feats = imagine_features(wm, windows, draws=2, batch_size=16, progress=False)
+    n, d = len(windows), wm.dynamics.cfg.d_model
+    assert feats["features"].shape == (2 * n, 4, d) and feats["rewards"].shape == (2 * n, 4)
+    assert torch.equal(feats["window"], torch.arange(n).repeat_interleave(2))    # a window's draws adjacent
+    assert torch.equal(feats["rewards"][0], feats["rewards"][1])
+    assert not torch.allclose(feats["features"][0], feats["features"][1])        # two imagined draws
+    with pytest.raises(ValueError, match="outcome head"):
+        wm.dynamics.predict_outcome(feats["features"])
+
+    head_wm, metrics = fit_outcome(wm, feats, feats, hidden=32, steps=400, lr=3e-3, progress=False)
+    m = metrics["train"]
+    # it beats the best constant (an untrained tiny model's features still tell early from late)
+    assert m["r2"] > 0.2 and m["mse"] < m["mse_const"] and m["auc_final"] > 0.6, m
+    assert metrics["val"] == m
+    # every weight but the head's is the world model's own
+    own = wm.state_dict()
+    for k, v in head_wm.state_dict().items():
+        if not k.startswith("dynamics.outcome."):
+            assert torch.equal(v, own[k]), k
+    # a rollout returns its outcome estimate per step; a checkpoint keeps the head
+    frames, actions = windows[0]["frames"][:1].float() / 255, windows[0]["actions"][None]
+    roll = head_wm.rollout(frames, actions, generator=torch.Generator().manual_seed(1))
+    assert roll.outcome.shape == (1, 4) and roll.features.shape == (1, 4, d)
+    assert torch.allclose(roll.outcome, head_wm.dynamics.predict_outcome(roll.features))
+    assert wm.rollout(frames, actions).outcome is None
+    head_wm.save(tmp_path / "wm.pt")
+    back = WorldModel.from_checkpoint(tmp_path / "wm.pt")
+    again = back.rollout(frames, actions, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(again.outcome, roll.outcome)
+    # the teacher-forced features are the step features the head reads in a rollout (up to
+    # the first SWR boundary, W = 3: the 4th step is imagined under a re-encoded context)
+    ctx, prev = back.encode(frames)
+    tf = back.dynamics.features(ctx, prev, actions, roll.tokens)
+    assert torch.allclose(tf[:, :3], roll.features[:, :3], atol=1e-4)
+
+
+def test_outcome_metrics_reward_a_separating_prediction():
+    rewards = torch.tensor([[0.1, 0.2], [0.2, 1.0], [0.1, 0.3], [0.5, 1.0]])
+    good = outcome_metrics(rewards.clone(), rewards)
+    assert good["mse"] == 0 and good["r2"] == 1 and good["auc_final"] == 1 and good["success_windows"] == 2
+    flat = outcome_metrics(torch.full_like(rewards, float(rewards.mean())), rewards)
+    assert flat["mse"] == pytest.approx(flat["mse_const"]) and flat["auc_final"] == 0.5
+    assert np.isnan(outcome_metrics(rewards, torch.zeros_like(rewards))["auc_final"])   # no success at all
+
+
+class ZeroReward:
+    def score(self, frames, instruction, **kw):
+        b = frames.shape[0]
+        return {"dims": torch.zeros(b, 6), "shaping": torch.zeros(b, 3), "total": torch.zeros(b)}
+
+
+def test_planner_objective_adds_the_outcome_estimate(wm, tmp_path, one_torch_thread):
+    out = {"dims": torch.zeros(2, 6), "shaping": torch.zeros(2, 3)}
+    outcome = torch.tensor([[0.0, 1.0], [0.5, 0.5]])
+    weights = {"IF": 0, "MS": 0, "AOC": 0, "TC": 0, "CR": 0, "PA": 0, "target_rise": 0, "grip_dist": 0,
+               "progress": 0, "outcome": 2.0}
+    assert torch.allclose(plan_objective(out, weights, outcome), torch.tensor([1.0, 1.0]))
+    with pytest.raises(ValueError, match="outcome head"):
+        plan_objective(out, weights)
+    # the MPC's best plan is the candidate the head rates highest (the student scores all alike)
+    head_wm = wm.with_outcome_head(8)
+    torch.nn.init.normal_(head_wm.dynamics.outcome[0].weight, 0, 1.0)
+    agent = WorldModelMPC(head_wm, ZeroReward(), planner={"name": "cem", "horizon": 4, "samples": 6,
+                                                          "iterations": 1, "elites": 2},
+                          weights={"outcome": 1.0, "target_rise": 0.0, "grip_dist": 0.0})
+    agent.reset(seed=0)
+    obs = {"image": np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8), "instruction": 0}
+    agent.act(obs)
+    assert agent.log[-1]["best_score"] != 0.0
+    with pytest.raises(ValueError, match="outcome head"):
+        WorldModelMPC(wm, ZeroReward(), planner={"name": "cem", "horizon": 4, "samples": 6, "iterations": 1,
+                                                 "elites": 2}, weights={"outcome": 1.0}).act(obs)
+
+
+def test_train_outcome_script_needs_a_world_model(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from experiments.train_outcome import run
+    from tests.conftest import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train_outcome", [f"artifacts={tmp_path}"])
+        with pytest.raises(ValueError, match="worldmodel_ckpt is required"):
+            run(cfg)
+        cfg = compose("train_outcome", [f"artifacts={tmp_path}", f"worldmodel_ckpt={tmp_path / 'no.pt'}"])
+        with pytest.raises(FileNotFoundError, match="not found"):
+            run(cfg)
