@@ -168,6 +168,14 @@ class OracleP(Agent):
             disc *= self.discount
         return total, len(actions)
 
+    def env_rewards(self, state: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """The env's own reward after each control step ``(steps,)`` float32 of ``actions``
+        ``(steps, 4)`` replayed from ``state`` in the oracle's simulator (every step, also
+        past a success: what a recorded episode of those actions would hold)."""
+        sim = self._simulator()
+        sim.reset_to(state)
+        return np.array([sim.step(a)[1] for a in actions], np.float32)
+
     # "shaped": distance to the instructed cube + grasp + how far it rose (privileged)
     @staticmethod
     def _target_pos(sim) -> np.ndarray:

@@ -1,10 +1,14 @@
 """Fit the world model's outcome head (worldmodel/outcome.py) on its own imagination.
 
     python experiments/train_outcome.py worldmodel_ckpt=<worldmodel.pt> [data.train=[...]] [draws=2]
+    python experiments/train_outcome.py worldmodel_ckpt=... data.counterfactual=[A.npz] data.counterfactual_val=[B.npz]
 
 Every training clip (``window`` model steps of a recorded episode) is imagined ``draws``
 times from its real first frame under its real actions; a small head on the frozen
-dynamics' hidden states regresses the env's recorded reward after each step. Writes
+dynamics' hidden states regresses the env's recorded reward after each step. With
+counterfactual files (``experiments/collect_counterfactual.py``) it also trains on many
+candidate plans per state and reports how well it picks among a held-out state's candidates
+(``worldmodel.outcome.choice_metrics``). Writes
 ``<out_dir>/worldmodel.pt`` (the world model plus the head; every other weight unchanged)
 and ``<out_dir>/outcome.json`` (fit on train and val clips against the best constant).
 """
@@ -14,14 +18,22 @@ import json
 import time
 
 import hydra
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from envs.rollouts import atomic_path
 from experiments.common import resolve, rollout_paths, setup_torch
 from worldmodel.data import RolloutWindows
-from worldmodel.outcome import fit_outcome, imagine_features
+from worldmodel.outcome import CandidateClips, choice_metrics, concat_features, fit_outcome, imagine_features
 from worldmodel.tokens import file_hash
 from worldmodel.world_model import WorldModel
+
+
+def _candidates(path, action_repeat: int) -> CandidateClips:
+    from agent.counterfactual import load_counterfactuals
+
+    d = load_counterfactuals(resolve(path))
+    return CandidateClips(d["image"], d["actions"], d["rewards"], action_repeat)
 
 
 def run(cfg: DictConfig) -> dict:
@@ -37,19 +49,31 @@ def run(cfg: DictConfig) -> dict:
     if wm.action_repeat != cfg.action_repeat:
         raise ValueError(f"action_repeat {cfg.action_repeat} != the world model's {wm.action_repeat}")
     t0 = time.time()
+
+    def imagine(clips):
+        return imagine_features(wm, clips, draws=cfg.draws, mode=cfg.rollout_mode, temperature=cfg.temperature,
+                                seed=cfg.seed, amp=cfg.amp, progress=cfg.progress)
+
     feats = {}
     for split in ("train", "val"):
         windows = RolloutWindows(rollout_paths(cfg.data[split], split, cfg.artifacts), window=cfg.window,
                                  action_repeat=cfg.action_repeat, stride=cfg.stride)
-        feats[split] = imagine_features(wm, windows, draws=cfg.draws, mode=cfg.rollout_mode,
-                                        temperature=cfg.temperature, seed=cfg.seed, amp=cfg.amp,
-                                        progress=cfg.progress)
+        feats[split] = imagine(windows)
+    cf = {split: [imagine(_candidates(path, cfg.action_repeat)) for path in cfg.data.get(key) or []]
+          for split, key in (("train", "counterfactual"), ("val", "counterfactual_val"))}
+    train = concat_features([feats["train"], *cf["train"]])
     imagine_s = time.time() - t0
     h = cfg.head
-    out_wm, metrics = fit_outcome(wm, feats["train"], feats["val"], hidden=h.hidden, steps=h.steps, lr=h.lr,
+    out_wm, metrics = fit_outcome(wm, train, feats["val"], hidden=h.hidden, steps=h.steps, lr=h.lr,
                                   batch_size=h.batch_size, weight_decay=h.weight_decay, seed=cfg.seed,
                                   success=cfg.success, progress=cfg.progress)
-    metrics.update(imagine_s=imagine_s, fit_s=time.time() - t0 - imagine_s)
+    with torch.no_grad():
+        for split in ("train", "val"):
+            if cf[split]:
+                c = concat_features(cf[split])
+                metrics[f"choice_{split}"] = choice_metrics(out_wm.dynamics.predict_outcome(c["features"]),
+                                                            c["rewards"], c["group"], cfg.success)
+    metrics.update(imagine_s=imagine_s, fit_s=time.time() - t0 - imagine_s, train_clips=len(train["rewards"]))
     out = resolve(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     out_wm.save(out / "worldmodel.pt", metrics={"outcome": metrics},
@@ -60,6 +84,12 @@ def run(cfg: DictConfig) -> dict:
         m = metrics[split]
         print(f"{split}: mse {m['mse']:.4f} (constant {m['mse_const']:.4f}, r2 {m['r2']:.3f}), "
               f"success AUC {m['auc_final']:.3f} ({m['success_windows']}/{m['windows']} clips end in success)")
+    for split in ("train", "val"):
+        if f"choice_{split}" in metrics:
+            m = metrics[f"choice_{split}"]
+            print(f"choice among a {split} state's candidates: pairwise {m['pairwise']:.3f} ({m['pairs']} pairs), "
+                  f"pick reaches success {m['pick_success']:.3f} vs random {m['random_success']:.3f}, "
+                  f"best {m['best_success']:.3f} ({m['starts']} states)")
     print(f"world model with outcome head in {out / 'worldmodel.pt'}")
     return metrics
 

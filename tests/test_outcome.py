@@ -134,3 +134,62 @@ def test_train_outcome_script_needs_a_world_model(tmp_path):
         cfg = compose("train_outcome", [f"artifacts={tmp_path}", f"worldmodel_ckpt={tmp_path / 'no.pt'}"])
         with pytest.raises(FileNotFoundError, match="not found"):
             run(cfg)
+
+
+def test_counterfactuals_replay_each_candidate_from_the_visited_state(tmp_path, one_torch_thread):
+    """Each candidate's rewards are what the simulator gives for those actions from that
+    exact state; the states are the agent's own."""
+    import gymnasium as gym
+
+    from agent.collect import make_agent
+    from agent.counterfactual import collect_counterfactuals, load_counterfactuals
+    from worldmodel.outcome import CandidateClips
+
+    class FixedPrior:     # stands in for the action prior: a ramp of plans, down to the cube
+        def sample(self, image, proprio, instruction, n, generator=None):
+            plans = np.zeros((n, 4, 4), np.float32)
+            plans[:, :, 2] = -np.linspace(0, 1, n)[:, None]
+            return plans
+
+    data = collect_counterfactuals(tmp_path / "cf.npz", "roboalign/Lift-v0", make_agent("scripted"), FixedPrior(),
+                                   [5], every=6, samples=3, progress=False)
+    s = len(data["seed"])
+    assert s >= 2 and data["actions"].shape == (s, 3, 4, 4) and data["rewards"].shape == (s, 3, 4)
+    assert list(data["t"][:2]) == [0, 6] and set(data["seed"]) == {5}
+    back = load_counterfactuals(tmp_path / "cf.npz")
+    assert all(np.array_equal(back[k], data[k]) for k in data)
+    # replay the second state's last candidate by hand: the same rewards
+    env = gym.make("roboalign/Lift-v0")
+    try:
+        agent = make_agent("scripted")
+        agent.reset(seed=5)
+        obs, _ = env.reset(seed=5)
+        for _ in range(6):
+            obs, *_ = env.step(agent.act(obs))
+        assert np.array_equal(obs["image"], data["image"][1])
+        want = [env.step(a)[1] for a in data["actions"][1, 2]]
+    finally:
+        env.close()
+    assert np.allclose(data["rewards"][1, 2], want, atol=1e-5)
+    # as clips: model steps of 2 control steps, the reward after each model step's last one
+    clips = CandidateClips(data["image"], data["actions"], data["rewards"], action_repeat=2)
+    item = clips[4]          # start 1, candidate 1
+    assert len(clips) == 3 * s and item["group"] == 1 and item["frames"].shape == (1, 3, 64, 64)
+    assert item["actions"].shape == (2, 8) and np.allclose(item["rewards"], data["rewards"][1, 1, 1::2])
+    with pytest.raises(ValueError, match="disagree"):
+        CandidateClips(data["image"][:1], data["actions"], data["rewards"])
+    with pytest.raises(FileNotFoundError, match="collect_counterfactual"):
+        load_counterfactuals(tmp_path / "missing.npz")
+
+
+def test_choice_metrics_compare_the_pick_with_a_random_one():
+    from worldmodel.outcome import choice_metrics
+
+    # two starts x 3 candidates; the success reward 1.0 is reached by one candidate of start 0
+    rewards = torch.tensor([[0.1, 1.0], [0.1, 0.2], [0.0, 0.1], [0.3, 0.3], [0.2, 0.2], [0.1, 0.1]])
+    groups = torch.tensor([0, 0, 0, 1, 1, 1])
+    right = choice_metrics(rewards.clone(), rewards, groups)
+    assert right["pairwise"] == 1.0 and right["pick_success"] == 0.5 and right["best_success"] == 0.5
+    assert right["random_success"] == pytest.approx(1 / 6)
+    wrong = choice_metrics(-rewards, rewards, groups)
+    assert wrong["pairwise"] == 0.0 and wrong["pick_success"] == 0.0 and wrong["pairs"] == right["pairs"] == 6

@@ -11,13 +11,19 @@ rollout from the clip's first frame, the same mode as the planner's, sampled ``d
 times), regressed on the env's recorded reward after each step. So it learns the real
 outcome of the actions from the imagination the planner will see, including its
 systematic errors. Public verbs: :func:`imagine_features`, :func:`fit_outcome`,
-:func:`outcome_metrics`.
+:func:`outcome_metrics`, :func:`choice_metrics`.
+
+Recorded episodes hold one action sequence per start, so a head fitted on them learns how
+outcomes differ between starts. :class:`CandidateClips` wraps counterfactual data (many
+candidate plans per start, each replayed in the simulator: :mod:`agent.counterfactual`),
+from which it can learn which plan from one start succeeds -- the planner's choice.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from worldmodel.data import RolloutWindows
@@ -25,23 +31,54 @@ from worldmodel.training import autocast
 from worldmodel.world_model import WorldModel
 
 
+class CandidateClips(Dataset):
+    """Counterfactual candidates as clips for :func:`imagine_features`: ``image (S, H, W, 3)``
+    uint8 start frames, ``actions (S, N, steps, 4)`` control actions and ``rewards (S, N, steps)``
+    the env's reward after each control step. Item ``i`` is candidate ``i % N`` of start
+    ``i // N``: ``frames (1, 3, H, W)`` uint8, ``actions (steps / repeat, repeat * 4)``,
+    ``rewards (steps / repeat,)`` (after each model step's last control step), ``group`` (the start)."""
+
+    def __init__(self, image: np.ndarray, actions: np.ndarray, rewards: np.ndarray, action_repeat: int = 2):
+        s, n, steps, a = actions.shape
+        if image.shape[0] != s or rewards.shape != (s, n, steps) or a != 4 or steps % action_repeat:
+            raise ValueError(f"counterfactual arrays disagree: image {image.shape}, actions {actions.shape} "
+                             f"(S, N, steps, 4; steps a multiple of {action_repeat}), rewards {rewards.shape}")
+        self.image, self.actions, self.rewards = image, actions, rewards
+        self.n, self.repeat = n, int(action_repeat)
+
+    def __len__(self) -> int:
+        return self.image.shape[0] * self.n
+
+    def __getitem__(self, i: int) -> dict:
+        g, c = divmod(int(i), self.n)
+        acts = self.actions[g, c]
+        return {"frames": torch.from_numpy(np.ascontiguousarray(self.image[g])).permute(2, 0, 1)[None],
+                "actions": torch.from_numpy(acts.reshape(len(acts) // self.repeat, self.repeat * 4).copy()),
+                "rewards": torch.from_numpy(self.rewards[g, c, self.repeat - 1::self.repeat].copy()), "group": g}
+
+
 @torch.no_grad()
 def imagine_features(wm: WorldModel, windows: RolloutWindows, *, draws: int = 1, batch_size: int = 32,
                      mode: str = "swr", temperature: float = 1.0, seed: int = 0, amp: bool = True,
-                     progress: bool = True) -> dict:
+                     progress: bool = True, score=None) -> dict:
     """Imagine every window ``draws`` times under its real actions, from its real first frame.
 
     Returns ``{"features": (N * draws, T, d) float32, "rewards": (N * draws, T) float32,
-    "window": (N * draws,) int64}`` (the draws of a window are adjacent)."""
+    "window": (N * draws,) int64}`` (the draws of a window are adjacent; ``"group"`` too when
+    the items name one, as :class:`CandidateClips`'). ``score``: an
+    optional ``f(clips (B, T+1, 3, H, W) float [0, 1], real first frame first; actions
+    (B, T, A)) -> {name: (B,)}`` (e.g. the student reward's reading); its outputs are
+    added as ``"scores": {name: (N * draws,)}`` and ``"outcome"`` (N * draws, T) when the
+    world model has an outcome head."""
     if draws < 1:
         raise ValueError(f"draws must be >= 1, got {draws}")
-    if windows.rewards is None:
+    if getattr(windows, "rewards", True) is None:
         raise ValueError("the rollout files hold no rewards; the outcome head regresses the env's "
                          "reward -- collect them with experiments/collect.py")
     wm.eval()
     device = next(wm.parameters()).device
     gen = torch.Generator().manual_seed(int(seed))
-    feats, rewards, index = [], [], []
+    feats, rewards, index, scores, outcome, groups = [], [], [], {}, [], []
     loader = DataLoader(windows, batch_size=batch_size, shuffle=False, num_workers=0)
     n = 0
     for item in tqdm(loader, desc="imagine", disable=not progress, unit="batch"):
@@ -50,10 +87,41 @@ def imagine_features(wm: WorldModel, windows: RolloutWindows, *, draws: int = 1,
         with autocast(device, amp):
             roll = wm.rollout(frames, actions, mode=mode, temperature=temperature, generator=gen)
         feats.append(roll.features.float().cpu())
+        if roll.outcome is not None:
+            outcome.append(roll.outcome.float().cpu())
+        if score is not None:
+            clips = torch.cat([frames[:, None], roll.frames.float().clamp(0, 1)], 1)
+            for k, v in score(clips, actions).items():
+                scores.setdefault(k, []).append(torch.as_tensor(v).float().cpu())
         rewards.append(item["rewards"].repeat_interleave(draws, 0).float())
+        if "group" in item:
+            groups.append(torch.as_tensor(item["group"]).repeat_interleave(draws, 0))
         index.append(torch.arange(n, n + len(item["actions"])).repeat_interleave(draws))
         n += len(item["actions"])
-    return {"features": torch.cat(feats), "rewards": torch.cat(rewards), "window": torch.cat(index)}
+    out = {"features": torch.cat(feats), "rewards": torch.cat(rewards), "window": torch.cat(index)}
+    if outcome:
+        out["outcome"] = torch.cat(outcome)
+    if groups:
+        out["group"] = torch.cat(groups)
+    if score is not None:
+        out["scores"] = {k: torch.cat(v) for k, v in scores.items()}
+    return out
+
+
+def concat_features(parts: list[dict]) -> dict:
+    """One :func:`imagine_features` result from several; ``window`` and ``group`` are made
+    unique across parts (offset by the part's largest id + 1)."""
+    out: dict = {}
+    for key in ("features", "rewards"):
+        out[key] = torch.cat([p[key] for p in parts])
+    for key in ("window", "group"):
+        ids, offset = [], 0
+        for p in parts:
+            v = p.get(key, p["window"])        # a part without starts: each window its own
+            ids.append(v + offset)
+            offset += int(v.max()) + 1 if len(v) else 0
+        out[key] = torch.cat(ids)
+    return out
 
 
 def outcome_metrics(pred: torch.Tensor, rewards: torch.Tensor, success: float = 1.0) -> dict:
@@ -71,6 +139,34 @@ def outcome_metrics(pred: torch.Tensor, rewards: torch.Tensor, success: float = 
     auc = float(binary_auroc(pred[:, -1], label)) if both else float("nan")
     return {"mse": mse, "mse_const": var, "r2": 1.0 - mse / var if var > 0 else float("nan"),
             "auc_final": auc, "windows": len(rewards), "success_windows": int(label.sum())}
+
+
+def choice_metrics(pred: torch.Tensor, rewards: torch.Tensor, groups: torch.Tensor, success: float = 1.0,
+                   tol: float = 0.02) -> dict:
+    """How well predictions ``(M, T)`` choose among the candidates of one start (``groups (M,)``
+    names each row's start; a row is a candidate, or one imagined draw of it). ``pairwise``: the fraction of within-start candidate pairs
+    whose mean true reward differs by more than ``tol`` that the mean prediction orders the
+    same way (0.5 = chance); ``pick_success``: how often the candidate with the highest mean
+    prediction reaches the success reward, against ``random_success`` (a uniform pick among
+    the same candidates) and ``best_success`` (a start has any candidate that succeeds)."""
+    pred, rewards = pred.float().mean(1).numpy(), rewards.float().numpy()
+    value, ok = rewards.mean(1), (rewards >= success - 1e-6).any(1)
+    groups = np.asarray(groups)
+    right = total = 0
+    pick, rand, best = [], [], []
+    for g in np.unique(groups):
+        i = np.flatnonzero(groups == g)
+        dv = value[i][:, None] - value[i][None, :]
+        dp = pred[i][:, None] - pred[i][None, :]
+        mask = np.triu(np.abs(dv) > tol, 1)
+        right += int(((dv * dp) > 0)[mask].sum())
+        total += int(mask.sum())
+        pick.append(ok[i][np.argmax(pred[i])])
+        rand.append(ok[i].mean())
+        best.append(ok[i].any())
+    return {"pairwise": right / total if total else float("nan"), "pairs": total, "starts": len(pick),
+            "pick_success": float(np.mean(pick)), "random_success": float(np.mean(rand)),
+            "best_success": float(np.mean(best))}
 
 
 def fit_outcome(wm: WorldModel, train: dict, val: dict | None = None, *, hidden: int = 128, steps: int = 2000,
@@ -110,4 +206,4 @@ def fit_outcome(wm: WorldModel, train: dict, val: dict | None = None, *, hidden:
     return out.eval(), metrics
 
 
-__all__ = ["imagine_features", "fit_outcome", "outcome_metrics"]
+__all__ = ["CandidateClips", "imagine_features", "concat_features", "fit_outcome", "outcome_metrics", "choice_metrics"]

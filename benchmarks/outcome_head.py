@@ -1,0 +1,114 @@
+"""Does the world model's outcome head see a lift that the imagined video loses?
+
+    python benchmarks/outcome_head.py --worldmodel artifacts/outcome/noisy_prior/worldmodel.pt \\
+        --run artifacts/closed_loop/weak_p0/run.json --rollouts artifacts/heldout/prior_random_val_40.hdf5
+
+Held-out clips (``--window`` model steps every ``--stride`` control steps of every episode in
+``--rollouts``) are imagined ``--draws`` times from their real first frame under their real
+actions. On the SAME imagined draws, each planning signal is asked whether the clip ends in
+success (the env's reward at its last step is the success reward), as a ROC AUC:
+
+- ``outcome (last step)`` / ``outcome (mean)``: the world model's outcome head (the mean over
+  steps is the MPC's ``outcome`` objective term);
+- ``student objective``: the MPC's default objective from the student's reading of the
+  imagined video (``agent.mpc.DEFAULT_WEIGHTS``); ``student IF`` and ``student progress``:
+  its Instruction Following dimension and its progress output.
+
+``undecided`` clips are those whose first step is not yet a success: the decisions a
+planner still has to make (clips that start lifted are easy for every signal).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.report import add_section_args, write_section  # noqa: E402
+from experiments.common import resolve, setup_torch  # noqa: E402
+
+SIGNALS = ("outcome (last step)", "outcome (mean)", "student objective", "student IF", "student progress")
+
+
+def auc(score: np.ndarray, label: np.ndarray) -> float:
+    """ROC AUC of ``score`` for boolean ``label`` (ties count half; NaN if a class is empty)."""
+    pos, neg = score[label], score[~label]
+    if not len(pos) or not len(neg):
+        return float("nan")
+    diff = pos[:, None] - neg[None, :]
+    return float((diff > 0).mean() + 0.5 * (diff == 0).mean())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--worldmodel", required=True, help="a world model with an outcome head (train_outcome.py)")
+    ap.add_argument("--run", default="artifacts/closed_loop/lift/run.json",
+                    help="a main-job run.json naming the student stage")
+    ap.add_argument("--student", default=None, help="default: the run's student stage")
+    ap.add_argument("--rollouts", nargs="+", required=True, help="held-out rollout files")
+    ap.add_argument("--window", type=int, default=8)
+    ap.add_argument("--stride", type=int, default=4)
+    ap.add_argument("--draws", type=int, default=2)
+    ap.add_argument("--success", type=float, default=1.0, help="the env's reward at success")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    add_section_args(ap, "Outcome head: does the world model see the lift that its imagined video loses? (Lift)")
+    args = ap.parse_args()
+    setup_torch(args.threads)
+
+    import torch
+
+    from agent.mpc import DEFAULT_WEIGHTS, plan_objective
+    from worldmodel.data import RolloutWindows
+    from worldmodel.judge.student import StudentReward
+    from worldmodel.outcome import imagine_features
+    from worldmodel.world_model import WorldModel
+
+    wm_path = resolve(args.worldmodel)
+    wm = WorldModel.from_checkpoint(wm_path)
+    if wm.dynamics.outcome is None:
+        raise SystemExit(f"{wm_path} has no outcome head; fit one with experiments/train_outcome.py")
+    student_path = resolve(args.student) if args.student else \
+        resolve(json.loads(resolve(args.run).read_text())["stages"]["student"]) / "student.pt"
+    student = StudentReward.from_checkpoint(student_path)
+    windows = RolloutWindows([resolve(p) for p in args.rollouts], window=args.window,
+                             action_repeat=wm.action_repeat, stride=args.stride)
+
+    def score(clips, actions):
+        instr = torch.zeros(len(clips), dtype=torch.long)      # Lift: "lift the red cube"
+        out = student.score(clips.cpu(), instr)
+        return {"student objective": plan_objective(out, DEFAULT_WEIGHTS), "student IF": out["dims"][:, 0],
+                "student progress": torch.as_tensor(out["shaping"])[:, 2]}
+
+    res = imagine_features(wm, windows, draws=args.draws, seed=args.seed, score=score)
+    rewards = res["rewards"].numpy()
+    label = rewards[:, -1] >= args.success - 1e-6
+    undecided = rewards[:, 0] < args.success - 1e-6
+    signals = {"outcome (last step)": res["outcome"][:, -1].numpy(), "outcome (mean)": res["outcome"].mean(1).numpy(),
+               **{k: v.numpy() for k, v in res["scores"].items()}}
+    rows = ["| signal | AUC, all clips | AUC, undecided clips |", "|---|---|---|"]
+    for name in SIGNALS:
+        s = signals[name]
+        rows.append(f"| {name} | {auc(s, label):.3f} | {auc(s[undecided], label[undecided]):.3f} |")
+    n = len(windows)
+    body = "\n".join([
+        f"World model `{wm_path.parent.name}/{wm_path.name}` (outcome head), student `{student_path.parent.name}`; "
+        f"{n} held-out clips of {args.window} model steps (stride {args.stride} control steps) from "
+        f"{len(windows.frames)} episodes of {', '.join(Path(p).name for p in args.rollouts)}, {args.draws} imagined "
+        f"draws each ({len(label)} imagined clips). Clips that end in success: {int(label.sum())}; undecided clips "
+        f"(first step not yet a success): {int(undecided.sum())}, of which {int((label & undecided).sum())} end in success.",
+        "", *rows, *(["", args.notes] if args.notes else [])])
+    print(body)
+    if not args.no_write:
+        argv = sys.argv[1:]
+        if "--notes" in argv:
+            argv = argv[:argv.index("--notes")] + ["--notes", "..."] + argv[argv.index("--notes") + 2:]
+        write_section(args.title, body, command="python benchmarks/outcome_head.py " + " ".join(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Collect counterfactual outcomes: many candidate plans per visited state, each replayed in the simulator.
+
+    python experiments/collect_counterfactual.py prior_ckpt=<prior.pt> [episodes=40] [split=train] [workers=2]
+
+The states come from ``prior_random`` episodes (the action prior's samples at the MPC's
+cadence, one picked at random); at every ``every``-th control step the prior proposes
+``samples`` plans and each is replayed from the exact simulator state
+(:mod:`agent.counterfactual`). ``experiments/train_outcome.py data.counterfactual=[...]``
+fits the world model's outcome head on them, so it learns which plan from one state lifts.
+"""
+from __future__ import annotations
+
+import time
+
+import hydra
+from omegaconf import DictConfig
+
+from agent.counterfactual import collect_counterfactuals
+from agent.prior import PriorAgent
+from envs.splits import split_seeds
+from experiments.common import resolve, setup_torch
+
+
+def run(cfg: DictConfig) -> dict:
+    setup_torch(cfg.threads)
+    if not cfg.prior_ckpt:
+        raise ValueError("prior_ckpt is required: the action prior whose candidates are replayed "
+                         "(e.g. artifacts/stages/prior-*/prior.pt)")
+    prior = resolve(cfg.prior_ckpt)
+    if not prior.exists():
+        raise FileNotFoundError(f"action prior {prior} not found; train one with experiments/train_prior.py")
+    agent = PriorAgent(str(prior), execute=cfg.agent.execute, samples=cfg.agent.samples, pick="random",
+                       threads=cfg.threads)
+    seeds = split_seeds(cfg.split, cfg.episodes, cfg.seed_start)
+    t0 = time.time()
+    data = collect_counterfactuals(resolve(cfg.out), cfg.env.id, agent, prior, seeds, workers=cfg.workers,
+                                   every=cfg.every, samples=cfg.samples, seed=cfg.seed, progress=cfg.progress)
+    success = (data["rewards"] >= 1.0 - 1e-6).any(-1)
+    metrics = {"states": len(data["seed"]), "candidates": int(success.size), "lift_rate": float(success.mean()),
+               "states_with_a_lift": float(success.any(-1).mean()), "wall_s": time.time() - t0}
+    print(f"{metrics['states']} states x {cfg.samples} candidates in {metrics['wall_s']:.0f} s; "
+          f"{metrics['lift_rate']:.2f} of candidates reach success, {metrics['states_with_a_lift']:.2f} of "
+          f"states have one that does; -> {resolve(cfg.out)}")
+    return metrics
+
+
+@hydra.main(config_path="conf", config_name="collect_counterfactual", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()
