@@ -41,13 +41,14 @@ def counterfactuals(env_id: str, agent, prior, seeds, *, every: int = 8, samples
     if every < 1 or samples < 1:
         raise ValueError(f"every and samples must be >= 1, got every={every}, samples={samples}")
     prior = load_prior(prior) if isinstance(prior, (str, os.PathLike)) else prior
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = torch.Generator()
     env, oracle = gym.make(env_id), OracleP()
     out = {k: [] for k in KEYS}
     try:
         oracle.attach_privileged_env(env)
         for s in tqdm(list(seeds), desc="counterfactual episodes", disable=not progress):
             agent.reset(seed=int(s))
+            gen.manual_seed(int(np.random.default_rng((int(seed), int(s))).integers(2**62)))   # per episode: any split
             obs, _ = env.reset(seed=int(s))
             for t in range(env.spec.max_episode_steps or 10**6):
                 if t % every == 0:
@@ -79,9 +80,9 @@ def _chunk(args) -> dict:
 
 def collect_counterfactuals(path: str | os.PathLike, env_id: str, agent, prior, seeds, *, workers: int = 1,
                             every: int = 8, samples: int = 32, seed: int = 0, progress: bool = True) -> dict:
-    """:func:`counterfactuals` over ``workers`` processes (seeds split between them; worker
-    ``i`` draws the prior's samples with seed ``seed + i``), concatenated in seed order and
-    written atomically to ``path`` (``.npz``). Returns the arrays."""
+    """:func:`counterfactuals` over ``workers`` processes (seeds split between them; the prior's
+    samples are seeded per episode, so the split does not change them), concatenated in seed
+    order and written atomically to ``path`` (``.npz``). Returns the arrays."""
     from envs.rollouts import atomic_path
 
     seeds = [int(s) for s in seeds]
@@ -90,7 +91,7 @@ def collect_counterfactuals(path: str | os.PathLike, env_id: str, agent, prior, 
     workers = max(1, min(int(workers), len(seeds)))
     parts = [seeds[i::workers] for i in range(workers)]
     jobs = [(env_id, agent, str(prior) if isinstance(prior, (str, os.PathLike)) else prior, part,
-             {"every": every, "samples": samples, "seed": seed + i, "progress": progress and i == 0}, 1)
+             {"every": every, "samples": samples, "seed": seed, "progress": progress and i == 0}, 1)
             for i, part in enumerate(parts)]
     if workers == 1:
         results = [_chunk(jobs[0])]

@@ -52,9 +52,23 @@ STUDENT_ORACLES = ("oracle_s", "oracle_s_prior")
 SAC_METHODS = ("sac", "sac_ref")
 
 
-def stages_for(method: str) -> list[str]:
-    """The pipeline stages a method's agent needs."""
-    need = [WORLD_MODEL_METHODS[method][0], "student"] if method in WORLD_MODEL_METHODS else []
+#: With the ``outcome`` objective weight, the stage whose model (the same world model plus an
+#: outcome head) a world-model method imagines with instead.
+OUTCOME_STAGES = {"aligned": "outcome", "worldmodel": "outcome_pretrained"}
+
+
+def world_model_stage(method: str, cfg: DictConfig | None = None) -> str:
+    """The pipeline stage whose world model ``method`` imagines with (``cfg``: the closed-loop
+    config; a nonzero ``mpc.weights.outcome`` needs the model with an outcome head)."""
+    stage = WORLD_MODEL_METHODS[method][0]
+    if cfg is not None and float((cfg.mpc.get("weights") or {}).get("outcome", 0.0) or 0.0):
+        return OUTCOME_STAGES[stage]
+    return stage
+
+
+def stages_for(method: str, cfg: DictConfig | None = None) -> list[str]:
+    """The pipeline stages a method's agent needs (``cfg``: see :func:`world_model_stage`)."""
+    need = [world_model_stage(method, cfg), "student"] if method in WORLD_MODEL_METHODS else []
     need += ["student"] if method in STUDENT_ORACLES else []
     return need + (["prior"] if method in PRIOR_METHODS else [])
 
@@ -69,7 +83,7 @@ def make_method(method: str, cfg: DictConfig, stages: dict):
     if method in WORLD_MODEL_METHODS:
         from agent.mpc import WorldModelMPC
 
-        stage, extra = WORLD_MODEL_METHODS[method]
+        stage, extra = world_model_stage(method, cfg), WORLD_MODEL_METHODS[method][1]
         kwargs = {**OmegaConf.to_container(cfg.mpc), **extra}
         kwargs.pop("student", None)
         kwargs.pop("worldmodel", None)
@@ -146,7 +160,7 @@ def method_identity(method: str, cfg: DictConfig, stages: dict) -> dict:
     if method in SAC_METHODS:
         ident["sac"] = stages[method].key
     if method in WORLD_MODEL_METHODS:
-        stage = WORLD_MODEL_METHODS[method][0]
+        stage = world_model_stage(method, cfg)
         ident.update(mpc=OmegaConf.to_container(cfg.mpc), world_model=stages[stage].key,
                      student=stages["student"].key)
     elif method == cfg.agent.name:    # a plain agent of the registry: its own kwargs
@@ -196,7 +210,7 @@ def run(cfg: DictConfig) -> dict:
     setup_torch(cfg.threads)
     t0 = time.time()
     methods = list(dict.fromkeys([cfg.agent.name, *cfg.baselines]))
-    needed = sorted({s for m in methods for s in stages_for(m)})
+    needed = sorted({s for m in methods for s in stages_for(m, cfg)})
     stages = pipeline.build(cfg.pipeline, needed, artifacts=cfg.artifacts) if needed else {}
     for method in (m for m in methods if m in SAC_METHODS):   # trained on the evaluated env itself
         stages[method] = pipeline.run_script_stage(method, "train_sac", [f"env_id={cfg.env.id}", *cfg.pipeline[method]],

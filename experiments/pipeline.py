@@ -175,9 +175,12 @@ def path_list(paths) -> str:
 
 
 #: Stages in build order, and the stages each one reads.
-STAGES = ("collect", "tokenizer", "worldmodel", "bench", "student", "aligned", "prior")
+STAGES = ("collect", "tokenizer", "worldmodel", "bench", "student", "aligned", "prior", "counterfactual",
+          "outcome", "outcome_pretrained")
 DEPENDS = {"collect": (), "tokenizer": ("collect",), "worldmodel": ("tokenizer",), "bench": ("worldmodel",),
-           "student": ("bench",), "aligned": ("worldmodel", "student"), "prior": ("collect",)}
+           "student": ("bench",), "aligned": ("worldmodel", "student"), "prior": ("collect",),
+           "counterfactual": ("prior",), "outcome": ("aligned", "counterfactual"),
+           "outcome_pretrained": ("worldmodel", "counterfactual")}
 
 
 def needed(stages) -> set[str]:
@@ -248,6 +251,16 @@ def build(pcfg: DictConfig, stages, *, artifacts: str | os.PathLike = "artifacts
     if "prior" in need:
         done["prior"] = run_script_stage("prior", "train_prior", list(pcfg.get("prior", [])), coll_keys, data,
                                          artifacts=artifacts, log=log)
+    if "counterfactual" in need:
+        prior = done["prior"]
+        done["counterfactual"] = run_script_stage(
+            "counterfactual", "collect_counterfactual",
+            [f"env={pcfg.envs[0]}", *pcfg.outcome.counterfactual], {"prior": prior.key, "render": str(envs.RENDER_VERSION)},
+            {"prior_ckpt": prior.dir / MODEL_FILES["prior"]}, artifacts=artifacts, log=log)
+    for name, base in (("outcome", "aligned"), ("outcome_pretrained", "worldmodel")):
+        if name in need:
+            done[name] = outcome_stage(pcfg, done[base], done["counterfactual"], coll_keys, data,
+                                       artifacts=artifacts, log=log)
     return done
 
 
@@ -286,10 +299,23 @@ def aligned_stage(pcfg: DictConfig, done: dict, inputs: dict[str, str], train_ro
         artifacts=artifacts, log=log)
 
 
+def outcome_stage(pcfg: DictConfig, base: StageResult, counterfactual: StageResult, inputs: dict[str, str],
+                  data: dict[str, str], *, artifacts: str | os.PathLike = "artifacts",
+                  log: Callable[[str], None] = print) -> StageResult:
+    """The outcome head (``experiments/train_outcome.py``) fitted on ``base``'s (a world-model
+    stage) imagination of the collected rollouts and of ``counterfactual``'s candidates."""
+    return run_script_stage(
+        "outcome", "train_outcome", list(pcfg.outcome.train),
+        {**inputs, "worldmodel": base.key, "counterfactual": counterfactual.key},
+        {"worldmodel_ckpt": base.dir / "worldmodel.pt", **data,
+         "data.counterfactual": path_list(sorted(counterfactual.dir.glob("*.npz")))},
+        artifacts=artifacts, log=log)
+
+
 #: The file each model stage leaves in its folder.
 MODEL_FILES = {"tokenizer": "last.pt", "worldmodel": "worldmodel.pt", "bench": "bench.h5",
                "student": "student.pt", "aligned": "worldmodel.pt", "prior": "prior.pt", "sac": "sac.zip",
-               "sac_ref": "sac.zip"}
+               "sac_ref": "sac.zip", "outcome": "worldmodel.pt", "outcome_pretrained": "worldmodel.pt"}
 
 
 def model_path(stages: dict, name: str) -> Path:

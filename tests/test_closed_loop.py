@@ -314,6 +314,15 @@ def test_configs_compose():
     from experiments.closed_loop import stages_for
     assert stages_for("mpc_prior") == ["aligned", "student", "prior"] and stages_for("prior") == ["prior"]
     assert stages_for("scripted") == []
+    # the outcome objective: the same world models plus an outcome head, fitted on counterfactuals
+    from experiments.closed_loop import OUTCOME_STAGES
+    from experiments.pipeline import needed
+    with_outcome = _compose("closed_loop", ["+mpc.weights.outcome=10"])
+    assert stages_for("mpc_prior", with_outcome) == ["outcome", "student", "prior"]
+    assert stages_for("mpc_prior_pretrained", with_outcome)[0] == "outcome_pretrained"
+    assert stages_for("mpc_prior", _compose("closed_loop", ["+mpc.weights.outcome=0"]))[0] == "aligned"
+    assert set(OUTCOME_STAGES.values()) <= set(STAGES)
+    assert {"aligned", "counterfactual", "prior"} <= needed("outcome") and "aligned" not in needed("outcome_pretrained")
     for preset, n in (("tiny", 1), ("quick", 5), ("default", 10), ("full", 50)):
         assert _compose("closed_loop", [f"preset={preset}"]).episodes == n
     # the preset is applied after _self_, so it sets episodes; an explicit override still wins
