@@ -66,7 +66,7 @@ def run(cfg: DictConfig) -> dict:
     h = cfg.head
     out_wm, metrics = fit_outcome(wm, train, feats["val"], hidden=h.hidden, steps=h.steps, lr=h.lr,
                                   batch_size=h.batch_size, weight_decay=h.weight_decay, seed=cfg.seed,
-                                  success=cfg.success, progress=cfg.progress)
+                                  success=cfg.success, rank_weight=h.get("rank_weight", 0.0), progress=cfg.progress)
     with torch.no_grad():
         for split in ("train", "val"):
             if cf[split]:

@@ -193,3 +193,29 @@ def test_choice_metrics_compare_the_pick_with_a_random_one():
     assert right["random_success"] == pytest.approx(1 / 6)
     wrong = choice_metrics(-rewards, rewards, groups)
     assert wrong["pairwise"] == 0.0 and wrong["pick_success"] == 0.0 and wrong["pairs"] == right["pairs"] == 6
+
+
+def test_rank_loss_orders_candidates_of_one_start():
+    """A head fitted with the ranking term orders each start's candidates by their outcome
+    (a small within-start signal under a large between-start one)."""
+    from worldmodel.outcome import fit_outcome
+
+    torch.manual_seed(0)
+    wm = WorldModel.build(DualFSQTokenizer(TOK), {"d_model": 16, "n_layers": 1, "n_heads": 2},
+                          action_repeat=2, window=3).eval()
+    g = torch.Generator().manual_seed(0)
+    starts, cands, t = 40, 4, 2
+    base = torch.randn(starts, 1, 1, 16, generator=g) * 3          # between-start variation
+    quality = torch.randn(starts, cands, 1, 1, generator=g)          # within-start: one feature
+    feats = (base + torch.randn(starts, cands, t, 16, generator=g) * 0.1).clone()
+    feats[..., 0] += quality[..., 0, 0][..., None]
+    rewards = (base[..., 0].expand(starts, cands, t) * 0.5 + 0.1 * quality[..., 0]).flatten(0, 1)
+    data = {"features": feats.flatten(0, 1), "rewards": rewards,
+            "group": torch.arange(starts).repeat_interleave(cands), "window": torch.arange(starts * cands)}
+    from worldmodel.outcome import choice_metrics
+    with pytest.raises(ValueError, match="grouped by start"):
+        fit_outcome(wm, {k: v for k, v in data.items() if k != "group"}, steps=2, rank_weight=1.0, progress=False)
+    ranked, _ = fit_outcome(wm, data, hidden=16, steps=300, lr=3e-3, rank_weight=1.0, progress=False)
+    with torch.no_grad():
+        m = choice_metrics(ranked.dynamics.predict_outcome(data["features"]), rewards, data["group"], tol=0.0)
+    assert m["pairwise"] > 0.8, m

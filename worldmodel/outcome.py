@@ -169,14 +169,44 @@ def choice_metrics(pred: torch.Tensor, rewards: torch.Tensor, groups: torch.Tens
             "best_success": float(np.mean(best))}
 
 
+def _rank_loss(head, x, y, groups, tol: float, temperature: float) -> torch.Tensor:
+    """Mean logistic pair loss within each group of row indices (see :func:`fit_outcome`)."""
+    total, n = 0.0, 0
+    for g in groups:
+        p, v = head(x[g]).squeeze(-1).mean(-1), y[g].mean(-1)
+        dv, dp = v[:, None] - v[None, :], (p[:, None] - p[None, :]) / temperature
+        mask = dv > tol
+        if mask.any():
+            total = total + F.softplus(-dp[mask]).sum()
+            n += int(mask.sum())
+    return total / max(n, 1) if n else x.new_zeros(())
+
+
 def fit_outcome(wm: WorldModel, train: dict, val: dict | None = None, *, hidden: int = 128, steps: int = 2000,
                 lr: float = 1e-3, batch_size: int = 256, weight_decay: float = 1e-4, seed: int = 0,
-                success: float = 1.0, progress: bool = True) -> tuple[WorldModel, dict]:
+                success: float = 1.0, rank_weight: float = 0.0, rank_groups: int = 8, rank_tol: float = 0.02,
+                rank_temperature: float = 0.05, progress: bool = True) -> tuple[WorldModel, dict]:
     """A copy of ``wm`` with an outcome head (``hidden`` units) fitted by MSE on ``train``
     (from :func:`imagine_features` of the same ``wm``); every other weight is unchanged.
+
+    ``rank_weight`` > 0 adds a within-start ranking loss: each step also draws ``rank_groups``
+    starts with several rows (``train["group"]``, e.g. counterfactual candidates) and applies a
+    logistic loss to every pair of their rows whose mean true reward differs by more than
+    ``rank_tol``, on the difference of mean predictions / ``rank_temperature``.
     Returns the new world model and its metrics (``train`` / ``val``, see :func:`outcome_metrics`)."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    members = []
+    if rank_weight > 0:
+        groups = train.get("group")
+        if groups is None:
+            raise ValueError("rank_weight > 0 needs rows grouped by start (train['group']): counterfactual data")
+        order = torch.argsort(groups, stable=True)
+        _, counts = torch.unique_consecutive(groups[order], return_counts=True)
+        value = train["rewards"].mean(-1)     # starts whose rows differ (not only draws of one clip)
+        members = [m for m in torch.split(order, counts.tolist()) if len(m) > 1 and bool(value[m].std() > 0)]
+        if not members:
+            raise ValueError("rank_weight > 0 but no start has rows of different outcomes")
     out = wm.with_outcome_head(hidden)
     head = out.dynamics.outcome
     torch.manual_seed(seed)
@@ -193,6 +223,10 @@ def fit_outcome(wm: WorldModel, train: dict, val: dict | None = None, *, hidden:
     for _ in bar:
         idx = torch.randint(len(x), (batch_size,), generator=gen)
         loss = F.mse_loss(head(x[idx]).squeeze(-1), y[idx])
+        if members:
+            pick = torch.randint(len(members), (rank_groups,), generator=gen)
+            loss = loss + rank_weight * _rank_loss(head, x, y, [members[int(i)] for i in pick], rank_tol,
+                                                   rank_temperature)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
