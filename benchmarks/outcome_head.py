@@ -16,6 +16,13 @@ success (the env's reward at its last step is the success reward), as a ROC AUC:
 
 ``undecided`` clips are those whose first step is not yet a success: the decisions a
 planner still has to make (clips that start lifted are easy for every signal).
+
+Those clips come one per start, so they measure how outcomes differ BETWEEN starts. With
+``--counterfactual`` (files of ``experiments/collect_counterfactual.py``: many prior
+candidates per held-out state, each replayed in the simulator) the same signals choose among
+one state's candidates, as the planner does: within-state pairwise accuracy against the mean
+true reward, and how often the top-scored candidate reaches success against a random pick
+(``worldmodel.outcome.choice_metrics``).
 """
 from __future__ import annotations
 
@@ -50,6 +57,7 @@ def main() -> None:
                     help="a main-job run.json naming the student stage")
     ap.add_argument("--student", default=None, help="default: the run's student stage")
     ap.add_argument("--rollouts", nargs="+", required=True, help="held-out rollout files")
+    ap.add_argument("--counterfactual", nargs="*", default=[], help="held-out counterfactual .npz files")
     ap.add_argument("--window", type=int, default=8)
     ap.add_argument("--stride", type=int, default=4)
     ap.add_argument("--draws", type=int, default=2)
@@ -65,7 +73,8 @@ def main() -> None:
     from agent.mpc import DEFAULT_WEIGHTS, plan_objective
     from worldmodel.data import RolloutWindows
     from worldmodel.judge.student import StudentReward
-    from worldmodel.outcome import imagine_features
+    from agent.counterfactual import load_counterfactuals
+    from worldmodel.outcome import CandidateClips, choice_metrics, concat_features, imagine_features
     from worldmodel.world_model import WorldModel
 
     wm_path = resolve(args.worldmodel)
@@ -94,6 +103,24 @@ def main() -> None:
     for name in SIGNALS:
         s = signals[name]
         rows.append(f"| {name} | {auc(s, label):.3f} | {auc(s[undecided], label[undecided]):.3f} |")
+    choice = []
+    if args.counterfactual:
+        parts = []
+        for path in args.counterfactual:
+            d = load_counterfactuals(resolve(path))
+            parts.append(imagine_features(wm, CandidateClips(d["image"], d["actions"], d["rewards"], wm.action_repeat),
+                                          draws=1, seed=args.seed, score=score))
+        cf = concat_features(parts)
+        sig = {"outcome (mean)": torch.cat([p["outcome"] for p in parts]),
+               **{k: torch.cat([p["scores"][k] for p in parts])[:, None] for k in parts[0]["scores"]}}
+        choice = ["", f"Choosing among one held-out state's candidates ({int(cf['group'].max()) + 1} states of "
+                  f"{', '.join(Path(p).name for p in args.counterfactual)}, one imagined draw per candidate):", "",
+                  "| signal | within-state pairwise | top pick reaches success | random pick | best candidate |",
+                  "|---|---|---|---|---|"]
+        for name in ("outcome (mean)", "student objective", "student IF", "student progress"):
+            m = choice_metrics(sig[name], cf["rewards"], cf["group"], args.success)
+            choice.append(f"| {name} | {m['pairwise']:.3f} ({m['pairs']} pairs) | {m['pick_success']:.3f} | "
+                          f"{m['random_success']:.3f} | {m['best_success']:.3f} |")
     n = len(windows)
     body = "\n".join([
         f"World model `{wm_path.parent.name}/{wm_path.name}` (outcome head), student `{student_path.parent.name}`; "
@@ -101,7 +128,7 @@ def main() -> None:
         f"{len(windows.frames)} episodes of {', '.join(Path(p).name for p in args.rollouts)}, {args.draws} imagined "
         f"draws each ({len(label)} imagined clips). Clips that end in success: {int(label.sum())}; undecided clips "
         f"(first step not yet a success): {int(undecided.sum())}, of which {int((label & undecided).sum())} end in success.",
-        "", *rows, *(["", args.notes] if args.notes else [])])
+        "", *rows, *choice, *(["", args.notes] if args.notes else [])])
     print(body)
     if not args.no_write:
         argv = sys.argv[1:]
