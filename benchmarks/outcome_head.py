@@ -1,7 +1,8 @@
 """Does the world model's outcome head see a lift that the imagined video loses?
 
     python benchmarks/outcome_head.py --worldmodel artifacts/outcome/noisy_prior/worldmodel.pt \\
-        --run artifacts/closed_loop/weak_p0/run.json --rollouts artifacts/heldout/prior_random_val_40.hdf5
+        --run artifacts/closed_loop/weak_p0/run.json --rollouts artifacts/heldout/prior_random_val_40.hdf5 \\
+        [--worldmodel ANOTHER --counterfactual artifacts/counterfactual/lift_val_200_12.npz]
 
 Held-out clips (``--window`` model steps every ``--stride`` control steps of every episode in
 ``--rollouts``) are imagined ``--draws`` times from their real first frame under their real
@@ -52,7 +53,8 @@ def auc(score: np.ndarray, label: np.ndarray) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--worldmodel", required=True, help="a world model with an outcome head (train_outcome.py)")
+    ap.add_argument("--worldmodel", action="append", required=True,
+                    help="a world model with an outcome head (train_outcome.py); repeat to compare several")
     ap.add_argument("--run", default="artifacts/closed_loop/lift/run.json",
                     help="a main-job run.json naming the student stage")
     ap.add_argument("--student", default=None, help="default: the run's student stage")
@@ -77,15 +79,18 @@ def main() -> None:
     from worldmodel.outcome import CandidateClips, choice_metrics, concat_features, imagine_features
     from worldmodel.world_model import WorldModel
 
-    wm_path = resolve(args.worldmodel)
-    wm = WorldModel.from_checkpoint(wm_path)
-    if wm.dynamics.outcome is None:
-        raise SystemExit(f"{wm_path} has no outcome head; fit one with experiments/train_outcome.py")
     student_path = resolve(args.student) if args.student else \
         resolve(json.loads(resolve(args.run).read_text())["stages"]["student"]) / "student.pt"
     student = StudentReward.from_checkpoint(student_path)
+    models = []
+    for path in args.worldmodel:
+        wm = WorldModel.from_checkpoint(resolve(path))
+        if wm.dynamics.outcome is None:
+            raise SystemExit(f"{path} has no outcome head; fit one with experiments/train_outcome.py")
+        models.append((resolve(path), wm))
     windows = RolloutWindows([resolve(p) for p in args.rollouts], window=args.window,
-                             action_repeat=wm.action_repeat, stride=args.stride)
+                             action_repeat=models[0][1].action_repeat, stride=args.stride)
+    cands = [load_counterfactuals(resolve(p)) for p in args.counterfactual]
 
     def score(clips, actions):
         instr = torch.zeros(len(clips), dtype=torch.long)      # Lift: "lift the red cube"
@@ -93,42 +98,50 @@ def main() -> None:
         return {"student objective": plan_objective(out, DEFAULT_WEIGHTS), "student IF": out["dims"][:, 0],
                 "student progress": torch.as_tensor(out["shaping"])[:, 2]}
 
-    res = imagine_features(wm, windows, draws=args.draws, seed=args.seed, score=score)
-    rewards = res["rewards"].numpy()
-    label = rewards[:, -1] >= args.success - 1e-6
-    undecided = rewards[:, 0] < args.success - 1e-6
-    signals = {"outcome (last step)": res["outcome"][:, -1].numpy(), "outcome (mean)": res["outcome"].mean(1).numpy(),
-               **{k: v.numpy() for k, v in res["scores"].items()}}
-    rows = ["| signal | AUC, all clips | AUC, undecided clips |", "|---|---|---|"]
-    for name in SIGNALS:
-        s = signals[name]
-        rows.append(f"| {name} | {auc(s, label):.3f} | {auc(s[undecided], label[undecided]):.3f} |")
-    choice = []
-    if args.counterfactual:
-        parts = []
-        for path in args.counterfactual:
-            d = load_counterfactuals(resolve(path))
-            parts.append(imagine_features(wm, CandidateClips(d["image"], d["actions"], d["rewards"], wm.action_repeat),
-                                          draws=1, seed=args.seed, score=score))
-        cf = concat_features(parts)
-        sig = {"outcome (mean)": torch.cat([p["outcome"] for p in parts]),
-               **{k: torch.cat([p["scores"][k] for p in parts])[:, None] for k in parts[0]["scores"]}}
-        choice = ["", f"Choosing among one held-out state's candidates ({int(cf['group'].max()) + 1} states of "
-                  f"{', '.join(Path(p).name for p in args.counterfactual)}, one imagined draw per candidate):", "",
-                  "| signal | within-state pairwise | top pick reaches success | random pick | best candidate |",
-                  "|---|---|---|---|---|"]
-        for name in ("outcome (mean)", "student objective", "student IF", "student progress"):
-            m = choice_metrics(sig[name], cf["rewards"], cf["group"], args.success)
-            choice.append(f"| {name} | {m['pairwise']:.3f} ({m['pairs']} pairs) | {m['pick_success']:.3f} | "
-                          f"{m['random_success']:.3f} | {m['best_success']:.3f} |")
+    rows = ["| world model | signal | AUC, all clips | AUC, undecided clips |", "|---|---|---|---|"]
+    choice = ["| world model | signal | within-state pairwise | top pick reaches success | random pick | "
+              "best candidate |", "|---|---|---|---|---|---|"]
+    trunks, label, undecided, cf = [], None, None, None
+    for path, wm in models:
+        name = f"`{path.parent.name}`"
+        trunk = {k: v for k, v in wm.state_dict().items() if not k.startswith("dynamics.outcome.")}
+        # heads on one trunk imagine the same clips (same seed): the student's rows once per trunk
+        new_trunk = not any(trunk.keys() == t.keys() and all(torch.equal(trunk[k], t[k]) for k in t) for t in trunks)
+        trunks.append(trunk)
+        res = imagine_features(wm, windows, draws=args.draws, seed=args.seed, score=score if new_trunk else None)
+        rewards = res["rewards"].numpy()
+        label = rewards[:, -1] >= args.success - 1e-6
+        undecided = rewards[:, 0] < args.success - 1e-6
+        signals = {"outcome (last step)": res["outcome"][:, -1].numpy(), "outcome (mean)": res["outcome"].mean(1).numpy(),
+                   **{k: v.numpy() for k, v in res.get("scores", {}).items()}}
+        for sig in (k for k in SIGNALS if k in signals):
+            v = signals[sig]
+            rows.append(f"| {name} | {sig} | {auc(v, label):.3f} | {auc(v[undecided], label[undecided]):.3f} |")
+        if cands:
+            parts = [imagine_features(wm, CandidateClips(d["image"], d["actions"], d["rewards"], wm.action_repeat),
+                                      draws=1, seed=args.seed, score=score if new_trunk else None) for d in cands]
+            cf = concat_features(parts)
+            sig = {"outcome (mean)": torch.cat([p["outcome"] for p in parts]),
+                   **{k: torch.cat([p["scores"][k] for p in parts])[:, None] for k in parts[0].get("scores", {})}}
+            for k in ("outcome (mean)", "student objective", "student IF", "student progress"):
+                if k in sig:
+                    m = choice_metrics(sig[k], cf["rewards"], cf["group"], args.success)
+                    choice.append(f"| {name} | {k} | {m['pairwise']:.3f} ({m['pairs']} pairs) | {m['pick_success']:.3f} | "
+                                  f"{m['random_success']:.3f} | {m['best_success']:.3f} |")
     n = len(windows)
     body = "\n".join([
-        f"World model `{wm_path.parent.name}/{wm_path.name}` (outcome head), student `{student_path.parent.name}`; "
-        f"{n} held-out clips of {args.window} model steps (stride {args.stride} control steps) from "
-        f"{len(windows.frames)} episodes of {', '.join(Path(p).name for p in args.rollouts)}, {args.draws} imagined "
-        f"draws each ({len(label)} imagined clips). Clips that end in success: {int(label.sum())}; undecided clips "
-        f"(first step not yet a success): {int(undecided.sum())}, of which {int((label & undecided).sum())} end in success.",
-        "", *rows, *choice, *(["", args.notes] if args.notes else [])])
+        f"World models (with outcome heads) {', '.join(f'`{p.parent.name}/{p.name}`' for p, _ in models)}, student "
+        f"`{student_path.parent.name}` (its rows once per distinct world-model trunk: heads on one trunk imagine the "
+        f"same clips). Between starts: {n} held-out clips of {args.window} model steps (stride {args.stride} control "
+        f"steps) from {len(windows.frames)} episodes of {', '.join(Path(p).name for p in args.rollouts)}, "
+        f"{args.draws} imagined draws each ({len(label)} imagined clips); {int(label.sum())} end in success; "
+        f"undecided clips (first step not yet a success): {int(undecided.sum())}, of which "
+        f"{int((label & undecided).sum())} end in success.", "", *rows,
+        *(["", f"Within a state: choosing among one held-out state's candidates ({int(cf['group'].max()) + 1} states "
+               f"of {', '.join(Path(p).name for p in args.counterfactual)}, one imagined draw per candidate; pairs "
+               "ordered against the candidates' mean true reward, success = the env's success reward within the "
+               "plan):", "", *choice] if cf is not None else []),
+        *(["", args.notes] if args.notes else [])])
     print(body)
     if not args.no_write:
         argv = sys.argv[1:]
