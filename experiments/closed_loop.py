@@ -59,9 +59,11 @@ OUTCOME_STAGES = {"aligned": "outcome", "worldmodel": "outcome_pretrained"}
 
 def world_model_stage(method: str, cfg: DictConfig | None = None) -> str:
     """The pipeline stage whose world model ``method`` imagines with (``cfg``: the closed-loop
-    config; a nonzero ``mpc.weights.outcome`` needs the model with an outcome head)."""
+    config; a nonzero ``mpc.weights.outcome`` needs the model with an outcome head, unless
+    ``+mpc.worldmodel=PATH`` names the model to imagine with)."""
     stage = WORLD_MODEL_METHODS[method][0]
-    if cfg is not None and float((cfg.mpc.get("weights") or {}).get("outcome", 0.0) or 0.0):
+    if cfg is not None and not cfg.mpc.get("worldmodel") \
+            and float((cfg.mpc.get("weights") or {}).get("outcome", 0.0) or 0.0):
         return OUTCOME_STAGES[stage]
     return stage
 

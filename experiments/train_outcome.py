@@ -29,10 +29,14 @@ from worldmodel.tokens import file_hash
 from worldmodel.world_model import WorldModel
 
 
-def _candidates(path, action_repeat: int) -> CandidateClips:
+def _candidates(path, action_repeat: int, window: int) -> CandidateClips:
     from agent.counterfactual import load_counterfactuals
 
     d = load_counterfactuals(resolve(path))
+    steps = d["actions"].shape[2]
+    if steps != window * action_repeat:
+        raise ValueError(f"{path}: candidates of {steps} control steps, but window={window} model steps x "
+                         f"action_repeat={action_repeat}; set window={steps // action_repeat} (the prior's chunk)")
     return CandidateClips(d["image"], d["actions"], d["rewards"], action_repeat)
 
 
@@ -59,7 +63,7 @@ def run(cfg: DictConfig) -> dict:
         windows = RolloutWindows(rollout_paths(cfg.data[split], split, cfg.artifacts), window=cfg.window,
                                  action_repeat=cfg.action_repeat, stride=cfg.stride)
         feats[split] = imagine(windows)
-    cf = {split: [imagine(_candidates(path, cfg.action_repeat)) for path in cfg.data.get(key) or []]
+    cf = {split: [imagine(_candidates(path, cfg.action_repeat, cfg.window)) for path in cfg.data.get(key) or []]
           for split, key in (("train", "counterfactual"), ("val", "counterfactual_val"))}
     train = concat_features([feats["train"], *cf["train"]])
     imagine_s = time.time() - t0

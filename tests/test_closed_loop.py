@@ -217,6 +217,34 @@ def test_flywheel_collector_collects_another_methods_episodes(tiny_run):
         collector(OmegaConf.merge(cfg, {"flywheel": {"collector": "sac"}}))
 
 
+def test_outcome_objective_builds_counterfactuals_and_an_outcome_head(tiny_run):
+    """`+mpc.weights.outcome`: the pipeline collects counterfactual candidates, fits the outcome
+    head on the aligned model's imagination, and the MPC imagines with that model."""
+    import numpy as np
+    from omegaconf import OmegaConf
+
+    from agent.counterfactual import load_counterfactuals
+    from experiments.closed_loop import run
+    from worldmodel.world_model import WorldModel
+
+    artifacts, cfg, report = tiny_run
+    cfg2 = OmegaConf.merge(cfg, {"baselines": [], "videos": 0, "out_dir": str(artifacts / "outcome_run")})
+    cfg2.mpc.weights = {"outcome": 1.0}
+    got = run(cfg2)
+    stages = got["stages"]
+    assert {"counterfactual", "outcome", "aligned"} <= set(stages) and stages["aligned"] == report["stages"]["aligned"]
+    npz = sorted(Path(stages["counterfactual"]).glob("*.npz"))
+    cf = load_counterfactuals(npz[0])
+    assert len(npz) == 1 and cf["actions"].shape[1] == 4 and np.all(np.isfinite(cf["rewards"]))
+    manifest = json.loads((Path(stages["outcome"]) / "stage.json").read_text())
+    assert manifest["inputs"]["worldmodel"] == json.loads((Path(stages["aligned"]) / "stage.json").read_text())["key"]
+    wm = WorldModel.from_checkpoint(Path(stages["outcome"]) / "worldmodel.pt")
+    assert wm.dynamics.outcome is not None
+    ident = json.loads((artifacts / "outcome_run" / "mpc_prior" / "identity.json").read_text())
+    assert ident["world_model"] == manifest["key"] and ident["mpc"]["weights"]["outcome"] == 1.0
+    assert got["summaries"][0]["episodes"] == 1
+
+
 def test_imagination_stages_compares_world_models_on_the_same_clips(tiny_run, monkeypatch, capsys):
     """benchmarks/imagination_stages.py with two world models and two draws: one real row,
     one row per model with twice the real clips, and the false-lift column."""

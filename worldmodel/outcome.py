@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from worldmodel.data import RolloutWindows
-from worldmodel.training import autocast
+from worldmodel.training import autocast, cosine_with_warmup
 from worldmodel.world_model import WorldModel
 
 
@@ -216,7 +216,7 @@ def fit_outcome(wm: WorldModel, train: dict, val: dict | None = None, *, hidden:
             torch.nn.init.zeros_(m.bias)
     x, y = train["features"], train["rewards"]
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(steps, max(1, steps // 20)))
     gen = torch.Generator().manual_seed(seed)
     head.train()
     bar = tqdm(range(steps), desc="outcome head", disable=not progress)
