@@ -18,17 +18,13 @@ from omegaconf import DictConfig
 from agent.counterfactual import collect_counterfactuals
 from agent.prior import PriorAgent
 from envs.splits import split_seeds
-from experiments.common import resolve, setup_torch
+from experiments.common import required_file, resolve, setup_torch
 
 
 def run(cfg: DictConfig) -> dict:
     setup_torch(cfg.threads)
-    if not cfg.prior_ckpt:
-        raise ValueError("prior_ckpt is required: the action prior whose candidates are replayed "
-                         "(e.g. artifacts/stages/prior-*/prior.pt)")
-    prior = resolve(cfg.prior_ckpt)
-    if not prior.exists():
-        raise FileNotFoundError(f"action prior {prior} not found; train one with experiments/train_prior.py")
+    prior = required_file(cfg.prior_ckpt, "prior_ckpt", "the action prior whose candidates are replayed (e.g. "
+                          "artifacts/stages/prior-*/prior.pt)", "train one with experiments/train_prior.py")
     agent = PriorAgent(str(prior), execute=cfg.agent.execute, samples=cfg.agent.samples, pick="random",
                        threads=cfg.threads)
     seeds = split_seeds(cfg.split, cfg.episodes, cfg.seed_start)

@@ -26,6 +26,17 @@ def setup_torch(threads: int | None = None) -> int:
     return n
 
 
+def required_file(value, key: str, what: str, make: str) -> Path:
+    """A config's required input file ``key`` (``value``), resolved; a clear error naming
+    ``what`` it is and the command that ``make``s it when it is unset or missing."""
+    if not value:
+        raise ValueError(f"{key} is required: {what}")
+    path = resolve(value)
+    if not path.exists():
+        raise FileNotFoundError(f"{key}={value}: {path} not found; {make}")
+    return path
+
+
 def rollout_paths(paths, split: str, artifacts: str | os.PathLike = "artifacts") -> list[Path]:
     """Configured rollout files, or every ``<artifacts>/rollouts/*_<split>_*.hdf5``.
 

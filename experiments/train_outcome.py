@@ -22,7 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from envs.rollouts import atomic_path
-from experiments.common import resolve, rollout_paths, setup_torch
+from experiments.common import required_file, resolve, rollout_paths, setup_torch
 from worldmodel.data import RolloutWindows
 from worldmodel.outcome import CandidateClips, choice_metrics, concat_features, fit_outcome, imagine_features
 from worldmodel.tokens import file_hash
@@ -42,13 +42,9 @@ def _candidates(path, action_repeat: int, window: int) -> CandidateClips:
 
 def run(cfg: DictConfig) -> dict:
     setup_torch(cfg.threads)
-    if not cfg.worldmodel_ckpt:
-        raise ValueError("worldmodel_ckpt is required: the world model whose imagination the head reads "
-                         "(e.g. artifacts/stages/aligned-*/worldmodel.pt)")
-    wm_path = resolve(cfg.worldmodel_ckpt)
-    if not wm_path.exists():
-        raise FileNotFoundError(f"world model {wm_path} not found; build it with experiments/closed_loop.py "
-                                "or experiments/train_worldmodel.py")
+    wm_path = required_file(cfg.worldmodel_ckpt, "worldmodel_ckpt", "the world model whose imagination the head "
+                            "reads (e.g. artifacts/stages/aligned-*/worldmodel.pt)",
+                            "build it with experiments/closed_loop.py or experiments/train_worldmodel.py")
     wm = WorldModel.from_checkpoint(wm_path)
     if wm.action_repeat != cfg.action_repeat:
         raise ValueError(f"action_repeat {cfg.action_repeat} != the world model's {wm.action_repeat}")
