@@ -37,7 +37,10 @@ class DynamicsConfig:
     outcome: int = 0         # hidden width of the outcome head (0: none; see DynamicsModel.outcome)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not d["outcome"]:      # headless models describe themselves as before the head existed
+            d.pop("outcome")
+        return d
 
 
 def _rope(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
