@@ -23,7 +23,10 @@ Those clips come one per start, so they measure how outcomes differ BETWEEN star
 candidates per held-out state, each replayed in the simulator) the same signals choose among
 one state's candidates, as the planner does: within-state pairwise accuracy against the mean
 true reward, and how often the top-scored candidate reaches success against a random pick
-(``worldmodel.outcome.choice_metrics``).
+(``worldmodel.outcome.choice_metrics``). ``--control-train`` (counterfactual files of TRAIN
+states) adds a control without imagination: the same head shape and loss (MSE + the
+within-state ranking loss, as ``head.rank_weight=1``) on the raw start frame (16x16 pixels)
+and the candidate's actions alone. If it chooses as well, the imagination adds nothing.
 """
 from __future__ import annotations
 
@@ -51,6 +54,42 @@ def auc(score: np.ndarray, label: np.ndarray) -> float:
     return float((diff > 0).mean() + 0.5 * (diff == 0).mean())
 
 
+def _control_features(d: dict, repeat: int):
+    """No imagination: per model step, the start frame at 16x16 pixels, all of the candidate's
+    actions and the step's one-hot -> features ``(S * N, T, D)``, rewards ``(S * N, T)``, groups."""
+    import torch
+    import torch.nn.functional as F
+
+    img = torch.from_numpy(d["image"]).permute(0, 3, 1, 2).float().div(255)
+    px = F.interpolate(img, size=(16, 16), mode="area").flatten(1)                   # (S, 768)
+    s, n, steps, _ = d["actions"].shape
+    t = steps // repeat
+    acts = torch.from_numpy(d["actions"]).reshape(s, n, -1)                             # (S, N, steps * 4)
+    base = torch.cat([px[:, None].expand(s, n, -1), acts], -1).reshape(s * n, 1, -1).expand(-1, t, -1)
+    feats = torch.cat([base, torch.eye(t)[None].expand(s * n, -1, -1)], -1)
+    rewards = torch.from_numpy(d["rewards"][:, :, repeat - 1::repeat].copy()).reshape(s * n, t)
+    return feats.contiguous(), rewards, torch.arange(s).repeat_interleave(n)
+
+
+def no_imagination_control(train: list[dict], val: list[dict], repeat: int, success: float, seed: int) -> dict:
+    """Fit the control head on ``train`` counterfactuals, return its choice on ``val`` ones."""
+    import torch
+
+    from worldmodel.outcome import choice_metrics, train_head
+
+    def merged(parts):
+        got = [_control_features(d, repeat) for d in parts]
+        offsets = torch.cumsum(torch.tensor([0] + [int(g.max()) + 1 for _, _, g in got[:-1]]), 0)
+        return {"features": torch.cat([f for f, _, _ in got]), "rewards": torch.cat([r for _, r, _ in got]),
+                "group": torch.cat([g + o for (_, _, g), o in zip(got, offsets)])}
+
+    tr, va = merged(train), merged(val)
+    head = torch.nn.Sequential(torch.nn.Linear(tr["features"].shape[-1], 128), torch.nn.GELU(), torch.nn.Linear(128, 1))
+    train_head(head, tr, steps=3000, seed=seed, rank_weight=1.0, progress=False)
+    with torch.no_grad():
+        return choice_metrics(head(va["features"]).squeeze(-1), va["rewards"], va["group"], success)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--worldmodel", action="append", required=True,
@@ -60,6 +99,8 @@ def main() -> None:
     ap.add_argument("--student", default=None, help="default: the run's student stage")
     ap.add_argument("--rollouts", nargs="+", required=True, help="held-out rollout files")
     ap.add_argument("--counterfactual", nargs="*", default=[], help="held-out counterfactual .npz files")
+    ap.add_argument("--control-train", nargs="*", default=[],
+                    help="counterfactual .npz files of train states: fit the no-imagination control on them")
     ap.add_argument("--window", type=int, default=8)
     ap.add_argument("--stride", type=int, default=4)
     ap.add_argument("--draws", type=int, default=2)
@@ -128,6 +169,11 @@ def main() -> None:
                     m = choice_metrics(sig[k], cf["rewards"], cf["group"], args.success)
                     choice.append(f"| {name} | {k} | {m['pairwise']:.3f} ({m['pairs']} pairs) | {m['pick_success']:.3f} | "
                                   f"{m['random_success']:.3f} | {m['best_success']:.3f} |")
+    if args.control_train and cands:
+        m = no_imagination_control([load_counterfactuals(resolve(p)) for p in args.control_train], cands,
+                                   models[0][1].action_repeat, args.success, args.seed)
+        choice.append(f"| none (control) | start frame + actions | {m['pairwise']:.3f} ({m['pairs']} pairs) | "
+                      f"{m['pick_success']:.3f} | {m['random_success']:.3f} | {m['best_success']:.3f} |")
     n = len(windows)
     body = "\n".join([
         f"World models (with outcome heads) {', '.join(f'`{p.parent.name}/{p.name}`' for p, _ in models)}, student "

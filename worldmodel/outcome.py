@@ -186,14 +186,31 @@ def fit_outcome(wm: WorldModel, train: dict, val: dict | None = None, *, hidden:
                 lr: float = 1e-3, batch_size: int = 256, weight_decay: float = 1e-4, seed: int = 0,
                 success: float = 1.0, rank_weight: float = 0.0, rank_groups: int = 8, rank_tol: float = 0.02,
                 rank_temperature: float = 0.05, progress: bool = True) -> tuple[WorldModel, dict]:
-    """A copy of ``wm`` with an outcome head (``hidden`` units) fitted by MSE on ``train``
-    (from :func:`imagine_features` of the same ``wm``); every other weight is unchanged.
+    """A copy of ``wm`` with an outcome head (``hidden`` units) fitted on ``train`` (from
+    :func:`imagine_features` of the same ``wm``) by :func:`train_head`; every other weight is
+    unchanged. Returns the new world model and its metrics (``train`` / ``val``, see
+    :func:`outcome_metrics`)."""
+    out = wm.with_outcome_head(hidden)
+    train_head(out.dynamics.outcome, train, steps=steps, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
+               seed=seed, rank_weight=rank_weight, rank_groups=rank_groups, rank_tol=rank_tol,
+               rank_temperature=rank_temperature, progress=progress)
+    with torch.no_grad():
+        metrics = {"train": outcome_metrics(out.dynamics.predict_outcome(train["features"]), train["rewards"], success)}
+        if val is not None:
+            metrics["val"] = outcome_metrics(out.dynamics.predict_outcome(val["features"]), val["rewards"], success)
+    return out.eval(), metrics
+
+
+def train_head(head: torch.nn.Module, train: dict, *, steps: int = 2000, lr: float = 1e-3, batch_size: int = 256,
+               weight_decay: float = 1e-4, seed: int = 0, rank_weight: float = 0.0, rank_groups: int = 8,
+               rank_tol: float = 0.02, rank_temperature: float = 0.05, progress: bool = True) -> torch.nn.Module:
+    """Fit ``head`` (features ``(..., D)`` -> ``(..., 1)``) in place by MSE of ``train["features"]``
+    ``(N, T, D)`` on ``train["rewards"]`` ``(N, T)``; its Linear layers are re-initialized from ``seed``.
 
     ``rank_weight`` > 0 adds a within-start ranking loss: each step also draws ``rank_groups``
     starts with several rows (``train["group"]``, e.g. counterfactual candidates) and applies a
     logistic loss to every pair of their rows whose mean true reward differs by more than
-    ``rank_tol``, on the difference of mean predictions / ``rank_temperature``.
-    Returns the new world model and its metrics (``train`` / ``val``, see :func:`outcome_metrics`)."""
+    ``rank_tol``, on the difference of mean predictions / ``rank_temperature``."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     members = []
@@ -207,8 +224,6 @@ def fit_outcome(wm: WorldModel, train: dict, val: dict | None = None, *, hidden:
         members = [m for m in torch.split(order, counts.tolist()) if len(m) > 1 and bool(value[m].std() > 0)]
         if not members:
             raise ValueError("rank_weight > 0 but no start has rows of different outcomes")
-    out = wm.with_outcome_head(hidden)
-    head = out.dynamics.outcome
     torch.manual_seed(seed)
     for m in head.modules():
         if isinstance(m, torch.nn.Linear):
@@ -232,12 +247,7 @@ def fit_outcome(wm: WorldModel, train: dict, val: dict | None = None, *, hidden:
         opt.step()
         sched.step()
         bar.set_postfix(mse=f"{float(loss.detach()):.4f}")
-    head.eval()
-    with torch.no_grad():
-        metrics = {"train": outcome_metrics(out.dynamics.predict_outcome(x), y, success)}
-        if val is not None:
-            metrics["val"] = outcome_metrics(out.dynamics.predict_outcome(val["features"]), val["rewards"], success)
-    return out.eval(), metrics
+    return head.eval()
 
 
-__all__ = ["CandidateClips", "imagine_features", "concat_features", "fit_outcome", "outcome_metrics", "choice_metrics"]
+__all__ = ["CandidateClips", "imagine_features", "concat_features", "fit_outcome", "train_head", "outcome_metrics", "choice_metrics"]
