@@ -71,10 +71,11 @@ def counterfactuals(env_id: str, agent, prior, seeds, *, every: int = 8, samples
 
 
 def _chunk(args) -> dict:
-    env_id, agent, prior, seeds, kwargs, threads = args
+    """One worker's share (one torch thread: the workers share the cores)."""
+    env_id, agent, prior, seeds, kwargs = args
     import torch
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(1)
     return counterfactuals(env_id, agent, prior, seeds, **kwargs)
 
 
@@ -91,7 +92,7 @@ def collect_counterfactuals(path: str | os.PathLike, env_id: str, agent, prior, 
     workers = max(1, min(int(workers), len(seeds)))
     parts = [seeds[i::workers] for i in range(workers)]
     jobs = [(env_id, agent, str(prior) if isinstance(prior, (str, os.PathLike)) else prior, part,
-             {"every": every, "samples": samples, "seed": seed, "progress": progress and i == 0}, 1)
+             {"every": every, "samples": samples, "seed": seed, "progress": progress and i == 0})
             for i, part in enumerate(parts)]
     if workers == 1:
         results = [_chunk(jobs[0])]

@@ -75,13 +75,12 @@ def no_imagination_control(train: list[dict], val: list[dict], repeat: int, succ
     """Fit the control head on ``train`` counterfactuals, return its choice on ``val`` ones."""
     import torch
 
-    from worldmodel.outcome import choice_metrics, train_head
+    from worldmodel.outcome import choice_metrics, concat_features, train_head
 
     def merged(parts):
         got = [_control_features(d, repeat) for d in parts]
-        offsets = torch.cumsum(torch.tensor([0] + [int(g.max()) + 1 for _, _, g in got[:-1]]), 0)
-        return {"features": torch.cat([f for f, _, _ in got]), "rewards": torch.cat([r for _, r, _ in got]),
-                "group": torch.cat([g + o for (_, _, g), o in zip(got, offsets)])}
+        return concat_features([{"features": f, "rewards": r, "group": g, "window": torch.arange(len(g))}
+                                for f, r, g in got])
 
     tr, va = merged(train), merged(val)
     head = torch.nn.Sequential(torch.nn.Linear(tr["features"].shape[-1], 128), torch.nn.GELU(), torch.nn.Linear(128, 1))

@@ -58,10 +58,12 @@ class CandidateClips(Dataset):
 
 
 @torch.no_grad()
-def imagine_features(wm: WorldModel, windows: RolloutWindows, *, draws: int = 1, batch_size: int = 32,
+def imagine_features(wm: WorldModel, windows: Dataset, *, draws: int = 1, batch_size: int = 32,
                      mode: str = "swr", temperature: float = 1.0, seed: int = 0, amp: bool = True,
                      progress: bool = True, score=None) -> dict:
     """Imagine every window ``draws`` times under its real actions, from its real first frame.
+    ``windows``: a :class:`worldmodel.data.RolloutWindows` or :class:`CandidateClips` (items
+    with ``frames``, ``actions``, ``rewards`` and optionally ``group``).
 
     Returns ``{"features": (N * draws, T, d) float32, "rewards": (N * draws, T) float32,
     "window": (N * draws,) int64}`` (the draws of a window are adjacent; ``"group"`` too when
@@ -72,7 +74,7 @@ def imagine_features(wm: WorldModel, windows: RolloutWindows, *, draws: int = 1,
     world model has an outcome head."""
     if draws < 1:
         raise ValueError(f"draws must be >= 1, got {draws}")
-    if getattr(windows, "rewards", True) is None:
+    if isinstance(windows, RolloutWindows) and windows.rewards is None:
         raise ValueError("the rollout files hold no rewards; the outcome head regresses the env's "
                          "reward -- collect them with experiments/collect.py")
     wm.eval()
@@ -144,9 +146,9 @@ def outcome_metrics(pred: torch.Tensor, rewards: torch.Tensor, success: float = 
 def choice_metrics(pred: torch.Tensor, rewards: torch.Tensor, groups: torch.Tensor, success: float = 1.0,
                    tol: float = 0.02) -> dict:
     """How well predictions ``(M, T)`` choose among the candidates of one start (``groups (M,)``
-    names each row's start; a row is a candidate, or one imagined draw of it). ``pairwise``: the fraction of within-start candidate pairs
-    whose mean true reward differs by more than ``tol`` that the mean prediction orders the
-    same way (0.5 = chance); ``pick_success``: how often the candidate with the highest mean
+    names each row's start; a row is a candidate, or one imagined draw of it). ``pairwise``:
+    the fraction of within-start candidate pairs whose mean true reward differs by more than
+    ``tol`` that the mean prediction orders the same way (0.5 = chance); ``pick_success``: how often the candidate with the highest mean
     prediction reaches the success reward, against ``random_success`` (a uniform pick among
     the same candidates) and ``best_success`` (a start has any candidate that succeeds)."""
     pred, rewards = pred.float().mean(1).numpy(), rewards.float().numpy()
@@ -170,7 +172,7 @@ def choice_metrics(pred: torch.Tensor, rewards: torch.Tensor, groups: torch.Tens
 
 
 def _rank_loss(head, x, y, groups, tol: float, temperature: float) -> torch.Tensor:
-    """Mean logistic pair loss within each group of row indices (see :func:`fit_outcome`)."""
+    """Mean logistic pair loss within each group of row indices (see :func:`train_head`)."""
     total, n = 0.0, 0
     for g in groups:
         p, v = head(x[g]).squeeze(-1).mean(-1), y[g].mean(-1)

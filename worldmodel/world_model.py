@@ -105,8 +105,8 @@ class WorldModel(nn.Module):
         cfg = DynamicsConfig(**{**self.dynamics.cfg.to_dict(), "outcome": int(hidden)})
         dyn = DynamicsModel(cfg)
         own = {k: v for k, v in self.dynamics.state_dict().items() if not k.startswith("outcome.")}
-        missing, _ = dyn.load_state_dict(own, strict=False)
-        assert all(k.startswith("outcome.") for k in missing), missing
+        fresh = {k: v for k, v in dyn.state_dict().items() if k.startswith("outcome.")}
+        dyn.load_state_dict({**own, **fresh})      # strict: every trunk weight is carried over
         return WorldModel(self.tokenizer, dyn, self.action_repeat, self.window)
 
     # ------------------------------------------------------------------ verbs
