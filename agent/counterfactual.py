@@ -10,6 +10,9 @@ from the exact simulator state (:meth:`agent.oracle.OracleP.env_rewards`, no ren
     image      (S, H, W, 3) uint8        the observation the plans start from
     actions    (S, N, steps, 4) float32  the prior's candidates, clipped to [-1, 1]
     rewards    (S, N, steps) float32     the env's reward after each control step of each
+    values     (S, N, steps) float32     oracle-P's privileged value of each step (reach + rise of
+                                         the instructed cube, 2 from the first success on; its sum
+                                         is the score that ``oracle_p_prior`` picks by)
     seed, t    (S,) int64                where the state came from
 
 Public verbs: :func:`counterfactuals` (one process), :func:`collect_counterfactuals`
@@ -22,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-KEYS = ("image", "actions", "rewards", "seed", "t")
+KEYS = ("image", "actions", "rewards", "values", "seed", "t")
+LABELS = {"rewards": 1.0, "values": 2.0}   # a candidate's label per step -> its value at success
 
 
 def counterfactuals(env_id: str, agent, prior, seeds, *, every: int = 8, samples: int = 32,
@@ -56,7 +60,9 @@ def counterfactuals(env_id: str, agent, prior, seeds, *, every: int = 8, samples
                         cands = np.clip(prior.sample(obs["image"], obs["proprio"], obs["instruction"], samples, gen),
                                         -1.0, 1.0).astype(np.float32)
                     state = env.unwrapped.get_sim_state()
-                    out["rewards"].append(np.stack([oracle.env_rewards(state, c) for c in cands]))
+                    env_r, values = zip(*(oracle.replay(state, c) for c in cands))
+                    out["rewards"].append(np.stack(env_r))
+                    out["values"].append(np.stack(values))
                     out["image"].append(obs["image"].copy())
                     out["actions"].append(cands)
                     out["seed"].append(int(s))
@@ -67,7 +73,7 @@ def counterfactuals(env_id: str, agent, prior, seeds, *, every: int = 8, samples
     finally:
         env.close()
         oracle.close()
-    return {k: np.asarray(v, dtype=np.float32 if k in ("actions", "rewards") else None) for k, v in out.items()}
+    return {k: np.asarray(v, dtype=np.float32 if k in ("actions", *LABELS) else None) for k, v in out.items()}
 
 
 def _chunk(args) -> dict:
@@ -118,10 +124,21 @@ def load_counterfactuals(path: str | os.PathLike) -> dict:
         raise FileNotFoundError(f"counterfactual file {path} not found; make it with "
                                 "experiments/collect_counterfactual.py")
     with np.load(path) as z:
-        missing = [k for k in KEYS if k not in z.files]
+        missing = [k for k in KEYS if k not in z.files and k != "values"]
         if missing:
             raise ValueError(f"{path} is not a counterfactual file: it lacks {missing}")
-        return {k: z[k] for k in KEYS}
+        return {k: z[k] for k in KEYS if k in z.files}   # files before the oracle values lack "values"
 
 
-__all__ = ["counterfactuals", "collect_counterfactuals", "load_counterfactuals"]
+def candidate_labels(data: dict, label: str = "rewards") -> tuple[np.ndarray, float]:
+    """``(labels (S, N, steps), the label's value at success)`` of a :func:`load_counterfactuals`
+    dict: ``"rewards"`` (the env's reward) or ``"values"`` (oracle-P's privileged value)."""
+    if label not in LABELS:
+        raise ValueError(f"unknown counterfactual label {label!r}; known: {sorted(LABELS)}")
+    if label not in data:
+        raise ValueError(f"this counterfactual file has no {label!r} (collected before oracle values were "
+                         "recorded); collect it again with experiments/collect_counterfactual.py")
+    return data[label], LABELS[label]
+
+
+__all__ = ["counterfactuals", "collect_counterfactuals", "load_counterfactuals", "candidate_labels"]

@@ -172,9 +172,24 @@ class OracleP(Agent):
         """The env's own reward after each control step ``(steps,)`` float32 of ``actions``
         ``(steps, 4)`` replayed from ``state`` in the oracle's simulator (every step, also
         past a success: what a recorded episode of those actions would hold)."""
+        return self.replay(state, actions)[0]
+
+    def replay(self, state: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(env rewards, oracle values)``, each ``(steps,)`` float32, of ``actions`` ``(steps, 4)``
+        replayed from ``state``: the env's reward after every step (also past a success), and
+        the oracle's own per-step value (the ``"shaped"`` reward; from the first success on,
+        the success reward for every remaining step), so ``values.sum()`` is what
+        :meth:`rollout_return` scores the plan with (``discount=1``)."""
         sim = self._simulator()
         sim.reset_to(state)
-        return np.array([sim.step(a)[1] for a in actions], np.float32)
+        start = self._target_pos(sim)
+        env, values, done = [], [], False
+        for a in actions:
+            _, r, success, _, info = sim.step(a)
+            env.append(r)
+            done = done or bool(success)
+            values.append(2.0 if done else self._shaped(sim, info, start))
+        return np.asarray(env, np.float32), np.asarray(values, np.float32)
 
     # "shaped": distance to the instructed cube + grasp + how far it rose (privileged)
     @staticmethod

@@ -54,9 +54,11 @@ def auc(score: np.ndarray, label: np.ndarray) -> float:
     return float((diff > 0).mean() + 0.5 * (diff == 0).mean())
 
 
-def _control_features(d: dict, repeat: int):
+def _control_features(d: dict, repeat: int, label: str = "rewards"):
     """No imagination: per model step, the start frame at 16x16 pixels, all of the candidate's
-    actions and the step's one-hot -> features ``(S * N, T, D)``, rewards ``(S * N, T)``, groups."""
+    actions and the step's one-hot -> features ``(S * N, T, D)``, labels ``(S * N, T)``, groups."""
+    from agent.counterfactual import candidate_labels
+
     import torch
     import torch.nn.functional as F
 
@@ -67,18 +69,19 @@ def _control_features(d: dict, repeat: int):
     acts = torch.from_numpy(d["actions"]).reshape(s, n, -1)                             # (S, N, steps * 4)
     base = torch.cat([px[:, None].expand(s, n, -1), acts], -1).reshape(s * n, 1, -1).expand(-1, t, -1)
     feats = torch.cat([base, torch.eye(t)[None].expand(s * n, -1, -1)], -1)
-    rewards = torch.from_numpy(d["rewards"][:, :, repeat - 1::repeat].copy()).reshape(s * n, t)
+    rewards = torch.from_numpy(candidate_labels(d, label)[0][:, :, repeat - 1::repeat].copy()).reshape(s * n, t)
     return feats.contiguous(), rewards, torch.arange(s).repeat_interleave(n)
 
 
-def no_imagination_control(train: list[dict], val: list[dict], repeat: int, success: float, seed: int) -> dict:
+def no_imagination_control(train: list[dict], val: list[dict], repeat: int, success: float, seed: int,
+                           label: str = "rewards") -> dict:
     """Fit the control head on ``train`` counterfactuals, return its choice on ``val`` ones."""
     import torch
 
     from worldmodel.outcome import choice_metrics, concat_features, train_head
 
     def merged(parts):
-        got = [_control_features(d, repeat) for d in parts]
+        got = [_control_features(d, repeat, label) for d in parts]
         return concat_features([{"features": f, "rewards": r, "group": g, "window": torch.arange(len(g))}
                                 for f, r, g in got])
 
@@ -87,6 +90,15 @@ def no_imagination_control(train: list[dict], val: list[dict], repeat: int, succ
     train_head(head, tr, steps=3000, seed=seed, rank_weight=1.0, progress=False)
     with torch.no_grad():
         return choice_metrics(head(va["features"]).squeeze(-1), va["rewards"], va["group"], success)
+
+
+LABEL_NAMES = {"rewards": "env reward", "values": "oracle-P value"}
+
+
+def _choice_row(name: str, signal: str, m: dict) -> str:
+    return (f"| {name} | {signal} | {m['pairwise']:.3f} ({m['pairs']} pairs) | {m['pick_success']:.3f} | "
+            f"{m['random_success']:.3f} | {m['best_success']:.3f} | {m['pick_value']:.3f} | {m['random_value']:.3f} | "
+            f"{m['best_value']:.3f} |")
 
 
 def main() -> None:
@@ -100,6 +112,9 @@ def main() -> None:
     ap.add_argument("--counterfactual", nargs="*", default=[], help="held-out counterfactual .npz files")
     ap.add_argument("--control-train", nargs="*", default=[],
                     help="counterfactual .npz files of train states: fit the no-imagination control on them")
+    ap.add_argument("--label", default="rewards", choices=("rewards", "values"),
+                    help="what a counterfactual candidate's choice is judged (and the control fitted) by: the "
+                         "env's reward or oracle-P's privileged value (files collected with values)")
     ap.add_argument("--window", type=int, default=8)
     ap.add_argument("--stride", type=int, default=4)
     ap.add_argument("--draws", type=int, default=2)
@@ -115,7 +130,7 @@ def main() -> None:
     from agent.mpc import DEFAULT_WEIGHTS, plan_objective
     from worldmodel.data import RolloutWindows
     from worldmodel.judge.student import StudentReward
-    from agent.counterfactual import load_counterfactuals
+    from agent.counterfactual import LABELS, candidate_labels, load_counterfactuals
     from worldmodel.outcome import CandidateClips, choice_metrics, concat_features, imagine_features
     from worldmodel.world_model import WorldModel
 
@@ -140,7 +155,8 @@ def main() -> None:
 
     rows = ["| world model | signal | AUC, all clips | AUC, undecided clips |", "|---|---|---|---|"]
     choice = ["| world model | signal | within-state pairwise | top pick reaches success | random pick | "
-              "best candidate |", "|---|---|---|---|---|---|"]
+              "best candidate | top pick's true value | random pick's | best |", "|---|---|---|---|---|---|---|---|---|"]
+    cf_success = LABELS[args.label]
     trunks, label, undecided, cf = [], None, None, None
     for path, wm in models:
         name = f"`{path.parent.name}`"
@@ -158,21 +174,20 @@ def main() -> None:
             v = signals[sig]
             rows.append(f"| {name} | {sig} | {auc(v, label):.3f} | {auc(v[undecided], label[undecided]):.3f} |")
         if cands:
-            parts = [imagine_features(wm, CandidateClips(d["image"], d["actions"], d["rewards"], wm.action_repeat),
+            parts = [imagine_features(wm, CandidateClips(d["image"], d["actions"], candidate_labels(d, args.label)[0],
+                                                         wm.action_repeat),
                                       draws=1, seed=args.seed, score=score if new_trunk else None) for d in cands]
             cf = concat_features(parts)
             sig = {"outcome (mean)": torch.cat([p["outcome"] for p in parts]),
                    **{k: torch.cat([p["scores"][k] for p in parts])[:, None] for k in parts[0].get("scores", {})}}
             for k in ("outcome (mean)", "student objective", "student IF", "student progress"):
                 if k in sig:
-                    m = choice_metrics(sig[k], cf["rewards"], cf["group"], args.success)
-                    choice.append(f"| {name} | {k} | {m['pairwise']:.3f} ({m['pairs']} pairs) | {m['pick_success']:.3f} | "
-                                  f"{m['random_success']:.3f} | {m['best_success']:.3f} |")
+                    m = choice_metrics(sig[k], cf["rewards"], cf["group"], cf_success)
+                    choice.append(_choice_row(name, k, m))
     if args.control_train and cands:
         m = no_imagination_control([load_counterfactuals(resolve(p)) for p in args.control_train], cands,
-                                   models[0][1].action_repeat, args.success, args.seed)
-        choice.append(f"| none (control) | start frame + actions | {m['pairwise']:.3f} ({m['pairs']} pairs) | "
-                      f"{m['pick_success']:.3f} | {m['random_success']:.3f} | {m['best_success']:.3f} |")
+                                   models[0][1].action_repeat, cf_success, args.seed, args.label)
+        choice.append(_choice_row("none (control)", "start frame + actions", m))
     n = len(windows)
     body = "\n".join([
         f"World models (with outcome heads) {', '.join(f'`{p.parent.name}/{p.name}`' for p, _ in models)}, student "
@@ -184,8 +199,8 @@ def main() -> None:
         f"{int((label & undecided).sum())} end in success.", "", *rows,
         *(["", f"Within a state: choosing among one held-out state's candidates ({int(cf['group'].max()) + 1} states "
                f"of {', '.join(Path(p).name for p in args.counterfactual)}, one imagined draw per candidate; pairs "
-               "ordered against the candidates' mean true reward, success = the env's success reward within the "
-               "plan):", "", *choice] if cf is not None else []),
+               f"ordered against the candidates' mean true {LABEL_NAMES[args.label]}, success = the success reward "
+               "within the plan):", "", *choice] if cf is not None else []),
         *(["", args.notes] if args.notes else [])])
     print(body)
     if not args.no_write:

@@ -21,6 +21,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from agent.counterfactual import LABELS, candidate_labels, load_counterfactuals
 from envs.rollouts import atomic_path
 from experiments.common import required_file, resolve, rollout_paths, setup_torch
 from worldmodel.data import RolloutWindows
@@ -29,19 +30,24 @@ from worldmodel.tokens import file_hash
 from worldmodel.world_model import WorldModel
 
 
-def _candidates(path, action_repeat: int, window: int) -> CandidateClips:
-    from agent.counterfactual import load_counterfactuals
-
+def _candidates(path, action_repeat: int, window: int, label: str) -> CandidateClips:
     d = load_counterfactuals(resolve(path))
     steps = d["actions"].shape[2]
     if steps != window * action_repeat:
         raise ValueError(f"{path}: candidates of {steps} control steps, but window={window} model steps x "
                          f"action_repeat={action_repeat}; set window={steps // action_repeat} (the prior's chunk)")
-    return CandidateClips(d["image"], d["actions"], d["rewards"], action_repeat)
+    return CandidateClips(d["image"], d["actions"], candidate_labels(d, label)[0], action_repeat)
 
 
 def run(cfg: DictConfig) -> dict:
     setup_torch(cfg.threads)
+    label = cfg.data.get("label", "rewards")
+    if label not in LABELS:
+        raise ValueError(f"unknown data.label {label!r}; known: {sorted(LABELS)}")
+    success = LABELS[label]
+    if label != "rewards" and (cfg.data.train is None or cfg.data.val is None or cfg.data.train or cfg.data.val):
+        raise ValueError(f"data.label={label}: recorded episodes hold only the env's reward; set data.train=[] "
+                         "data.val=[] and train on data.counterfactual files")
     wm_path = required_file(cfg.worldmodel_ckpt, "worldmodel_ckpt", "the world model whose imagination the head "
                             "reads (e.g. artifacts/stages/aligned-*/worldmodel.pt)",
                             "build it with experiments/closed_loop.py or experiments/train_worldmodel.py")
@@ -56,23 +62,27 @@ def run(cfg: DictConfig) -> dict:
 
     feats = {}
     for split in ("train", "val"):
-        windows = RolloutWindows(rollout_paths(cfg.data[split], split, cfg.artifacts), window=cfg.window,
-                                 action_repeat=cfg.action_repeat, stride=cfg.stride)
-        feats[split] = imagine(windows)
-    cf = {split: [imagine(_candidates(path, cfg.action_repeat, cfg.window)) for path in cfg.data.get(key) or []]
+        if cfg.data[split] is None or len(cfg.data[split]):     # [] = no recorded episodes
+            windows = RolloutWindows(rollout_paths(cfg.data[split], split, cfg.artifacts), window=cfg.window,
+                                     action_repeat=cfg.action_repeat, stride=cfg.stride)
+            feats[split] = imagine(windows)
+    cf = {split: [imagine(_candidates(path, cfg.action_repeat, cfg.window, label)) for path in cfg.data.get(key) or []]
           for split, key in (("train", "counterfactual"), ("val", "counterfactual_val"))}
-    train = concat_features([feats["train"], *cf["train"]])
+    if not feats.get("train") and not cf["train"]:
+        raise ValueError("no training data: give data.train episodes or data.counterfactual files")
+    train = concat_features([f for f in (feats.get("train"),) if f] + cf["train"])
+    val = feats.get("val") or (concat_features(cf["val"]) if cf["val"] else None)
     imagine_s = time.time() - t0
     h = cfg.head
-    out_wm, metrics = fit_outcome(wm, train, feats["val"], hidden=h.hidden, steps=h.steps, lr=h.lr,
+    out_wm, metrics = fit_outcome(wm, train, val, hidden=h.hidden, steps=h.steps, lr=h.lr,
                                   batch_size=h.batch_size, weight_decay=h.weight_decay, seed=cfg.seed,
-                                  success=cfg.success, rank_weight=h.get("rank_weight", 0.0), progress=cfg.progress)
+                                  success=success, rank_weight=h.get("rank_weight", 0.0), progress=cfg.progress)
     with torch.no_grad():
         for split in ("train", "val"):
             if cf[split]:
                 c = concat_features(cf[split])
                 metrics[f"choice_{split}"] = choice_metrics(out_wm.dynamics.predict_outcome(c["features"]),
-                                                            c["rewards"], c["group"], cfg.success)
+                                                            c["rewards"], c["group"], success)
     metrics.update(imagine_s=imagine_s, fit_s=time.time() - t0 - imagine_s, train_clips=len(train["rewards"]))
     out = resolve(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -80,7 +90,7 @@ def run(cfg: DictConfig) -> dict:
                 upstream={"worldmodel": file_hash(wm_path)})
     with atomic_path(out / "outcome.json") as tmp:
         tmp.write_text(json.dumps({"config": OmegaConf.to_container(cfg), "metrics": metrics}, indent=2))
-    for split in ("train", "val"):
+    for split in (k for k in ("train", "val") if k in metrics):
         m = metrics[split]
         print(f"{split}: mse {m['mse']:.4f} (constant {m['mse_const']:.4f}, r2 {m['r2']:.3f}), "
               f"success AUC {m['auc_final']:.3f} ({m['success_windows']}/{m['windows']} clips end in success)")
@@ -89,7 +99,8 @@ def run(cfg: DictConfig) -> dict:
             m = metrics[f"choice_{split}"]
             print(f"choice among a {split} state's candidates: pairwise {m['pairwise']:.3f} ({m['pairs']} pairs), "
                   f"pick reaches success {m['pick_success']:.3f} vs random {m['random_success']:.3f}, "
-                  f"best {m['best_success']:.3f} ({m['starts']} states)")
+                  f"best {m['best_success']:.3f}; true value {m['pick_value']:.3f} vs random {m['random_value']:.3f}, "
+                  f"best {m['best_value']:.3f} ({m['starts']} states)")
     print(f"world model with outcome head in {out / 'worldmodel.pt'}")
     return metrics
 

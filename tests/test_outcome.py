@@ -121,7 +121,7 @@ def test_planner_objective_adds_the_outcome_estimate(wm, tmp_path, one_torch_thr
                                                  "elites": 2}, weights={"outcome": 1.0}).act(obs)
 
 
-def test_train_outcome_script_needs_a_world_model(tmp_path):
+def test_train_outcome_script_needs_a_world_model_and_a_known_label(tmp_path):
     from hydra import compose, initialize_config_dir
 
     from experiments.train_outcome import run
@@ -134,6 +134,13 @@ def test_train_outcome_script_needs_a_world_model(tmp_path):
         cfg = compose("train_outcome", [f"artifacts={tmp_path}", f"worldmodel_ckpt={tmp_path / 'no.pt'}"])
         with pytest.raises(FileNotFoundError, match="not found"):
             run(cfg)
+        # oracle values exist only for counterfactual candidates, not recorded episodes
+        cfg = compose("train_outcome", [f"artifacts={tmp_path}", "data.label=values"])
+        with pytest.raises(ValueError, match="data.train=\\[\\] data.val=\\[\\]"):
+            run(cfg)
+        cfg = compose("train_outcome", [f"artifacts={tmp_path}", "data.label=value"])
+        with pytest.raises(ValueError, match="unknown data.label"):
+            run(cfg)
 
 
 def test_counterfactuals_replay_each_candidate_from_the_visited_state(tmp_path, one_torch_thread):
@@ -142,7 +149,8 @@ def test_counterfactuals_replay_each_candidate_from_the_visited_state(tmp_path, 
     import gymnasium as gym
 
     from agent.collect import make_agent
-    from agent.counterfactual import collect_counterfactuals, load_counterfactuals
+    from agent.counterfactual import candidate_labels, collect_counterfactuals, load_counterfactuals
+    from agent.oracle import OracleP
     from worldmodel.outcome import CandidateClips
 
     class FixedPrior:     # stands in for the action prior: a ramp of plans, down to the cube
@@ -167,10 +175,21 @@ def test_counterfactuals_replay_each_candidate_from_the_visited_state(tmp_path, 
         for _ in range(6):
             obs, *_ = env.step(agent.act(obs))
         assert np.array_equal(obs["image"], data["image"][1])
+        state = env.unwrapped.get_sim_state()
         want = [env.step(a)[1] for a in data["actions"][1, 2]]
+        # the oracle values sum to what oracle-P scores the plan with from that state
+        oracle = OracleP()
+        oracle.attach_privileged_env(env)
+        score, _ = oracle.rollout_return(state, data["actions"][1, 2])
     finally:
         env.close()
     assert np.allclose(data["rewards"][1, 2], want, atol=1e-5)
+    assert data["values"].shape == (s, 3, 4) and np.isclose(data["values"][1, 2].sum(), score, atol=1e-4)
+    assert np.array_equal(candidate_labels(back, "values")[0], data["values"])
+    with pytest.raises(ValueError, match="collect it again"):
+        candidate_labels({k: v for k, v in back.items() if k != "values"}, "values")
+    with pytest.raises(ValueError, match="unknown counterfactual label"):
+        candidate_labels(back, "value")
     # as clips: model steps of 2 control steps, the reward after each model step's last one
     clips = CandidateClips(data["image"], data["actions"], data["rewards"], action_repeat=2)
     item = clips[4]          # start 1, candidate 1
@@ -193,6 +212,10 @@ def test_choice_metrics_compare_the_pick_with_a_random_one():
     assert right["random_success"] == pytest.approx(1 / 6)
     wrong = choice_metrics(-rewards, rewards, groups)
     assert wrong["pairwise"] == 0.0 and wrong["pick_success"] == 0.0 and wrong["pairs"] == right["pairs"] == 6
+    # the true mean reward of the pick: start 0 (0.55, 0.15, 0.05), start 1 (0.3, 0.2, 0.1)
+    assert right["pick_value"] == pytest.approx((0.55 + 0.3) / 2) and right["best_value"] == right["pick_value"]
+    assert wrong["pick_value"] == pytest.approx((0.05 + 0.1) / 2)
+    assert right["random_value"] == pytest.approx((0.25 + 0.2) / 2)
 
 
 def test_rank_loss_orders_candidates_of_one_start():

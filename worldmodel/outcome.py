@@ -150,12 +150,14 @@ def choice_metrics(pred: torch.Tensor, rewards: torch.Tensor, groups: torch.Tens
     the fraction of within-start candidate pairs whose mean true reward differs by more than
     ``tol`` that the mean prediction orders the same way (0.5 = chance); ``pick_success``: how often the candidate with the highest mean
     prediction reaches the success reward, against ``random_success`` (a uniform pick among
-    the same candidates) and ``best_success`` (a start has any candidate that succeeds)."""
+    the same candidates) and ``best_success`` (a start has any candidate that succeeds);
+    ``pick_value`` / ``random_value`` / ``best_value``: the same for the candidates' mean true
+    reward (continuous, so it also moves where no candidate succeeds)."""
     pred, rewards = pred.float().mean(1).numpy(), rewards.float().numpy()
     value, ok = rewards.mean(1), (rewards >= success - 1e-6).any(1)
     groups = np.asarray(groups)
     right = total = 0
-    pick, rand, best = [], [], []
+    pick, rand, best, vals = [], [], [], []
     for g in np.unique(groups):
         i = np.flatnonzero(groups == g)
         dv = value[i][:, None] - value[i][None, :]
@@ -166,9 +168,12 @@ def choice_metrics(pred: torch.Tensor, rewards: torch.Tensor, groups: torch.Tens
         pick.append(ok[i][np.argmax(pred[i])])
         rand.append(ok[i].mean())
         best.append(ok[i].any())
+        vals.append((value[i][np.argmax(pred[i])], value[i].mean(), value[i].max()))
+    vals = np.mean(vals, 0) if vals else (float("nan"),) * 3
     return {"pairwise": right / total if total else float("nan"), "pairs": total, "starts": len(pick),
             "pick_success": float(np.mean(pick)), "random_success": float(np.mean(rand)),
-            "best_success": float(np.mean(best))}
+            "best_success": float(np.mean(best)), "pick_value": float(vals[0]), "random_value": float(vals[1]),
+            "best_value": float(vals[2])}
 
 
 def _rank_loss(head, x, y, groups, tol: float, temperature: float) -> torch.Tensor:
