@@ -22,8 +22,11 @@ Those clips come one per start, so they measure how outcomes differ BETWEEN star
 ``--counterfactual`` (files of ``experiments/collect_counterfactual.py``: many prior
 candidates per held-out state, each replayed in the simulator) the same signals choose among
 one state's candidates, as the planner does: within-state pairwise accuracy against the mean
-true reward, and how often the top-scored candidate reaches success against a random pick
-(``worldmodel.outcome.choice_metrics``). ``--control-train`` (counterfactual files of TRAIN
+true reward, how often the top-scored candidate reaches success against a random pick, the
+top pick's mean true reward against a random and the best pick's, and the value gain (the
+fraction of the best pick's gain over a random pick that the top pick gets)
+(``worldmodel.outcome.choice_metrics``; ``--label values``: judged by oracle-P's privileged
+value instead of the env's reward, for files that recorded it). ``--control-train`` (counterfactual files of TRAIN
 states) adds a control without imagination: the same head shape and loss (MSE + the
 within-state ranking loss, as ``head.rank_weight=1``) on the raw start frame (16x16 pixels)
 and the candidate's actions alone. If it chooses as well, the imagination adds nothing.
@@ -98,7 +101,7 @@ LABEL_NAMES = {"rewards": "env reward", "values": "oracle-P value"}
 def _choice_row(name: str, signal: str, m: dict) -> str:
     return (f"| {name} | {signal} | {m['pairwise']:.3f} ({m['pairs']} pairs) | {m['pick_success']:.3f} | "
             f"{m['random_success']:.3f} | {m['best_success']:.3f} | {m['pick_value']:.3f} | {m['random_value']:.3f} | "
-            f"{m['best_value']:.3f} |")
+            f"{m['best_value']:.3f} | {m['value_gain']:.2f} |")
 
 
 def main() -> None:
@@ -110,8 +113,9 @@ def main() -> None:
     ap.add_argument("--student", default=None, help="default: the run's student stage")
     ap.add_argument("--rollouts", nargs="+", required=True, help="held-out rollout files")
     ap.add_argument("--counterfactual", nargs="*", default=[], help="held-out counterfactual .npz files")
-    ap.add_argument("--control-train", nargs="*", default=[],
-                    help="counterfactual .npz files of train states: fit the no-imagination control on them")
+    ap.add_argument("--control-train", nargs="+", action="append", default=[],
+                    help="counterfactual .npz files of train states: fit the no-imagination control on them "
+                         "(repeat for one control row per set of files)")
     ap.add_argument("--label", default="rewards", choices=("rewards", "values"),
                     help="what a counterfactual candidate's choice is judged (and the control fitted) by: the "
                          "env's reward or oracle-P's privileged value (files collected with values)")
@@ -155,7 +159,8 @@ def main() -> None:
 
     rows = ["| world model | signal | AUC, all clips | AUC, undecided clips |", "|---|---|---|---|"]
     choice = ["| world model | signal | within-state pairwise | top pick reaches success | random pick | "
-              "best candidate | top pick's true value | random pick's | best |", "|---|---|---|---|---|---|---|---|---|"]
+              "best candidate | top pick's true value | random pick's | best | value gain |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     cf_success = LABELS[args.label]
     trunks, label, undecided, cf = [], None, None, None
     for path, wm in models:
@@ -184,10 +189,11 @@ def main() -> None:
                 if k in sig:
                     m = choice_metrics(sig[k], cf["rewards"], cf["group"], cf_success)
                     choice.append(_choice_row(name, k, m))
-    if args.control_train and cands:
-        m = no_imagination_control([load_counterfactuals(resolve(p)) for p in args.control_train], cands,
-                                   models[0][1].action_repeat, cf_success, args.seed, args.label)
-        choice.append(_choice_row("none (control)", "start frame + actions", m))
+    for files in args.control_train if cands else []:
+        train = [load_counterfactuals(resolve(p)) for p in files]
+        m = no_imagination_control(train, cands, models[0][1].action_repeat, cf_success, args.seed, args.label)
+        states = sum(len(d["seed"]) for d in train)
+        choice.append(_choice_row("none (control)", f"start frame + actions ({states} train states)", m))
     n = len(windows)
     body = "\n".join([
         f"World models (with outcome heads) {', '.join(f'`{p.parent.name}/{p.name}`' for p, _ in models)}, student "

@@ -216,6 +216,7 @@ def test_choice_metrics_compare_the_pick_with_a_random_one():
     assert right["pick_value"] == pytest.approx((0.55 + 0.3) / 2) and right["best_value"] == right["pick_value"]
     assert wrong["pick_value"] == pytest.approx((0.05 + 0.1) / 2)
     assert right["random_value"] == pytest.approx((0.25 + 0.2) / 2)
+    assert right["value_gain"] == pytest.approx(1.0) and wrong["value_gain"] < 0
 
 
 def test_rank_loss_orders_candidates_of_one_start():

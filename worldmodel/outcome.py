@@ -152,7 +152,9 @@ def choice_metrics(pred: torch.Tensor, rewards: torch.Tensor, groups: torch.Tens
     prediction reaches the success reward, against ``random_success`` (a uniform pick among
     the same candidates) and ``best_success`` (a start has any candidate that succeeds);
     ``pick_value`` / ``random_value`` / ``best_value``: the same for the candidates' mean true
-    reward (continuous, so it also moves where no candidate succeeds)."""
+    reward (continuous, so it also moves where no candidate succeeds), and ``value_gain``: the
+    fraction of the best pick's gain over a random pick that the top pick gets
+    (``(pick - random) / (best - random)``: 0 = no better than random, 1 = always the best)."""
     pred, rewards = pred.float().mean(1).numpy(), rewards.float().numpy()
     value, ok = rewards.mean(1), (rewards >= success - 1e-6).any(1)
     groups = np.asarray(groups)
@@ -173,7 +175,7 @@ def choice_metrics(pred: torch.Tensor, rewards: torch.Tensor, groups: torch.Tens
     return {"pairwise": right / total if total else float("nan"), "pairs": total, "starts": len(pick),
             "pick_success": float(np.mean(pick)), "random_success": float(np.mean(rand)),
             "best_success": float(np.mean(best)), "pick_value": float(vals[0]), "random_value": float(vals[1]),
-            "best_value": float(vals[2])}
+            "best_value": float(vals[2]), "value_gain": float((vals[0] - vals[1]) / max(vals[2] - vals[1], 1e-12))}
 
 
 def _rank_loss(head, x, y, groups, tol: float, temperature: float) -> torch.Tensor:
