@@ -101,7 +101,7 @@ LABEL_NAMES = {"rewards": "env reward", "values": "oracle-P value"}
 def _choice_row(name: str, signal: str, m: dict) -> str:
     return (f"| {name} | {signal} | {m['pairwise']:.3f} ({m['pairs']} pairs) | {m['pick_success']:.3f} | "
             f"{m['random_success']:.3f} | {m['best_success']:.3f} | {m['pick_value']:.3f} | {m['random_value']:.3f} | "
-            f"{m['best_value']:.3f} | {m['value_gain']:.2f} |")
+            f"{m['best_value']:.3f} | {m['value_gain']:.2f} | {m['decisive_gain']:.2f} ({m['decisive']}) |")
 
 
 def main() -> None:
@@ -159,8 +159,8 @@ def main() -> None:
 
     rows = ["| world model | signal | AUC, all clips | AUC, undecided clips |", "|---|---|---|---|"]
     choice = ["| world model | signal | within-state pairwise | top pick reaches success | random pick | "
-              "best candidate | top pick's true value | random pick's | best | value gain |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "best candidate | top pick's true value | random pick's | best | value gain | value gain where a "
+              "candidate succeeds (states) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     cf_success = LABELS[args.label]
     trunks, label, undecided, cf = [], None, None, None
     for path, wm in models:

@@ -217,6 +217,8 @@ def test_choice_metrics_compare_the_pick_with_a_random_one():
     assert wrong["pick_value"] == pytest.approx((0.05 + 0.1) / 2)
     assert right["random_value"] == pytest.approx((0.25 + 0.2) / 2)
     assert right["value_gain"] == pytest.approx(1.0) and wrong["value_gain"] < 0
+    assert right["decisive"] == 1 and right["decisive_gain"] == pytest.approx(1.0)   # start 0 only
+    assert wrong["decisive_gain"] == pytest.approx((0.05 - 0.25) / (0.55 - 0.25))
 
 
 def test_rank_loss_orders_candidates_of_one_start():

@@ -154,7 +154,9 @@ def choice_metrics(pred: torch.Tensor, rewards: torch.Tensor, groups: torch.Tens
     ``pick_value`` / ``random_value`` / ``best_value``: the same for the candidates' mean true
     reward (continuous, so it also moves where no candidate succeeds), and ``value_gain``: the
     fraction of the best pick's gain over a random pick that the top pick gets
-    (``(pick - random) / (best - random)``: 0 = no better than random, 1 = always the best)."""
+    (``(pick - random) / (best - random)``: 0 = no better than random, 1 = always the best);
+    ``decisive_gain``: the same over the starts where some candidate succeeds (``decisive``
+    of them), where the choice decides the episode."""
     pred, rewards = pred.float().mean(1).numpy(), rewards.float().numpy()
     value, ok = rewards.mean(1), (rewards >= success - 1e-6).any(1)
     groups = np.asarray(groups)
@@ -171,11 +173,20 @@ def choice_metrics(pred: torch.Tensor, rewards: torch.Tensor, groups: torch.Tens
         rand.append(ok[i].mean())
         best.append(ok[i].any())
         vals.append((value[i][np.argmax(pred[i])], value[i].mean(), value[i].max()))
-    vals = np.mean(vals, 0) if vals else (float("nan"),) * 3
+    vals = np.asarray(vals).reshape(-1, 3)
+    decisive = np.asarray(best, bool)
+
+    def gain(v):
+        v = v.mean(0) if len(v) else np.full(3, np.nan)
+        return float((v[0] - v[1]) / max(v[2] - v[1], 1e-12)), v
+
+    dgain, _ = gain(vals[decisive])
+    vgain, vals = gain(vals)
     return {"pairwise": right / total if total else float("nan"), "pairs": total, "starts": len(pick),
             "pick_success": float(np.mean(pick)), "random_success": float(np.mean(rand)),
             "best_success": float(np.mean(best)), "pick_value": float(vals[0]), "random_value": float(vals[1]),
-            "best_value": float(vals[2]), "value_gain": float((vals[0] - vals[1]) / max(vals[2] - vals[1], 1e-12))}
+            "best_value": float(vals[2]), "value_gain": vgain, "decisive": int(decisive.sum()),
+            "decisive_gain": dgain}
 
 
 def _rank_loss(head, x, y, groups, tol: float, temperature: float) -> torch.Tensor:
