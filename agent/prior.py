@@ -384,21 +384,26 @@ def load_prior(src) -> ActionPrior:
 class PriorAgent(Agent):
     """The prior as a policy: every ``execute`` control steps draw ``samples`` chunks
     for the current observation and execute the first ``execute`` actions of one of
-    them -- ``pick="first"`` (the prior alone) or ``"random"`` (a uniform pick among
-    the samples: the MPC's proposal set without the world model's judgement).
+    them -- ``pick="first"`` (the prior alone), ``"random"`` (a uniform pick among
+    the samples: the MPC's proposal set without the world model's judgement) or ``"value"``
+    (the highest score of ``value``, an :class:`agent.value.FrameActionValue` or its checkpoint:
+    a learned choice from the frame and the actions, with no world model).
     ``prior``: an :class:`ActionPrior` or a checkpoint path (loaded lazily)."""
 
     name = "prior"
 
     def __init__(self, prior, execute: int = 8, samples: int = 1, pick: str = "first", seed: int = 0,
-                 threads: int | None = None, name: str | None = None):
-        if pick not in ("first", "random"):
-            raise ValueError(f"pick must be 'first' or 'random', got {pick!r}")
+                 threads: int | None = None, name: str | None = None, value=None):
+        if pick not in ("first", "random", "value"):
+            raise ValueError(f"pick must be 'first', 'random' or 'value', got {pick!r}")
+        if (pick == "value") != (value is not None):
+            raise ValueError("pick='value' needs a value (a FrameActionValue or its checkpoint), and only it does")
+        self._value_src, self._value = value, None if isinstance(value, (str, os.PathLike)) else value
         self._src = prior
         self._prior = prior if isinstance(prior, ActionPrior) else None
         self.execute, self.samples, self.pick = int(execute), int(samples), pick
         self.base_seed, self.threads = int(seed), threads
-        self.name = name or ("prior" if pick == "first" else "prior_random")
+        self.name = name or {"first": "prior", "random": "prior_random", "value": "prior_value"}[pick]
         self.reset()
 
     @property
@@ -411,7 +416,17 @@ class PriorAgent(Agent):
         state = dict(self.__dict__)
         if not isinstance(self._src, ActionPrior):
             state["_prior"] = None
+        if isinstance(self._value_src, (str, os.PathLike)):
+            state["_value"] = None
         return state
+
+    @property
+    def value(self):
+        if self._value is None and self._value_src is not None:
+            from agent.value import FrameActionValue
+
+            self._value = FrameActionValue.load(self._value_src)
+        return self._value
 
     def reset(self, seed: int | None = None) -> None:
         self._rng = np.random.default_rng(self.base_seed if seed is None else (self.base_seed, seed))
@@ -423,7 +438,9 @@ class PriorAgent(Agent):
             torch.set_num_threads(int(self.threads))
         if self._plan is None or self._t >= min(self.execute, len(self._plan)):
             chunks = self.prior.sample(obs["image"], obs["proprio"], obs["instruction"], self.samples, self._gen)
-            i = 0 if self.pick == "first" else int(self._rng.integers(len(chunks)))
+            i = 0 if self.pick == "first" else int(self._rng.integers(len(chunks)))   # drawn for every pick: same samples
+            if self.pick == "value":
+                i = int(np.argmax(self.value.score(obs["image"], chunks)))
             self._plan, self._t = chunks[i], 0
         action = self._plan[self._t]
         self._t += 1

@@ -57,42 +57,18 @@ def auc(score: np.ndarray, label: np.ndarray) -> float:
     return float((diff > 0).mean() + 0.5 * (diff == 0).mean())
 
 
-def _control_features(d: dict, repeat: int, label: str = "rewards"):
-    """No imagination: per model step, the start frame at 16x16 pixels, all of the candidate's
-    actions and the step's one-hot -> features ``(S * N, T, D)``, labels ``(S * N, T)``, groups."""
-    from agent.counterfactual import candidate_labels
-
-    import torch
-    import torch.nn.functional as F
-
-    img = torch.from_numpy(d["image"]).permute(0, 3, 1, 2).float().div(255)
-    px = F.interpolate(img, size=(16, 16), mode="area").flatten(1)                   # (S, 768)
-    s, n, steps, _ = d["actions"].shape
-    t = steps // repeat
-    acts = torch.from_numpy(d["actions"]).reshape(s, n, -1)                             # (S, N, steps * 4)
-    base = torch.cat([px[:, None].expand(s, n, -1), acts], -1).reshape(s * n, 1, -1).expand(-1, t, -1)
-    feats = torch.cat([base, torch.eye(t)[None].expand(s * n, -1, -1)], -1)
-    rewards = torch.from_numpy(candidate_labels(d, label)[0][:, :, repeat - 1::repeat].copy()).reshape(s * n, t)
-    return feats.contiguous(), rewards, torch.arange(s).repeat_interleave(n)
-
-
 def no_imagination_control(train: list[dict], val: list[dict], repeat: int, success: float, seed: int,
                            label: str = "rewards") -> dict:
-    """Fit the control head on ``train`` counterfactuals, return its choice on ``val`` ones."""
+    """Fit the control (:func:`agent.value.fit_value`) on ``train`` counterfactuals, return its choice on ``val`` ones."""
     import torch
 
-    from worldmodel.outcome import choice_metrics, concat_features, train_head
+    from agent.value import candidate_features, fit_value
+    from worldmodel.outcome import choice_metrics
 
-    def merged(parts):
-        got = [_control_features(d, repeat, label) for d in parts]
-        return concat_features([{"features": f, "rewards": r, "group": g, "window": torch.arange(len(g))}
-                                for f, r, g in got])
-
-    tr, va = merged(train), merged(val)
-    head = torch.nn.Sequential(torch.nn.Linear(tr["features"].shape[-1], 128), torch.nn.GELU(), torch.nn.Linear(128, 1))
-    train_head(head, tr, steps=3000, seed=seed, rank_weight=1.0, progress=False)
+    value = fit_value(train, repeat=repeat, seed=seed, label=label)
+    va = candidate_features(val, repeat, label=label)
     with torch.no_grad():
-        return choice_metrics(head(va["features"]).squeeze(-1), va["rewards"], va["group"], success)
+        return choice_metrics(value(va["features"]).squeeze(-1), va["rewards"], va["group"], success)
 
 
 LABEL_NAMES = {"rewards": "env reward", "values": "oracle-P value"}

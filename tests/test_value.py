@@ -1,0 +1,74 @@
+"""The no-world-model value of a plan (agent/value.py) and the prior agent's value pick."""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from agent.prior import ActionPrior, PriorAgent, PriorConfig
+from agent.value import FrameActionValue, candidate_features, fit_value, frame_action_features
+
+TINY = PriorConfig(steps=4, channels=(8, 16), keypoints=8, cond_dim=32, hidden=64, blocks=1, sample_steps=5)
+
+
+def test_features_hold_the_frame_the_actions_and_the_step():
+    image = np.zeros((2, 64, 64, 3), np.uint8)
+    image[1] = 255
+    actions = np.random.default_rng(0).uniform(-1, 1, (2, 3, 4, 4)).astype(np.float32)
+    f = frame_action_features(image, actions, repeat=2, size=4)
+    assert f.shape == (6, 2, 3 * 16 + 16 + 2)
+    assert torch.all(f[:3, :, :48] == 0) and torch.all(f[3:, :, :48] == 1)          # rows: start-major
+    np.testing.assert_allclose(f[4, 0, 48:64].numpy(), actions[1, 1].reshape(-1), atol=1e-6)
+    assert torch.equal(f[0, :, 64:], torch.eye(2))
+    with pytest.raises(ValueError, match="actions"):
+        frame_action_features(image, actions[:, :, :3], repeat=2)
+
+
+def test_fit_value_orders_candidates_and_round_trips(tmp_path, one_torch_thread):
+    """Candidates whose first action moves down are better: the fitted value picks them."""
+    rng = np.random.default_rng(0)
+    s, n = 60, 4
+    actions = rng.uniform(-1, 1, (s, n, 4, 4)).astype(np.float32)
+    rewards = np.repeat((-actions[:, :, :1, 2] + 1) / 2, 4, axis=2).astype(np.float32)   # (S, N, 4)
+    data = {"image": rng.integers(0, 255, (s, 64, 64, 3), dtype=np.uint8), "actions": actions, "rewards": rewards}
+    value = fit_value([data], size=4, steps=400, hidden=32)
+    va = candidate_features([data], size=4)
+    with torch.no_grad():
+        pred = value(va["features"]).squeeze(-1).mean(-1).reshape(s, n)
+    assert (pred.argmax(1).numpy() == rewards.mean(-1).argmax(1)).mean() > 0.8
+    value.save(tmp_path / "value.pt")
+    back = FrameActionValue.load(tmp_path / "value.pt")
+    np.testing.assert_allclose(back.score(data["image"][0], actions[0]), value.score(data["image"][0], actions[0]),
+                               atol=1e-6)
+    assert back.score(data["image"][0], actions[0]).shape == (n,)
+    with pytest.raises(ValueError, match="chunks"):
+        back.score(data["image"][0], actions[0, :, :3])
+    torch.save({"kind": "other"}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="frame_action_value"):
+        FrameActionValue.load(tmp_path / "bad.pt")
+    with pytest.raises(FileNotFoundError, match="value_pick"):
+        FrameActionValue.load(tmp_path / "missing.pt")
+
+
+class LastIsBest:        # stands in for a FrameActionValue
+    def score(self, image, chunks):
+        return np.arange(len(chunks), dtype=np.float32)
+
+
+def test_prior_agent_executes_the_highest_value_sample(one_torch_thread):
+    model = ActionPrior(TINY).eval()
+    obs = {"image": np.zeros((64, 64, 3), np.uint8), "proprio": np.zeros(4, np.float32), "instruction": 0,
+           "objects": np.zeros(3, np.float32)}
+    agent = PriorAgent(model, execute=2, samples=5, pick="value", value=LastIsBest())
+    agent.reset(seed=1)
+    act = agent.act(obs)
+    gen = torch.Generator().manual_seed(int(np.random.default_rng((0, 1)).integers(2**62)))
+    chunks = model.sample(obs["image"], obs["proprio"], obs["instruction"], 5, gen)
+    np.testing.assert_allclose(act, np.clip(chunks[-1][0], -1, 1), atol=1e-6)
+    assert agent.name == "prior_value" and pickle.loads(pickle.dumps(agent)).act(obs).shape == (4,)
+    with pytest.raises(ValueError, match="needs a value"):
+        PriorAgent(model, pick="value")
+    with pytest.raises(ValueError, match="needs a value"):
+        PriorAgent(model, pick="random", value=LastIsBest())
