@@ -38,12 +38,14 @@ class OracleP(Agent):
     was lifted, 2 on success; ``"robosuite"`` = the env's reward (robosuite's shaped
     reward). robosuite's grasp flag can be earned by pressing a tilted cube into the
     table, where the robosuite objective gets stuck; the rise term pays for lifting.
+    ``score_noise`` > 0 adds Gaussian noise of that standard deviation to every candidate's
+    score (a diagnostic: how exact must a chooser be?).
     """
 
     name = "oracle_p"
 
     def __init__(self, planner: dict | None = None, execute: int | None = None, objective: str = "shaped",
-                 discount: float = 1.0, seed: int = 0, prior=None):
+                 discount: float = 1.0, seed: int = 0, prior=None, score_noise: float = 0.0):
         planner = dict(planner or {"name": "cem"})
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; known: {OBJECTIVES}")
@@ -53,6 +55,9 @@ class OracleP(Agent):
         if not 1 <= self.execute <= self.planner.param.steps:
             raise ValueError(f"execute must be in [1, {self.planner.param.steps}], got {self.execute}")
         self.objective, self.discount, self.base_seed = objective, float(discount), int(seed)
+        if score_noise < 0:
+            raise ValueError(f"score_noise must be >= 0, got {score_noise}")
+        self.score_noise = float(score_noise)
         self.name = f"oracle_p_{self.planner.name}"
         self._real = None        # the attached real env (privileged)
         self._sim = None         # the oracle's own simulator (state observations, no rendering)
@@ -92,6 +97,7 @@ class OracleP(Agent):
         self._rng = np.random.default_rng(key)
         # the prior's samples: a stream of their own (the planner's draws stay what they were without a prior)
         self._gen = torch.Generator().manual_seed(int(np.random.default_rng((*key, 1)).integers(2**62)))
+        self._noise = np.random.default_rng((*key, 2))   # score noise: a stream of its own too
         self._plan, self._t, self._steps = None, 0, 0
         self.log: list[dict] = []           # one entry per replan
 
@@ -134,6 +140,8 @@ class OracleP(Agent):
         def score(cands: np.ndarray) -> np.ndarray:
             out, n = self.score_candidates(start, cands)
             sim_steps[0] += n
+            if self.score_noise:
+                out = out + self._noise.normal(0.0, self.score_noise, len(out))
             return out
 
         res = self.planner.plan(score, warm_start=warm, rng=self._rng, proposals=self._proposals(obs))
