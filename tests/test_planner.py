@@ -213,6 +213,23 @@ def test_oracle_p_beats_random_on_the_dense_reward(make_env):
         clone.act(env.reset(seed=seed)[0])
 
 
+def test_oracle_score_noise_moves_the_scores(make_env):
+    """``score_noise`` (a diagnostic) adds noise to the candidates' scores."""
+    env = make_env(LIFT)
+    plans = []
+    for noise in (0.0, 100.0):
+        oracle = OracleP(planner={"name": "cem", "horizon": 2, "samples": 6, "iterations": 1, "elites": 1},
+                         execute=1, score_noise=noise)
+        oracle.attach_privileged_env(env)
+        obs, _ = env.reset(seed=4)
+        oracle.reset(seed=4)
+        oracle.act(obs)
+        plans.append((oracle._plan.copy(), oracle.log[-1]["best_score"]))
+    assert abs(plans[1][1] - plans[0][1]) > 1.0     # the noise of this size moves the score
+    with pytest.raises(ValueError, match="score_noise"):
+        OracleP(score_noise=-1.0)
+
+
 def test_run_episode_attaches_the_privileged_env_to_oracles_only(make_env):
     env = make_env(LIFT, obs_mode="image", segmentation=False)
     oracle = OracleP(planner={"name": "cem", "horizon": 2, "samples": 2, "iterations": 1, "elites": 1})
