@@ -42,7 +42,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.report import add_section_args, write_section  # noqa: E402
+from benchmarks.report import add_section_args, publish  # noqa: E402
 from experiments.common import resolve, setup_torch  # noqa: E402
 
 SIGNALS = ("outcome (last step)", "outcome (mean)", "student objective", "student IF", "student progress")
@@ -182,14 +182,8 @@ def main() -> None:
         *(["", f"Within a state: choosing among one held-out state's candidates ({int(cf['group'].max()) + 1} states "
                f"of {', '.join(Path(p).name for p in args.counterfactual)}, one imagined draw per candidate; pairs "
                f"ordered against the candidates' mean true {LABEL_NAMES[args.label]}, success = the success reward "
-               "within the plan):", "", *choice] if cf is not None else []),
-        *(["", args.notes] if args.notes else [])])
-    print(body)
-    if not args.no_write:
-        argv = sys.argv[1:]
-        if "--notes" in argv:
-            argv = argv[:argv.index("--notes")] + ["--notes", "..."] + argv[argv.index("--notes") + 2:]
-        write_section(args.title, body, command="python benchmarks/outcome_head.py " + " ".join(argv))
+               "within the plan):", "", *choice] if cf is not None else [])])
+    publish(args, body)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.report import add_section_args, write_section  # noqa: E402
+from benchmarks.report import add_section_args, publish  # noqa: E402
 from experiments.common import resolve, setup_torch  # noqa: E402
 
 
@@ -86,13 +86,8 @@ def main() -> None:
         f"Closed loop: {args.env}, {len(seeds)} held-out test seeds ({seeds[0]}..{seeds[-1]}), prior "
         f"`{Path(prior).parent.name}`, {args.samples} samples, a new pick every {args.execute} control steps.", "",
         results_table(summaries), "", "Paired on the same seeds (exact McNemar test):", "",
-        paired_table(summaries[0], summaries[1:]), *(["", args.notes] if args.notes else [])])
-    print(body)
-    if not args.no_write:
-        argv = sys.argv[1:]
-        if "--notes" in argv:
-            argv = argv[:argv.index("--notes")] + ["--notes", "..."] + argv[argv.index("--notes") + 2:]
-        write_section(args.title, body, command="python benchmarks/value_pick.py " + " ".join(argv))
+        paired_table(summaries[0], summaries[1:])])
+    publish(args, body)
 
 
 if __name__ == "__main__":
