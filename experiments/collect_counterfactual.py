@@ -32,7 +32,7 @@ def run(cfg: DictConfig) -> dict:
     t0 = time.time()
     data = collect_counterfactuals(resolve(cfg.out), cfg.env.id, agent, prior, seeds, workers=cfg.workers,
                                    every=cfg.every, samples=cfg.samples, seed=cfg.seed, progress=cfg.progress)
-    success = (data["rewards"] >= 1.0 - 1e-6).any(-1)
+    success = (data["rewards"] >= LABELS["rewards"] - 1e-6).any(-1)
     # the oracle's pick (highest summed privileged value, as oracle_p_prior picks) vs the env reward's
     ok = (data["values"] >= LABELS["values"] - 1e-6).any(-1)
     first = np.arange(len(ok))

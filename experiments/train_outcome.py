@@ -45,7 +45,8 @@ def run(cfg: DictConfig) -> dict:
     if label not in LABELS:
         raise ValueError(f"unknown data.label {label!r}; known: {sorted(LABELS)}")
     success = LABELS[label]
-    if label != "rewards" and (cfg.data.train is None or cfg.data.val is None or cfg.data.train or cfg.data.val):
+    recorded = [split for split in ("train", "val") if cfg.data[split] is None or len(cfg.data[split])]  # [] = none
+    if label != "rewards" and recorded:
         raise ValueError(f"data.label={label}: recorded episodes hold only the env's reward; set data.train=[] "
                          "data.val=[] and train on data.counterfactual files")
     wm_path = required_file(cfg.worldmodel_ckpt, "worldmodel_ckpt", "the world model whose imagination the head "
@@ -61,17 +62,16 @@ def run(cfg: DictConfig) -> dict:
                                 seed=cfg.seed, amp=cfg.amp, progress=cfg.progress)
 
     feats = {}
-    for split in ("train", "val"):
-        if cfg.data[split] is None or len(cfg.data[split]):     # [] = no recorded episodes
-            windows = RolloutWindows(rollout_paths(cfg.data[split], split, cfg.artifacts), window=cfg.window,
-                                     action_repeat=cfg.action_repeat, stride=cfg.stride)
-            feats[split] = imagine(windows)
+    for split in recorded:
+        windows = RolloutWindows(rollout_paths(cfg.data[split], split, cfg.artifacts), window=cfg.window,
+                                 action_repeat=cfg.action_repeat, stride=cfg.stride)
+        feats[split] = imagine(windows)
     cf = {split: [imagine(_candidates(path, cfg.action_repeat, cfg.window, label)) for path in cfg.data.get(key) or []]
           for split, key in (("train", "counterfactual"), ("val", "counterfactual_val"))}
-    if not feats.get("train") and not cf["train"]:
+    if "train" not in feats and not cf["train"]:
         raise ValueError("no training data: give data.train episodes or data.counterfactual files")
-    train = concat_features([f for f in (feats.get("train"),) if f] + cf["train"])
-    val = feats.get("val") or (concat_features(cf["val"]) if cf["val"] else None)
+    train = concat_features(([feats["train"]] if "train" in feats else []) + cf["train"])
+    val = feats["val"] if "val" in feats else (concat_features(cf["val"]) if cf["val"] else None)
     imagine_s = time.time() - t0
     h = cfg.head
     out_wm, metrics = fit_outcome(wm, train, val, hidden=h.hidden, steps=h.steps, lr=h.lr,

@@ -169,10 +169,11 @@ def choice_metrics(pred: torch.Tensor, rewards: torch.Tensor, groups: torch.Tens
         mask = np.triu(np.abs(dv) > tol, 1)
         right += int(((dv * dp) > 0)[mask].sum())
         total += int(mask.sum())
-        pick.append(ok[i][np.argmax(pred[i])])
+        top = i[np.argmax(pred[i])]
+        pick.append(ok[top])
         rand.append(ok[i].mean())
         best.append(ok[i].any())
-        vals.append((value[i][np.argmax(pred[i])], value[i].mean(), value[i].max()))
+        vals.append((value[top], value[i].mean(), value[i].max()))
     vals = np.asarray(vals).reshape(-1, 3)
     decisive = np.asarray(best, bool)
 
