@@ -40,12 +40,17 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--oracle-noise", type=float, nargs="*", default=[],
+                    help="also report how oracle-P's summed value plus Gaussian noise of each given size chooses "
+                         "on the held-out states (5 noise draws; files with values): what +oracle_noise=S does")
     ap.add_argument("--out", default="artifacts/value_pick")
     add_section_args(ap, "Closed loop: a learned value without a world model picks among the prior's samples (Lift)")
     args = ap.parse_args()
     setup_torch(args.threads)
 
-    from agent.counterfactual import load_counterfactuals
+    import numpy as np
+
+    from agent.counterfactual import candidate_labels, load_counterfactuals
     from agent.evaluate import evaluate, paired_table, results_table
     from agent.prior import PriorAgent
     from agent.value import FrameActionValue, candidate_features, fit_value
@@ -65,6 +70,14 @@ def main() -> None:
     with torch.no_grad():
         m = choice_metrics(value(va["features"]).squeeze(-1), va["rewards"], va["group"])
     value.save(out / "value.pt", metrics={"choice_val": m})
+    noisy = []
+    for sigma in args.oracle_noise:
+        total = torch.from_numpy(np.concatenate([candidate_labels(d, "values")[0].sum(-1).reshape(-1) for d in val]))
+        draws = [choice_metrics((total + torch.randn(len(total), generator=torch.Generator().manual_seed(k))
+                                 * sigma)[:, None], va["rewards"], va["group"]) for k in range(5)]
+        mean = {key: float(np.mean([d[key] for d in draws])) for key in ("pairwise", "value_gain", "decisive_gain")}
+        noisy.append(f"- oracle-P's summed value + noise of std {sigma:g} (5 draws): pairwise {mean['pairwise']:.3f}, "
+                     f"value gain {mean['value_gain']:.2f} ({mean['decisive_gain']:.2f} where a candidate succeeds)")
     states = sum(len(d["seed"]) for d in train)
     seeds = split_seeds("test", args.episodes, args.seed_start)
     prior = str(resolve(args.prior))
@@ -82,7 +95,7 @@ def main() -> None:
         f"{m['starts']} held-out states ({', '.join(Path(p).name for p in args.val)}): within-state pairwise "
         f"{m['pairwise']:.3f}, value gain {m['value_gain']:.2f} ({m['decisive_gain']:.2f} on the {m['decisive']} states "
         f"where a candidate succeeds), top pick reaches success {m['pick_success']:.3f} vs random "
-        f"{m['random_success']:.3f} (best {m['best_success']:.3f}).", "",
+        f"{m['random_success']:.3f} (best {m['best_success']:.3f}).", *([""] + noisy if noisy else []), "",
         f"Closed loop: {args.env}, {len(seeds)} held-out test seeds ({seeds[0]}..{seeds[-1]}), prior "
         f"`{Path(prior).parent.name}`, {args.samples} samples, a new pick every {args.execute} control steps.", "",
         results_table(summaries), "", "Paired on the same seeds (exact McNemar test):", "",
