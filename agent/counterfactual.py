@@ -14,9 +14,13 @@ from the exact simulator state (:meth:`agent.oracle.OracleP.env_rewards`, no ren
                                          the instructed cube, 2 from the first success on; its sum
                                          is the score that ``oracle_p_prior`` picks by)
     seed, t    (S,) int64                where the state came from
+    state      (S, D) float32            the observation's state parts (``envs.robosuite_env.state_vector``
+                                         of proprio, cube centres and instruction): what a chooser
+                                         with perfect perception would see
 
 Public verbs: :func:`counterfactuals` (one process), :func:`collect_counterfactuals`
-(split over worker processes, written atomically to an ``.npz``), :func:`load_counterfactuals`.
+(split over worker processes, written atomically to an ``.npz``), :func:`load_counterfactuals`,
+:func:`add_states` (adds ``state`` to a file collected before it was recorded).
 """
 from __future__ import annotations
 
@@ -25,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-KEYS = ("image", "actions", "rewards", "values", "seed", "t")
+KEYS = ("image", "actions", "rewards", "values", "seed", "t", "state")
+LATER = ("values", "state")                  # keys that files collected before they were recorded lack
 LABELS = {"rewards": 1.0, "values": 2.0}   # a candidate's label per step -> its value at success
 
 
@@ -41,6 +46,7 @@ def counterfactuals(env_id: str, agent, prior, seeds, *, every: int = 8, samples
     import envs  # noqa: F401  (registers roboalign/*)
     from agent.oracle import OracleP
     from agent.prior import load_prior
+    from envs.robosuite_env import state_vector
 
     if every < 1 or samples < 1:
         raise ValueError(f"every and samples must be >= 1, got every={every}, samples={samples}")
@@ -67,13 +73,14 @@ def counterfactuals(env_id: str, agent, prior, seeds, *, every: int = 8, samples
                     out["actions"].append(cands)
                     out["seed"].append(int(s))
                     out["t"].append(t)
+                    out["state"].append(state_vector(obs["proprio"], obs["objects"], obs["instruction"]))
                 obs, _, terminated, truncated, _ = env.step(agent.act(obs))
                 if terminated or truncated:
                     break
     finally:
         env.close()
         oracle.close()
-    return {k: np.asarray(v, dtype=np.float32 if k in ("actions", *LABELS) else None) for k, v in out.items()}
+    return {k: np.asarray(v, dtype=np.float32 if k in ("actions", "state", *LABELS) else None) for k, v in out.items()}
 
 
 def _chunk(args) -> dict:
@@ -124,10 +131,52 @@ def load_counterfactuals(path: str | os.PathLike) -> dict:
         raise FileNotFoundError(f"counterfactual file {path} not found; make it with "
                                 "experiments/collect_counterfactual.py")
     with np.load(path) as z:
-        missing = [k for k in KEYS if k not in z.files and k != "values"]
+        missing = [k for k in KEYS if k not in z.files and k not in LATER]
         if missing:
             raise ValueError(f"{path} is not a counterfactual file: it lacks {missing}")
-        return {k: z[k] for k in KEYS if k in z.files}   # files before the oracle values lack "values"
+        return {k: z[k] for k in KEYS if k in z.files}
+
+
+def add_states(path: str | os.PathLike, env_id: str, agent, *, progress: bool = True) -> dict:
+    """Add ``state`` to a counterfactual file collected before it was recorded: ``agent`` (the
+    one the file's states came from, e.g. ``PriorAgent(prior, execute=2, samples=32,
+    pick="random")``) is run again on the file's seeds, which retraces its episodes exactly (its
+    picks are seeded per episode; the candidates' replays never touched the episode's env), and
+    the observation at each recorded step is read. Every retraced frame must equal the recorded
+    image, else a clear error (a different agent or prior). Rewritten atomically; returns the arrays."""
+    import gymnasium as gym
+    from tqdm import tqdm
+
+    import envs  # noqa: F401  (registers roboalign/*)
+    from envs.robosuite_env import state_vector
+    from envs.rollouts import atomic_path
+
+    path = Path(path)
+    data = load_counterfactuals(path)
+    env = gym.make(env_id)
+    try:
+        rows = []
+        for s in tqdm(np.unique(data["seed"]), desc="retrace episodes", disable=not progress):
+            want = {int(t): i for i, t in zip(np.flatnonzero(data["seed"] == s), data["t"][data["seed"] == s])}
+            agent.reset(seed=int(s))
+            obs, _ = env.reset(seed=int(s))
+            for t in range(max(want) + 1):
+                if t in want:
+                    if not np.array_equal(obs["image"], data["image"][want[t]]):
+                        raise ValueError(f"{path}: seed {s} step {t} does not retrace the recorded frame; "
+                                         "give the agent (and prior) that collected this file")
+                    rows.append((want[t], state_vector(obs["proprio"], obs["objects"], obs["instruction"])))
+                obs, *_ = env.step(agent.act(obs))
+    finally:
+        env.close()
+    states = np.zeros((len(data["seed"]), len(rows[0][1])), np.float32)
+    for i, v in rows:
+        states[i] = v
+    data["state"] = states
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **data)
+    return data
 
 
 def candidate_labels(data: dict, label: str = "rewards") -> tuple[np.ndarray, float]:
@@ -141,4 +190,4 @@ def candidate_labels(data: dict, label: str = "rewards") -> tuple[np.ndarray, fl
     return data[label], LABELS[label]
 
 
-__all__ = ["counterfactuals", "collect_counterfactuals", "load_counterfactuals", "candidate_labels"]
+__all__ = ["counterfactuals", "collect_counterfactuals", "load_counterfactuals", "add_states", "candidate_labels"]

@@ -386,7 +386,7 @@ class PriorAgent(Agent):
     for the current observation and execute the first ``execute`` actions of one of
     them -- ``pick="first"`` (the prior alone), ``"random"`` (a uniform pick among
     the samples: the MPC's proposal set without the world model's judgement) or ``"value"``
-    (the highest score of ``value``, an :class:`agent.value.FrameActionValue` or its checkpoint:
+    (the highest score of ``value``, an :class:`agent.value.PlanValue` or its checkpoint:
     a learned choice from the frame and the actions, with no world model).
     ``prior``: an :class:`ActionPrior` or a checkpoint path (loaded lazily)."""
 
@@ -397,7 +397,7 @@ class PriorAgent(Agent):
         if pick not in ("first", "random", "value"):
             raise ValueError(f"pick must be 'first', 'random' or 'value', got {pick!r}")
         if (pick == "value") != (value is not None):
-            raise ValueError("pick='value' needs a value (a FrameActionValue or its checkpoint), and only it does")
+            raise ValueError("pick='value' needs a value (a PlanValue or its checkpoint), and only it does")
         self._value_src, self._value = value, None if isinstance(value, (str, os.PathLike)) else value
         self._src = prior
         self._prior = prior if isinstance(prior, ActionPrior) else None
@@ -423,9 +423,9 @@ class PriorAgent(Agent):
     @property
     def value(self):
         if self._value is None and self._value_src is not None:
-            from agent.value import FrameActionValue
+            from agent.value import PlanValue
 
-            self._value = FrameActionValue.load(self._value_src)
+            self._value = PlanValue.load(self._value_src)
         return self._value
 
     def reset(self, seed: int | None = None) -> None:
@@ -440,7 +440,7 @@ class PriorAgent(Agent):
             chunks = self.prior.sample(obs["image"], obs["proprio"], obs["instruction"], self.samples, self._gen)
             i = 0 if self.pick == "first" else int(self._rng.integers(len(chunks)))   # drawn for every pick: same samples
             if self.pick == "value":
-                i = int(np.argmax(self.value.score(obs["image"], chunks)))
+                i = int(np.argmax(self.value.score(obs, chunks)))
             self._plan, self._t = chunks[i], 0
         action = self._plan[self._t]
         self._t += 1

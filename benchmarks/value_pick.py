@@ -4,7 +4,7 @@
         --train artifacts/counterfactual/lift_train_600000_40.npz [more train .npz] \\
         --val artifacts/counterfactual/oracle_lift_val_200_12.npz [--episodes 50] [--workers 2]
 
-A :class:`agent.value.FrameActionValue` (the no-imagination control of
+A :class:`agent.value.PlanValue` (the no-imagination control of
 ``benchmarks/outcome_head.py``: the start frame at 16x16 pixels + the candidate's actions,
 MSE + within-state ranking loss) is fitted on counterfactual candidates of train states
 (``experiments/collect_counterfactual.py``), measured on held-out states' candidates
@@ -12,7 +12,11 @@ MSE + within-state ranking loss) is fitted on counterfactual candidates of train
 closed loop: ``prior_value`` (the prior's samples, the highest value executed, at the MPC's
 cadence) against ``prior_random`` (a uniform pick among the same samples), on the same held-out
 test seeds, paired by McNemar. It is the model-free baseline for the world model's outcome head:
-the same data and choice, no imagination. Episodes are saved per seed under ``<out>`` (resumable).
+the same data and choice, no imagination. Episodes are saved per seed under ``<out>`` (resumable;
+``--random-dir`` shares prior_random's episodes between runs). ``--value <value.pt>`` measures
+an existing value instead of fitting one (e.g. on the states it visits itself:
+``experiments/collect_counterfactual.py value_ckpt=...``); each ``--val`` file gets its own row.
+``--episodes 0`` stops after the offline measurement.
 """
 from __future__ import annotations
 
@@ -30,7 +34,11 @@ from experiments.common import resolve, setup_torch  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prior", required=True, help="the action prior checkpoint whose samples are chosen among")
-    ap.add_argument("--train", nargs="+", required=True, help="counterfactual .npz files of train states")
+    ap.add_argument("--train", nargs="+", default=[], help="counterfactual .npz files of train states")
+    ap.add_argument("--inputs", default="frame", choices=["frame", "state"],
+                    help="what the fitted value sees of the start: the 16x16 frame, or the observation's state "
+                         "parts (perfect perception; the files need 'state')")
+    ap.add_argument("--value", default=None, help="an existing value.pt to measure and run (no fit; not with --train)")
     ap.add_argument("--val", nargs="+", required=True, help="counterfactual .npz files of held-out states")
     ap.add_argument("--env", default="roboalign/Lift-v0")
     ap.add_argument("--episodes", type=int, default=50)
@@ -44,6 +52,7 @@ def main() -> None:
                     help="also report how oracle-P's summed value plus Gaussian noise of each given size chooses "
                          "on the held-out states (5 noise draws; files with values): what +oracle_noise=S does")
     ap.add_argument("--out", default="artifacts/value_pick")
+    ap.add_argument("--random-dir", default=None, help="prior_random's episodes (default <out>/prior_random)")
     add_section_args(ap, "Closed loop: a learned value without a world model picks among the prior's samples (Lift)")
     args = ap.parse_args()
     setup_torch(args.threads)
@@ -53,23 +62,34 @@ def main() -> None:
     from agent.counterfactual import candidate_labels, load_counterfactuals
     from agent.evaluate import evaluate, paired_table, results_table
     from agent.prior import PriorAgent
-    from agent.value import FrameActionValue, candidate_features, fit_value
+    from agent.value import PlanValue, candidate_features, fit_value
     from envs.splits import split_seeds
     from worldmodel.outcome import choice_metrics
     from worldmodel.tokens import file_hash
 
+    if bool(args.train) == bool(args.value):
+        ap.error("give --train (fit a value) or --value (use a fitted one), not both or neither")
     out = resolve(args.out)
     train = [load_counterfactuals(resolve(p)) for p in args.train]
     val = [load_counterfactuals(resolve(p)) for p in args.val]
     t0 = time.time()
-    value = fit_value(train, seed=args.seed)
+    if args.value:
+        value_path = resolve(args.value)
+        value = PlanValue.load(value_path)
+    else:
+        value, value_path = fit_value(train, seed=args.seed, inputs=args.inputs), out / "value.pt"
     fit_s = time.time() - t0
-    va = candidate_features(val)
     import torch
 
-    with torch.no_grad():
-        m = choice_metrics(value(va["features"]).squeeze(-1), va["rewards"], va["group"])
-    value.save(out / "value.pt", metrics={"choice_val": m})
+    rows = []
+    for name, files in [*((Path(p).name, [d]) for p, d in zip(args.val, val)), *([("all", val)] if len(val) > 1 else [])]:
+        va = candidate_features(files, inputs=value.config["inputs"])
+        with torch.no_grad():
+            rows.append((name, choice_metrics(value(va["features"]).squeeze(-1), va["rewards"], va["group"])))
+    m = rows[-1][1]
+    if not args.value:
+        value.save(value_path, metrics={"choice_val": m})
+    va = candidate_features(val, inputs=value.config["inputs"]) if args.oracle_noise else None
     noisy = []
     for sigma in args.oracle_noise:
         total = torch.from_numpy(np.concatenate([candidate_labels(d, "values")[0].sum(-1).reshape(-1) for d in val]))
@@ -78,29 +98,43 @@ def main() -> None:
         mean = {key: float(np.mean([d[key] for d in draws])) for key in ("pairwise", "value_gain", "decisive_gain")}
         noisy.append(f"- oracle-P's summed value + noise of std {sigma:g} (5 draws): pairwise {mean['pairwise']:.3f}, "
                      f"value gain {mean['value_gain']:.2f} ({mean['decisive_gain']:.2f} where a candidate succeeds)")
-    states = sum(len(d["seed"]) for d in train)
-    seeds = split_seeds("test", args.episodes, args.seed_start)
-    prior = str(resolve(args.prior))
-    summaries = []
-    for pick in ("value", "random"):
-        agent = PriorAgent(prior, execute=args.execute, samples=args.samples, pick=pick, threads=1,
-                           value=str(out / "value.pt") if pick == "value" else None)
-        identity = {"agent": agent.name, "prior": file_hash(prior), "samples": args.samples, "execute": args.execute,
-                    **({"value": file_hash(out / "value.pt")} if pick == "value" else {})}
-        summaries.append(evaluate(args.env, agent, seeds, out_dir=out / agent.name, workers=args.workers,
-                                  identity=identity))
-    body = "\n".join([
-        f"The value: {states} train states x {train[0]['actions'].shape[1]} prior candidates "
-        f"({', '.join(Path(p).name for p in args.train)}), fitted in {fit_s:.0f} s. On "
-        f"{m['starts']} held-out states ({', '.join(Path(p).name for p in args.val)}): within-state pairwise "
-        f"{m['pairwise']:.3f}, value gain {m['value_gain']:.2f} ({m['decisive_gain']:.2f} on the {m['decisive']} states "
-        f"where a candidate succeeds), top pick reaches success {m['pick_success']:.3f} vs random "
-        f"{m['random_success']:.3f} (best {m['best_success']:.3f}).", *([""] + noisy if noisy else []), "",
-        f"Closed loop: {args.env}, {len(seeds)} held-out test seeds ({seeds[0]}..{seeds[-1]}), prior "
-        f"`{Path(prior).parent.name}`, {args.samples} samples, a new pick every {args.execute} control steps.", "",
-        results_table(summaries), "", "Paired on the same seeds (exact McNemar test):", "",
-        paired_table(summaries[0], summaries[1:])])
-    publish(args, body)
+    what = (f"The value ({value.config['inputs']} + actions): {sum(len(d['seed']) for d in train)} train states x "
+            f"{train[0]['actions'].shape[1]} prior candidates ({', '.join(Path(p).name for p in args.train)}), "
+            f"fitted in {fit_s:.0f} s" if train else f"The value: `{args.value}` (fitted before; its metrics: "
+            f"{_saved_metrics(value_path)})")
+    table = ["| held-out states | states | pairwise | value gain | decisive states | decisive gain | top pick succeeds "
+             "| random pick | best |", "|---|---|---|---|---|---|---|---|---|"]
+    table += [f"| {name} | {r['starts']} | {r['pairwise']:.3f} | {r['value_gain']:.2f} | {r['decisive']} | "
+              f"{r['decisive_gain']:.2f} | {r['pick_success']:.3f} | {r['random_success']:.3f} | "
+              f"{r['best_success']:.3f} |" for name, r in rows]
+    body = [f"{what}. Its choice among each held-out state's candidates (`worldmodel.outcome.choice_metrics`):",
+            "", *table, *([""] + noisy if noisy else [])]
+    if args.episodes > 0:
+        seeds = split_seeds("test", args.episodes, args.seed_start)
+        prior = str(resolve(args.prior))
+        summaries = []
+        for pick in ("value", "random"):
+            agent = PriorAgent(prior, execute=args.execute, samples=args.samples, pick=pick, threads=1,
+                               value=str(value_path) if pick == "value" else None)
+            identity = {"agent": agent.name, "prior": file_hash(prior), "samples": args.samples,
+                        "execute": args.execute, **({"value": file_hash(value_path)} if pick == "value" else {})}
+            where = out / agent.name if pick == "value" or not args.random_dir else resolve(args.random_dir)
+            summaries.append(evaluate(args.env, agent, seeds, out_dir=where, workers=args.workers,
+                                      identity=identity))
+        body += ["", f"Closed loop: {args.env}, {len(seeds)} held-out test seeds ({seeds[0]}..{seeds[-1]}), prior "
+                 f"`{Path(prior).parent.name}`, {args.samples} samples, a new pick every {args.execute} control "
+                 "steps.", "", results_table(summaries), "", "Paired on the same seeds (exact McNemar test):", "",
+                 paired_table(summaries[0], summaries[1:])]
+    publish(args, "\n".join(body))
+
+
+def _saved_metrics(path) -> str:
+    """The held-out choice metrics saved with a value checkpoint, in a few words."""
+    import torch
+
+    m = torch.load(path, map_location="cpu", weights_only=False).get("metrics", {}).get("choice_val", {})
+    return (f"pairwise {m['pairwise']:.3f}, value gain {m['value_gain']:.2f} on the held-out states it was measured on"
+            if m else "none recorded")
 
 
 if __name__ == "__main__":

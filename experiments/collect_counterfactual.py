@@ -3,10 +3,14 @@
     python experiments/collect_counterfactual.py prior_ckpt=<prior.pt> [episodes=40] [split=train] [workers=2]
 
 The states come from ``prior_random`` episodes (the action prior's samples at the MPC's
-cadence, one picked at random); at every ``every``-th control step the prior proposes
+cadence, one picked at random), or with ``value_ckpt=<value.pt>`` from ``prior_value`` episodes
+(the highest of that :class:`agent.value.PlanValue`'s scores is executed: the states the
+chooser itself visits, to refit it on, DAgger-style); at every ``every``-th control step the prior proposes
 ``samples`` plans and each is replayed from the exact simulator state
 (:mod:`agent.counterfactual`). ``experiments/train_outcome.py data.counterfactual=[...]``
 fits the world model's outcome head on them, so it learns which plan from one state lifts.
+``add_states=true out=<file>`` (same prior / agent settings as the file was collected with)
+retraces a file's episodes to add the ``state`` that files collected before it was recorded lack.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from agent.counterfactual import LABELS, collect_counterfactuals
+from agent.counterfactual import LABELS, add_states, collect_counterfactuals
 from agent.prior import PriorAgent
 from envs.splits import split_seeds
 from experiments.common import required_file, resolve, setup_torch
@@ -26,10 +30,17 @@ def run(cfg: DictConfig) -> dict:
     setup_torch(cfg.threads)
     prior = required_file(cfg.prior_ckpt, "prior_ckpt", "the action prior whose candidates are replayed (e.g. "
                           "artifacts/stages/prior-*/prior.pt)", "train one with experiments/train_prior.py")
-    agent = PriorAgent(str(prior), execute=cfg.agent.execute, samples=cfg.agent.samples, pick="random",
-                       threads=cfg.threads)
-    seeds = split_seeds(cfg.split, cfg.episodes, cfg.seed_start)
+    value = None if cfg.value_ckpt is None else str(required_file(
+        cfg.value_ckpt, "value_ckpt", "the chooser whose states are visited", "fit one with benchmarks/value_pick.py"))
+    agent = PriorAgent(str(prior), execute=cfg.agent.execute, samples=cfg.agent.samples,
+                       pick="random" if value is None else "value", value=value, threads=cfg.threads)
     t0 = time.time()
+    if cfg.add_states:
+        data = add_states(required_file(cfg.out, "out", "the counterfactual file to add states to",
+                                        "collect it with this script"), cfg.env.id, agent, progress=cfg.progress)
+        print(f"added states {data['state'].shape} to {resolve(cfg.out)} in {time.time() - t0:.0f} s")
+        return {"states": len(data["seed"]), "wall_s": time.time() - t0}
+    seeds = split_seeds(cfg.split, cfg.episodes, cfg.seed_start)
     data = collect_counterfactuals(resolve(cfg.out), cfg.env.id, agent, prior, seeds, workers=cfg.workers,
                                    every=cfg.every, samples=cfg.samples, seed=cfg.seed, progress=cfg.progress)
     success = (data["rewards"] >= LABELS["rewards"] - 1e-6).any(-1)

@@ -149,8 +149,9 @@ def test_counterfactuals_replay_each_candidate_from_the_visited_state(tmp_path, 
     import gymnasium as gym
 
     from agent.collect import make_agent
-    from agent.counterfactual import candidate_labels, collect_counterfactuals, load_counterfactuals
+    from agent.counterfactual import add_states, candidate_labels, collect_counterfactuals, load_counterfactuals
     from agent.oracle import OracleP
+    from envs.robosuite_env import state_vector
     from worldmodel.outcome import CandidateClips
 
     class FixedPrior:     # stands in for the action prior: a ramp of plans, down to the cube
@@ -175,6 +176,7 @@ def test_counterfactuals_replay_each_candidate_from_the_visited_state(tmp_path, 
         for _ in range(6):
             obs, *_ = env.step(agent.act(obs))
         assert np.array_equal(obs["image"], data["image"][1])
+        assert np.array_equal(data["state"][1], state_vector(obs["proprio"], obs["objects"], obs["instruction"]))
         state = env.unwrapped.get_sim_state()
         want = [env.step(a)[1] for a in data["actions"][1, 2]]
         # the oracle values sum to what oracle-P scores the plan with from that state
@@ -199,6 +201,14 @@ def test_counterfactuals_replay_each_candidate_from_the_visited_state(tmp_path, 
         CandidateClips(data["image"][:1], data["actions"], data["rewards"])
     with pytest.raises(FileNotFoundError, match="collect_counterfactual"):
         load_counterfactuals(tmp_path / "missing.npz")
+    # a file without states gets them back by retracing its agent's episodes; another agent is refused
+    np.savez(tmp_path / "old.npz", **{k: v for k, v in data.items() if k != "state"})
+    assert "state" not in load_counterfactuals(tmp_path / "old.npz")
+    assert np.array_equal(add_states(tmp_path / "old.npz", "roboalign/Lift-v0", make_agent("scripted"),
+                                     progress=False)["state"], data["state"])
+    assert np.array_equal(load_counterfactuals(tmp_path / "old.npz")["state"], data["state"])
+    with pytest.raises(ValueError, match="does not retrace"):
+        add_states(tmp_path / "old.npz", "roboalign/Lift-v0", make_agent("random"), progress=False)
 
 
 def test_choice_metrics_compare_the_pick_with_a_random_one():

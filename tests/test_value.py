@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from agent.prior import ActionPrior, PriorAgent, PriorConfig
-from agent.value import FrameActionValue, candidate_features, fit_value, frame_action_features
+from agent.value import PlanValue, candidate_features, fit_value, frame_action_features
 
 TINY = PriorConfig(steps=4, channels=(8, 16), keypoints=8, cond_dim=32, hidden=64, blocks=1, sample_steps=5)
 
@@ -39,21 +39,48 @@ def test_fit_value_orders_candidates_and_round_trips(tmp_path, one_torch_thread)
         pred = value(va["features"]).squeeze(-1).mean(-1).reshape(s, n)
     assert (pred.argmax(1).numpy() == rewards.mean(-1).argmax(1)).mean() > 0.8
     value.save(tmp_path / "value.pt")
-    back = FrameActionValue.load(tmp_path / "value.pt")
-    np.testing.assert_allclose(back.score(data["image"][0], actions[0]), value.score(data["image"][0], actions[0]),
-                               atol=1e-6)
-    assert back.score(data["image"][0], actions[0]).shape == (n,)
+    back = PlanValue.load(tmp_path / "value.pt")
+    obs = {"image": data["image"][0]}
+    np.testing.assert_allclose(back.score(obs, actions[0]), value.score(obs, actions[0]), atol=1e-6)
+    assert back.score(obs, actions[0]).shape == (n,)
     with pytest.raises(ValueError, match="chunks"):
-        back.score(data["image"][0], actions[0, :, :3])
+        back.score(obs, actions[0, :, :3])
     torch.save({"kind": "other"}, tmp_path / "bad.pt")
-    with pytest.raises(ValueError, match="frame_action_value"):
-        FrameActionValue.load(tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="plan_value"):
+        PlanValue.load(tmp_path / "bad.pt")
     with pytest.raises(FileNotFoundError, match="value_pick"):
-        FrameActionValue.load(tmp_path / "missing.pt")
+        PlanValue.load(tmp_path / "missing.pt")
 
 
-class LastIsBest:        # stands in for a FrameActionValue
-    def score(self, image, chunks):
+def test_a_state_value_reads_the_observation_state(tmp_path, one_torch_thread):
+    """Which way is better depends on the state alone (the frame is blank): only a state value can choose."""
+    from envs.robosuite_env import state_vector
+
+    rng = np.random.default_rng(1)
+    s, n = 80, 4
+    proprio = rng.uniform(-1, 1, (s, 4)).astype(np.float32)
+    state = np.stack([state_vector(p, np.zeros(3), 0) for p in proprio])
+    actions = rng.uniform(-1, 1, (s, n, 4, 4)).astype(np.float32)
+    good = np.sign(proprio[:, :1, None]) * actions[:, :, :1, 2]                          # (S, N, 1)
+    data = {"image": np.zeros((s, 64, 64, 3), np.uint8), "actions": actions, "state": state,
+            "rewards": np.repeat((good + 1) / 2, 4, axis=2).astype(np.float32)}
+    value = fit_value([data], inputs="state", steps=600, hidden=32)
+    assert value.config["inputs"] == "state" and value.config["state_dim"] == state.shape[1]
+    picks = [np.argmax(value.score({"image": data["image"][i], "proprio": proprio[i], "objects": np.zeros(3),
+                                    "instruction": 0}, actions[i])) for i in range(s)]
+    assert (np.array(picks) == good[:, :, 0].argmax(1)).mean() > 0.8
+    value.save(tmp_path / "state.pt")
+    assert PlanValue.load(tmp_path / "state.pt").config["inputs"] == "state"
+    with pytest.raises(ValueError, match="another task"):
+        value.score({"proprio": proprio[0], "objects": np.zeros(6), "instruction": 0}, actions[0])
+    with pytest.raises(ValueError, match="add_states"):
+        candidate_features([{k: v for k, v in data.items() if k != "state"}], inputs="state")
+    with pytest.raises(ValueError, match="unknown value inputs"):
+        candidate_features([data], inputs="pixels")
+
+
+class LastIsBest:        # stands in for a PlanValue
+    def score(self, obs, chunks):
         return np.arange(len(chunks), dtype=np.float32)
 
 
