@@ -136,16 +136,17 @@ def candidate_features(data: list[dict], repeat: int = 2, size: int = 16, label:
 
 def fit_value(train: list[dict], *, repeat: int = 2, size: int = 16, hidden: int = 128, steps: int = 3000,
               rank_weight: float = 1.0, seed: int = 0, label: str = "rewards", inputs: str = "frame",
-              progress: bool = False) -> PlanValue:
+              rank_focus: bool = False, progress: bool = False) -> PlanValue:
     """A :class:`PlanValue` fitted on counterfactual dicts by MSE on ``label`` (the env's
-    reward, or oracle-P's values) + the within-state ranking loss (``worldmodel.outcome.train_head``)."""
+    reward, or oracle-P's values) + the within-state ranking loss (``worldmodel.outcome.train_head``,
+    aimed at the states where the choice matters with ``rank_focus``)."""
     from worldmodel.outcome import train_head
 
     data = candidate_features(train, repeat, size, label, inputs)
     torch.manual_seed(seed)
     value = PlanValue(train[0]["actions"].shape[2], repeat, size, hidden, inputs,
                       train[0]["state"].shape[1] if inputs == "state" else 0)
-    train_head(value, data, steps=steps, seed=seed, rank_weight=rank_weight, progress=progress)
+    train_head(value, data, steps=steps, seed=seed, rank_weight=rank_weight, rank_focus=rank_focus, progress=progress)
     return value.eval()
 
 

@@ -76,7 +76,8 @@ def run(cfg: DictConfig) -> dict:
     h = cfg.head
     out_wm, metrics = fit_outcome(wm, train, val, hidden=h.hidden, steps=h.steps, lr=h.lr,
                                   batch_size=h.batch_size, weight_decay=h.weight_decay, seed=cfg.seed,
-                                  success=success, rank_weight=h.get("rank_weight", 0.0), progress=cfg.progress)
+                                  success=success, rank_weight=h.get("rank_weight", 0.0),
+                                  rank_focus=h.get("rank_focus", False), progress=cfg.progress)
     with torch.no_grad():
         for split in ("train", "val"):
             if cf[split]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from agent.mpc import WorldModelMPC, plan_objective
 from worldmodel.data import RolloutWindows
@@ -255,3 +256,33 @@ def test_rank_loss_orders_candidates_of_one_start():
     with torch.no_grad():
         m = choice_metrics(ranked.dynamics.predict_outcome(data["features"]), rewards, data["group"], tol=0.0)
     assert m["pairwise"] > 0.8, m
+
+
+def test_rank_focus_follows_the_starts_where_the_choice_matters():
+    """Most starts slightly prefer a low feature; a few prefer a high one by far. A linear head
+    (no interactions) ranked uniformly follows the many; aimed by ``rank_focus`` it follows the few."""
+    from worldmodel.outcome import _rank_loss, train_head
+
+    g = torch.Generator().manual_seed(0)
+    starts, cands = 200, 6
+    a = torch.rand(starts, cands, generator=g) * 2 - 1
+    decisive = torch.arange(starts) % 20 == 0                                   # 5% of starts
+    value = torch.where(decisive[:, None], 0.5 + 0.5 * a, 0.5 - 0.05 * a)
+    data = {"features": a.reshape(-1, 1, 1), "rewards": value.reshape(-1, 1),
+            "group": torch.arange(starts).repeat_interleave(cands)}
+    slopes = {}
+    for focus in (False, True):
+        head = train_head(torch.nn.Linear(1, 1), data, steps=300, lr=1e-2, rank_weight=5.0, rank_focus=focus,
+                          progress=False)
+        slopes[focus] = head.weight.item()
+    assert slopes[False] < 0 < slopes[True], slopes
+    # by_gap weights each pair by its true gap: hand-computed for one start of three rows
+    head = torch.nn.Linear(1, 1)
+    with torch.no_grad():
+        head.weight.fill_(1.0)
+        head.bias.zero_()
+    x, y = torch.tensor([[[0.0]], [[1.0]], [[2.0]]]), torch.tensor([[0.0], [0.1], [0.4]])
+    pairs = [(0.1, 1.0), (0.4, 2.0), (0.3, 1.0)]                                  # (gap, prediction gap)
+    want = sum(w * F.softplus(torch.tensor(-d / 0.05)) for w, d in pairs) / sum(w for w, _ in pairs)
+    got = _rank_loss(head, x, y, [torch.arange(3)], tol=0.02, temperature=0.05, by_gap=True)
+    assert torch.isclose(got, want, atol=1e-6)

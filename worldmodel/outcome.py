@@ -190,23 +190,26 @@ def choice_metrics(pred: torch.Tensor, rewards: torch.Tensor, groups: torch.Tens
             "decisive_gain": dgain}
 
 
-def _rank_loss(head, x, y, groups, tol: float, temperature: float) -> torch.Tensor:
-    """Mean logistic pair loss within each group of row indices (see :func:`train_head`)."""
-    total, n = 0.0, 0
+def _rank_loss(head, x, y, groups, tol: float, temperature: float, by_gap: bool = False) -> torch.Tensor:
+    """Mean logistic pair loss within each group of row indices (see :func:`train_head`); with
+    ``by_gap`` each pair is weighted by its true value gap."""
+    total, n = 0.0, 0.0
     for g in groups:
         p, v = head(x[g]).squeeze(-1).mean(-1), y[g].mean(-1)
         dv, dp = v[:, None] - v[None, :], (p[:, None] - p[None, :]) / temperature
         mask = dv > tol
         if mask.any():
-            total = total + F.softplus(-dp[mask]).sum()
-            n += int(mask.sum())
-    return total / max(n, 1) if n else x.new_zeros(())
+            w = dv[mask] if by_gap else torch.ones_like(dv[mask])
+            total = total + (w * F.softplus(-dp[mask])).sum()
+            n += float(w.sum())
+    return total / n if n else x.new_zeros(())
 
 
 def fit_outcome(wm: WorldModel, train: dict, val: dict | None = None, *, hidden: int = 128, steps: int = 2000,
                 lr: float = 1e-3, batch_size: int = 256, weight_decay: float = 1e-4, seed: int = 0,
                 success: float = 1.0, rank_weight: float = 0.0, rank_groups: int = 8, rank_tol: float = 0.02,
-                rank_temperature: float = 0.05, progress: bool = True) -> tuple[WorldModel, dict]:
+                rank_temperature: float = 0.05, rank_focus: bool = False,
+                progress: bool = True) -> tuple[WorldModel, dict]:
     """A copy of ``wm`` with an outcome head (``hidden`` units) fitted on ``train`` (from
     :func:`imagine_features` of the same ``wm``) by :func:`train_head`; every other weight is
     unchanged. Returns the new world model and its metrics (``train`` / ``val``, see
@@ -214,7 +217,7 @@ def fit_outcome(wm: WorldModel, train: dict, val: dict | None = None, *, hidden:
     out = wm.with_outcome_head(hidden)
     train_head(out.dynamics.outcome, train, steps=steps, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
                seed=seed, rank_weight=rank_weight, rank_groups=rank_groups, rank_tol=rank_tol,
-               rank_temperature=rank_temperature, progress=progress)
+               rank_temperature=rank_temperature, rank_focus=rank_focus, progress=progress)
     with torch.no_grad():
         metrics = {"train": outcome_metrics(out.dynamics.predict_outcome(train["features"]), train["rewards"], success)}
         if val is not None:
@@ -224,14 +227,20 @@ def fit_outcome(wm: WorldModel, train: dict, val: dict | None = None, *, hidden:
 
 def train_head(head: torch.nn.Module, train: dict, *, steps: int = 2000, lr: float = 1e-3, batch_size: int = 256,
                weight_decay: float = 1e-4, seed: int = 0, rank_weight: float = 0.0, rank_groups: int = 8,
-               rank_tol: float = 0.02, rank_temperature: float = 0.05, progress: bool = True) -> torch.nn.Module:
+               rank_tol: float = 0.02, rank_temperature: float = 0.05, rank_focus: bool = False,
+               progress: bool = True) -> torch.nn.Module:
     """Fit ``head`` (features ``(..., D)`` -> ``(..., 1)``) in place by MSE of ``train["features"]``
     ``(N, T, D)`` on ``train["rewards"]`` ``(N, T)``; its Linear layers are re-initialized from ``seed``.
 
     ``rank_weight`` > 0 adds a within-start ranking loss: each step also draws ``rank_groups``
     starts with several rows (``train["group"]``, e.g. counterfactual candidates) and applies a
     logistic loss to every pair of their rows whose mean true reward differs by more than
-    ``rank_tol``, on the difference of mean predictions / ``rank_temperature``."""
+    ``rank_tol``, on the difference of mean predictions / ``rank_temperature``. ``rank_focus``
+    aims it at the starts where the choice matters: starts are drawn in proportion to their best
+    row's true value above their rows' mean, and each pair is weighted by its true value gap.
+    (Uniformly drawn, the many starts where every plan does about the same dominate, and a value
+    fitted so learns, e.g., that closing the gripper early is bad, which is wrong exactly at the
+    grasp: BENCHMARKS.md 'Closed loop: a value fitted where the choice matters ...'.)"""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     members = []
@@ -245,6 +254,7 @@ def train_head(head: torch.nn.Module, train: dict, *, steps: int = 2000, lr: flo
         members = [m for m in torch.split(order, counts.tolist()) if len(m) > 1 and bool(value[m].std() > 0)]
         if not members:
             raise ValueError("rank_weight > 0 but no start has rows of different outcomes")
+        odds = torch.stack([value[m].max() - value[m].mean() for m in members]) if rank_focus else None
     torch.manual_seed(seed)
     for m in head.modules():
         if isinstance(m, torch.nn.Linear):
@@ -260,9 +270,10 @@ def train_head(head: torch.nn.Module, train: dict, *, steps: int = 2000, lr: flo
         idx = torch.randint(len(x), (batch_size,), generator=gen)
         loss = F.mse_loss(head(x[idx]).squeeze(-1), y[idx])
         if members:
-            pick = torch.randint(len(members), (rank_groups,), generator=gen)
+            pick = (torch.randint(len(members), (rank_groups,), generator=gen) if odds is None
+                    else torch.multinomial(odds, rank_groups, replacement=True, generator=gen))
             loss = loss + rank_weight * _rank_loss(head, x, y, [members[int(i)] for i in pick], rank_tol,
-                                                   rank_temperature)
+                                                   rank_temperature, rank_focus)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
