@@ -38,6 +38,8 @@ def main() -> None:
     ap.add_argument("--inputs", default="frame", choices=["frame", "state"],
                     help="what the fitted value sees of the start: the 16x16 frame, or the observation's state "
                          "parts (perfect perception; the files need 'state')")
+    ap.add_argument("--label", default="rewards", choices=["rewards", "values"],
+                    help="what the value is fitted on: the env's reward, or oracle-P's shaped value (files with values)")
     ap.add_argument("--rank-focus", action="store_true",
                     help="aim the ranking loss at the states where the choice matters (worldmodel.outcome.train_head)")
     ap.add_argument("--value", default=None, help="an existing value.pt to measure and run (no fit; not with --train)")
@@ -79,7 +81,8 @@ def main() -> None:
         value_path = resolve(args.value)
         value = PlanValue.load(value_path)
     else:
-        value, value_path = fit_value(train, seed=args.seed, inputs=args.inputs, rank_focus=args.rank_focus), out / "value.pt"
+        value, value_path = fit_value(train, seed=args.seed, inputs=args.inputs, rank_focus=args.rank_focus,
+                                          label=args.label), out / "value.pt"
     fit_s = time.time() - t0
     import torch
 
@@ -100,7 +103,7 @@ def main() -> None:
         mean = {key: float(np.mean([d[key] for d in draws])) for key in ("pairwise", "value_gain", "decisive_gain")}
         noisy.append(f"- oracle-P's summed value + noise of std {sigma:g} (5 draws): pairwise {mean['pairwise']:.3f}, "
                      f"value gain {mean['value_gain']:.2f} ({mean['decisive_gain']:.2f} where a candidate succeeds)")
-    what = (f"The value ({value.config['inputs']} + actions{', rank_focus' if args.rank_focus else ''}): {sum(len(d['seed']) for d in train)} train states x "
+    what = (f"The value ({value.config['inputs']} + actions{', rank_focus' if args.rank_focus else ''}, fitted on {args.label}): {sum(len(d['seed']) for d in train)} train states x "
             f"{train[0]['actions'].shape[1]} prior candidates ({', '.join(Path(p).name for p in args.train)}), "
             f"fitted in {fit_s:.0f} s" if train else f"The value: `{args.value}` (fitted before; its metrics: "
             f"{_saved_metrics(value_path)})")
