@@ -238,9 +238,8 @@ def train_head(head: torch.nn.Module, train: dict, *, steps: int = 2000, lr: flo
     ``rank_tol``, on the difference of mean predictions / ``rank_temperature``. ``rank_focus``
     aims it at the starts where the choice matters: starts are drawn in proportion to their best
     row's true value above their rows' mean, and each pair is weighted by its true value gap.
-    (Uniformly drawn, the many starts where every plan does about the same dominate, and a value
-    fitted so learns, e.g., that closing the gripper early is bad, which is wrong exactly at the
-    grasp: BENCHMARKS.md 'Closed loop: a value fitted where the choice matters ...'.)"""
+    (Uniformly drawn, the many starts where every plan does about the same dominate the loss;
+    BENCHMARKS.md 'Closed loop: what a learned chooser lacks: ...' measures what it changes.)"""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     members = []
