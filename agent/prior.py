@@ -387,7 +387,7 @@ class PriorAgent(Agent):
     them -- ``pick="first"`` (the prior alone), ``"random"`` (a uniform pick among
     the samples: the MPC's proposal set without the world model's judgement) or ``"value"``
     (the highest score of ``value``, an :class:`agent.value.PlanValue` or its checkpoint:
-    a learned choice from the frame and the actions, with no world model).
+    a learned choice from the observation and the actions, with no world model).
     ``prior``: an :class:`ActionPrior` or a checkpoint path (loaded lazily)."""
 
     name = "prior"

@@ -115,6 +115,7 @@ class PlanValue(torch.nn.Module):
             raise ValueError(f"{path} is not a {KIND} checkpoint")
         out = cls(**ckpt["config"])
         out.load_state_dict(ckpt["state_dict"])
+        out.metrics = ckpt.get("metrics", {})     # as measured when it was saved
         return out.eval()
 
 

@@ -5,8 +5,9 @@
         --val artifacts/counterfactual/oracle_lift_val_200_12.npz [--episodes 50] [--workers 2]
 
 A :class:`agent.value.PlanValue` (the no-imagination control of
-``benchmarks/outcome_head.py``: the start frame at 16x16 pixels + the candidate's actions,
-MSE + within-state ranking loss) is fitted on counterfactual candidates of train states
+``benchmarks/outcome_head.py``: the start frame at 16x16 pixels, or with ``--inputs state`` the
+observation's state parts, + the candidate's actions; MSE + within-state ranking loss) is fitted
+on counterfactual candidates of train states
 (``experiments/collect_counterfactual.py``), measured on held-out states' candidates
 (``worldmodel.outcome.choice_metrics``), saved to ``<out>/value.pt``, and then chooses in the
 closed loop: ``prior_value`` (the prior's samples, the highest value executed, at the MPC's
@@ -39,7 +40,8 @@ def main() -> None:
                     help="what the fitted value sees of the start: the 16x16 frame, or the observation's state "
                          "parts (perfect perception; the files need 'state')")
     ap.add_argument("--label", default="rewards", choices=["rewards", "values"],
-                    help="what the value is fitted on: the env's reward, or oracle-P's shaped value (files with values)")
+                    help="what the value is fitted on: the env's reward, or oracle-P's shaped value "
+                         "(files with values)")
     ap.add_argument("--rank-focus", action="store_true",
                     help="aim the ranking loss at the states where the choice matters (worldmodel.outcome.train_head)")
     ap.add_argument("--value", default=None, help="an existing value.pt to measure and run (no fit; not with --train)")
@@ -87,7 +89,8 @@ def main() -> None:
     import torch
 
     rows = []
-    for name, files in [*((Path(p).name, [d]) for p, d in zip(args.val, val)), *([("all", val)] if len(val) > 1 else [])]:
+    sets = [(Path(p).name, [d]) for p, d in zip(args.val, val)] + ([("all", val)] if len(val) > 1 else [])
+    for name, files in sets:
         va = candidate_features(files, inputs=value.config["inputs"])
         with torch.no_grad():
             rows.append((name, choice_metrics(value(va["features"]).squeeze(-1), va["rewards"], va["group"])))
@@ -103,10 +106,13 @@ def main() -> None:
         mean = {key: float(np.mean([d[key] for d in draws])) for key in ("pairwise", "value_gain", "decisive_gain")}
         noisy.append(f"- oracle-P's summed value + noise of std {sigma:g} (5 draws): pairwise {mean['pairwise']:.3f}, "
                      f"value gain {mean['value_gain']:.2f} ({mean['decisive_gain']:.2f} where a candidate succeeds)")
-    what = (f"The value ({value.config['inputs']} + actions{', rank_focus' if args.rank_focus else ''}, fitted on {args.label}): {sum(len(d['seed']) for d in train)} train states x "
+    options = f"{value.config['inputs']} + actions{', rank_focus' if args.rank_focus else ''}, fitted on {args.label}"
+    saved = value.metrics.get("choice_val", {}) if args.value else {}
+    what = (f"The value ({options}): {sum(len(d['seed']) for d in train)} train states x "
             f"{train[0]['actions'].shape[1]} prior candidates ({', '.join(Path(p).name for p in args.train)}), "
-            f"fitted in {fit_s:.0f} s" if train else f"The value: `{args.value}` (fitted before; its metrics: "
-            f"{_saved_metrics(value_path)})")
+            f"fitted in {fit_s:.0f} s" if train else
+            f"The value: `{args.value}` (fitted before; pairwise {saved.get('pairwise', float('nan')):.3f} and value "
+            f"gain {saved.get('value_gain', float('nan')):.2f} on the held-out states it was saved with)")
     table = ["| held-out states | states | pairwise | value gain | decisive states | decisive gain | top pick succeeds "
              "| random pick | best |", "|---|---|---|---|---|---|---|---|---|"]
     table += [f"| {name} | {r['starts']} | {r['pairwise']:.3f} | {r['value_gain']:.2f} | {r['decisive']} | "
@@ -131,15 +137,6 @@ def main() -> None:
                  "steps.", "", results_table(summaries), "", "Paired on the same seeds (exact McNemar test):", "",
                  paired_table(summaries[0], summaries[1:])]
     publish(args, "\n".join(body))
-
-
-def _saved_metrics(path) -> str:
-    """The held-out choice metrics saved with a value checkpoint, in a few words."""
-    import torch
-
-    m = torch.load(path, map_location="cpu", weights_only=False).get("metrics", {}).get("choice_val", {})
-    return (f"pairwise {m['pairwise']:.3f}, value gain {m['value_gain']:.2f} on the held-out states it was measured on"
-            if m else "none recorded")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@
 The states come from ``prior_random`` episodes (the action prior's samples at the MPC's
 cadence, one picked at random), or with ``value_ckpt=<value.pt>`` from ``prior_value`` episodes
 (the highest of that :class:`agent.value.PlanValue`'s scores is executed: the states the
-chooser itself visits, to refit it on, DAgger-style); at every ``every``-th control step the prior proposes
-``samples`` plans and each is replayed from the exact simulator state
+chooser itself visits, to refit it on, DAgger-style); at every ``every``-th control step the
+prior proposes ``samples`` plans and each is replayed from the exact simulator state
 (:mod:`agent.counterfactual`). ``experiments/train_outcome.py data.counterfactual=[...]``
 fits the world model's outcome head on them, so it learns which plan from one state lifts.
 ``add_states=true out=<file>`` (same prior / agent settings as the file was collected with)

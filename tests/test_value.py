@@ -99,3 +99,20 @@ def test_prior_agent_executes_the_highest_value_sample(one_torch_thread):
         PriorAgent(model, pick="value")
     with pytest.raises(ValueError, match="needs a value"):
         PriorAgent(model, pick="random", value=LastIsBest())
+
+
+def test_grasp_offsets_read_where_the_gripper_closes():
+    """The scripted expert aligns before it closes: a small offset, little time below the cube centre."""
+    import gymnasium as gym
+
+    import envs  # noqa: F401
+    from agent.collect import make_agent
+    from benchmarks.grasp_offset import grasp_offsets
+
+    env = gym.make("roboalign/Lift-v0")
+    try:
+        r = grasp_offsets(env, make_agent("scripted"), [5])
+    finally:
+        env.close()
+    assert r["success"] == [True] and len(r["offset"]) == 1 and r["offset"][0] < 0.02, r
+    assert 0 <= r["below"][0] < 20, r
