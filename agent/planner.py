@@ -103,6 +103,24 @@ class PlanResult:
     history: list = field(default_factory=list)  # per iteration: mean / max / elite-mean score
 
 
+def softmax_weights(scores: np.ndarray, temperature: float) -> np.ndarray:
+    """``(n,)`` scores -> ``(n,)`` probabilities ``exp((s - max s) / (temperature * std(s)))``,
+    normalized; non-finite scores get 0. The temperature is in units of the scores' spread,
+    so one setting suits any objective scale: small -> the argmax, large -> uniform.
+
+    Drawing a candidate of a proposal distribution ``pi`` with these weights draws from
+    ``pi(a) exp(Q(a) / tau)``, the KL-regularized improvement of ``pi`` under the score ``Q``:
+    it trusts a noisy score less than the argmax does (MPPI's weights; ``pick="sample"``)."""
+    s = np.asarray(scores, np.float64)
+    fin = np.isfinite(s)
+    if not fin.any():
+        return np.full(len(s), 1.0 / len(s))
+    spread = s[fin].std() if fin.sum() > 1 else 0.0
+    z = (s - s[fin].max()) / (float(temperature) * spread + 1e-9)
+    w = np.where(fin, np.exp(z), 0.0)
+    return w / w.sum()
+
+
 class SamplingPlanner:
     """Gaussian proposals around a mean plan, refined for ``iterations`` rounds."""
 
@@ -111,18 +129,20 @@ class SamplingPlanner:
     def __init__(self, horizon: int = 8, repeat: int = 2, knots: int | None = None, samples: int = 32,
                  iterations: int = 2, init_std: float = 0.5, min_std: float = 0.05,
                  grip_std: float | None = None, momentum: float = 0.0, pick: str = "best",
-                 **unused):
+                 pick_temperature: float = 1.0, **unused):
         unused.pop("name", None)
         unused.pop("execute", None)  # an agent setting that lives next to the planner's
         if unused:
             raise TypeError(f"unknown {type(self).__name__} settings {sorted(unused)}")
-        if pick not in ("best", "mean"):
-            raise ValueError(f"pick must be 'best' or 'mean', got {pick!r}")
+        if pick not in ("best", "mean", "sample"):
+            raise ValueError(f"pick must be 'best', 'mean' or 'sample', got {pick!r}")
+        if pick_temperature <= 0:
+            raise ValueError(f"pick_temperature must be > 0, got {pick_temperature}")
         self.param = ChunkParam(horizon, repeat, knots)
         self.samples, self.iterations = int(samples), int(iterations)
         self.init_std, self.min_std, self.momentum = float(init_std), float(min_std), float(momentum)
         self.grip_std = float(init_std if grip_std is None else grip_std)
-        self.pick = pick
+        self.pick, self.pick_temperature = pick, float(pick_temperature)
         if self.samples < 2 or self.iterations < 1:
             raise ValueError(f"need samples >= 2 and iterations >= 1, got {samples}, {iterations}")
 
@@ -160,6 +180,7 @@ class SamplingPlanner:
                                  f"got {proposals.shape}")
             proposals = np.stack([self.param.encode(p[: self.param.steps]) for p in proposals])
         best_p, best_s, history, n_eval = mean, -np.inf, [], 0
+        drawn = None
         for it in range(self.iterations):
             if it == 0 and proposals is not None:
                 params = proposals.copy()
@@ -177,6 +198,9 @@ class SamplingPlanner:
             i = int(np.argmax(scores))
             if scores[i] > best_s:
                 best_p, best_s = params[i].copy(), float(scores[i])
+            if self.pick == "sample" and it == self.iterations - 1:
+                j = int(rng.choice(self.samples, p=softmax_weights(scores, self.pick_temperature)))
+                drawn = params[j].copy(), float(scores[j])
             new_mean, new_std = self._update(params, scores, mean, std)
             mean = self.momentum * mean + (1 - self.momentum) * new_mean
             std = np.maximum(self.momentum * std + (1 - self.momentum) * new_std, self.min_std)
@@ -185,6 +209,8 @@ class SamplingPlanner:
                             "max": float(scores[i]), "std": float(std.mean())})
         if self.pick == "best":
             chosen, chosen_score = best_p, best_s
+        elif self.pick == "sample":
+            chosen, chosen_score = drawn
         else:
             chosen, chosen_score = np.clip(mean, -1.0, 1.0), float("nan")
         return PlanResult(self.param.decode(chosen[None])[0], chosen, chosen_score, best_s, n_eval,
@@ -224,12 +250,7 @@ class MPPI(SamplingPlanner):
             raise ValueError(f"temperature must be > 0, got {temperature}")
 
     def weights(self, scores: np.ndarray) -> np.ndarray:
-        s = np.asarray(scores, np.float64)
-        fin = np.isfinite(s)
-        spread = s[fin].std() if fin.sum() > 1 else 0.0
-        z = (s - s[fin].max()) / (self.temperature * spread + 1e-9)
-        w = np.where(fin, np.exp(z), 0.0)
-        return w / w.sum()
+        return softmax_weights(scores, self.temperature)
 
     def _update(self, params, scores, mean, std):
         w = self.weights(scores)[:, None, None]
@@ -259,5 +280,5 @@ def make_planner(cfg) -> SamplingPlanner:
     return PLANNERS[name](**cfg)
 
 
-__all__ = ["ChunkParam", "shift_actions", "PlanResult", "SamplingPlanner", "CEM", "MPPI", "PLANNERS",
+__all__ = ["ChunkParam", "shift_actions", "softmax_weights", "PlanResult", "SamplingPlanner", "CEM", "MPPI", "PLANNERS",
            "make_planner"]

@@ -39,6 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from agent.base import Agent
+from agent.planner import softmax_weights
 from envs.rollouts import RolloutFileError, demo_keys, open_rollouts
 from envs.robosuite_env import LABELS
 from envs.vocab import COLOURS, INSTRUCTIONS, instruction_id, instruction_text
@@ -386,19 +387,31 @@ class PriorAgent(Agent):
     for the current observation and execute the first ``execute`` actions of one of
     them -- ``pick="first"`` (the prior alone), ``"random"`` (a uniform pick among
     the samples: the MPC's proposal set without the world model's judgement) or ``"value"``
-    (the highest score of ``value``, an :class:`agent.value.PlanValue` or its checkpoint:
-    a learned choice from the observation and the actions, with no world model).
+    (the highest score of ``value``, an :class:`agent.value.PlanValue` / ``ValueEnsemble`` or its
+    checkpoint, ``pessimism`` overriding an ensemble's:
+    a learned choice from the observation and the actions, with no world model; with a
+    ``temperature`` a draw weighted by :func:`agent.planner.softmax_weights` of the scores
+    instead, the KL-regularized pick between the argmax and the random pick).
     ``prior``: an :class:`ActionPrior` or a checkpoint path (loaded lazily)."""
 
     name = "prior"
 
     def __init__(self, prior, execute: int = 8, samples: int = 1, pick: str = "first", seed: int = 0,
-                 threads: int | None = None, name: str | None = None, value=None):
+                 threads: int | None = None, name: str | None = None, value=None,
+                 temperature: float | None = None, pessimism: float | None = None):
         if pick not in ("first", "random", "value"):
             raise ValueError(f"pick must be 'first', 'random' or 'value', got {pick!r}")
         if (pick == "value") != (value is not None):
             raise ValueError("pick='value' needs a value (a PlanValue or its checkpoint), and only it does")
+        if temperature is not None and (pick != "value" or not temperature > 0):
+            raise ValueError(f"temperature must be > 0 and needs pick='value', got {temperature!r} with {pick!r}")
+        self.temperature = None if temperature is None else float(temperature)
+        self.pessimism = pessimism      # an ensemble value's (agent.value.ValueEnsemble) lower-bound weight
         self._value_src, self._value = value, None if isinstance(value, (str, os.PathLike)) else value
+        if self._value is not None and pessimism is not None:
+            from agent.value import load_value
+
+            self._value = load_value(self._value, pessimism)
         self._src = prior
         self._prior = prior if isinstance(prior, ActionPrior) else None
         self.execute, self.samples, self.pick = int(execute), int(samples), pick
@@ -423,9 +436,9 @@ class PriorAgent(Agent):
     @property
     def value(self):
         if self._value is None and self._value_src is not None:
-            from agent.value import PlanValue
+            from agent.value import load_value
 
-            self._value = PlanValue.load(self._value_src)
+            self._value = load_value(self._value_src, self.pessimism)
         return self._value
 
     def reset(self, seed: int | None = None) -> None:
@@ -440,7 +453,9 @@ class PriorAgent(Agent):
             chunks = self.prior.sample(obs["image"], obs["proprio"], obs["instruction"], self.samples, self._gen)
             i = 0 if self.pick == "first" else int(self._rng.integers(len(chunks)))   # drawn for every pick: same samples
             if self.pick == "value":
-                i = int(np.argmax(self.value.score(obs, chunks)))
+                scores = self.value.score(obs, chunks)
+                i = int(np.argmax(scores)) if self.temperature is None else \
+                    int(self._rng.choice(len(chunks), p=softmax_weights(scores, self.temperature)))
             self._plan, self._t = chunks[i], 0
         action = self._plan[self._t]
         self._t += 1

@@ -7,7 +7,8 @@ imagination at all? What it sees of the start (``inputs``): ``"frame"``, the obs
 16x16 pixels, or ``"state"``, the observation's state parts (proprio, cube centres, instruction:
 ``envs.robosuite_env.state_vector``), i.e. a chooser with perfect perception. Public verbs:
 :func:`frame_action_features`, :func:`start_features`, :class:`PlanValue` (``score``, ``save``,
-``load``), :func:`candidate_features`, :func:`fit_value`.
+``load``), :class:`ValueEnsemble` (several fitted values; a pessimistic score),
+:func:`load_value`, :func:`candidate_features`, :func:`fit_value`.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 KIND = "plan_value"
+ENSEMBLE_KIND = "plan_value_ensemble"
 INPUTS = ("frame", "state")
 
 
@@ -119,6 +121,68 @@ class PlanValue(torch.nn.Module):
         return out.eval()
 
 
+class ValueEnsemble:
+    """Several :class:`PlanValue` s fitted on the same data from different seeds. ``score`` is
+    their mean minus ``pessimism`` times their spread (std over members): where the members
+    disagree -- plans unlike their training candidates -- the chooser trusts the value less
+    (the lower-confidence-bound choice of model-based offline RL)."""
+
+    def __init__(self, members: list, pessimism: float = 0.0):
+        if not members:
+            raise ValueError("a ValueEnsemble needs at least one member")
+        if len({tuple(sorted(m.config.items())) for m in members}) != 1:
+            raise ValueError("ensemble members must share one config (inputs, steps, ...)")
+        self.members, self.pessimism = list(members), float(pessimism)
+        self.config = members[0].config
+        self.metrics = {}
+
+    def score(self, obs: dict, chunks: np.ndarray) -> np.ndarray:
+        """``(N,)`` members' mean score minus ``pessimism`` x their std (see :meth:`PlanValue.score`)."""
+        s = np.stack([m.score(obs, chunks) for m in self.members])
+        return s.mean(0) - self.pessimism * s.std(0) if len(self.members) > 1 else s[0]
+
+    def __call__(self, feats: torch.Tensor) -> torch.Tensor:
+        """``(..., D)`` features -> ``(..., 1)``: mean minus ``pessimism`` x std over members."""
+        out = torch.stack([m(feats) for m in self.members])
+        return out.mean(0) - self.pessimism * out.std(0, unbiased=False) if len(self.members) > 1 else out[0]
+
+    def save(self, path: str | os.PathLike, metrics: dict | None = None) -> None:
+        from envs.rollouts import atomic_path
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            torch.save({"kind": ENSEMBLE_KIND, "config": self.config, "pessimism": self.pessimism,
+                        "members": [m.state_dict() for m in self.members], "metrics": metrics or {}}, tmp)
+
+
+def load_value(src, pessimism: float | None = None):
+    """A fitted value as given (a :class:`PlanValue` / :class:`ValueEnsemble`) or loaded from a
+    checkpoint of either kind; ``pessimism`` overrides an ensemble's saved one."""
+    if not isinstance(src, (str, os.PathLike)):
+        value = src
+    else:
+        path = Path(src)
+        if not path.exists():
+            raise FileNotFoundError(f"value checkpoint {path} not found; fit one with benchmarks/value_pick.py")
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        if isinstance(ckpt, dict) and ckpt.get("kind") == ENSEMBLE_KIND:
+            members = []
+            for sd in ckpt["members"]:
+                m = PlanValue(**ckpt["config"])
+                m.load_state_dict(sd)
+                members.append(m.eval())
+            value = ValueEnsemble(members, ckpt["pessimism"])
+            value.metrics = ckpt.get("metrics", {})
+        else:
+            value = PlanValue.load(path)
+    if pessimism is not None:
+        if not isinstance(value, ValueEnsemble):
+            raise ValueError("pessimism needs an ensemble of values (benchmarks/value_pick.py --members K)")
+        value.pessimism = float(pessimism)
+    return value
+
+
 def candidate_features(data: list[dict], repeat: int = 2, size: int = 16, label: str = "rewards",
                        inputs: str = "frame") -> dict:
     """Counterfactual dicts (:func:`agent.counterfactual.load_counterfactuals`) as one
@@ -137,18 +201,21 @@ def candidate_features(data: list[dict], repeat: int = 2, size: int = 16, label:
 
 def fit_value(train: list[dict], *, repeat: int = 2, size: int = 16, hidden: int = 128, steps: int = 3000,
               rank_weight: float = 1.0, seed: int = 0, label: str = "rewards", inputs: str = "frame",
-              rank_focus: bool = False, progress: bool = False) -> PlanValue:
+              rank_focus: bool = False, rank_loss: str = "logistic", progress: bool = False) -> PlanValue:
     """A :class:`PlanValue` fitted on counterfactual dicts by MSE on ``label`` (the env's
     reward, or oracle-P's values) + the within-state ranking loss (``worldmodel.outcome.train_head``,
-    aimed at the states where the choice matters with ``rank_focus``)."""
+    aimed at the states where the choice matters with ``rank_focus``; ``rank_loss="advantage"``:
+    the within-state gaps regressed at their true size)."""
     from worldmodel.outcome import train_head
 
     data = candidate_features(train, repeat, size, label, inputs)
     torch.manual_seed(seed)
     value = PlanValue(train[0]["actions"].shape[2], repeat, size, hidden, inputs,
                       train[0]["state"].shape[1] if inputs == "state" else 0)
-    train_head(value, data, steps=steps, seed=seed, rank_weight=rank_weight, rank_focus=rank_focus, progress=progress)
+    train_head(value, data, steps=steps, seed=seed, rank_weight=rank_weight, rank_focus=rank_focus,
+               rank_loss=rank_loss, progress=progress)
     return value.eval()
 
 
-__all__ = ["frame_action_features", "start_features", "candidate_features", "PlanValue", "fit_value"]
+__all__ = ["frame_action_features", "start_features", "candidate_features", "PlanValue", "ValueEnsemble",
+           "load_value", "fit_value"]

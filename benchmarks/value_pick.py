@@ -44,6 +44,16 @@ def main() -> None:
                          "(files with values)")
     ap.add_argument("--rank-focus", action="store_true",
                     help="aim the ranking loss at the states where the choice matters (worldmodel.outcome.train_head)")
+    ap.add_argument("--rank-loss", default="logistic", choices=["logistic", "advantage"],
+                    help="the within-state loss (worldmodel.outcome.train_head): logistic pairs, or the gaps "
+                         "regressed at their true size")
+    ap.add_argument("--rank-weight", type=float, default=1.0, help="its weight next to the MSE")
+    ap.add_argument("--members", type=int, default=1,
+                    help="fit this many values (seeds --seed, --seed + 1, ...) and choose by their ensemble "
+                         "(agent.value.ValueEnsemble)")
+    ap.add_argument("--pessimism", type=float, nargs="+", default=None,
+                    help="an ensemble's lower-bound weights: one prior_value agent per value (score = members' "
+                         "mean - pessimism x std)")
     ap.add_argument("--value", default=None, help="an existing value.pt to measure and run (no fit; not with --train)")
     ap.add_argument("--val", nargs="+", required=True, help="counterfactual .npz files of held-out states")
     ap.add_argument("--env", default="roboalign/Lift-v0")
@@ -51,6 +61,10 @@ def main() -> None:
     ap.add_argument("--seed-start", type=int, default=0, help="offset into the test split")
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--execute", type=int, default=2)
+    ap.add_argument("--temperature", type=float, nargs="+", default=[0.0],
+                    help="one prior_value agent per value: 0 executes the highest value (the argmax), T > 0 draws "
+                         "a sample with softmax weights at temperature T in units of the scores' spread "
+                         "(agent.planner.softmax_weights); all are paired with prior_random")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
@@ -68,23 +82,27 @@ def main() -> None:
     from agent.counterfactual import candidate_labels, load_counterfactuals
     from agent.evaluate import evaluate, paired_table, results_table
     from agent.prior import PriorAgent
-    from agent.value import PlanValue, candidate_features, fit_value
+    from agent.value import ValueEnsemble, candidate_features, fit_value, load_value
     from envs.splits import split_seeds
     from worldmodel.outcome import choice_metrics
     from worldmodel.tokens import file_hash
 
     if bool(args.train) == bool(args.value):
         ap.error("give --train (fit a value) or --value (use a fitted one), not both or neither")
+    if min(args.temperature) < 0 or args.members < 1:
+        ap.error("--temperature values must be >= 0 and --members >= 1")
     out = resolve(args.out)
     train = [load_counterfactuals(resolve(p)) for p in args.train]
     val = [load_counterfactuals(resolve(p)) for p in args.val]
     t0 = time.time()
     if args.value:
         value_path = resolve(args.value)
-        value = PlanValue.load(value_path)
+        value = load_value(value_path)
     else:
-        value, value_path = fit_value(train, seed=args.seed, inputs=args.inputs, rank_focus=args.rank_focus,
-                                          label=args.label), out / "value.pt"
+        fits = [fit_value(train, seed=args.seed + k, inputs=args.inputs, rank_focus=args.rank_focus,
+                          label=args.label, rank_loss=args.rank_loss, rank_weight=args.rank_weight)
+                for k in range(args.members)]
+        value, value_path = fits[0] if args.members == 1 else ValueEnsemble(fits), out / "value.pt"
     fit_s = time.time() - t0
     import torch
 
@@ -106,35 +124,43 @@ def main() -> None:
         mean = {key: float(np.mean([d[key] for d in draws])) for key in ("pairwise", "value_gain", "decisive_gain")}
         noisy.append(f"- oracle-P's summed value + noise of std {sigma:g} (5 draws): pairwise {mean['pairwise']:.3f}, "
                      f"value gain {mean['value_gain']:.2f} ({mean['decisive_gain']:.2f} where a candidate succeeds)")
-    options = f"{value.config['inputs']} + actions{', rank_focus' if args.rank_focus else ''}, fitted on {args.label}"
+    options = (f"{value.config['inputs']} + actions{', rank_focus' if args.rank_focus else ''}, fitted on {args.label}"
+               f" with the {args.rank_loss} within-state loss at weight {args.rank_weight:g}"
+               + (f", an ensemble of {args.members} seeds" if args.members > 1 else ""))
     saved = value.metrics.get("choice_val", {}) if args.value else {}
     what = (f"The value ({options}): {sum(len(d['seed']) for d in train)} train states x "
             f"{train[0]['actions'].shape[1]} prior candidates ({', '.join(Path(p).name for p in args.train)}), "
             f"fitted in {fit_s:.0f} s" if train else
             f"The value: `{args.value}` (fitted before; pairwise {saved.get('pairwise', float('nan')):.3f} and value "
             f"gain {saved.get('value_gain', float('nan')):.2f} on the held-out states it was saved with)")
-    table = ["| held-out states | states | pairwise | value gain | decisive states | decisive gain | top pick succeeds "
-             "| random pick | best |", "|---|---|---|---|---|---|---|---|---|"]
+    table = ["| held-out states | states | pairwise | value gain | decisive states | decisive gain | spread corr "
+             "| top pick succeeds | random pick | best |", "|---|---|---|---|---|---|---|---|---|---|"]
     table += [f"| {name} | {r['starts']} | {r['pairwise']:.3f} | {r['value_gain']:.2f} | {r['decisive']} | "
-              f"{r['decisive_gain']:.2f} | {r['pick_success']:.3f} | {r['random_success']:.3f} | "
-              f"{r['best_success']:.3f} |" for name, r in rows]
+              f"{r['decisive_gain']:.2f} | {r['spread_corr']:+.2f} | {r['pick_success']:.3f} | "
+              f"{r['random_success']:.3f} | {r['best_success']:.3f} |" for name, r in rows]
     body = [f"{what}. Its choice among each held-out state's candidates (`worldmodel.outcome.choice_metrics`):",
             "", *table, *([""] + noisy if noisy else [])]
     if args.episodes > 0:
         seeds = split_seeds("test", args.episodes, args.seed_start)
         prior = str(resolve(args.prior))
         summaries = []
-        for pick in ("value", "random"):
+        pess = args.pessimism or [None]
+        for pick, temp, lcb in [("value", t, b) for b in pess for t in args.temperature] + [("random", 0.0, None)]:
+            name = "prior_value" + (f"_t{temp:g}" if temp else "") + ("" if lcb is None else f"_p{lcb:g}")
             agent = PriorAgent(prior, execute=args.execute, samples=args.samples, pick=pick, threads=1,
-                               value=str(value_path) if pick == "value" else None)
+                               value=str(value_path) if pick == "value" else None, temperature=temp or None,
+                               pessimism=lcb, name=name if pick == "value" else None)
             identity = {"agent": agent.name, "prior": file_hash(prior), "samples": args.samples,
-                        "execute": args.execute, **({"value": file_hash(value_path)} if pick == "value" else {})}
+                        "execute": args.execute, **({"value": file_hash(value_path)} if pick == "value" else {}),
+                        **({"temperature": temp} if temp else {}), **({"pessimism": lcb} if lcb is not None else {})}
             where = out / agent.name if pick == "value" or not args.random_dir else resolve(args.random_dir)
             summaries.append(evaluate(args.env, agent, seeds, out_dir=where, workers=args.workers,
                                       identity=identity))
         body += ["", f"Closed loop: {args.env}, {len(seeds)} held-out test seeds ({seeds[0]}..{seeds[-1]}), prior "
                  f"`{Path(prior).parent.name}`, {args.samples} samples, a new pick every {args.execute} control "
-                 "steps.", "", results_table(summaries), "", "Paired on the same seeds (exact McNemar test):", "",
+                 "steps" + (" (`prior_value_tT`: a softmax draw at temperature T, `agent.planner.softmax_weights`)"
+                            if any(args.temperature) else "")
+                 + (" (`_pB`: the ensemble's mean - B x std)" if args.pessimism else "") + ".", "", results_table(summaries), "", "Paired on the same seeds (exact McNemar test):", "",
                  paired_table(summaries[0], summaries[1:])]
     publish(args, "\n".join(body))
 

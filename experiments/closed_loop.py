@@ -110,7 +110,8 @@ def make_method(method: str, cfg: DictConfig, stages: dict):
         from agent.oracle import OracleP
 
         prior = str(pipeline.model_path(stages, "prior")) if method in PRIOR_METHODS else None
-        return OracleP(planner=planner, prior=prior, score_noise=float(cfg.get("oracle_noise") or 0.0))
+        return OracleP(planner=planner, prior=prior, score_noise=float(cfg.get("oracle_noise") or 0.0),
+                       objective=str(cfg.get("oracle_objective") or "shaped"))
     if method in STUDENT_ORACLES:
         from agent.oracle import OracleS
 
@@ -155,6 +156,8 @@ def method_identity(method: str, cfg: DictConfig, stages: dict) -> dict:
         ident["planner"] = OmegaConf.to_container(cfg.planner)
     if method in PRIVILEGED_ORACLES and cfg.get("oracle_noise"):
         ident["oracle_noise"] = float(cfg.oracle_noise)
+    if method in PRIVILEGED_ORACLES and cfg.get("oracle_objective"):
+        ident["oracle_objective"] = str(cfg.oracle_objective)
     if method in STUDENT_ORACLES:
         ident.update(weights=OmegaConf.to_container(cfg.mpc.weights), student=stages["student"].key)
     if method in PRIOR_METHODS:

@@ -230,6 +230,11 @@ def test_choice_metrics_compare_the_pick_with_a_random_one():
     assert right["value_gain"] == pytest.approx(1.0) and wrong["value_gain"] < 0
     assert right["decisive"] == 1 and right["decisive_gain"] == pytest.approx(1.0)   # start 0 only
     assert wrong["decisive_gain"] == pytest.approx((0.05 - 0.25) / (0.55 - 0.25))
+    # room to choose (best - mean): start 0 has 0.30, start 1 0.10; a prediction that prefers strongly
+    # at start 1 and hardly at start 0 orders the same way but its confidence is misplaced
+    assert right["spread_corr"] == pytest.approx(1.0)
+    misplaced = choice_metrics(rewards * torch.tensor([0.1, 0.1, 0.1, 10, 10, 10])[:, None], rewards, groups)
+    assert misplaced["pairwise"] == 1.0 and misplaced["spread_corr"] == pytest.approx(-1.0)
 
 
 def test_rank_loss_orders_candidates_of_one_start():
@@ -286,3 +291,35 @@ def test_rank_focus_follows_the_starts_where_the_choice_matters():
     want = sum(w * F.softplus(torch.tensor(-d / 0.05)) for w, d in pairs) / sum(w for w, _ in pairs)
     got = _rank_loss(head, x, y, [torch.arange(3)], tol=0.02, temperature=0.05, by_gap=True)
     assert torch.isclose(got, want, atol=1e-6)
+    # the advantage loss: centred predictions (-1, 0, 1) against centred truth (-1/6, -1/15, 7/30)
+    adv = _rank_loss(head, x, y, [torch.arange(3)], tol=0.02, temperature=0.05, kind="advantage")
+    centred = torch.tensor([-1.0, 0.0, 1.0]) - (y[:, 0] - y[:, 0].mean())
+    assert torch.isclose(adv, centred.pow(2).mean(), atol=1e-6)
+
+
+def test_advantage_loss_keeps_the_gaps_at_their_true_size():
+    """Within-start gaps 0.03 (most starts) and 0.5 (a few): the logistic pair loss pushes every
+    pair apart by several temperatures, so the head over-states the small gaps; the advantage
+    regression keeps each start's predicted gap near its true gap."""
+    from worldmodel.outcome import train_head
+
+    g = torch.Generator().manual_seed(0)
+    starts, cands = 200, 4
+    a = torch.rand(starts, cands, generator=g)
+    big = (torch.arange(starts) % 10 == 0).float()[:, None]
+    value = a * (0.03 + 0.47 * big)                             # true gap scales with the start's kind
+    feats = torch.stack([a, big.expand(-1, cands), a * big], -1)  # the head can tell the kinds apart
+    data = {"features": feats.reshape(-1, 1, 3), "rewards": value.reshape(-1, 1),
+            "group": torch.arange(starts).repeat_interleave(cands)}
+    true_small = (value.max(1).values - value.min(1).values)[big[:, 0] == 0].mean()
+    gaps = {}
+    for kind in ("logistic", "advantage"):
+        head = train_head(torch.nn.Linear(3, 1), data, steps=400, lr=1e-2, rank_weight=10.0, rank_loss=kind,
+                          progress=False)
+        with torch.no_grad():
+            p = head(feats).squeeze(-1)
+        gaps[kind] = float((p.max(1).values - p.min(1).values)[big[:, 0] == 0].mean())
+    assert gaps["logistic"] > 2 * true_small and abs(gaps["advantage"] - true_small) < 0.3 * true_small, \
+        (gaps, float(true_small))
+    with pytest.raises(ValueError, match="rank_loss"):
+        train_head(torch.nn.Linear(3, 1), data, steps=1, rank_weight=1.0, rank_loss="hinge", progress=False)

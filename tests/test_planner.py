@@ -12,7 +12,7 @@ from agent.base import RandomAgent
 from agent.collect import run_episode
 from agent.mpc import WorldModelMPC, aggregate_futures, plan_objective
 from agent.oracle import OracleP, OracleS
-from agent.planner import CEM, MPPI, ChunkParam, make_planner, shift_actions
+from agent.planner import CEM, MPPI, ChunkParam, make_planner, shift_actions, softmax_weights
 from envs.splits import split_seeds
 
 LIFT = "roboalign/Lift-v0"
@@ -71,6 +71,35 @@ def test_warm_start_shifts_and_seeds_the_mean():
 def test_mppi_weights_are_a_softmax_over_scores():
     w = MPPI(horizon=2, samples=4).weights(np.array([0.0, 1.0, 2.0, -np.inf]))
     assert np.isclose(w.sum(), 1) and w[3] == 0 and w[2] > w[1] > w[0]
+    s = np.array([0.0, 1.0, 3.0])                    # the temperature is in units of the spread: scale-free
+    assert np.allclose(softmax_weights(s, 1.0), softmax_weights(100 * s + 7, 1.0))
+    assert softmax_weights(s, 1e-3)[2] > 0.999 and np.allclose(softmax_weights(s, 1e3), 1 / 3, atol=1e-3)
+    assert np.allclose(softmax_weights(np.full(3, -np.inf), 1.0), 1 / 3)
+
+
+def test_sample_pick_draws_the_last_iteration_by_softmax_weights():
+    """pick='sample' executes a candidate drawn with softmax weights: near the argmax when
+    cold, near the proposals' own frequencies when hot; the drawn candidate's score is reported."""
+    proposals = np.zeros((4, 4, 4), np.float32)
+    proposals[:, :, 0] = np.array([-0.9, -0.3, 0.3, 0.9])[:, None]      # candidate k: dx of its own
+    score = lambda c: c[:, 0, 0] * 10                                   # noqa: E731  higher dx is better
+
+    def drawn(temp, n=400):
+        planner = make_planner({"name": "cem", "horizon": 2, "samples": 4, "iterations": 1, "elites": 2,
+                                "pick": "sample", "pick_temperature": temp})
+        rng = np.random.default_rng(0)
+        res = [planner.plan(score, rng=rng, proposals=proposals) for _ in range(n)]
+        assert all(np.isclose(r.score, score(r.actions[None])[0]) for r in res[:5])
+        return np.bincount([int(np.argmin(np.abs(r.actions[0, 0] - proposals[:, 0, 0]))) for r in res],
+                           minlength=4) / n
+
+    assert drawn(0.01)[3] == 1.0
+    hot = drawn(100.0)
+    assert hot.min() > 0.18                          # every proposal, about uniformly
+    mid = drawn(1.0)
+    assert np.all(np.diff(mid) > 0) and mid[3] < 0.9 # ordered by score, not only the best
+    with pytest.raises(ValueError, match="pick_temperature"):
+        make_planner({"name": "cem", "horizon": 2, "pick": "sample", "pick_temperature": 0})
 
 
 # ---------------------------------------------------------------------- world-model MPC

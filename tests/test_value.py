@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from agent.prior import ActionPrior, PriorAgent, PriorConfig
-from agent.value import PlanValue, candidate_features, fit_value, frame_action_features
+from agent.value import PlanValue, ValueEnsemble, candidate_features, fit_value, frame_action_features, load_value
 
 TINY = PriorConfig(steps=4, channels=(8, 16), keypoints=8, cond_dim=32, hidden=64, blocks=1, sample_steps=5)
 
@@ -50,6 +50,26 @@ def test_fit_value_orders_candidates_and_round_trips(tmp_path, one_torch_thread)
         PlanValue.load(tmp_path / "bad.pt")
     with pytest.raises(FileNotFoundError, match="value_pick"):
         PlanValue.load(tmp_path / "missing.pt")
+
+    # an ensemble: the members' mean minus pessimism x their spread, saved and loaded as one file
+    other = fit_value([data], size=4, steps=400, hidden=32, seed=1)
+    ens = ValueEnsemble([value, other], pessimism=2.0)
+    each = np.stack([value.score(obs, actions[0]), other.score(obs, actions[0])])
+    np.testing.assert_allclose(ens.score(obs, actions[0]), each.mean(0) - 2.0 * each.std(0), atol=1e-5)
+    with torch.no_grad():
+        per_step = torch.stack([value(va["features"][:n]), other(va["features"][:n])])
+        np.testing.assert_allclose(ens(va["features"][:n]).numpy(),
+                                   (per_step.mean(0) - 2.0 * per_step.std(0, unbiased=False)).numpy(), atol=1e-5)
+    ens.save(tmp_path / "ens.pt")
+    np.testing.assert_allclose(load_value(tmp_path / "ens.pt").score(obs, actions[0]), ens.score(obs, actions[0]),
+                               atol=1e-5)
+    np.testing.assert_allclose(load_value(tmp_path / "ens.pt", pessimism=0.0).score(obs, actions[0]), each.mean(0),
+                               atol=1e-5)
+    assert isinstance(load_value(tmp_path / "value.pt"), PlanValue)
+    with pytest.raises(ValueError, match="ensemble"):
+        load_value(tmp_path / "value.pt", pessimism=1.0)
+    with pytest.raises(ValueError, match="share one config"):
+        ValueEnsemble([value, PlanValue(4, 2, 4, 16)])
 
 
 def test_a_state_value_reads_the_observation_state(tmp_path, one_torch_thread):
@@ -99,6 +119,21 @@ def test_prior_agent_executes_the_highest_value_sample(one_torch_thread):
         PriorAgent(model, pick="value")
     with pytest.raises(ValueError, match="needs a value"):
         PriorAgent(model, pick="random", value=LastIsBest())
+    # with a temperature the value's scores weight a draw: the higher, the more often
+    soft = PriorAgent(model, execute=1, samples=4, pick="value", value=LastIsBest(), temperature=1.0)
+    soft.reset(seed=2)
+    picks = []
+    for _ in range(300):
+        gen = torch.Generator().manual_seed(int(soft._gen.initial_seed()))
+        gen.set_state(soft._gen.get_state())
+        chunks = model.sample(obs["image"], obs["proprio"], obs["instruction"], 4, gen)
+        act = soft.act(obs)
+        picks.append(int(np.argmin(np.abs(np.clip(chunks[:, 0], -1, 1) - act).sum(-1))))
+    counts = np.bincount(picks, minlength=4)
+    assert np.all(np.diff(counts) > 0) and counts[0] > 0
+    for bad in (dict(pick="value", value=LastIsBest(), temperature=0.0), dict(pick="random", temperature=1.0)):
+        with pytest.raises(ValueError, match="temperature"):
+            PriorAgent(model, **bad)
 
 
 def test_grasp_offsets_read_where_the_gripper_closes():

@@ -156,12 +156,14 @@ def choice_metrics(pred: torch.Tensor, rewards: torch.Tensor, groups: torch.Tens
     fraction of the best pick's gain over a random pick that the top pick gets
     (``(pick - random) / (best - random)``: 0 = no better than random, 1 = always the best);
     ``decisive_gain``: the same over the starts where some candidate succeeds (``decisive``
-    of them), where the choice decides the episode."""
+    of them), where the choice decides the episode. ``spread_corr``: the correlation over starts
+    of the predicted and the true room to choose (best minus mean of a start's candidates):
+    does the prediction prefer strongly where the choice matters, or where it does not?"""
     pred, rewards = pred.float().mean(1).numpy(), rewards.float().numpy()
     value, ok = rewards.mean(1), (rewards >= success - 1e-6).any(1)
     groups = np.asarray(groups)
     right = total = 0
-    pick, rand, best, vals = [], [], [], []
+    pick, rand, best, vals, spread = [], [], [], [], []
     for g in np.unique(groups):
         i = np.flatnonzero(groups == g)
         dv = value[i][:, None] - value[i][None, :]
@@ -174,6 +176,9 @@ def choice_metrics(pred: torch.Tensor, rewards: torch.Tensor, groups: torch.Tens
         rand.append(ok[i].mean())
         best.append(ok[i].any())
         vals.append((value[top], value[i].mean(), value[i].max()))
+        spread.append((pred[i].max() - pred[i].mean(), value[i].max() - value[i].mean()))
+    spread = np.asarray(spread).reshape(-1, 2)
+    spread_corr = float(np.corrcoef(spread.T)[0, 1]) if len(spread) > 1 and spread.std(0).min() > 0 else float("nan")
     vals = np.asarray(vals).reshape(-1, 3)
     decisive = np.asarray(best, bool)
 
@@ -187,12 +192,21 @@ def choice_metrics(pred: torch.Tensor, rewards: torch.Tensor, groups: torch.Tens
             "pick_success": float(np.mean(pick)), "random_success": float(np.mean(rand)),
             "best_success": float(np.mean(best)), "pick_value": float(vals[0]), "random_value": float(vals[1]),
             "best_value": float(vals[2]), "value_gain": vgain, "decisive": int(decisive.sum()),
-            "decisive_gain": dgain}
+            "decisive_gain": dgain, "spread_corr": spread_corr}
 
 
-def _rank_loss(head, x, y, groups, tol: float, temperature: float, by_gap: bool = False) -> torch.Tensor:
+def _rank_loss(head, x, y, groups, tol: float, temperature: float, by_gap: bool = False,
+               kind: str = "logistic") -> torch.Tensor:
     """Mean logistic pair loss within each group of row indices (see :func:`train_head`); with
-    ``by_gap`` each pair is weighted by its true value gap."""
+    ``by_gap`` each pair is weighted by its true value gap. ``kind="advantage"``: instead the
+    squared error of each row's prediction minus its group's mean prediction against the same
+    for the truth (an advantage regression: the within-start gaps at their true size)."""
+    if kind == "advantage":
+        err = []
+        for g in groups:
+            p, v = head(x[g]).squeeze(-1).mean(-1), y[g].mean(-1)
+            err.append(((p - p.mean()) - (v - v.mean())).pow(2).mean())
+        return torch.stack(err).mean() if err else x.new_zeros(())
     total, n = 0.0, 0.0
     for g in groups:
         p, v = head(x[g]).squeeze(-1).mean(-1), y[g].mean(-1)
@@ -228,7 +242,7 @@ def fit_outcome(wm: WorldModel, train: dict, val: dict | None = None, *, hidden:
 def train_head(head: torch.nn.Module, train: dict, *, steps: int = 2000, lr: float = 1e-3, batch_size: int = 256,
                weight_decay: float = 1e-4, seed: int = 0, rank_weight: float = 0.0, rank_groups: int = 8,
                rank_tol: float = 0.02, rank_temperature: float = 0.05, rank_focus: bool = False,
-               progress: bool = True) -> torch.nn.Module:
+               rank_loss: str = "logistic", progress: bool = True) -> torch.nn.Module:
     """Fit ``head`` (features ``(..., D)`` -> ``(..., 1)``) in place by MSE of ``train["features"]``
     ``(N, T, D)`` on ``train["rewards"]`` ``(N, T)``; its Linear layers are re-initialized from ``seed``.
 
@@ -239,9 +253,16 @@ def train_head(head: torch.nn.Module, train: dict, *, steps: int = 2000, lr: flo
     aims it at the starts where the choice matters: starts are drawn in proportion to their best
     row's true value above their rows' mean, and each pair is weighted by its true value gap.
     (Uniformly drawn, the many starts where every plan does about the same dominate the loss;
-    BENCHMARKS.md 'Closed loop: what a learned chooser lacks: ...' measures what it changes.)"""
+    BENCHMARKS.md 'Closed loop: what a learned chooser lacks: ...' measures what it changes.)
+    ``rank_loss="advantage"`` replaces the logistic pair loss by an advantage regression (each
+    row's prediction minus its start's mean, against the same for the truth): the logistic loss
+    pushes every pair apart by several ``rank_temperature`` whatever its true gap, so the
+    prediction prefers as strongly where the choice hardly matters (``choice_metrics``'
+    ``spread_corr``)."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if rank_loss not in ("logistic", "advantage"):
+        raise ValueError(f"rank_loss must be 'logistic' or 'advantage', got {rank_loss!r}")
     members = []
     if rank_weight > 0:
         groups = train.get("group")
@@ -272,7 +293,7 @@ def train_head(head: torch.nn.Module, train: dict, *, steps: int = 2000, lr: flo
             pick = (torch.randint(len(members), (rank_groups,), generator=gen) if odds is None
                     else torch.multinomial(odds, rank_groups, replacement=True, generator=gen))
             loss = loss + rank_weight * _rank_loss(head, x, y, [members[int(i)] for i in pick], rank_tol,
-                                                   rank_temperature, rank_focus)
+                                                   rank_temperature, rank_focus, rank_loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
