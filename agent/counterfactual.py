@@ -31,7 +31,7 @@ import numpy as np
 
 KEYS = ("image", "actions", "rewards", "values", "seed", "t", "state")
 LATER = ("values", "state")                  # keys that files collected before they were recorded lack
-LABELS = {"rewards": 1.0, "values": 2.0}   # a candidate's label per step -> its value at success
+LABELS = {"rewards": 1.0, "values": 2.0, "success": 1.0}   # a candidate's label per step -> its value at success
 
 
 def counterfactuals(env_id: str, agent, prior, seeds, *, every: int = 8, samples: int = 32,
@@ -181,9 +181,13 @@ def add_states(path: str | os.PathLike, env_id: str, agent, *, progress: bool = 
 
 def candidate_labels(data: dict, label: str = "rewards") -> tuple[np.ndarray, float]:
     """``(labels (S, N, steps), the label's value at success)`` of a :func:`load_counterfactuals`
-    dict: ``"rewards"`` (the env's reward) or ``"values"`` (oracle-P's privileged value)."""
+    dict: ``"rewards"`` (the env's reward), ``"values"`` (oracle-P's privileged value) or
+    ``"success"`` (1 from the step the candidate reaches success on, else 0: the env's reward
+    without its shaping)."""
     if label not in LABELS:
         raise ValueError(f"unknown counterfactual label {label!r}; known: {sorted(LABELS)}")
+    if label == "success":
+        return (np.asarray(data["rewards"]) >= LABELS["rewards"] - 1e-6).astype(np.float32), LABELS[label]
     if label not in data:
         raise ValueError(f"this counterfactual file has no {label!r} (collected before oracle values were "
                          "recorded); collect it again with experiments/collect_counterfactual.py")

@@ -39,7 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from agent.base import Agent
-from agent.planner import softmax_weights
+from agent.planner import shift_actions, softmax_weights
 from envs.rollouts import RolloutFileError, demo_keys, open_rollouts
 from envs.robosuite_env import LABELS
 from envs.vocab import COLOURS, INSTRUCTIONS, instruction_id, instruction_text
@@ -391,14 +391,19 @@ class PriorAgent(Agent):
     checkpoint, ``pessimism`` overriding an ensemble's:
     a learned choice from the observation and the actions, with no world model; with a
     ``temperature`` a draw weighted by :func:`agent.planner.softmax_weights` of the scores
-    instead, the KL-regularized pick between the argmax and the random pick).
+    instead, the KL-regularized pick between the argmax and the random pick; with
+    ``warm_start`` the executed plan, shifted, replaces the first sample, as in the MPC's planner,
+    so the value can keep a plan instead of switching every ``execute`` steps; with a ``gate``
+    the value decides only where its best sample beats the samples' mean by at least ``gate``
+    (in the value's units, e.g. success probability), elsewhere the pick is random).
     ``prior``: an :class:`ActionPrior` or a checkpoint path (loaded lazily)."""
 
     name = "prior"
 
     def __init__(self, prior, execute: int = 8, samples: int = 1, pick: str = "first", seed: int = 0,
                  threads: int | None = None, name: str | None = None, value=None,
-                 temperature: float | None = None, pessimism: float | None = None):
+                 temperature: float | None = None, pessimism: float | None = None, warm_start: bool = False,
+                 gate: float | None = None):
         if pick not in ("first", "random", "value"):
             raise ValueError(f"pick must be 'first', 'random' or 'value', got {pick!r}")
         if (pick == "value") != (value is not None):
@@ -406,6 +411,12 @@ class PriorAgent(Agent):
         if temperature is not None and (pick != "value" or not temperature > 0):
             raise ValueError(f"temperature must be > 0 and needs pick='value', got {temperature!r} with {pick!r}")
         self.temperature = None if temperature is None else float(temperature)
+        if warm_start and pick != "value":
+            raise ValueError("warm_start needs pick='value' (the value decides whether to keep the plan)")
+        self.warm_start = bool(warm_start)
+        if gate is not None and (pick != "value" or gate < 0):
+            raise ValueError(f"gate must be >= 0 and needs pick='value', got {gate!r} with {pick!r}")
+        self.gate = None if gate is None else float(gate)
         self.pessimism = pessimism      # an ensemble value's (agent.value.ValueEnsemble) lower-bound weight
         self._value_src, self._value = value, None if isinstance(value, (str, os.PathLike)) else value
         if self._value is not None and pessimism is not None:
@@ -452,10 +463,13 @@ class PriorAgent(Agent):
         if self._plan is None or self._t >= min(self.execute, len(self._plan)):
             chunks = self.prior.sample(obs["image"], obs["proprio"], obs["instruction"], self.samples, self._gen)
             i = 0 if self.pick == "first" else int(self._rng.integers(len(chunks)))   # drawn for every pick: same samples
+            if self.warm_start and self._plan is not None:   # the plan being executed stays a candidate
+                chunks = np.concatenate([shift_actions(self._plan, self._t)[None], chunks[1:]])
             if self.pick == "value":
                 scores = self.value.score(obs, chunks)
-                i = int(np.argmax(scores)) if self.temperature is None else \
-                    int(self._rng.choice(len(chunks), p=softmax_weights(scores, self.temperature)))
+                if self.gate is None or scores.max() - scores.mean() >= self.gate:   # else keep the random pick
+                    i = int(np.argmax(scores)) if self.temperature is None else \
+                        int(self._rng.choice(len(chunks), p=softmax_weights(scores, self.temperature)))
             self._plan, self._t = chunks[i], 0
         action = self._plan[self._t]
         self._t += 1

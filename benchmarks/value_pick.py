@@ -39,15 +39,22 @@ def main() -> None:
     ap.add_argument("--inputs", default="frame", choices=["frame", "state"],
                     help="what the fitted value sees of the start: the 16x16 frame, or the observation's state "
                          "parts (perfect perception; the files need 'state')")
-    ap.add_argument("--label", default="rewards", choices=["rewards", "values"],
-                    help="what the value is fitted on: the env's reward, or oracle-P's shaped value "
-                         "(files with values)")
+    ap.add_argument("--label", default="rewards", choices=["rewards", "values", "success"],
+                    help="what the value is fitted on: the env's reward, oracle-P's shaped value "
+                         "(files with values), or success alone (the reward without its shaping)")
     ap.add_argument("--rank-focus", action="store_true",
                     help="aim the ranking loss at the states where the choice matters (worldmodel.outcome.train_head)")
     ap.add_argument("--rank-loss", default="logistic", choices=["logistic", "advantage"],
                     help="the within-state loss (worldmodel.outcome.train_head): logistic pairs, or the gaps "
                          "regressed at their true size")
     ap.add_argument("--rank-weight", type=float, default=1.0, help="its weight next to the MSE")
+    ap.add_argument("--gate", type=float, nargs="+", default=None,
+                    help="one prior_value agent per value: choose by the value only where its best sample beats "
+                         "the samples' mean by this much, else pick at random (PriorAgent(gate=))")
+    ap.add_argument("--warm-start", action="store_true",
+                    help="the executed plan, shifted, stays a candidate (as in the MPC's planner): prior_value_w")
+    ap.add_argument("--hidden", type=int, default=128, help="the value MLP's hidden units")
+    ap.add_argument("--steps", type=int, default=3000, help="fit steps (batches of 256 candidates)")
     ap.add_argument("--members", type=int, default=1,
                     help="fit this many values (seeds --seed, --seed + 1, ...) and choose by their ensemble "
                          "(agent.value.ValueEnsemble)")
@@ -100,7 +107,8 @@ def main() -> None:
         value = load_value(value_path)
     else:
         fits = [fit_value(train, seed=args.seed + k, inputs=args.inputs, rank_focus=args.rank_focus,
-                          label=args.label, rank_loss=args.rank_loss, rank_weight=args.rank_weight)
+                          label=args.label, rank_loss=args.rank_loss, rank_weight=args.rank_weight,
+                          hidden=args.hidden, steps=args.steps)
                 for k in range(args.members)]
         value, value_path = fits[0] if args.members == 1 else ValueEnsemble(fits), out / "value.pt"
     fit_s = time.time() - t0
@@ -121,11 +129,14 @@ def main() -> None:
         total = torch.from_numpy(np.concatenate([candidate_labels(d, "values")[0].sum(-1).reshape(-1) for d in val]))
         draws = [choice_metrics((total + torch.randn(len(total), generator=torch.Generator().manual_seed(k))
                                  * sigma)[:, None], va["rewards"], va["group"]) for k in range(5)]
-        mean = {key: float(np.mean([d[key] for d in draws])) for key in ("pairwise", "value_gain", "decisive_gain")}
+        mean = {key: float(np.mean([d[key] for d in draws]))
+                for key in ("pairwise", "value_gain", "decisive_gain", "spread_corr")}
         noisy.append(f"- oracle-P's summed value + noise of std {sigma:g} (5 draws): pairwise {mean['pairwise']:.3f}, "
-                     f"value gain {mean['value_gain']:.2f} ({mean['decisive_gain']:.2f} where a candidate succeeds)")
+                     f"value gain {mean['value_gain']:.2f} ({mean['decisive_gain']:.2f} where a candidate succeeds), "
+                     f"spread corr {mean['spread_corr']:+.2f}")
     options = (f"{value.config['inputs']} + actions{', rank_focus' if args.rank_focus else ''}, fitted on {args.label}"
-               f" with the {args.rank_loss} within-state loss at weight {args.rank_weight:g}"
+               f" with the {args.rank_loss} within-state loss at weight {args.rank_weight:g}, {args.hidden} hidden units, "
+               f"{args.steps} steps"
                + (f", an ensemble of {args.members} seeds" if args.members > 1 else ""))
     saved = value.metrics.get("choice_val", {}) if args.value else {}
     what = (f"The value ({options}): {sum(len(d['seed']) for d in train)} train states x "
@@ -134,9 +145,10 @@ def main() -> None:
             f"The value: `{args.value}` (fitted before; pairwise {saved.get('pairwise', float('nan')):.3f} and value "
             f"gain {saved.get('value_gain', float('nan')):.2f} on the held-out states it was saved with)")
     table = ["| held-out states | states | pairwise | value gain | decisive states | decisive gain | spread corr "
-             "| top pick succeeds | random pick | best |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| pick optimism | top pick succeeds | random pick | best |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     table += [f"| {name} | {r['starts']} | {r['pairwise']:.3f} | {r['value_gain']:.2f} | {r['decisive']} | "
-              f"{r['decisive_gain']:.2f} | {r['spread_corr']:+.2f} | {r['pick_success']:.3f} | "
+              f"{r['decisive_gain']:.2f} | {r['spread_corr']:+.2f} | {r['pick_optimism']:+.3f} | "
+              f"{r['pick_success']:.3f} | "
               f"{r['random_success']:.3f} | {r['best_success']:.3f} |" for name, r in rows]
     body = [f"{what}. Its choice among each held-out state's candidates (`worldmodel.outcome.choice_metrics`):",
             "", *table, *([""] + noisy if noisy else [])]
@@ -144,15 +156,20 @@ def main() -> None:
         seeds = split_seeds("test", args.episodes, args.seed_start)
         prior = str(resolve(args.prior))
         summaries = []
-        pess = args.pessimism or [None]
-        for pick, temp, lcb in [("value", t, b) for b in pess for t in args.temperature] + [("random", 0.0, None)]:
-            name = "prior_value" + (f"_t{temp:g}" if temp else "") + ("" if lcb is None else f"_p{lcb:g}")
+        pess, gates = args.pessimism or [None], args.gate or [None]
+        for pick, temp, lcb, gate in [("value", t, b, g) for g in gates for b in pess for t in args.temperature] + \
+                [("random", 0.0, None, None)]:
+            name = "prior_value" + (f"_t{temp:g}" if temp else "") + ("" if lcb is None else f"_p{lcb:g}") + \
+                ("" if gate is None else f"_g{gate:g}") + ("_w" if args.warm_start else "")
             agent = PriorAgent(prior, execute=args.execute, samples=args.samples, pick=pick, threads=1,
                                value=str(value_path) if pick == "value" else None, temperature=temp or None,
-                               pessimism=lcb, name=name if pick == "value" else None)
+                               pessimism=lcb, name=name if pick == "value" else None,
+                               warm_start=args.warm_start and pick == "value", gate=gate)
             identity = {"agent": agent.name, "prior": file_hash(prior), "samples": args.samples,
                         "execute": args.execute, **({"value": file_hash(value_path)} if pick == "value" else {}),
-                        **({"temperature": temp} if temp else {}), **({"pessimism": lcb} if lcb is not None else {})}
+                        **({"temperature": temp} if temp else {}), **({"pessimism": lcb} if lcb is not None else {}),
+                        **({"warm_start": True} if args.warm_start and pick == "value" else {}),
+                        **({"gate": gate} if gate is not None else {})}
             where = out / agent.name if pick == "value" or not args.random_dir else resolve(args.random_dir)
             summaries.append(evaluate(args.env, agent, seeds, out_dir=where, workers=args.workers,
                                       identity=identity))
@@ -160,7 +177,8 @@ def main() -> None:
                  f"`{Path(prior).parent.name}`, {args.samples} samples, a new pick every {args.execute} control "
                  "steps" + (" (`prior_value_tT`: a softmax draw at temperature T, `agent.planner.softmax_weights`)"
                             if any(args.temperature) else "")
-                 + (" (`_pB`: the ensemble's mean - B x std)" if args.pessimism else "") + ".", "", results_table(summaries), "", "Paired on the same seeds (exact McNemar test):", "",
+                 + (" (`_pB`: the ensemble's mean - B x std)" if args.pessimism else "")
+                 + (" (`_gG`: the value decides only where its best beats the mean by G)" if args.gate else "") + ".", "", results_table(summaries), "", "Paired on the same seeds (exact McNemar test):", "",
                  paired_table(summaries[0], summaries[1:])]
     publish(args, "\n".join(body))
 

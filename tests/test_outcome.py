@@ -189,6 +189,8 @@ def test_counterfactuals_replay_each_candidate_from_the_visited_state(tmp_path, 
     assert np.allclose(data["rewards"][1, 2], want, atol=1e-5)
     assert data["values"].shape == (s, 3, 4) and np.isclose(data["values"][1, 2].sum(), score, atol=1e-4)
     assert np.array_equal(candidate_labels(back, "values")[0], data["values"])
+    success, at = candidate_labels(back, "success")
+    assert at == 1.0 and np.array_equal(success, (data["rewards"] >= 1.0 - 1e-6).astype(np.float32))
     with pytest.raises(ValueError, match="collect it again"):
         candidate_labels({k: v for k, v in back.items() if k != "values"}, "values")
     with pytest.raises(ValueError, match="unknown counterfactual label"):
@@ -235,6 +237,10 @@ def test_choice_metrics_compare_the_pick_with_a_random_one():
     assert right["spread_corr"] == pytest.approx(1.0)
     misplaced = choice_metrics(rewards * torch.tensor([0.1, 0.1, 0.1, 10, 10, 10])[:, None], rewards, groups)
     assert misplaced["pairwise"] == 1.0 and misplaced["spread_corr"] == pytest.approx(-1.0)
+    # the top pick's predicted minus true gain over its start's mean: 0 when exact; here
+    # start 0 predicts 0.03 for a true 0.30, start 1 1.0 for a true 0.10
+    assert right["pick_optimism"] == pytest.approx(0.0, abs=1e-6)
+    assert misplaced["pick_optimism"] == pytest.approx(((0.03 - 0.30) + (1.0 - 0.10)) / 2, abs=1e-5)
 
 
 def test_rank_loss_orders_candidates_of_one_start():

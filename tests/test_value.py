@@ -131,6 +131,35 @@ def test_prior_agent_executes_the_highest_value_sample(one_torch_thread):
         picks.append(int(np.argmin(np.abs(np.clip(chunks[:, 0], -1, 1) - act).sum(-1))))
     counts = np.bincount(picks, minlength=4)
     assert np.all(np.diff(counts) > 0) and counts[0] > 0
+    # warm start: the executed plan, shifted, replaces the first sample; a value that prefers it keeps it
+    class FirstIsBest:
+        seen = []
+
+        def score(self, obs, chunks):
+            self.seen.append(np.array(chunks))
+            return -np.arange(len(chunks), dtype=np.float32)
+
+    keeper = FirstIsBest()
+    warm = PriorAgent(model, execute=2, samples=4, pick="value", value=keeper, warm_start=True)
+    warm.reset(seed=3)
+    acts = np.stack([warm.act(obs) for _ in range(8)])
+    p0 = keeper.seen[0][0]                                  # (4 steps, 4): chosen first, then kept
+    assert len(keeper.seen) == 4
+    np.testing.assert_allclose(acts, np.clip(p0[[0, 1, 2, 3, 3, 3, 3, 3]], -1, 1), atol=1e-6)
+    np.testing.assert_allclose(keeper.seen[1][0], p0[[2, 3, 3, 3]], atol=1e-6)
+    # a gate: the value decides only where its best beats the mean by the gate (LastIsBest: by 1.5)
+    runs = {}
+    for key, kw in {"random": dict(pick="random"), "closed": dict(pick="value", value=LastIsBest(), gate=2.0),
+                    "open": dict(pick="value", value=LastIsBest(), gate=1.0)}.items():
+        agent_k = PriorAgent(model, execute=2, samples=4, **kw)
+        agent_k.reset(seed=5)
+        runs[key] = np.stack([agent_k.act(obs) for _ in range(6)])
+    np.testing.assert_allclose(runs["closed"], runs["random"], atol=1e-6)
+    assert not np.allclose(runs["open"], runs["random"])
+    with pytest.raises(ValueError, match="gate"):
+        PriorAgent(model, pick="random", gate=0.1)
+    with pytest.raises(ValueError, match="warm_start"):
+        PriorAgent(model, pick="random", warm_start=True)
     for bad in (dict(pick="value", value=LastIsBest(), temperature=0.0), dict(pick="random", temperature=1.0)):
         with pytest.raises(ValueError, match="temperature"):
             PriorAgent(model, **bad)

@@ -158,7 +158,9 @@ def choice_metrics(pred: torch.Tensor, rewards: torch.Tensor, groups: torch.Tens
     ``decisive_gain``: the same over the starts where some candidate succeeds (``decisive``
     of them), where the choice decides the episode. ``spread_corr``: the correlation over starts
     of the predicted and the true room to choose (best minus mean of a start's candidates):
-    does the prediction prefer strongly where the choice matters, or where it does not?"""
+    does the prediction prefer strongly where the choice matters, or where it does not?
+    ``pick_optimism``: the top pick's predicted gain over its start's mean minus its true gain,
+    averaged over starts (> 0: the argmax picks plans the prediction over-rates, the winner's curse)."""
     pred, rewards = pred.float().mean(1).numpy(), rewards.float().numpy()
     value, ok = rewards.mean(1), (rewards >= success - 1e-6).any(1)
     groups = np.asarray(groups)
@@ -176,9 +178,11 @@ def choice_metrics(pred: torch.Tensor, rewards: torch.Tensor, groups: torch.Tens
         rand.append(ok[i].mean())
         best.append(ok[i].any())
         vals.append((value[top], value[i].mean(), value[i].max()))
-        spread.append((pred[i].max() - pred[i].mean(), value[i].max() - value[i].mean()))
-    spread = np.asarray(spread).reshape(-1, 2)
-    spread_corr = float(np.corrcoef(spread.T)[0, 1]) if len(spread) > 1 and spread.std(0).min() > 0 else float("nan")
+        spread.append((pred[i].max() - pred[i].mean(), value[i].max() - value[i].mean(),
+                       (pred[top] - pred[i].mean()) - (value[top] - value[i].mean())))
+    spread = np.asarray(spread).reshape(-1, 3)
+    spread_corr = float(np.corrcoef(spread[:, :2].T)[0, 1]) if len(spread) > 1 and spread[:, :2].std(0).min() > 0 \
+        else float("nan")
     vals = np.asarray(vals).reshape(-1, 3)
     decisive = np.asarray(best, bool)
 
@@ -192,7 +196,8 @@ def choice_metrics(pred: torch.Tensor, rewards: torch.Tensor, groups: torch.Tens
             "pick_success": float(np.mean(pick)), "random_success": float(np.mean(rand)),
             "best_success": float(np.mean(best)), "pick_value": float(vals[0]), "random_value": float(vals[1]),
             "best_value": float(vals[2]), "value_gain": vgain, "decisive": int(decisive.sum()),
-            "decisive_gain": dgain, "spread_corr": spread_corr}
+            "decisive_gain": dgain, "spread_corr": spread_corr,
+            "pick_optimism": float(spread[:, 2].mean()) if len(spread) else float("nan")}
 
 
 def _rank_loss(head, x, y, groups, tol: float, temperature: float, by_gap: bool = False,
