@@ -395,7 +395,8 @@ class PriorAgent(Agent):
     ``warm_start`` the executed plan, shifted, replaces the first sample, as in the MPC's planner,
     so the value can keep a plan instead of switching every ``execute`` steps; with a ``gate``
     the value decides only where its best sample beats the samples' mean by at least ``gate``
-    (in the value's units, e.g. success probability), elsewhere the pick is random).
+    (``gate_on="gain"``) or itself scores at least ``gate`` (``"best"``: a predicted lift), in the
+    value's units; elsewhere the pick is random).
     ``prior``: an :class:`ActionPrior` or a checkpoint path (loaded lazily)."""
 
     name = "prior"
@@ -403,7 +404,7 @@ class PriorAgent(Agent):
     def __init__(self, prior, execute: int = 8, samples: int = 1, pick: str = "first", seed: int = 0,
                  threads: int | None = None, name: str | None = None, value=None,
                  temperature: float | None = None, pessimism: float | None = None, warm_start: bool = False,
-                 gate: float | None = None):
+                 gate: float | None = None, gate_on: str = "gain"):
         if pick not in ("first", "random", "value"):
             raise ValueError(f"pick must be 'first', 'random' or 'value', got {pick!r}")
         if (pick == "value") != (value is not None):
@@ -416,7 +417,9 @@ class PriorAgent(Agent):
         self.warm_start = bool(warm_start)
         if gate is not None and (pick != "value" or gate < 0):
             raise ValueError(f"gate must be >= 0 and needs pick='value', got {gate!r} with {pick!r}")
-        self.gate = None if gate is None else float(gate)
+        if gate_on not in ("gain", "best"):
+            raise ValueError(f"gate_on must be 'gain' or 'best', got {gate_on!r}")
+        self.gate, self.gate_on = (None if gate is None else float(gate)), gate_on
         self.pessimism = pessimism      # an ensemble value's (agent.value.ValueEnsemble) lower-bound weight
         self._value_src, self._value = value, None if isinstance(value, (str, os.PathLike)) else value
         if self._value is not None and pessimism is not None:
@@ -467,7 +470,8 @@ class PriorAgent(Agent):
                 chunks = np.concatenate([shift_actions(self._plan, self._t)[None], chunks[1:]])
             if self.pick == "value":
                 scores = self.value.score(obs, chunks)
-                if self.gate is None or scores.max() - scores.mean() >= self.gate:   # else keep the random pick
+                lead = scores.max() - (scores.mean() if self.gate_on == "gain" else 0.0)
+                if self.gate is None or lead >= self.gate:   # else keep the random pick
                     i = int(np.argmax(scores)) if self.temperature is None else \
                         int(self._rng.choice(len(chunks), p=softmax_weights(scores, self.temperature)))
             self._plan, self._t = chunks[i], 0

@@ -51,6 +51,8 @@ def main() -> None:
     ap.add_argument("--gate", type=float, nargs="+", default=None,
                     help="one prior_value agent per value: choose by the value only where its best sample beats "
                          "the samples' mean by this much, else pick at random (PriorAgent(gate=))")
+    ap.add_argument("--gate-on", default="gain", choices=["gain", "best"],
+                    help="what --gate compares: the best sample's lead over the mean, or its own score")
     ap.add_argument("--warm-start", action="store_true",
                     help="the executed plan, shifted, stays a candidate (as in the MPC's planner): prior_value_w")
     ap.add_argument("--hidden", type=int, default=128, help="the value MLP's hidden units")
@@ -160,16 +162,18 @@ def main() -> None:
         for pick, temp, lcb, gate in [("value", t, b, g) for g in gates for b in pess for t in args.temperature] + \
                 [("random", 0.0, None, None)]:
             name = "prior_value" + (f"_t{temp:g}" if temp else "") + ("" if lcb is None else f"_p{lcb:g}") + \
-                ("" if gate is None else f"_g{gate:g}") + ("_w" if args.warm_start else "")
+                ("" if gate is None else f"_{'b' if args.gate_on == 'best' else 'g'}{gate:g}") + \
+                ("_w" if args.warm_start else "")
             agent = PriorAgent(prior, execute=args.execute, samples=args.samples, pick=pick, threads=1,
                                value=str(value_path) if pick == "value" else None, temperature=temp or None,
                                pessimism=lcb, name=name if pick == "value" else None,
-                               warm_start=args.warm_start and pick == "value", gate=gate)
+                               warm_start=args.warm_start and pick == "value", gate=gate, gate_on=args.gate_on)
             identity = {"agent": agent.name, "prior": file_hash(prior), "samples": args.samples,
                         "execute": args.execute, **({"value": file_hash(value_path)} if pick == "value" else {}),
                         **({"temperature": temp} if temp else {}), **({"pessimism": lcb} if lcb is not None else {}),
                         **({"warm_start": True} if args.warm_start and pick == "value" else {}),
-                        **({"gate": gate} if gate is not None else {})}
+                        **({"gate": gate} if gate is not None else {}),
+                        **({"gate_on": args.gate_on} if gate is not None and args.gate_on != "gain" else {})}
             where = out / agent.name if pick == "value" or not args.random_dir else resolve(args.random_dir)
             summaries.append(evaluate(args.env, agent, seeds, out_dir=where, workers=args.workers,
                                       identity=identity))
@@ -178,7 +182,8 @@ def main() -> None:
                  "steps" + (" (`prior_value_tT`: a softmax draw at temperature T, `agent.planner.softmax_weights`)"
                             if any(args.temperature) else "")
                  + (" (`_pB`: the ensemble's mean - B x std)" if args.pessimism else "")
-                 + (" (`_gG`: the value decides only where its best beats the mean by G)" if args.gate else "") + ".", "", results_table(summaries), "", "Paired on the same seeds (exact McNemar test):", "",
+                 + (" (`_gG`: the value decides only where its best beats the mean by G; `_bG`: only where its "
+                    "best scores G)" if args.gate else "") + ".", "", results_table(summaries), "", "Paired on the same seeds (exact McNemar test):", "",
                  paired_table(summaries[0], summaries[1:])]
     publish(args, "\n".join(body))
 

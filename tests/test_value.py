@@ -150,11 +150,15 @@ def test_prior_agent_executes_the_highest_value_sample(one_torch_thread):
     # a gate: the value decides only where its best beats the mean by the gate (LastIsBest: by 1.5)
     runs = {}
     for key, kw in {"random": dict(pick="random"), "closed": dict(pick="value", value=LastIsBest(), gate=2.0),
-                    "open": dict(pick="value", value=LastIsBest(), gate=1.0)}.items():
+                    "open": dict(pick="value", value=LastIsBest(), gate=1.0),
+                    "best_closed": dict(pick="value", value=LastIsBest(), gate=3.5, gate_on="best"),
+                    "best_open": dict(pick="value", value=LastIsBest(), gate=3.0, gate_on="best")}.items():
         agent_k = PriorAgent(model, execute=2, samples=4, **kw)
         agent_k.reset(seed=5)
         runs[key] = np.stack([agent_k.act(obs) for _ in range(6)])
     np.testing.assert_allclose(runs["closed"], runs["random"], atol=1e-6)
+    np.testing.assert_allclose(runs["best_closed"], runs["random"], atol=1e-6)   # best scores 3 < 3.5
+    np.testing.assert_allclose(runs["best_open"], runs["open"], atol=1e-6)
     assert not np.allclose(runs["open"], runs["random"])
     with pytest.raises(ValueError, match="gate"):
         PriorAgent(model, pick="random", gate=0.1)
