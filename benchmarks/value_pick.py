@@ -32,6 +32,21 @@ from benchmarks.report import add_section_args, publish  # noqa: E402
 from experiments.common import resolve, setup_torch  # noqa: E402
 
 
+def executed_dz(files: list[dict], scores, execute: int) -> dict:
+    """Mean z command of the first ``execute`` actions of the top-``scores`` candidate per state
+    (``scores (S * N,)`` in the files' order), of the highest summed env reward's and of all
+    candidates: ``{"pick", "exact", "random"}`` (does the chooser push down where the exact one does not?)."""
+    import numpy as np
+
+    acts = np.concatenate([d["actions"] for d in files])                    # (S, N, steps, 4)
+    rewards = np.concatenate([d["rewards"] for d in files]).sum(-1)         # (S, N)
+    dz = acts[:, :, :execute, 2].mean(-1)
+    rows = np.arange(len(dz))
+    top = np.asarray(scores).reshape(dz.shape).argmax(1)
+    return {"pick": float(dz[rows, top].mean()), "exact": float(dz[rows, rewards.argmax(1)].mean()),
+            "random": float(dz.mean())}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prior", required=True, help="the action prior checkpoint whose samples are chosen among")
@@ -118,10 +133,13 @@ def main() -> None:
 
     rows = []
     sets = [(Path(p).name, [d]) for p, d in zip(args.val, val)] + ([("all", val)] if len(val) > 1 else [])
+    motion = []
     for name, files in sets:
         va = candidate_features(files, inputs=value.config["inputs"])
         with torch.no_grad():
-            rows.append((name, choice_metrics(value(va["features"]).squeeze(-1), va["rewards"], va["group"])))
+            pred = value(va["features"]).squeeze(-1)
+        rows.append((name, choice_metrics(pred, va["rewards"], va["group"])))
+        motion.append((name, executed_dz(files, pred.mean(-1).numpy(), args.execute)))
     m = rows[-1][1]
     if not args.value:
         value.save(value_path, metrics={"choice_val": m})
@@ -153,7 +171,12 @@ def main() -> None:
               f"{r['pick_success']:.3f} | "
               f"{r['random_success']:.3f} | {r['best_success']:.3f} |" for name, r in rows]
     body = [f"{what}. Its choice among each held-out state's candidates (`worldmodel.outcome.choice_metrics`):",
-            "", *table, *([""] + noisy if noisy else [])]
+            "", *table, *([""] + noisy if noisy else []), "",
+            f"Which way the picks move: the mean z command (-1 down, +1 up) over the first {args.execute} control steps "
+            "(the executed part) of the value's top pick, of the exact chooser's (the highest summed env reward) "
+            "and of all candidates (a random pick):", "",
+            "| held-out states | value's pick | exact pick | random pick |", "|---|---|---|---|",
+            *[f"| {name} | {d['pick']:+.2f} | {d['exact']:+.2f} | {d['random']:+.2f} |" for name, d in motion]]
     if args.episodes > 0:
         seeds = split_seeds("test", args.episodes, args.seed_start)
         prior = str(resolve(args.prior))

@@ -184,3 +184,15 @@ def test_grasp_offsets_read_where_the_gripper_closes():
         env.close()
     assert r["success"] == [True] and len(r["offset"]) == 1 and r["offset"][0] < 0.02, r
     assert 0 <= r["below"][0] < 20, r
+
+
+def test_executed_dz_compares_the_picks_first_z_commands():
+    from benchmarks.value_pick import executed_dz
+
+    actions = np.zeros((2, 2, 4, 4), np.float32)
+    actions[:, 0, :2, 2], actions[:, 1, :2, 2] = -1.0, 0.5         # candidate 0 goes down, 1 up
+    rewards = np.zeros((2, 2, 4), np.float32)
+    rewards[0, 1], rewards[1, 0] = 1.0, 1.0                        # exact: up at state 0, down at state 1
+    out = executed_dz([{"actions": actions, "rewards": rewards}], np.array([1.0, 0.0, 1.0, 0.0]), execute=2)
+    assert out == pytest.approx({"pick": -1.0, "exact": -0.25, "random": -0.25})
+
