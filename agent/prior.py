@@ -470,8 +470,8 @@ class PriorAgent(Agent):
                 chunks = np.concatenate([shift_actions(self._plan, self._t)[None], chunks[1:]])
             if self.pick == "value":
                 scores = self.value.score(obs, chunks)
-                lead = scores.max() - (scores.mean() if self.gate_on == "gain" else 0.0)
-                if self.gate is None or lead >= self.gate:   # else keep the random pick
+                lead = None if self.gate is None else scores.max() - (scores.mean() if self.gate_on == "gain" else 0)
+                if lead is None or lead >= self.gate:   # else keep the random pick
                     i = int(np.argmax(scores)) if self.temperature is None else \
                         int(self._rng.choice(len(chunks), p=softmax_weights(scores, self.temperature)))
             self._plan, self._t = chunks[i], 0

@@ -99,26 +99,22 @@ class PlanValue(torch.nn.Module):
         return self(feats).squeeze(-1).mean(-1).numpy()
 
     def save(self, path: str | os.PathLike, metrics: dict | None = None) -> None:
-        from envs.rollouts import atomic_path
+        _write(path, {"kind": KIND, "config": self.config, "state_dict": self.state_dict(), "metrics": metrics or {}})
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            torch.save({"kind": KIND, "config": self.config, "state_dict": self.state_dict(),
-                        "metrics": metrics or {}}, tmp)
+    @classmethod
+    def from_state(cls, config: dict, state_dict: dict, metrics: dict | None = None) -> "PlanValue":
+        """A value in eval mode from its saved ``config`` and weights."""
+        out = cls(**config)
+        out.load_state_dict(state_dict)
+        out.metrics = metrics or {}     # as measured when it was saved
+        return out.eval()
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "PlanValue":
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"value checkpoint {path} not found; fit one with benchmarks/value_pick.py")
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(ckpt, dict) or ckpt.get("kind") not in (KIND, "frame_action_value"):   # the older name
-            raise ValueError(f"{path} is not a {KIND} checkpoint")
-        out = cls(**ckpt["config"])
-        out.load_state_dict(ckpt["state_dict"])
-        out.metrics = ckpt.get("metrics", {})     # as measured when it was saved
-        return out.eval()
+        value = load_value(path)
+        if not isinstance(value, cls):
+            raise ValueError(f"{path} is not a {KIND} checkpoint (an ensemble? use agent.value.load_value)")
+        return value
 
 
 class ValueEnsemble:
@@ -139,43 +135,46 @@ class ValueEnsemble:
     def score(self, obs: dict, chunks: np.ndarray) -> np.ndarray:
         """``(N,)`` members' mean score minus ``pessimism`` x their std (see :meth:`PlanValue.score`)."""
         s = np.stack([m.score(obs, chunks) for m in self.members])
-        return s.mean(0) - self.pessimism * s.std(0) if len(self.members) > 1 else s[0]
+        return s.mean(0) - self.pessimism * s.std(0)
 
     def __call__(self, feats: torch.Tensor) -> torch.Tensor:
         """``(..., D)`` features -> ``(..., 1)``: mean minus ``pessimism`` x std over members."""
         out = torch.stack([m(feats) for m in self.members])
-        return out.mean(0) - self.pessimism * out.std(0, unbiased=False) if len(self.members) > 1 else out[0]
+        return out.mean(0) - self.pessimism * out.std(0, unbiased=False)
 
     def save(self, path: str | os.PathLike, metrics: dict | None = None) -> None:
-        from envs.rollouts import atomic_path
+        _write(path, {"kind": ENSEMBLE_KIND, "config": self.config, "pessimism": self.pessimism,
+                      "members": [m.state_dict() for m in self.members], "metrics": metrics or {}})
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            torch.save({"kind": ENSEMBLE_KIND, "config": self.config, "pessimism": self.pessimism,
-                        "members": [m.state_dict() for m in self.members], "metrics": metrics or {}}, tmp)
+
+def _write(path: str | os.PathLike, payload: dict) -> None:
+    """A checkpoint written atomically (temp file + rename)."""
+    from envs.rollouts import atomic_path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_value(src, pessimism: float | None = None):
     """A fitted value as given (a :class:`PlanValue` / :class:`ValueEnsemble`) or loaded from a
     checkpoint of either kind; ``pessimism`` overrides an ensemble's saved one."""
-    if not isinstance(src, (str, os.PathLike)):
-        value = src
-    else:
+    value = src
+    if isinstance(src, (str, os.PathLike)):
         path = Path(src)
         if not path.exists():
             raise FileNotFoundError(f"value checkpoint {path} not found; fit one with benchmarks/value_pick.py")
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        if isinstance(ckpt, dict) and ckpt.get("kind") == ENSEMBLE_KIND:
-            members = []
-            for sd in ckpt["members"]:
-                m = PlanValue(**ckpt["config"])
-                m.load_state_dict(sd)
-                members.append(m.eval())
-            value = ValueEnsemble(members, ckpt["pessimism"])
+        kind = ckpt.get("kind") if isinstance(ckpt, dict) else None
+        if kind == ENSEMBLE_KIND:
+            value = ValueEnsemble([PlanValue.from_state(ckpt["config"], sd) for sd in ckpt["members"]],
+                                  ckpt["pessimism"])
             value.metrics = ckpt.get("metrics", {})
+        elif kind in (KIND, "frame_action_value"):   # the older name
+            value = PlanValue.from_state(ckpt["config"], ckpt["state_dict"], ckpt.get("metrics"))
         else:
-            value = PlanValue.load(path)
+            raise ValueError(f"{path} is not a {KIND} or {ENSEMBLE_KIND} checkpoint")
     if pessimism is not None:
         if not isinstance(value, ValueEnsemble):
             raise ValueError("pessimism needs an ensemble of values (benchmarks/value_pick.py --members K)")

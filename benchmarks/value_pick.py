@@ -168,8 +168,7 @@ def main() -> None:
              "| pick optimism | top pick succeeds | random pick | best |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     table += [f"| {name} | {r['starts']} | {r['pairwise']:.3f} | {r['value_gain']:.2f} | {r['decisive']} | "
               f"{r['decisive_gain']:.2f} | {r['spread_corr']:+.2f} | {r['pick_optimism']:+.3f} | "
-              f"{r['pick_success']:.3f} | "
-              f"{r['random_success']:.3f} | {r['best_success']:.3f} |" for name, r in rows]
+              f"{r['pick_success']:.3f} | {r['random_success']:.3f} | {r['best_success']:.3f} |" for name, r in rows]
     body = [f"{what}. Its choice among each held-out state's candidates (`worldmodel.outcome.choice_metrics`):",
             "", *table, *([""] + noisy if noisy else []), "",
             f"Which way the picks move: the mean z command (-1 down, +1 up) over the first {args.execute} control steps "
@@ -206,8 +205,8 @@ def main() -> None:
                             if any(args.temperature) else "")
                  + (" (`_pB`: the ensemble's mean - B x std)" if args.pessimism else "")
                  + (" (`_gG`: the value decides only where its best beats the mean by G; `_bG`: only where its "
-                    "best scores G)" if args.gate else "") + ".", "", results_table(summaries), "", "Paired on the same seeds (exact McNemar test):", "",
-                 paired_table(summaries[0], summaries[1:])]
+                    "best scores G)" if args.gate else "") + ".", "", results_table(summaries), "",
+                 "Paired on the same seeds (exact McNemar test):", "", paired_table(summaries[0], summaries[1:])]
     publish(args, "\n".join(body))
 
 

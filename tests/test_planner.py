@@ -97,7 +97,7 @@ def test_sample_pick_draws_the_last_iteration_by_softmax_weights():
     hot = drawn(100.0)
     assert hot.min() > 0.18                          # every proposal, about uniformly
     mid = drawn(1.0)
-    assert np.all(np.diff(mid) > 0) and mid[3] < 0.9 # ordered by score, not only the best
+    assert np.all(np.diff(mid) > 0) and mid[3] < 0.9  # ordered by score, not only the best
     with pytest.raises(ValueError, match="pick_temperature"):
         make_planner({"name": "cem", "horizon": 2, "pick": "sample", "pick_temperature": 0})
 

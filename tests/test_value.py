@@ -68,6 +68,8 @@ def test_fit_value_orders_candidates_and_round_trips(tmp_path, one_torch_thread)
     assert isinstance(load_value(tmp_path / "value.pt"), PlanValue)
     with pytest.raises(ValueError, match="ensemble"):
         load_value(tmp_path / "value.pt", pessimism=1.0)
+    with pytest.raises(ValueError, match="ensemble"):
+        PlanValue.load(tmp_path / "ens.pt")
     with pytest.raises(ValueError, match="share one config"):
         ValueEnsemble([value, PlanValue(4, 2, 4, 16)])
 

@@ -165,7 +165,7 @@ def choice_metrics(pred: torch.Tensor, rewards: torch.Tensor, groups: torch.Tens
     value, ok = rewards.mean(1), (rewards >= success - 1e-6).any(1)
     groups = np.asarray(groups)
     right = total = 0
-    pick, rand, best, vals, spread = [], [], [], [], []
+    pick, rand, best, vals, gaps = [], [], [], [], []
     for g in np.unique(groups):
         i = np.flatnonzero(groups == g)
         dv = value[i][:, None] - value[i][None, :]
@@ -178,10 +178,11 @@ def choice_metrics(pred: torch.Tensor, rewards: torch.Tensor, groups: torch.Tens
         rand.append(ok[i].mean())
         best.append(ok[i].any())
         vals.append((value[top], value[i].mean(), value[i].max()))
-        spread.append((pred[i].max() - pred[i].mean(), value[i].max() - value[i].mean(),
-                       (pred[top] - pred[i].mean()) - (value[top] - value[i].mean())))
-    spread = np.asarray(spread).reshape(-1, 3)
-    spread_corr = float(np.corrcoef(spread[:, :2].T)[0, 1]) if len(spread) > 1 and spread[:, :2].std(0).min() > 0 \
+        # per start: predicted and true room to choose (best - mean), the top pick's predicted - true gain
+        gaps.append((pred[i].max() - pred[i].mean(), value[i].max() - value[i].mean(),
+                     (pred[top] - pred[i].mean()) - (value[top] - value[i].mean())))
+    gaps = np.asarray(gaps).reshape(-1, 3)
+    spread_corr = float(np.corrcoef(gaps[:, :2].T)[0, 1]) if len(gaps) > 1 and gaps[:, :2].std(0).min() > 0 \
         else float("nan")
     vals = np.asarray(vals).reshape(-1, 3)
     decisive = np.asarray(best, bool)
@@ -197,7 +198,7 @@ def choice_metrics(pred: torch.Tensor, rewards: torch.Tensor, groups: torch.Tens
             "best_success": float(np.mean(best)), "pick_value": float(vals[0]), "random_value": float(vals[1]),
             "best_value": float(vals[2]), "value_gain": vgain, "decisive": int(decisive.sum()),
             "decisive_gain": dgain, "spread_corr": spread_corr,
-            "pick_optimism": float(spread[:, 2].mean()) if len(spread) else float("nan")}
+            "pick_optimism": float(gaps[:, 2].mean()) if len(gaps) else float("nan")}
 
 
 def _rank_loss(head, x, y, groups, tol: float, temperature: float, by_gap: bool = False,
