@@ -39,7 +39,7 @@ import torch  # noqa: E402
 from benchmarks.report import add_section_args, publish, rel_path  # noqa: E402
 from experiments.common import resolve  # noqa: E402
 from worldmodel.judge import DIMENSIONS, MAX_SCORES, SHORT  # noqa: E402
-from worldmodel.judge.distill import bench_groups, from_bench, pairwise_accuracy, predict, spearman  # noqa: E402
+from worldmodel.judge.distill import bench_groups, from_bench, pairwise_accuracy, predict, spearman, subset  # noqa: E402
 from worldmodel.judge.student import StudentReward  # noqa: E402
 
 TITLE = "Judge: student rewards compared on within-start ranking"
@@ -195,13 +195,28 @@ def load_student(paths: list[Path]) -> StudentReward | MixedEnsemble:
     return MixedEnsemble(nets)
 
 
+def from_rollouts(raw: dict, rollouts: list[str] | None) -> dict:
+    """The rows of ``raw`` (a loaded bench split) whose source episode comes from one of the
+    ``rollouts`` files (file stems, e.g. ``lift_noisy_val_0_16``); all rows for None."""
+    if not rollouts:
+        return raw
+    stems = np.array([str(e).split(":")[0] for e in np.asarray(raw["episode"]).astype(str)])
+    keep = np.isin(stems, rollouts)
+    if not keep.any():
+        raise ValueError(f"no clip of this split comes from {rollouts}; its rollout files are "
+                         f"{sorted(set(stems))}")
+    rows = subset({k: v for k, v in raw.items() if k != "attrs"}, keep)
+    return {**rows, **({"attrs": raw["attrs"]} if "attrs" in raw else {})}
+
+
 def compare(bench: Path, students: list[tuple[str, list[Path]]], split: str = "test", boot: int = 2000,
-            speed: bool = True) -> tuple[str, dict]:
+            speed: bool = True, rollouts: list[str] | None = None) -> tuple[str, dict]:
     """The markdown body and the numbers of every student (see the module docstring); a
-    student is one checkpoint or several joined as one ensemble (:func:`load_student`)."""
+    student is one checkpoint or several joined as one ensemble (:func:`load_student`);
+    ``rollouts``: only clips from these rollout files (:func:`from_rollouts`)."""
     from worldmodel.judge.bench import load_bench
 
-    raw = load_bench(bench, split=split)
+    raw = from_rollouts(load_bench(bench, split=split), rollouts)
     data = from_bench({k: v for k, v in raw.items() if k in KEYS})
     reasons = raw["reasons"]
     del raw
@@ -256,7 +271,9 @@ def compare(bench: Path, students: list[tuple[str, list[Path]]], split: str = "t
                                     + " | ".join(_f(pair_accuracy(mp, true, *subsets[k])["acc"]) for k in KINDS)
                                     + f" | {_f(spearman(mp, true))} |")
         out[name] = res
-    body = [f"Bench `{rel_path(bench)}`, **{split}** split ({len(true)} clips, {int(gen.sum())} world-model generations "
+    body = [f"Bench `{rel_path(bench)}`, **{split}** split"
+            + (f" (clips from {', '.join(f'`{r}`' for r in rollouts)} only)" if rollouts else "")
+            + f" ({len(true)} clips, {int(gen.sum())} world-model generations "
             f"from {len(np.unique(start))} starts; pairs per kind: "
             + ", ".join(f"{k} {n_kind[k]}" for k in KINDS) + "). Students:", ""]
     body += [f"- {name}: " + " + ".join(f"`{rel_path(p)}`" for p in paths) for name, paths in students]
@@ -289,6 +306,9 @@ def main() -> None:
     ap.add_argument("--split", default="test")
     ap.add_argument("--boot", type=int, default=2000)
     ap.add_argument("--no-speed", action="store_true")
+    ap.add_argument("--rollout", action="append", metavar="STEM",
+                    help="only clips whose source episode comes from this rollout file (its stem, e.g. "
+                         "lift_noisy_val_0_16; repeatable): one seed range of a bigger split")
     add_section_args(ap, TITLE)
     args = ap.parse_args()
     students = []
@@ -304,7 +324,10 @@ def main() -> None:
     bench = resolve(args.bench)
     if not bench.exists():
         ap.error(f"bench {bench} does not exist (build one with python experiments/build_bench.py)")
-    body, _ = compare(bench, students, args.split, args.boot, speed=not args.no_speed)
+    try:
+        body, _ = compare(bench, students, args.split, args.boot, speed=not args.no_speed, rollouts=args.rollout)
+    except ValueError as e:
+        ap.error(str(e))
     publish(args, body)
 
 

@@ -1,7 +1,10 @@
 """The student-comparison benchmark's pair bookkeeping (benchmarks/student_ranking.py)."""
 import numpy as np
 
-from benchmarks.student_ranking import gap_accuracy, generation_pairs, pair_accuracy, paired_difference, tc_checks
+import pytest
+
+from benchmarks.student_ranking import (from_rollouts, gap_accuracy, generation_pairs, pair_accuracy,
+                                        paired_difference, tc_checks)
 
 
 def _data():
@@ -56,3 +59,14 @@ def test_tc_checks_name_what_fired_on_the_lower_clip():
     reasons = np.array(["", "TC:order;AOC:track_mismatch:3", "TC:flicker;TC:order", "PA:jump"], dtype=object)
     pairs = np.array([[0, 1], [2, 0], [1, 2], [0, 3]])
     assert tc_checks(reasons, scores, pairs).tolist() == ["order", "flicker+order", "order", ""]
+
+
+def test_from_rollouts_keeps_the_clips_of_the_named_rollout_files():
+    raw = {"episode": np.array(["lift_val_0_16:demo_1", "lift_val_16_32:demo_0", "lift_val_0_16:demo_2"], dtype=object),
+           "frames": np.arange(3 * 2).reshape(3, 2), "attrs": {"teacher": "9"}}
+    kept = from_rollouts(raw, ["lift_val_0_16"])
+    assert kept["episode"].tolist() == ["lift_val_0_16:demo_1", "lift_val_0_16:demo_2"]
+    assert kept["frames"].tolist() == [[0, 1], [4, 5]] and kept["attrs"] == {"teacher": "9"}
+    assert from_rollouts(raw, None) is raw
+    with pytest.raises(ValueError, match="lift_val_16_32"):
+        from_rollouts(raw, ["lift_train_0_100"])
