@@ -200,7 +200,7 @@ def from_rollouts(raw: dict, rollouts: list[str] | None) -> dict:
     ``rollouts`` files (file stems, e.g. ``lift_noisy_val_0_16``); all rows for None."""
     if not rollouts:
         return raw
-    stems = np.array([str(e).split(":")[0] for e in np.asarray(raw["episode"]).astype(str)])
+    stems = np.array([e.split(":")[0] for e in np.asarray(raw["episode"]).astype(str)])
     keep = np.isin(stems, rollouts)
     if not keep.any():
         raise ValueError(f"no clip of this split comes from {rollouts}; its rollout files are "

@@ -1,6 +1,5 @@
 """The student-comparison benchmark's pair bookkeeping (benchmarks/student_ranking.py)."""
 import numpy as np
-
 import pytest
 
 from benchmarks.student_ranking import (from_rollouts, gap_accuracy, generation_pairs, pair_accuracy,
