@@ -39,7 +39,8 @@ import torch  # noqa: E402
 from benchmarks.report import add_section_args, publish, rel_path  # noqa: E402
 from experiments.common import resolve  # noqa: E402
 from worldmodel.judge import DIMENSIONS, MAX_SCORES, SHORT  # noqa: E402
-from worldmodel.judge.distill import bench_groups, from_bench, pairwise_accuracy, predict, spearman, subset  # noqa: E402
+from worldmodel.judge.distill import (bench_groups, from_bench, mirror, pairwise_accuracy, predict, spearman,  # noqa: E402
+                                     subset)
 from worldmodel.judge.student import StudentReward  # noqa: E402
 
 TITLE = "Judge: student rewards compared on within-start ranking"
@@ -183,6 +184,29 @@ class MixedEnsemble:
         return list(self.students)
 
 
+class MirrorAverage:
+    """A student scored on each clip and on its left-right mirror (:func:`mirror`), the two
+    outputs averaged: test-time augmentation for students trained with ``flip``."""
+
+    def __init__(self, student):
+        self.student = student
+        self.config = SimpleNamespace(members=student.config.members)
+
+    def score(self, frames, instruction, *, actions=None, **kw) -> dict:
+        frames_t = torch.as_tensor(frames)
+        actions_t = torch.as_tensor(actions) if actions is not None else None
+        mirrored, mirrored_actions = mirror(frames_t, actions_t)
+        outs = [self.student.score(frames_t, instruction, actions=actions_t, **kw),
+                self.student.score(mirrored, instruction, actions=mirrored_actions, **kw)]
+        return {k: (outs[0][k].float() + outs[1][k].float()) / 2 for k in outs[0]}
+
+    def n_params(self) -> int:
+        return self.student.n_params()
+
+    def members_as_students(self) -> list:
+        return [MirrorAverage(m) for m in self.student.members_as_students()]
+
+
 def load_student(paths: list[Path]) -> StudentReward | MixedEnsemble:
     """One checkpoint, or several one-member students joined as one ensemble
     (:meth:`StudentReward.from_members`; students of different architectures: a
@@ -209,10 +233,11 @@ def from_rollouts(raw: dict, rollouts: list[str] | None) -> dict:
     return {**rows, **({"attrs": raw["attrs"]} if "attrs" in raw else {})}
 
 
-def compare(bench: Path, students: list[tuple[str, list[Path]]], split: str = "test", boot: int = 2000,
+def compare(bench: Path, students: list[tuple], split: str = "test", boot: int = 2000,
             speed: bool = True, rollouts: list[str] | None = None) -> tuple[str, dict]:
     """The markdown body and the numbers of every student (see the module docstring); a
-    student is one checkpoint or several joined as one ensemble (:func:`load_student`);
+    student ``(name, paths[, mirrored])`` is one checkpoint or several joined as one ensemble
+    (:func:`load_student`), with ``mirrored`` scored by :class:`MirrorAverage`;
     ``rollouts``: only clips from these rollout files (:func:`from_rollouts`)."""
     from worldmodel.judge.bench import load_bench
 
@@ -238,8 +263,10 @@ def compare(bench: Path, students: list[tuple[str, list[Path]]], split: str = "t
             + " vs the first: difference, 95% interval |"
             + "\n|" + "---|" * (11 + 2 * speed))
     rows, members_rows, gap_rows, dim_rows, check_rows, out, first = [head], [], [], [], [], {}, None
-    for name, paths in students:
+    for name, paths, *option in students:
         st = load_student(paths)
+        if option and option[0]:
+            st = MirrorAverage(st)
         pred = predict(st, data)["total"]
         res = {k: pair_accuracy(pred, true, *subsets[k], boot=boot if k == "all" else 0) for k in KINDS}
         res["by_gap"] = gap_accuracy(pred[gen], true[gen], gen_start)
@@ -276,7 +303,9 @@ def compare(bench: Path, students: list[tuple[str, list[Path]]], split: str = "t
             + f" ({len(true)} clips, {int(gen.sum())} world-model generations "
             f"from {len(np.unique(start))} starts; pairs per kind: "
             + ", ".join(f"{k} {n_kind[k]}" for k in KINDS) + "). Students:", ""]
-    body += [f"- {name}: " + " + ".join(f"`{rel_path(p)}`" for p in paths) for name, paths in students]
+    body += [f"- {name}: " + " + ".join(f"`{rel_path(p)}`" for p in paths)
+             + (", each clip also scored mirrored, outputs averaged" if option and option[0] else "")
+             for name, paths, *option in students]
     body += ["", "Within-start pairwise accuracy on world-model generations (teacher ties left out; pairs in "
              "brackets), by how the two futures differ:", "", *rows]
     body += ["", "The same pairs (all kinds) by the teacher's gap between the two clips (total, of 10):", "",
@@ -300,9 +329,10 @@ def compare(bench: Path, students: list[tuple[str, list[Path]]], split: str = "t
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bench", required=True)
-    ap.add_argument("--student", action="append", required=True, metavar="NAME=PATH[+PATH...]",
+    ap.add_argument("--student", action="append", required=True, metavar="NAME=PATH[+PATH...][@mirror]",
                     help="a student checkpoint to compare (repeatable); PATH+PATH+...: one-member "
-                         "students trained apart, scored as one ensemble")
+                         "students trained apart, scored as one ensemble; @mirror: each clip is also "
+                         "scored mirrored left-right and the two outputs averaged")
     ap.add_argument("--split", default="test")
     ap.add_argument("--boot", type=int, default=2000)
     ap.add_argument("--no-speed", action="store_true")
@@ -316,11 +346,14 @@ def main() -> None:
         name, sep, path = s.partition("=")
         if not sep or not name or not path:
             ap.error(f"--student wants NAME=PATH, got {s!r}")
+        path, _, option = path.partition("@")
+        if option not in ("", "mirror"):
+            ap.error(f"--student {s!r}: unknown option @{option} (known: @mirror)")
         ps = [resolve(q) for q in path.split("+")]
         for p in ps:
             if not p.exists():
                 ap.error(f"student checkpoint {p} does not exist")
-        students.append((name, ps))
+        students.append((name, ps, option == "mirror"))
     bench = resolve(args.bench)
     if not bench.exists():
         ap.error(f"bench {bench} does not exist (build one with python experiments/build_bench.py)")

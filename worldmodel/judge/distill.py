@@ -367,6 +367,20 @@ def evaluate(student: StudentReward, data: dict, *, batch_size: int = 512, amp: 
 
 
 # ----------------------------------------------------------------------------- training
+def mirror(frames: torch.Tensor, actions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Clips mirrored left-right: ``frames`` uint8 ``(B, T+1, 64, 64, 3)`` (or float
+    ``(B, T+1, 3, 64, 64)``) flipped along the image width, and their ``actions (B, L, 4)``
+    with y negated (the camera looks along x, so a mirror image is the y-mirrored scene).
+    Returns new tensors; the inputs are left as they are."""
+    width_axis = -2 if frames.shape[-1] == 3 else -1
+    out = frames.flip(width_axis)
+    if actions is None:
+        return out, None
+    act = actions.clone()
+    act[..., 1] *= -1
+    return out, act
+
+
 def _stream(data: dict, batch_size: int, seed: int, device, new_index: np.ndarray | None = None,
             new_fraction: float = 0.0, flip: bool = False, pairs: bool = False,
             row_weights: np.ndarray | None = None):
@@ -407,9 +421,9 @@ def _stream(data: dict, batch_size: int, seed: int, device, new_index: np.ndarra
                  if k in data}
         if flip:
             m = torch.rand(len(idx), generator=g) < 0.5
-            batch["frames"][m] = batch["frames"][m].flip(-2)
-            if "actions" in batch:
-                batch["actions"][m, :, 1] *= -1     # camera looks along x: mirroring flips y
+            batch["frames"][m], act = mirror(batch["frames"][m], batch["actions"][m] if "actions" in batch else None)
+            if act is not None:
+                batch["actions"][m] = act
             for k in TRACK_KEYS:                    # mirrored clips: no track targets
                 if k in batch:
                     batch[k][m] = float("nan")
