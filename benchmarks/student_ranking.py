@@ -233,10 +233,10 @@ def from_rollouts(raw: dict, rollouts: list[str] | None) -> dict:
     return {**rows, **({"attrs": raw["attrs"]} if "attrs" in raw else {})}
 
 
-def compare(bench: Path, students: list[tuple], split: str = "test", boot: int = 2000,
+def compare(bench: Path, students: list[tuple[str, list[Path], bool]], split: str = "test", boot: int = 2000,
             speed: bool = True, rollouts: list[str] | None = None) -> tuple[str, dict]:
     """The markdown body and the numbers of every student (see the module docstring); a
-    student ``(name, paths[, mirrored])`` is one checkpoint or several joined as one ensemble
+    student ``(name, paths, mirrored)`` is one checkpoint or several joined as one ensemble
     (:func:`load_student`), with ``mirrored`` scored by :class:`MirrorAverage`;
     ``rollouts``: only clips from these rollout files (:func:`from_rollouts`)."""
     from worldmodel.judge.bench import load_bench
@@ -263,10 +263,8 @@ def compare(bench: Path, students: list[tuple], split: str = "test", boot: int =
             + " vs the first: difference, 95% interval |"
             + "\n|" + "---|" * (11 + 2 * speed))
     rows, members_rows, gap_rows, dim_rows, check_rows, out, first = [head], [], [], [], [], {}, None
-    for name, paths, *option in students:
-        st = load_student(paths)
-        if option and option[0]:
-            st = MirrorAverage(st)
+    for name, paths, mirrored in students:
+        st = MirrorAverage(load_student(paths)) if mirrored else load_student(paths)
         pred = predict(st, data)["total"]
         res = {k: pair_accuracy(pred, true, *subsets[k], boot=boot if k == "all" else 0) for k in KINDS}
         res["by_gap"] = gap_accuracy(pred[gen], true[gen], gen_start)
@@ -304,8 +302,8 @@ def compare(bench: Path, students: list[tuple], split: str = "test", boot: int =
             f"from {len(np.unique(start))} starts; pairs per kind: "
             + ", ".join(f"{k} {n_kind[k]}" for k in KINDS) + "). Students:", ""]
     body += [f"- {name}: " + " + ".join(f"`{rel_path(p)}`" for p in paths)
-             + (", each clip also scored mirrored, outputs averaged" if option and option[0] else "")
-             for name, paths, *option in students]
+             + (", each clip also scored mirrored, outputs averaged" if mirrored else "")
+             for name, paths, mirrored in students]
     body += ["", "Within-start pairwise accuracy on world-model generations (teacher ties left out; pairs in "
              "brackets), by how the two futures differ:", "", *rows]
     body += ["", "The same pairs (all kinds) by the teacher's gap between the two clips (total, of 10):", "",

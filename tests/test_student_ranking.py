@@ -79,14 +79,18 @@ def test_mirror_flips_the_image_width_and_the_y_actions_only():
     hwc = torch.as_tensor(rng.integers(0, 256, (2, 3, 64, 64, 3), dtype=np.uint8))
     chw = hwc.permute(0, 1, 4, 2, 3).float() / 255
     act = torch.as_tensor(rng.normal(size=(2, 6, 4)).astype(np.float32))
+    hwc0, act0 = hwc.clone(), act.clone()
     m_hwc, m_act = mirror(hwc, act)
+    assert torch.equal(hwc, hwc0) and torch.equal(act, act0)             # inputs untouched
     assert torch.equal(m_hwc[:, :, :, 0], hwc[:, :, :, -1])             # column 0 <- column 63, rows kept
     assert torch.equal(mirror(chw)[0], m_hwc.permute(0, 1, 4, 2, 3).float() / 255)   # both layouts agree
     assert mirror(chw)[1] is None
     assert torch.equal(m_act[..., 1], -act[..., 1])
     assert torch.equal(m_act[..., [0, 2, 3]], act[..., [0, 2, 3]])
     assert torch.equal(mirror(m_hwc, m_act)[0], hwc) and torch.equal(mirror(m_hwc, m_act)[1], act)
-    assert not torch.equal(m_hwc, hwc) and act[0, 0, 1] != m_act[0, 0, 1]   # inputs untouched
+    assert not torch.equal(m_hwc, hwc)
+    with pytest.raises(ValueError, match="mirror wants clips"):
+        mirror(hwc[0])                                                   # one clip, no batch axis
 
 
 def test_mirror_average_is_the_mean_of_the_clip_and_its_mirror():
@@ -102,7 +106,8 @@ def test_mirror_average_is_the_mean_of_the_clip_and_its_mirror():
     act = torch.as_tensor(rng.normal(size=(3, 6, 4)).astype(np.float32))   # T = 3 steps, stride 2
     avg = MirrorAverage(st).score(frames, [0, 1, 0], actions=act, amp=False)["total"]
     plain = st.score(frames, [0, 1, 0], actions=act, amp=False)["total"]
-    mirrored = st.score(*mirror(frames, act)[:1], [0, 1, 0], actions=mirror(frames, act)[1], amp=False)["total"]
+    m_frames, m_act = mirror(frames, act)
+    mirrored = st.score(m_frames, [0, 1, 0], actions=m_act, amp=False)["total"]
     assert torch.allclose(avg, (plain + mirrored) / 2, atol=1e-6)
     assert not torch.allclose(plain, mirrored, atol=1e-4)              # an untrained net is not mirror-symmetric
     sym = torch.cat([frames[:, :, :, :32], frames[:, :, :, :32].flip(-2)], dim=3)   # a left-right symmetric clip
@@ -110,3 +115,24 @@ def test_mirror_average_is_the_mean_of_the_clip_and_its_mirror():
     still[..., 1] = 0
     assert torch.allclose(MirrorAverage(st).score(sym, 0, actions=still, amp=False)["total"],
                           st.score(sym, 0, actions=still, amp=False)["total"], atol=1e-5)
+
+
+def test_flip_training_batches_mirror_frames_and_actions_together():
+    from worldmodel.judge.distill import _stream, mirror
+
+    rng = np.random.default_rng(2)
+    n = 16
+    data = {"frames": torch.as_tensor(rng.integers(0, 256, (n, 3, 64, 64, 3), dtype=np.uint8)),
+            "instruction": torch.zeros(n, dtype=torch.long), "scores": torch.rand(n, 6),
+            "actions": torch.as_tensor(rng.normal(size=(n, 4, 4)).astype(np.float32))}
+    stored, stored_actions = data["frames"].clone(), data["actions"].clone()
+    plain = next(_stream(data, 32, seed=0, device="cpu"))
+    flipped = next(_stream(data, 32, seed=0, device="cpu", flip=True))   # same rows: idx is drawn first
+    m_frames, m_act = mirror(plain["frames"], plain["actions"])
+    was_mirrored = (flipped["frames"] == m_frames).flatten(1).all(1)
+    kept = (flipped["frames"] == plain["frames"]).flatten(1).all(1)
+    assert (was_mirrored ^ kept).all() and 0 < was_mirrored.sum() < 32
+    assert torch.equal(flipped["actions"][was_mirrored], m_act[was_mirrored])
+    assert torch.equal(flipped["actions"][kept], plain["actions"][kept])
+    assert torch.equal(flipped["scores"], plain["scores"])                 # labels kept
+    assert torch.equal(data["frames"], stored) and torch.equal(data["actions"], stored_actions)   # data not flipped

@@ -372,8 +372,9 @@ def mirror(frames: torch.Tensor, actions: torch.Tensor | None = None) -> tuple[t
     ``(B, T+1, 3, 64, 64)``) flipped along the image width, and their ``actions (B, L, 4)``
     with y negated (the camera looks along x, so a mirror image is the y-mirrored scene).
     Returns new tensors; the inputs are left as they are."""
-    width_axis = -2 if frames.shape[-1] == 3 else -1
-    out = frames.flip(width_axis)
+    if frames.dim() != 5 or 3 not in (frames.shape[-1], frames.shape[2]):
+        raise ValueError(f"mirror wants clips (B, T+1, H, W, 3) or (B, T+1, 3, H, W), got {tuple(frames.shape)}")
+    out = frames.flip(-2 if frames.shape[-1] == 3 else -1)
     if actions is None:
         return out, None
     act = actions.clone()
@@ -421,9 +422,10 @@ def _stream(data: dict, batch_size: int, seed: int, device, new_index: np.ndarra
                  if k in data}
         if flip:
             m = torch.rand(len(idx), generator=g) < 0.5
-            batch["frames"][m], act = mirror(batch["frames"][m], batch["actions"][m] if "actions" in batch else None)
-            if act is not None:
-                batch["actions"][m] = act
+            frames, actions = mirror(batch["frames"][m], batch["actions"][m] if "actions" in batch else None)
+            batch["frames"][m] = frames
+            if actions is not None:
+                batch["actions"][m] = actions
             for k in TRACK_KEYS:                    # mirrored clips: no track targets
                 if k in batch:
                     batch[k][m] = float("nan")
