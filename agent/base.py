@@ -16,7 +16,7 @@ class Agent(ABC):
 
     name: str = "agent"
 
-    def reset(self, seed: int | None = None) -> None:
+    def reset(self, seed: int | None = None) -> None:  # noqa: B027 (an optional hook, not abstract)
         """Start a new episode; ``seed`` makes any randomness in the agent repeatable."""
 
     @abstractmethod

@@ -14,9 +14,7 @@ Each replan (every ``execute`` control steps):
 4. objective = weighted normalized dims (task: IF, MS; realism: AOC, TC, CR, PA as
    plausibility terms) + ``w_rise * target_rise - w_grip * grip_dist + w_progress * progress``,
    averaged over a candidate's ``k`` imagined futures (``pessimism=l``: mean - l * their
-   spread, so a candidate is not picked for one lucky imagined draw); ``+ w_outcome *``
-   the world model's own estimate of the env's reward, averaged over the imagined steps
-   (its outcome head, ``experiments/train_outcome.py``; weight 0 by default);
+   spread, so a candidate is not picked for one lucky imagined draw): :mod:`agent.objective`;
 5. the chosen plan's first ``execute`` control steps are executed, then it replans,
    warm-started from the shifted plan.
 
@@ -36,44 +34,9 @@ import numpy as np
 import torch
 
 from agent.base import Agent
+from agent.objective import aggregate_futures, objective_weights, plan_objective
 from agent.planner import make_planner, shift_actions
 from worldmodel.training import autocast
-
-DIM_KEYS = ("IF", "MS", "AOC", "TC", "CR", "PA")   # order of worldmodel.judge.DIMENSIONS
-#: progress 0 by default: weight 10 makes the Lift MPC solve faster (34 vs 41 steps than a
-#: random pick among the same prior samples, 35 of 40 seeds) but fewer seeds (42/50 vs 45/50
-#: at weight 0; BENCHMARKS.md 'Main job: lift, progress weight 10 vs 0, 50 seeds')
-DEFAULT_WEIGHTS = {"IF": 1.0, "MS": 0.5, "AOC": 0.2, "TC": 0.1, "CR": 0.1, "PA": 0.1,
-                   "target_rise": 1.0, "grip_dist": 1.0, "progress": 0.0, "outcome": 0.0}
-
-
-def plan_objective(out: dict, weights: dict, outcome: torch.Tensor | None = None) -> torch.Tensor:
-    """The planning objective ``(B,)`` from a reward's ``score`` output: weighted
-    dimensions ``(B, 6)`` + ``target_rise`` * shaping[:, 0] - ``grip_dist`` * shaping[:, 1]
-    + ``progress`` * shaping[:, 2] (the student's estimate of the actions' true value)
-    + ``outcome`` * the mean over steps of the world model's reward estimate ``(B, T)``."""
-    dims = torch.as_tensor(out["dims"], dtype=torch.float32)
-    w = torch.tensor([weights[k] for k in DIM_KEYS], dtype=torch.float32)
-    obj = (dims * w).sum(-1)
-    shaping = out.get("shaping")
-    if shaping is not None:
-        shaping = torch.as_tensor(shaping, dtype=torch.float32)
-        obj = obj + weights["target_rise"] * shaping[:, 0] - weights["grip_dist"] * shaping[:, 1]
-        if weights.get("progress", 0.0):
-            obj = obj + weights["progress"] * shaping[:, 2]
-    if weights.get("outcome", 0.0):
-        if outcome is None:
-            raise ValueError("objective weight 'outcome' needs a world model with an outcome head "
-                             "(experiments/train_outcome.py; pass it with +mpc.worldmodel=PATH)")
-        obj = obj + weights["outcome"] * outcome.float().mean(1)
-    return obj
-
-
-def aggregate_futures(obj: np.ndarray, pessimism: float = 0.0) -> np.ndarray:
-    """A candidate's objective from its ``k`` imagined draws ``(N, k)``: the mean minus
-    ``pessimism`` x the (population) standard deviation ``(N,)``; with ``k = 2`` and 1.0 it
-    is the worse of the two draws."""
-    return obj.mean(1) - pessimism * obj.std(1) if pessimism else obj.mean(1)
 
 
 def _load_world_model(path):
@@ -99,7 +62,7 @@ class WorldModelMPC(Agent):
     candidate, their objectives averaged (the world model samples; 1 = one draw); ``pessimism``:
     the objective is the mean minus ``pessimism`` x the standard deviation over the ``futures``
     draws (with ``futures=2`` and 1.0: the worse draw); ``weights``: objective weights by dim short name and
-    ``target_rise`` / ``grip_dist`` / ``progress`` (missing keys take :data:`DEFAULT_WEIGHTS`).
+    ``target_rise`` / ``grip_dist`` / ``progress`` (missing keys take :data:`agent.objective.DEFAULT_WEIGHTS`).
     """
 
     name = "mpc"
@@ -116,10 +79,7 @@ class WorldModelMPC(Agent):
         self.execute = int(execute or planner.get("execute", 2))
         if not 1 <= self.execute <= self.planner.param.steps:
             raise ValueError(f"execute must be in [1, {self.planner.param.steps}], got {self.execute}")
-        unknown = set(weights or {}) - set(DEFAULT_WEIGHTS)
-        if unknown:
-            raise ValueError(f"unknown objective weights {sorted(unknown)}; known: {sorted(DEFAULT_WEIGHTS)}")
-        self.weights = {**DEFAULT_WEIGHTS, **(weights or {})}
+        self.weights = objective_weights(weights)
         self._wm_src, self._reward_src = world_model, reward
         self._wm = None if isinstance(world_model, (str, os.PathLike)) else world_model
         self._reward = None if isinstance(reward, (str, os.PathLike)) else reward
@@ -199,19 +159,13 @@ class WorldModelMPC(Agent):
         return np.clip(action, -1.0, 1.0).astype(np.float32)
 
     # ------------------------------------------------------------------ planning
-    def objective(self, out: dict, outcome: torch.Tensor | None = None) -> torch.Tensor:
-        """Scalar objective (B,) from the reward's ``score`` output (and the world model's
-        outcome estimate (B, T), needed when the ``outcome`` weight is not 0)."""
-        return plan_objective(out, self.weights, outcome)
+    def objective(self, out: dict) -> torch.Tensor:
+        """Scalar objective (B,) from the reward's ``score`` output (:func:`agent.objective.plan_objective`)."""
+        return plan_objective(out, self.weights)
 
     def imagine(self, image: np.ndarray, actions: np.ndarray) -> torch.Tensor:
         """Imagined clips ``(N, horizon + 1, 3, H, W)`` (real start frame first) of control
         action sequences ``(N, horizon * repeat, 4)`` from a real frame ``(H, W, 3)`` uint8."""
-        return self.imagine_rollout(image, actions)[0]
-
-    def imagine_rollout(self, image: np.ndarray, actions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """:meth:`imagine`'s clips and the world model's outcome estimate ``(N, horizon)``
-        (``None`` when it has no outcome head)."""
         from worldmodel.world_model import group_actions
 
         wm = self.world_model
@@ -225,7 +179,7 @@ class WorldModelMPC(Agent):
                               temperature=self.temperature, top_k=self.top_k, generator=self._gen)
         start = start.to(roll.frames.device)
         clips = torch.cat([start[None, None].expand(n, 1, *start.shape), roll.frames.clamp(0, 1)], 1)
-        return clips, None if roll.outcome is None else roll.outcome.cpu()
+        return clips
 
     def _replan(self, obs: dict) -> None:
         image, instruction = obs["image"], int(obs["instruction"])
@@ -241,13 +195,13 @@ class WorldModelMPC(Agent):
             k = self.futures
             reps = np.repeat(cands, k, 0)      # each candidate's k draws side by side
             ta = time.perf_counter()
-            clips, outcome = self.imagine_rollout(image, reps)
+            clips = self.imagine(image, reps)
             tb = time.perf_counter()
             instr = torch.full((len(reps),), instruction, dtype=torch.long)
             with torch.no_grad():
                 extra = {"actions": torch.as_tensor(np.clip(reps, -1.0, 1.0), dtype=torch.float32)} \
                     if self.score_actions else {}
-                obj = self.objective(self.reward.score(clips, instr, **extra), outcome).numpy().astype(np.float64)
+                obj = self.objective(self.reward.score(clips, instr, **extra)).numpy().astype(np.float64)
             obj = aggregate_futures(obj.reshape(len(cands), k), self.pessimism)
             timing["wm_s"] += tb - ta
             timing["reward_s"] += time.perf_counter() - tb
@@ -291,4 +245,4 @@ class WorldModelMPC(Agent):
         return sum(e["plan_s"] for e in self.log) / max(self._step, 1)
 
 
-__all__ = ["WorldModelMPC", "plan_objective", "aggregate_futures", "DEFAULT_WEIGHTS", "DIM_KEYS"]
+__all__ = ["WorldModelMPC"]

@@ -1,7 +1,7 @@
 """Oracle-P: the MPC planner run in the TRUE simulator with a privileged dense reward.
 
 It answers "can this planner, horizon and sample budget solve the task at all?"
-before any learned model is involved (DESIGN section 3). Each replan:
+before any learned model is involved. Each replan:
 
 1. read the real env's full simulator state through the **privileged** hook
    (:meth:`OracleP.attach_privileged_env`; ``agent.collect.run_episode`` calls it for
@@ -25,6 +25,7 @@ import os
 import numpy as np
 
 from agent.base import Agent
+from agent.objective import objective_weights, plan_objective
 from agent.planner import make_planner, shift_actions
 
 OBJECTIVES = ("robosuite", "shaped")
@@ -38,14 +39,12 @@ class OracleP(Agent):
     was lifted, 2 on success; ``"robosuite"`` = the env's reward (robosuite's shaped
     reward). robosuite's grasp flag can be earned by pressing a tilted cube into the
     table, where the robosuite objective gets stuck; the rise term pays for lifting.
-    ``score_noise`` > 0 adds Gaussian noise of that standard deviation to every candidate's
-    score (a diagnostic: how exact must a chooser be?).
     """
 
     name = "oracle_p"
 
     def __init__(self, planner: dict | None = None, execute: int | None = None, objective: str = "shaped",
-                 discount: float = 1.0, seed: int = 0, prior=None, score_noise: float = 0.0):
+                 discount: float = 1.0, seed: int = 0, prior=None):
         planner = dict(planner or {"name": "cem"})
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; known: {OBJECTIVES}")
@@ -55,9 +54,6 @@ class OracleP(Agent):
         if not 1 <= self.execute <= self.planner.param.steps:
             raise ValueError(f"execute must be in [1, {self.planner.param.steps}], got {self.execute}")
         self.objective, self.discount, self.base_seed = objective, float(discount), int(seed)
-        if score_noise < 0:
-            raise ValueError(f"score_noise must be >= 0, got {score_noise}")
-        self.score_noise = float(score_noise)
         self.name = f"oracle_p_{self.planner.name}"
         self._real = None        # the attached real env (privileged)
         self._sim = None         # the oracle's own simulator (state observations, no rendering)
@@ -97,7 +93,6 @@ class OracleP(Agent):
         self._rng = np.random.default_rng(key)
         # the prior's samples: a stream of their own (the planner's draws stay what they were without a prior)
         self._gen = torch.Generator().manual_seed(int(np.random.default_rng((*key, 1)).integers(2**62)))
-        self._noise = np.random.default_rng((*key, 2))   # score noise: a stream of its own too
         self._plan, self._t, self._steps = None, 0, 0
         self.log: list[dict] = []           # one entry per replan
 
@@ -140,8 +135,6 @@ class OracleP(Agent):
         def score(cands: np.ndarray) -> np.ndarray:
             out, n = self.score_candidates(start, cands)
             sim_steps[0] += n
-            if self.score_noise:
-                out = out + self._noise.normal(0.0, self.score_noise, len(out))
             return out
 
         res = self.planner.plan(score, warm_start=warm, rng=self._rng, proposals=self._proposals(obs))
@@ -175,29 +168,6 @@ class OracleP(Agent):
             total += disc * r
             disc *= self.discount
         return total, len(actions)
-
-    def env_rewards(self, state: np.ndarray, actions: np.ndarray) -> np.ndarray:
-        """The env's own reward after each control step ``(steps,)`` float32 of ``actions``
-        ``(steps, 4)`` replayed from ``state`` in the oracle's simulator (every step, also
-        past a success: what a recorded episode of those actions would hold)."""
-        return self.replay(state, actions)[0]
-
-    def replay(self, state: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(env rewards, oracle values)``, each ``(steps,)`` float32, of ``actions`` ``(steps, 4)``
-        replayed from ``state``: the env's reward after every step (also past a success), and
-        the oracle's own per-step value (the ``"shaped"`` reward; from the first success on,
-        the success reward for every remaining step), so ``values.sum()`` is what
-        :meth:`rollout_return` scores the plan with (``discount=1``)."""
-        sim = self._simulator()
-        sim.reset_to(state)
-        start = self._target_pos(sim)
-        env, values, done = [], [], False
-        for a in actions:
-            _, r, success, _, info = sim.step(a)
-            env.append(r)
-            done = done or bool(success)
-            values.append(2.0 if done else self._shaped(sim, info, start))
-        return np.asarray(env, np.float32), np.asarray(values, np.float32)
 
     # "shaped": distance to the instructed cube + grasp + how far it rose (privileged)
     @staticmethod
@@ -234,7 +204,7 @@ class OracleS(OracleP):
     Every candidate is simulated from the real state (privileged, as for oracle-P) and
     RENDERED (one 64x64 frame per ``repeat`` control steps, the real start frame first);
     the clips are scored by the student reward with the MPC's objective
-    (:func:`agent.mpc.plan_objective`, ``weights``). Perfect dynamics, learned reward:
+    (:func:`agent.objective.plan_objective`, ``weights``). Perfect dynamics, learned reward:
     next to oracle-P (perfect dynamics, privileged reward) and the MPC (learned both), it
     says which learned part costs success. Given ``prior``, the learned action prior
     proposes the first iteration (as in the MPC). Rendering every candidate is slow --
@@ -245,13 +215,8 @@ class OracleS(OracleP):
 
     def __init__(self, reward, planner: dict | None = None, execute: int | None = None,
                  weights: dict | None = None, seed: int = 0, threads: int | None = None, prior=None):
-        from agent.mpc import DEFAULT_WEIGHTS
-
         super().__init__(planner=planner, execute=execute, seed=seed, prior=prior)
-        unknown = set(weights or {}) - set(DEFAULT_WEIGHTS)
-        if unknown:
-            raise ValueError(f"unknown objective weights {sorted(unknown)}; known: {sorted(DEFAULT_WEIGHTS)}")
-        self.weights = {**DEFAULT_WEIGHTS, **(weights or {})}
+        self.weights = objective_weights(weights)
         self._reward_src, self.threads = reward, threads
         self._reward = None if isinstance(reward, (str, os.PathLike)) else reward
         self.name = f"oracle_s_{self.planner.name}"
@@ -301,8 +266,6 @@ class OracleS(OracleP):
 
     def score_candidates(self, state: np.ndarray, cands: np.ndarray) -> tuple[np.ndarray, int]:
         import torch
-
-        from agent.mpc import plan_objective
 
         if self.threads:
             torch.set_num_threads(int(self.threads))

@@ -39,9 +39,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from agent.base import Agent
-from agent.planner import shift_actions, softmax_weights
-from envs.rollouts import RolloutFileError, demo_keys, open_rollouts
 from envs.robosuite_env import LABELS
+from envs.rollouts import RolloutFileError, demo_keys, open_rollouts
 from envs.vocab import COLOURS, INSTRUCTIONS, instruction_id, instruction_text
 
 KIND = "action_prior"
@@ -385,52 +384,21 @@ def load_prior(src) -> ActionPrior:
 class PriorAgent(Agent):
     """The prior as a policy: every ``execute`` control steps draw ``samples`` chunks
     for the current observation and execute the first ``execute`` actions of one of
-    them -- ``pick="first"`` (the prior alone), ``"random"`` (a uniform pick among
-    the samples: the MPC's proposal set without the world model's judgement) or ``"value"``
-    (the highest score of ``value``, an :class:`agent.value.PlanValue` / ``ValueEnsemble`` or its
-    checkpoint, ``pessimism`` overriding an ensemble's:
-    a learned choice from the observation and the actions, with no world model; with a
-    ``temperature`` a draw weighted by :func:`agent.planner.softmax_weights` of the scores
-    instead, the KL-regularized pick between the argmax and the random pick; with
-    ``warm_start`` the executed plan, shifted, replaces the first sample, as in the MPC's planner,
-    so the value can keep a plan instead of switching every ``execute`` steps; with a ``gate``
-    the value decides only where its best sample beats the samples' mean by at least ``gate``
-    (``gate_on="gain"``) or itself scores at least ``gate`` (``"best"``: a predicted lift), in the
-    value's units; elsewhere the pick is random).
+    them -- ``pick="first"`` (the prior alone) or ``"random"`` (a uniform pick among
+    the samples: the MPC's proposal set without the world model's judgement).
     ``prior``: an :class:`ActionPrior` or a checkpoint path (loaded lazily)."""
 
     name = "prior"
 
     def __init__(self, prior, execute: int = 8, samples: int = 1, pick: str = "first", seed: int = 0,
-                 threads: int | None = None, name: str | None = None, value=None,
-                 temperature: float | None = None, pessimism: float | None = None, warm_start: bool = False,
-                 gate: float | None = None, gate_on: str = "gain"):
-        if pick not in ("first", "random", "value"):
-            raise ValueError(f"pick must be 'first', 'random' or 'value', got {pick!r}")
-        if (pick == "value") != (value is not None):
-            raise ValueError("pick='value' needs a value (a PlanValue or its checkpoint), and only it does")
-        if temperature is not None and (pick != "value" or not temperature > 0):
-            raise ValueError(f"temperature must be > 0 and needs pick='value', got {temperature!r} with {pick!r}")
-        self.temperature = None if temperature is None else float(temperature)
-        if warm_start and pick != "value":
-            raise ValueError("warm_start needs pick='value' (the value decides whether to keep the plan)")
-        self.warm_start = bool(warm_start)
-        if gate is not None and (pick != "value" or gate < 0):
-            raise ValueError(f"gate must be >= 0 and needs pick='value', got {gate!r} with {pick!r}")
-        if gate_on not in ("gain", "best"):
-            raise ValueError(f"gate_on must be 'gain' or 'best', got {gate_on!r}")
-        self.gate, self.gate_on = (None if gate is None else float(gate)), gate_on
-        self.pessimism = pessimism      # an ensemble value's (agent.value.ValueEnsemble) lower-bound weight
-        self._value_src, self._value = value, None if isinstance(value, (str, os.PathLike)) else value
-        if self._value is not None and pessimism is not None:
-            from agent.value import load_value
-
-            self._value = load_value(self._value, pessimism)
+                 threads: int | None = None, name: str | None = None):
+        if pick not in ("first", "random"):
+            raise ValueError(f"pick must be 'first' or 'random', got {pick!r}")
         self._src = prior
         self._prior = prior if isinstance(prior, ActionPrior) else None
         self.execute, self.samples, self.pick = int(execute), int(samples), pick
         self.base_seed, self.threads = int(seed), threads
-        self.name = name or {"first": "prior", "random": "prior_random", "value": "prior_value"}[pick]
+        self.name = name or {"first": "prior", "random": "prior_random"}[pick]
         self.reset()
 
     @property
@@ -443,17 +411,7 @@ class PriorAgent(Agent):
         state = dict(self.__dict__)
         if not isinstance(self._src, ActionPrior):
             state["_prior"] = None
-        if isinstance(self._value_src, (str, os.PathLike)):
-            state["_value"] = None
         return state
-
-    @property
-    def value(self):
-        if self._value is None and self._value_src is not None:
-            from agent.value import load_value
-
-            self._value = load_value(self._value_src, self.pessimism)
-        return self._value
 
     def reset(self, seed: int | None = None) -> None:
         self._rng = np.random.default_rng(self.base_seed if seed is None else (self.base_seed, seed))
@@ -466,14 +424,6 @@ class PriorAgent(Agent):
         if self._plan is None or self._t >= min(self.execute, len(self._plan)):
             chunks = self.prior.sample(obs["image"], obs["proprio"], obs["instruction"], self.samples, self._gen)
             i = 0 if self.pick == "first" else int(self._rng.integers(len(chunks)))   # drawn for every pick: same samples
-            if self.warm_start and self._plan is not None:   # the plan being executed stays a candidate
-                chunks = np.concatenate([shift_actions(self._plan, self._t)[None], chunks[1:]])
-            if self.pick == "value":
-                scores = self.value.score(obs, chunks)
-                lead = None if self.gate is None else scores.max() - (scores.mean() if self.gate_on == "gain" else 0)
-                if lead is None or lead >= self.gate:   # else keep the random pick
-                    i = int(np.argmax(scores)) if self.temperature is None else \
-                        int(self._rng.choice(len(chunks), p=softmax_weights(scores, self.temperature)))
             self._plan, self._t = chunks[i], 0
         action = self._plan[self._t]
         self._t += 1

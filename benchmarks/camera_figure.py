@@ -5,14 +5,12 @@
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import envs  # noqa: E402
 from agent.scripted import ScriptedExpert  # noqa: E402

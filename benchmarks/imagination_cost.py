@@ -24,12 +24,10 @@ import collections
 import multiprocessing as mp
 import resource
 import statistics
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from benchmarks.report import command_line, write_section  # noqa: E402
 from experiments.common import setup_torch  # noqa: E402
@@ -103,7 +101,6 @@ def measure(tokenizer_path: str, dynamics: str, candidates: int, frames: int, re
         loss.backward()
         dopt.step()
     dyn_s = _median_s(dyn_step, repeats, warmup=2)
-    del opt, dopt
 
     # imagination, as at every MPC replan
     wm.eval()

@@ -28,12 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from agent.gap import stage_confusion  # noqa: E402
 from benchmarks.report import write_section  # noqa: E402
-from experiments.common import resolve, setup_torch  # noqa: E402
 from envs.rollouts import find_rollouts  # noqa: E402
+from experiments.common import resolve, setup_torch  # noqa: E402
 
 STAGES = ("nothing", "reached", "grasped", "done")
 

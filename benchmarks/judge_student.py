@@ -16,22 +16,19 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
 from benchmarks.report import rel_path, write_section  # noqa: E402
 from experiments.common import resolve  # noqa: E402
 from worldmodel.judge import SHORT  # noqa: E402
-from worldmodel.judge.distill import (bench_groups, evaluate, from_bench, n_rows, pairwise_accuracy,  # noqa: E402
-                                      predict, subset)
+from worldmodel.judge.distill import bench_groups, evaluate, from_bench, n_rows, pairwise_accuracy, predict, subset  # noqa: E402
 from worldmodel.judge.student import StudentReward  # noqa: E402
 
 TITLE = "Judge: student reward"

@@ -24,21 +24,17 @@ Manual check on world-model clips (two steps, so one's own verdicts are written 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch  # noqa: E402
 
 import envs  # noqa: E402
-from envs.rollouts import find_rollouts  # noqa: E402
 from agent.collect import run_episode  # noqa: E402
 from agent.scripted import ScriptedExpert, ScriptParams  # noqa: E402
 from benchmarks.report import rel_path, write_section  # noqa: E402
+from envs.rollouts import find_rollouts  # noqa: E402
 from envs.splits import split_seeds  # noqa: E402
 from envs.vocab import instruction_id  # noqa: E402
 from worldmodel.judge import SHORT  # noqa: E402

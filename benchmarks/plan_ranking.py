@@ -8,7 +8,7 @@
                                                             # the student also reads each candidate's actions
 
 The MPC picks one of the prior's candidate plans by the objective of its imagined clip
-(world model + student, ``agent.mpc.plan_objective``). 'Closed loop diagnosis' found that
+(world model + student, ``agent.objective.plan_objective``). 'Closed loop diagnosis' found that
 even the TRUE clips scored by the student (oracle-S) pick no better than chance. This
 measures that choice directly, on many more decisions than a closed-loop run has:
 
@@ -35,13 +35,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.report import write_section  # noqa: E402
 from experiments.common import resolve, setup_torch  # noqa: E402
@@ -87,8 +84,8 @@ def upgrade_cache(c: dict) -> dict:
 
 def objective_weights(weights: dict) -> np.ndarray:
     """``agent.mpc`` objective weights as a vector over :data:`TERMS` (``features @ w`` is
-    :func:`agent.mpc.plan_objective`)."""
-    from agent.mpc import DIM_KEYS
+    :func:`agent.objective.plan_objective`)."""
+    from agent.objective import DIM_KEYS
 
     return np.array([weights[k] for k in (*DIM_KEYS, "target_rise", "grip_dist", "progress")], float)
 
@@ -209,9 +206,9 @@ def _false_stage(c: dict) -> np.ndarray:
 
 def pessimism_rows(c: dict, tol: float, ks=(1, 2, 4), lams=(0.0, 0.5, 1.0, 2.0)) -> list[str]:
     """A table: for the MPC objective over ``k`` draws aggregated as mean - l x spread
-    (:func:`agent.mpc.aggregate_futures`) and as the minimum, the pairwise accuracy, pick
+    (:func:`agent.objective.aggregate_futures`) and as the minimum, the pairwise accuracy, pick
     regret and false-stage rate at the top pick (:func:`_false_stage`)."""
-    from agent.mpc import aggregate_futures
+    from agent.objective import aggregate_futures
 
     obj = c["student_futures"] @ c["weights"]          # (S, N, K)
     false = _false_stage(c)

@@ -23,14 +23,12 @@ import itertools
 import json
 import pickle
 import signal
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import envs  # noqa: E402
 from agent.evaluate import wilson_interval  # noqa: E402

@@ -24,7 +24,6 @@ episodes). Reported per student:
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -32,15 +31,13 @@ from types import SimpleNamespace
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
 from benchmarks.report import add_section_args, publish, rel_path  # noqa: E402
 from experiments.common import resolve  # noqa: E402
 from worldmodel.judge import DIMENSIONS, MAX_SCORES, SHORT  # noqa: E402
-from worldmodel.judge.distill import (bench_groups, from_bench, mirror, pairwise_accuracy, predict, spearman,  # noqa: E402
-                                     subset)
+from worldmodel.judge.distill import bench_groups, from_bench, mirror, pairwise_accuracy, predict, spearman, subset  # noqa: E402
 from worldmodel.judge.student import StudentReward  # noqa: E402
 
 TITLE = "Judge: student rewards compared on within-start ranking"

@@ -20,13 +20,10 @@ beat the teacher's own agreement with itself under noise it cannot see.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.report import add_section_args, publish, rel_path  # noqa: E402
 from benchmarks.student_ranking import GAP_BANDS, KINDS, gap_accuracy, generation_pairs, pair_accuracy  # noqa: E402

@@ -76,11 +76,12 @@ def load_teacher(setting):
     except ImportError as e:
         if setting is True or str(setting).lower() == "true":
             raise
-        warnings.warn(f"no teacher ({e}); training without online distillation or teacher probes")
+        warnings.warn(f"no teacher ({e}); training without online distillation or teacher probes",
+                      stacklevel=2)
         return None
     if DEFAULT_CALIB_PATH.exists():
         return Teacher.load(DEFAULT_CALIB_PATH)
-    warnings.warn(f"teacher not calibrated ({DEFAULT_CALIB_PATH} missing): using its default thresholds")
+    warnings.warn(f"teacher not calibrated ({DEFAULT_CALIB_PATH} missing): using its default thresholds", stacklevel=2)
     return Teacher(default_perception())
 
 

@@ -11,11 +11,8 @@ teacher's perception) and in the simulator replay of the clip's actions (project
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from worldmodel.judge.bench import build_tracks  # noqa: E402
 

@@ -19,11 +19,10 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from experiments.common import resolve, setup_torch
 from envs.rollouts import demo_keys, find_rollouts, open_rollouts
+from experiments.common import resolve, setup_torch
+from worldmodel.judge.bench import build_shard, calibrated_teacher, concat_rows, read_rows, summary_table, write_bench
 from worldmodel.judge.teacher import TEACHER_VERSION
-from worldmodel.judge.bench import (build_shard, calibrated_teacher, concat_rows, read_rows, summary_table,
-                                    write_bench)
 
 
 def source_paths(cfg) -> list[Path]:

@@ -27,7 +27,7 @@ from agent.evaluate import evaluate, paired_table, results_table
 from envs.rollouts import atomic_path
 from envs.splits import split_seeds
 from experiments import pipeline
-from experiments.common import resolve, setup_torch, save_results
+from experiments.common import resolve, save_results, setup_torch
 
 #: Methods that plan with a world model, and the pipeline stage whose model they use.
 WORLD_MODEL_METHODS = {
@@ -52,25 +52,15 @@ STUDENT_ORACLES = ("oracle_s", "oracle_s_prior")
 SAC_METHODS = ("sac", "sac_ref")
 
 
-#: With the ``outcome`` objective weight, the stage whose model (the same world model plus an
-#: outcome head) a world-model method imagines with instead.
-OUTCOME_STAGES = {"aligned": "outcome", "worldmodel": "outcome_pretrained"}
-
-
-def world_model_stage(method: str, cfg: DictConfig | None = None) -> str:
-    """The pipeline stage whose world model ``method`` imagines with (``cfg``: the closed-loop
-    config; a nonzero ``mpc.weights.outcome`` needs the model with an outcome head, unless
-    ``+mpc.worldmodel=PATH`` names the model to imagine with)."""
-    stage = WORLD_MODEL_METHODS[method][0]
-    if cfg is not None and not cfg.mpc.get("worldmodel") \
-            and float((cfg.mpc.get("weights") or {}).get("outcome", 0.0) or 0.0):
-        return OUTCOME_STAGES[stage]
-    return stage
+def world_model_stage(method: str) -> str:
+    """The pipeline stage whose world model ``method`` imagines with."""
+    return WORLD_MODEL_METHODS[method][0]
 
 
 def stages_for(method: str, cfg: DictConfig | None = None) -> list[str]:
-    """The pipeline stages a method's agent needs (``cfg``: see :func:`world_model_stage`)."""
-    need = [world_model_stage(method, cfg), "student"] if method in WORLD_MODEL_METHODS else []
+    """The pipeline stages a method's agent needs (``cfg``: the closed-loop config, unused
+    by the built-in methods)."""
+    need = [world_model_stage(method), "student"] if method in WORLD_MODEL_METHODS else []
     need += ["student"] if method in STUDENT_ORACLES else []
     return need + (["prior"] if method in PRIOR_METHODS else [])
 
@@ -85,7 +75,7 @@ def make_method(method: str, cfg: DictConfig, stages: dict):
     if method in WORLD_MODEL_METHODS:
         from agent.mpc import WorldModelMPC
 
-        stage, extra = world_model_stage(method, cfg), WORLD_MODEL_METHODS[method][1]
+        stage, extra = world_model_stage(method), WORLD_MODEL_METHODS[method][1]
         kwargs = {**OmegaConf.to_container(cfg.mpc), **extra}
         kwargs.pop("student", None)
         kwargs.pop("worldmodel", None)
@@ -110,8 +100,7 @@ def make_method(method: str, cfg: DictConfig, stages: dict):
         from agent.oracle import OracleP
 
         prior = str(pipeline.model_path(stages, "prior")) if method in PRIOR_METHODS else None
-        return OracleP(planner=planner, prior=prior, score_noise=float(cfg.get("oracle_noise") or 0.0),
-                       objective=str(cfg.get("oracle_objective") or "shaped"))
+        return OracleP(planner=planner, prior=prior)
     if method in STUDENT_ORACLES:
         from agent.oracle import OracleS
 
@@ -123,7 +112,7 @@ def make_method(method: str, cfg: DictConfig, stages: dict):
 
 
 def _override(cfg: DictConfig, key: str, default, what: str) -> str:
-    """``+mpc.<key>=PATH`` if given (it must exist), else the pipeline's ``default`` path."""
+    """``mpc.<key>=PATH`` if given (it must exist), else the pipeline's ``default`` path."""
     path = cfg.mpc.get(key)
     if not path:
         return str(default)
@@ -135,17 +124,27 @@ def _override(cfg: DictConfig, key: str, default, what: str) -> str:
 
 def planning_student(cfg: DictConfig, stages: dict) -> str:
     """The student checkpoint the planners score with: the pipeline's student stage, or
-    ``+mpc.student=PATH`` (e.g. another student with the same world model; the aligned
+    ``mpc.student=PATH`` (e.g. another student with the same world model; the aligned
     model is still the one GRPO-trained against the pipeline's student)."""
     return _override(cfg, "student", pipeline.model_path(stages, "student"), "student")
 
 
 def planning_world_model(cfg: DictConfig, stages: dict, stage: str) -> str:
     """The world model a world-model method imagines with: its pipeline stage (aligned or
-    pre-trained), or ``+mpc.worldmodel=PATH`` for every world-model method of the run (e.g.
+    pre-trained), or ``mpc.worldmodel=PATH`` for every world-model method of the run (e.g.
     a model trained on more rollouts than the pipeline collects; the path is part of the
     method's identity, so its episodes are kept apart)."""
     return _override(cfg, "worldmodel", pipeline.model_path(stages, stage), "world-model")
+
+
+#: ``mpc`` options at the value that reproduces the planner as it was before they were
+#: declared: left out of a method's identity there, so finished episodes stay reusable.
+MPC_NEUTRAL = {"pessimism": 0.0, "student": None, "worldmodel": None}
+
+
+def mpc_identity(cfg: DictConfig) -> dict:
+    """The ``mpc`` settings that define a world-model method's episodes (see :data:`MPC_NEUTRAL`)."""
+    return {k: v for k, v in OmegaConf.to_container(cfg.mpc).items() if not (k in MPC_NEUTRAL and v == MPC_NEUTRAL[k])}
 
 
 def method_identity(method: str, cfg: DictConfig, stages: dict) -> dict:
@@ -154,10 +153,6 @@ def method_identity(method: str, cfg: DictConfig, stages: dict) -> dict:
     ident = {"method": method, "env": OmegaConf.to_container(cfg.env)}
     if method in WORLD_MODEL_METHODS or method in ("prior_random", *PRIVILEGED_ORACLES, *STUDENT_ORACLES):
         ident["planner"] = OmegaConf.to_container(cfg.planner)
-    if method in PRIVILEGED_ORACLES and cfg.get("oracle_noise"):
-        ident["oracle_noise"] = float(cfg.oracle_noise)
-    if method in PRIVILEGED_ORACLES and cfg.get("oracle_objective"):
-        ident["oracle_objective"] = str(cfg.oracle_objective)
     if method in STUDENT_ORACLES:
         ident.update(weights=OmegaConf.to_container(cfg.mpc.weights), student=stages["student"].key)
     if method in PRIOR_METHODS:
@@ -167,8 +162,8 @@ def method_identity(method: str, cfg: DictConfig, stages: dict) -> dict:
     if method in SAC_METHODS:
         ident["sac"] = stages[method].key
     if method in WORLD_MODEL_METHODS:
-        stage = world_model_stage(method, cfg)
-        ident.update(mpc=OmegaConf.to_container(cfg.mpc), world_model=stages[stage].key,
+        stage = world_model_stage(method)
+        ident.update(mpc=mpc_identity(cfg), world_model=stages[stage].key,
                      student=stages["student"].key)
     elif method == cfg.agent.name:    # a plain agent of the registry: its own kwargs
         ident["kwargs"] = OmegaConf.to_container(cfg.agent.kwargs)

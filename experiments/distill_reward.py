@@ -16,7 +16,6 @@ evaluating on ``val``, and writes to ``out_dir`` (default ``artifacts/student/<n
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -24,11 +23,8 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from experiments.common import resolve, setup_torch  # noqa: E402
-from worldmodel.judge.distill import (concat_data, distill, evaluate, finite, from_bench,  # noqa: E402
-                                      n_rows, subset)
+from worldmodel.judge.distill import concat_data, distill, evaluate, finite, from_bench, n_rows, subset  # noqa: E402
 from worldmodel.judge.student import StudentConfig, StudentReward  # noqa: E402
 from worldmodel.tokens import file_hash  # noqa: E402
 

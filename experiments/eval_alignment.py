@@ -16,7 +16,6 @@ object+gripper-region MSE). Writes ``results.json``, ``results.md`` and
 """
 from __future__ import annotations
 
-
 import hydra
 import numpy as np
 import torch
@@ -24,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from agent.evaluate import mcnemar
 from envs.video import write_video
-from experiments.common import resolve, rollout_paths, setup_torch, save_results
+from experiments.common import resolve, rollout_paths, save_results, setup_torch
 from worldmodel.align import ContextSet, make_clips
 from worldmodel.evaluate import frame_metrics, region_mask
 from worldmodel.judge import MAX_SCORES, SHORT

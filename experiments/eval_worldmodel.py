@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from envs.rollouts import atomic_path
 from envs.video import write_video
-from experiments.common import resolve, rollout_paths, setup_torch, save_results
+from experiments.common import resolve, rollout_paths, save_results, setup_torch
 from worldmodel.evaluate import action_conditioning, load_episodes, open_loop
 from worldmodel.world_model import WorldModel
 

@@ -42,8 +42,15 @@ from agent.collect import collect
 from agent.evaluate import mcnemar
 from envs.splits import split_seeds
 from experiments import pipeline
-from experiments.closed_loop import (SAC_METHODS, WORLD_MODEL_METHODS, evaluate_method, make_method, method_identity,
-                                     plot_success, stages_for, world_model_stage)
+from experiments.closed_loop import (
+    SAC_METHODS,
+    WORLD_MODEL_METHODS,
+    evaluate_method,
+    make_method,
+    method_identity,
+    plot_success,
+    stages_for,
+)
 from experiments.common import resolve, save_results, setup_torch
 
 
@@ -108,9 +115,6 @@ def run(cfg: DictConfig) -> dict:
     if method not in WORLD_MODEL_METHODS or WORLD_MODEL_METHODS[method][0] != "aligned":
         raise ValueError(f"the flywheel re-trains the aligned world model; agent={method} does not plan with it "
                          f"(use one of {[m for m, (s, _) in WORLD_MODEL_METHODS.items() if s == 'aligned']})")
-    if world_model_stage(method, cfg) != "aligned":
-        raise ValueError("the flywheel re-trains the aligned world model but not its outcome head; run it with "
-                         "mpc.weights.outcome=0")
     if int(fly.rounds) < 1 or int(fly.episodes) < 1:
         raise ValueError(f"flywheel.rounds and flywheel.episodes must be >= 1, got {fly.rounds}, {fly.episodes}")
     collecting = collector(cfg)

@@ -29,7 +29,6 @@ from omegaconf import DictConfig, OmegaConf
 
 import envs
 from envs.rollouts import find_rollouts
-
 from experiments.common import ROOT, resolve
 
 CONF_DIR = ROOT / "experiments" / "conf"
@@ -175,12 +174,9 @@ def path_list(paths) -> str:
 
 
 #: Stages in build order, and the stages each one reads.
-STAGES = ("collect", "tokenizer", "worldmodel", "bench", "student", "aligned", "prior", "counterfactual",
-          "outcome", "outcome_pretrained")
+STAGES = ("collect", "tokenizer", "worldmodel", "bench", "student", "aligned", "prior")
 DEPENDS = {"collect": (), "tokenizer": ("collect",), "worldmodel": ("tokenizer",), "bench": ("worldmodel",),
-           "student": ("bench",), "aligned": ("worldmodel", "student"), "prior": ("collect",),
-           "counterfactual": ("prior",), "outcome": ("aligned", "counterfactual"),
-           "outcome_pretrained": ("worldmodel", "counterfactual")}
+           "student": ("bench",), "aligned": ("worldmodel", "student"), "prior": ("collect",)}
 
 
 def needed(stages) -> set[str]:
@@ -234,7 +230,7 @@ def build(pcfg: DictConfig, stages, *, artifacts: str | os.PathLike = "artifacts
             wm_data = {**data, "data.train": path_list(rollouts["train"] + collected_rollouts(extra)["train"])}
         done["worldmodel"] = worldmodel_stage(pcfg, done["tokenizer"], wm_keys, wm_data, artifacts=artifacts, log=log)
     if "bench" in need:
-        from worldmodel.judge.teacher import TEACHER_VERSION   # a rule change rebuilds the bench
+        from worldmodel.judge.teacher import TEACHER_VERSION  # a rule change rebuilds the bench
 
         wm = done["worldmodel"]
         done["bench"] = run_script_stage(
@@ -251,16 +247,6 @@ def build(pcfg: DictConfig, stages, *, artifacts: str | os.PathLike = "artifacts
     if "prior" in need:
         done["prior"] = run_script_stage("prior", "train_prior", list(pcfg.get("prior", [])), coll_keys, data,
                                          artifacts=artifacts, log=log)
-    if "counterfactual" in need:
-        prior = done["prior"]
-        done["counterfactual"] = run_script_stage(
-            "counterfactual", "collect_counterfactual",
-            [f"env={pcfg.envs[0]}", *pcfg.outcome.counterfactual], {"prior": prior.key, "render": str(envs.RENDER_VERSION)},
-            {"prior_ckpt": prior.dir / MODEL_FILES["prior"]}, artifacts=artifacts, log=log)
-    for name, base in (("outcome", "aligned"), ("outcome_pretrained", "worldmodel")):
-        if name in need:
-            done[name] = outcome_stage(pcfg, done[base], done["counterfactual"], coll_keys, data,
-                                       artifacts=artifacts, log=log)
     return done
 
 
@@ -299,23 +285,10 @@ def aligned_stage(pcfg: DictConfig, done: dict, inputs: dict[str, str], train_ro
         artifacts=artifacts, log=log)
 
 
-def outcome_stage(pcfg: DictConfig, base: StageResult, counterfactual: StageResult, inputs: dict[str, str],
-                  data: dict[str, str], *, artifacts: str | os.PathLike = "artifacts",
-                  log: Callable[[str], None] = print) -> StageResult:
-    """The outcome head (``experiments/train_outcome.py``) fitted on ``base``'s (a world-model
-    stage) imagination of the collected rollouts and of ``counterfactual``'s candidates."""
-    return run_script_stage(
-        "outcome", "train_outcome", list(pcfg.outcome.train),
-        {**inputs, "worldmodel": base.key, "counterfactual": counterfactual.key},
-        {"worldmodel_ckpt": base.dir / "worldmodel.pt", **data,
-         "data.counterfactual": path_list(sorted(counterfactual.dir.glob("*.npz")))},
-        artifacts=artifacts, log=log)
-
-
 #: The file each model stage leaves in its folder.
 MODEL_FILES = {"tokenizer": "last.pt", "worldmodel": "worldmodel.pt", "bench": "bench.h5",
                "student": "student.pt", "aligned": "worldmodel.pt", "prior": "prior.pt", "sac": "sac.zip",
-               "sac_ref": "sac.zip", "outcome": "worldmodel.pt", "outcome_pretrained": "worldmodel.pt"}
+               "sac_ref": "sac.zip"}
 
 
 def model_path(stages: dict, name: str) -> Path:

@@ -12,14 +12,10 @@ first-action error of DDIM samples) and the resumable ``last.pt`` / ``metrics.js
 from __future__ import annotations
 
 import json
-import sys
 import time
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.prior import PriorConfig, train_prior  # noqa: E402
 from envs.rollouts import atomic_path  # noqa: E402

@@ -25,9 +25,9 @@ from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from experiments.common import ROOT, resolve, setup_torch
 from worldmodel.data import FramePairs
-from worldmodel.tokenizer import KIND, DualFSQTokenizer, TokenizerConfig
 from worldmodel.evaluate import region_mask
-from worldmodel.training import (cleanup_distributed, load_checkpoint, setup_distributed, train, unwrap)
+from worldmodel.tokenizer import KIND, DualFSQTokenizer, TokenizerConfig
+from worldmodel.training import cleanup_distributed, load_checkpoint, setup_distributed, train, unwrap
 
 TRAIN_KEYS = ("steps", "batch_size", "lr", "warmup", "weight_decay", "grad_clip", "amp")
 

@@ -8,8 +8,17 @@ import pytest
 import torch
 from torch import nn
 
-from worldmodel.align import (GRPOConfig, GRPOTrainer, HackingMonitor, WEIGHT_PRESETS, clipped_objective,
-                              group_advantages, kl_to_reference, rollout_log_probs, single_metric_reward)
+from worldmodel.align import (
+    WEIGHT_PRESETS,
+    GRPOConfig,
+    GRPOTrainer,
+    HackingMonitor,
+    clipped_objective,
+    group_advantages,
+    kl_to_reference,
+    rollout_log_probs,
+    single_metric_reward,
+)
 from worldmodel.world_model import WorldModel
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

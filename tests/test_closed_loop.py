@@ -11,8 +11,14 @@ from hydra import compose, initialize_config_dir
 
 from agent.base import Agent
 from agent.collect import EpisodeResult, make_agent
-from agent.evaluate import (FAILURES, instruction_table, results_table, success_by_instruction, summarize,
-                            wilson_interval)
+from agent.evaluate import (
+    FAILURES,
+    instruction_table,
+    results_table,
+    success_by_instruction,
+    summarize,
+    wilson_interval,
+)
 from envs.rollouts import read_episode
 from envs.splits import split_of, split_seeds
 from envs.video import read_video_frame_count, write_video
@@ -217,34 +223,6 @@ def test_flywheel_collector_collects_another_methods_episodes(tiny_run):
         collector(OmegaConf.merge(cfg, {"flywheel": {"collector": "sac"}}))
 
 
-def test_outcome_objective_builds_counterfactuals_and_an_outcome_head(tiny_run):
-    """`+mpc.weights.outcome`: the pipeline collects counterfactual candidates, fits the outcome
-    head on the aligned model's imagination, and the MPC imagines with that model."""
-    import numpy as np
-    from omegaconf import OmegaConf
-
-    from agent.counterfactual import load_counterfactuals
-    from experiments.closed_loop import run
-    from worldmodel.world_model import WorldModel
-
-    artifacts, cfg, report = tiny_run
-    cfg2 = OmegaConf.merge(cfg, {"baselines": [], "videos": 0, "out_dir": str(artifacts / "outcome_run")})
-    cfg2.mpc.weights = {"outcome": 1.0}
-    got = run(cfg2)
-    stages = got["stages"]
-    assert {"counterfactual", "outcome", "aligned"} <= set(stages) and stages["aligned"] == report["stages"]["aligned"]
-    npz = sorted(Path(stages["counterfactual"]).glob("*.npz"))
-    cf = load_counterfactuals(npz[0])
-    assert len(npz) == 1 and cf["actions"].shape[1] == 4 and np.all(np.isfinite(cf["rewards"]))
-    manifest = json.loads((Path(stages["outcome"]) / "stage.json").read_text())
-    assert manifest["inputs"]["worldmodel"] == json.loads((Path(stages["aligned"]) / "stage.json").read_text())["key"]
-    wm = WorldModel.from_checkpoint(Path(stages["outcome"]) / "worldmodel.pt")
-    assert wm.dynamics.outcome is not None
-    ident = json.loads((artifacts / "outcome_run" / "mpc_prior" / "identity.json").read_text())
-    assert ident["world_model"] == manifest["key"] and ident["mpc"]["weights"]["outcome"] == 1.0
-    assert got["summaries"][0]["episodes"] == 1
-
-
 def test_imagination_stages_compares_world_models_on_the_same_clips(tiny_run, monkeypatch, capsys):
     """benchmarks/imagination_stages.py with two world models and two draws: one real row,
     one row per model with twice the real clips, and the false-lift column."""
@@ -342,15 +320,8 @@ def test_configs_compose():
     from experiments.closed_loop import stages_for
     assert stages_for("mpc_prior") == ["aligned", "student", "prior"] and stages_for("prior") == ["prior"]
     assert stages_for("scripted") == []
-    # the outcome objective: the same world models plus an outcome head, fitted on counterfactuals
-    from experiments.closed_loop import OUTCOME_STAGES
     from experiments.pipeline import needed
-    with_outcome = _compose("closed_loop", ["+mpc.weights.outcome=10"])
-    assert stages_for("mpc_prior", with_outcome) == ["outcome", "student", "prior"]
-    assert stages_for("mpc_prior_pretrained", with_outcome)[0] == "outcome_pretrained"
-    assert stages_for("mpc_prior", _compose("closed_loop", ["+mpc.weights.outcome=0"]))[0] == "aligned"
-    assert set(OUTCOME_STAGES.values()) <= set(STAGES)
-    assert {"aligned", "counterfactual", "prior"} <= needed("outcome") and "aligned" not in needed("outcome_pretrained")
+    assert needed("aligned") == {"collect", "tokenizer", "worldmodel", "bench", "student", "aligned"}
     for preset, n in (("tiny", 1), ("quick", 5), ("default", 10), ("full", 50)):
         assert _compose("closed_loop", [f"preset={preset}"]).episodes == n
     # the preset is applied after _self_, so it sets episodes; an explicit override still wins
@@ -529,11 +500,13 @@ def test_planning_student_and_world_model_overrides(tmp_path):
         assert verbs["student"](cfg) == str(tmp_path / "student" / "student.pt")
         assert verbs["worldmodel"](cfg) == str(tmp_path / "aligned" / "worldmodel.pt")
         base = method_identity("mpc_prior", cfg, stages)
+        # declared options at their neutral value leave the identity as before they existed
+        assert not {"student", "worldmodel", "pessimism"} & set(base["mpc"])
         for key, verb in verbs.items():
-            cfg = compose(config_name="closed_loop", overrides=[f"+mpc.{key}={other}"])
+            cfg = compose(config_name="closed_loop", overrides=[f"mpc.{key}={other}"])
             assert verb(cfg) == str(other)
             # another checkpoint is another method identity: saved episodes are not mixed
             assert method_identity("mpc_prior", cfg, stages) != base
-            cfg = compose(config_name="closed_loop", overrides=[f"+mpc.{key}={tmp_path / 'missing.pt'}"])
+            cfg = compose(config_name="closed_loop", overrides=[f"mpc.{key}={tmp_path / 'missing.pt'}"])
             with pytest.raises(FileNotFoundError, match=f"mpc.{key}"):
                 verb(cfg)

@@ -14,7 +14,7 @@ import envs
 from agent.scripted import ScriptedExpert
 from envs.robosuite_env import LABELS
 from envs.vocab import instruction_id
-from tests.conftest import LIFT, PICK, STACK, ROOT, label_mask, set_cube
+from tests.conftest import LIFT, PICK, STACK, label_mask, set_cube
 
 ALL_IDS = sorted(envs.ENV_IDS)
 

@@ -35,7 +35,7 @@ def test_gap_hands_the_teacher_each_executed_plan_from_its_own_start_state():
     t = StubTeacher(np.array([1, 2, 0]), np.array([1, 1, 1]), np.array([1.0, 0.5, 0.0]))
     g = imagination_gap(t, "roboalign/Lift-v0", 0, states, imagined, plans, repeat=2)
     assert [int(c["start_state"][0]) for c in t.clips] == [0, 2, 4]     # the state at the replan step
-    for clip, (s, frames), plan in zip(t.clips, imagined, plans):
+    for clip, (_, frames), plan in zip(t.clips, imagined, plans):
         assert clip["frames"] is frames and np.array_equal(clip["actions"], plan)
         assert clip["stride"] == 2 and clip["env_id"] == "roboalign/Lift-v0" and clip["instruction"] == 0
     conf = g.pop("confusion")

@@ -13,8 +13,20 @@ import torch
 
 from envs.vocab import INSTRUCTIONS
 from worldmodel.judge import MAX_SCORES
-from worldmodel.judge.distill import (data_from_clips, distill, distill_loss, evaluate, from_bench,
-                                      make_data, pairwise_accuracy, refresh, spearman, subset, track_loss, _rank)
+from worldmodel.judge.distill import (
+    _rank,
+    data_from_clips,
+    distill,
+    distill_loss,
+    evaluate,
+    from_bench,
+    make_data,
+    pairwise_accuracy,
+    refresh,
+    spearman,
+    subset,
+    track_loss,
+)
 from worldmodel.judge.student import StudentConfig, StudentReward, to_unit_frames
 from worldmodel.training import CheckpointError
 

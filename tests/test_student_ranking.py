@@ -3,8 +3,14 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.student_ranking import (from_rollouts, gap_accuracy, generation_pairs, pair_accuracy,
-                                        paired_difference, tc_checks)
+from benchmarks.student_ranking import (
+    from_rollouts,
+    gap_accuracy,
+    generation_pairs,
+    pair_accuracy,
+    paired_difference,
+    tc_checks,
+)
 
 
 def _data():

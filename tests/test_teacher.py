@@ -13,8 +13,17 @@ from agent.collect import run_episode
 from agent.scripted import ScriptedExpert
 from envs.vocab import instruction_id
 from worldmodel.judge import MAX_SCORES
-from worldmodel.judge.bench import (SPAN, bench_clip, cut_windows, label_clips, load_bench, make_clip, prime,
-                                    source_episode, write_bench)
+from worldmodel.judge.bench import (
+    SPAN,
+    bench_clip,
+    cut_windows,
+    label_clips,
+    load_bench,
+    make_clip,
+    prime,
+    source_episode,
+    write_bench,
+)
 from worldmodel.judge.degrade import DEGRADATIONS, EXPECTED, HELD_OUT, degrade
 from worldmodel.judge.perception import Perception, pixel_accuracy
 from worldmodel.judge.teacher import TABLE_Z, ClipError, Replay, Teacher, replay_progress

@@ -14,8 +14,16 @@ from torch import nn
 
 from envs.rollouts import RolloutWriter
 from tests.conftest import ROOT
-from worldmodel.training import (CheckpointError, JsonlLogger, autocast, load_checkpoint, pick_device,
-                                 save_checkpoint, setup_distributed, train)
+from worldmodel.training import (
+    CheckpointError,
+    JsonlLogger,
+    autocast,
+    load_checkpoint,
+    pick_device,
+    save_checkpoint,
+    setup_distributed,
+    train,
+)
 
 CONFIG = {"model": {"width": 8}, "lr": 0.01}
 

@@ -245,8 +245,9 @@ class GRPOTrainer:
     The reference is a frozen copy of the dynamics as passed in (the pre-trained model).
     """
 
-    def __init__(self, wm: WorldModel, reward_fn: Callable | None, cfg: GRPOConfig = GRPOConfig(), *,
+    def __init__(self, wm: WorldModel, reward_fn: Callable | None, cfg: GRPOConfig | None = None, *,
                  teacher_fn: Callable | None = None, refresh_fn: Callable | None = None):
+        cfg = GRPOConfig() if cfg is None else cfg
         if reward_fn is None and cfg.reward == "student":
             raise ValueError("reward='student' needs a reward_fn(frames, instruction) -> (N, 6)")
         self.wm, self.cfg = wm, cfg

@@ -16,7 +16,7 @@ window) and relative positions stay right.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -34,12 +34,15 @@ class DynamicsConfig:
     n_layers: int = 4
     n_heads: int = 4
     dropout: float = 0.0
-    outcome: int = 0         # hidden width of the outcome head (0: none; see DynamicsModel.outcome)
+    # extra per-step outputs read from each imagined step's pooled hidden state, name -> width
+    # (e.g. predicted proprioception); {} = none, and then the config describes itself
+    # exactly as before the hook existed, so the stage keys of headless models stay put
+    heads: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        if not d["outcome"]:      # headless models describe themselves as before the head existed
-            d.pop("outcome")
+        if not d["heads"]:
+            d.pop("heads")
         return d
 
 
@@ -65,13 +68,13 @@ class _Block(nn.Module):
     def forward(self, x, pos, mask=None, cache=None):
         """x (B, L, d); pos (L,) block indices; mask (L, L) bool (True = may attend) or None;
         cache: (k, v) of earlier positions, each (B, H, Lc, Dh). Returns (x, (k, v))."""
-        b, l, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(b, l, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         q, k = _rope(q, pos), _rope(k, pos)
         if cache is not None:
             k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)
         att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        x = x + self.drop(self.proj(att.transpose(1, 2).reshape(b, l, d)))
+        x = x + self.drop(self.proj(att.transpose(1, 2).reshape(b, n, d)))
         x = x + self.drop(self.mlp(self.ln2(x)))
         return x, (k, v)
 
@@ -94,10 +97,9 @@ class DynamicsModel(nn.Module):
         self.blocks = nn.ModuleList(_Block(d, cfg.n_heads, cfg.dropout) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(d)
         self.head = nn.Linear(d, cfg.vocab)
-        # outcome head: the env's shaped reward after each model step, read from that step's
-        # pooled hidden state (worldmodel/outcome.py fits it on the model's own imagination)
-        self.outcome = nn.Sequential(nn.Linear(d, cfg.outcome), nn.GELU(), nn.Linear(cfg.outcome, 1)) \
-            if cfg.outcome else None
+        # the extra per-step heads (DynamicsConfig.heads): one small MLP each on the step features
+        self.heads = nn.ModuleDict({name: nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, int(width)))
+                                    for name, width in sorted(cfg.heads.items())})
         self.apply(self._init)
 
     @staticmethod
@@ -143,15 +145,12 @@ class DynamicsModel(nn.Module):
 
     def features(self, ctx, prev0, actions, tokens) -> torch.Tensor:
         """Teacher-forced step features (B, T, d): each step block's token-position hidden
-        states, pooled -- what :meth:`step` leaves in ``cache["h"]`` and the outcome head reads."""
+        states, pooled -- what :meth:`step` leaves in ``cache["h"]`` and the extra heads read."""
         return self._hidden(ctx, prev0, actions, tokens).mean(2)
 
-    def predict_outcome(self, features: torch.Tensor) -> torch.Tensor:
-        """Step features (..., d) -> the outcome head's reward estimate (...)."""
-        if self.outcome is None:
-            raise ValueError("this dynamics model has no outcome head; fit one with "
-                             "experiments/train_outcome.py")
-        return self.outcome(features).squeeze(-1)
+    def predict_heads(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Step features (..., d) -> each extra head's output (..., width), by name ({} without heads)."""
+        return {name: head(features) for name, head in self.heads.items()}
 
     def _hidden(self, ctx, prev0, actions, tokens) -> torch.Tensor:
         """Final-layer hidden states (B, T, Nd, d) at the token positions of each step block."""

@@ -1,8 +1,8 @@
 """The world model's public verbs: ``encode``, ``rollout``, ``decode``, ``log_prob``.
 
-A rollout also returns each imagined step's pooled hidden features and, when the
-dynamics has an outcome head (``experiments/train_outcome.py``), its estimate of the
-env's shaped reward after each step (``Rollout.outcome``).
+A rollout also returns each imagined step's pooled hidden features and the outputs of
+the dynamics' extra per-step heads, if it has any (``DynamicsConfig.heads``: the hook for
+outputs such as predicted proprioception; ``Rollout.heads``).
 
 Everything else (planner, aligner, evaluation) talks to :class:`WorldModel` only.
 Frames are float in [0, 1], ``(B, 3, H, W)``; actions are grouped per model step,
@@ -55,7 +55,7 @@ class Rollout:
     segments: list[Segment] = field(default_factory=list)
     peak_cache_len: int = 0        # largest number of cached positions (per layer)
     features: torch.Tensor | None = None   # (B, T, d) pooled hidden state of each imagined step
-    outcome: torch.Tensor | None = None    # (B, T) outcome head's reward estimate (None: no head)
+    heads: dict = field(default_factory=dict)  # name -> (B, T, width): the dynamics' extra heads
 
 
 class WorldModel(nn.Module):
@@ -98,16 +98,6 @@ class WorldModel(nn.Module):
                     DynamicsModel(DynamicsConfig(**cfg["dynamics"])), cfg["action_repeat"], cfg["window"])
         model.load_state_dict(ckpt["model"])
         return model.to(map_location).eval()
-
-    def with_outcome_head(self, hidden: int = 128) -> "WorldModel":
-        """A copy of this world model whose dynamics carries a fresh outcome head (``hidden``
-        units; any old head is dropped); every other weight is shared by value."""
-        cfg = DynamicsConfig(**{**self.dynamics.cfg.to_dict(), "outcome": int(hidden)})
-        dyn = DynamicsModel(cfg)
-        own = {k: v for k, v in self.dynamics.state_dict().items() if not k.startswith("outcome.")}
-        fresh = {k: v for k, v in dyn.state_dict().items() if k.startswith("outcome.")}
-        dyn.load_state_dict({**own, **fresh})      # strict: every trunk weight is carried over
-        return WorldModel(self.tokenizer, dyn, self.action_repeat, self.window)
 
     # ------------------------------------------------------------------ verbs
     @torch.no_grad()
@@ -171,8 +161,8 @@ class WorldModel(nn.Module):
             out_frames.append(seg_frames)
             current = seg_frames[:, -1]
         feats = torch.stack(out_feats, 1)
-        outcome = dyn.predict_outcome(feats).float() if dyn.outcome is not None else None
-        return Rollout(torch.cat(out_frames, 1), torch.cat(out_tokens, 1), segments, peak, feats, outcome)
+        heads = {k: v.float() for k, v in dyn.predict_heads(feats).items()}
+        return Rollout(torch.cat(out_frames, 1), torch.cat(out_tokens, 1), segments, peak, feats, heads)
 
     def log_prob(self, rollout: Rollout, actions: torch.Tensor) -> torch.Tensor:
         """Log-probability (B,) of a rollout's tokens under the current dynamics (with grad)."""

@@ -1,5 +1,5 @@
 """The six-dimension video judge: a privileged simulator-grounded teacher and a
-distilled student reward (see DESIGN.md, "Judge").
+distilled student reward (see docs/design.md).
 
 Shared vocabulary of every judge module:
 

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from worldmodel.judge import MAX_SCORES, SHORT
-from worldmodel.judge.student import N_DIMS, N_SHAPING, KIND, SHAPING, StudentReward
+from worldmodel.judge.student import KIND, N_DIMS, N_SHAPING, SHAPING, StudentReward
 from worldmodel.training import pick_device, train
 
 TENSOR_KEYS = ("frames", "instruction", "scores", "shaping", "group")

@@ -1,4 +1,4 @@
-"""The privileged, simulator-grounded teacher judge (DESIGN.md, "Judge -- teacher").
+"""The privileged, simulator-grounded teacher judge (docs/design.md, "Judge").
 
 Two references per clip (clip format: :mod:`worldmodel.judge`):
 
