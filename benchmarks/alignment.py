@@ -20,7 +20,7 @@ All models are then evaluated by ``experiments/eval_alignment.py`` on the same h
 with 95% intervals, the paired difference vs the pre-trained model, the optimism rate and
 fidelity vs the real frames. Alignment cost (wall time per GRPO update and per stage), the
 final KL to the pre-trained model and the hacking monitor's flags come from each stage's
-``metrics.jsonl``. Writes the BENCHMARKS.md section ``--title``.
+``metrics.jsonl``. Writes the the research log section ``--title``.
 """
 from __future__ import annotations
 
@@ -185,7 +185,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--title", default=TITLE)
     ap.add_argument("--notes", default="", help="free text appended under the tables")
-    ap.add_argument("--no-write", action="store_true", help="print only; do not touch BENCHMARKS.md")
+    ap.add_argument("--no-write", action="store_true", help="print only; do not touch the research log")
     args = ap.parse_args()
 
     from omegaconf import OmegaConf

@@ -1,4 +1,4 @@
-"""Record a finished data-flywheel run (``experiments/flywheel.py``) in BENCHMARKS.md.
+"""Record a finished data-flywheel run (``experiments/flywheel.py``) in docs/research-log.md.
 
     python experiments/flywheel.py [flywheel.rounds=2] [episodes=20]    # first: the run itself
     python benchmarks/flywheel.py [--env lift] [--command ...] [--notes ...]

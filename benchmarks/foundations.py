@@ -1,4 +1,4 @@
-"""Foundations benchmarks -> BENCHMARKS.md.
+"""Foundations benchmarks -> docs/research-log.md.
 
     python benchmarks/foundations.py [expert] [throughput] [replay] [--seeds 50]
 

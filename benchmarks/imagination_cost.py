@@ -15,7 +15,7 @@ and measures, each layout in a fresh process (so its peak memory is its own):
   and the same imagination in one segment (window = ``--frames``: no SWR boundary);
 - the peak KV-cache length and the process's peak resident memory.
 
-Prints a table; ``--write`` also writes it to BENCHMARKS.md. Nothing else should be running.
+Prints a table; ``--write`` also writes it to the research log. Nothing else should be running.
 """
 from __future__ import annotations
 
@@ -152,7 +152,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32, help="training windows per transformer step")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
-    ap.add_argument("--write", action="store_true", help="write the table to BENCHMARKS.md")
+    ap.add_argument("--write", action="store_true", help="write the table to the research log")
     ap.add_argument("--title", default="World model: training and imagination cost per token layout")
     ap.add_argument("--notes", default="", help="a reading appended under the table")
     args = ap.parse_args()

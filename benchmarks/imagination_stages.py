@@ -73,10 +73,10 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=1,
                     help="imagined futures per clip and temperature (seeds seed..seed+draws-1), pooled in the tables")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--no-write", action="store_true", help="print only; do not touch BENCHMARKS.md")
+    ap.add_argument("--no-write", action="store_true", help="print only; do not touch the research log")
     ap.add_argument("--notes", default="", help="free text appended under the tables")
     ap.add_argument("--title", default="Imagination: where the lift gets lost (Lift, held-out clips)",
-                    help="BENCHMARKS.md section to (re)write")
+                    help="the research log section to (re)write")
     args = ap.parse_args()
     if args.draws < 1:
         raise SystemExit(f"--draws must be >= 1, got {args.draws}")

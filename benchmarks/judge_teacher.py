@@ -1,4 +1,4 @@
-"""Teacher sanity benchmark -> BENCHMARKS.md ("Judge teacher sanity").
+"""Teacher sanity benchmark -> docs/research-log.md ("Judge teacher sanity").
 
     python benchmarks/judge_teacher.py [--episodes 16] [--windows 4]
 

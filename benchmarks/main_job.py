@@ -1,4 +1,4 @@
-"""Record a finished main-job run (``experiments/closed_loop.py``) in BENCHMARKS.md.
+"""Record a finished main-job run (``experiments/closed_loop.py``) in docs/research-log.md.
 
     python experiments/closed_loop.py [preset=...] [env=...]      # first: the run itself
     python benchmarks/main_job.py [--env lift] [--artifacts artifacts] [--title ...]

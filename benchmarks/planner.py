@@ -1,4 +1,4 @@
-"""Oracle-P benchmark -> BENCHMARKS.md: can the planner, horizon and budget solve the task?
+"""Oracle-P benchmark -> docs/research-log.md: can the planner, horizon and budget solve the task?
 
     python benchmarks/planner.py run --tasks lift --planners cem mppi --seeds 5 [--budget-s 200]
     python benchmarks/planner.py report --tasks lift --planners cem mppi --seeds 5

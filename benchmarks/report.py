@@ -1,35 +1,19 @@
-"""Write a named section of BENCHMARKS.md (with command, machine and date), replacing any old one."""
+"""Write a named, dated section of the research log (docs/research-log.md) with its command,
+machine and date, replacing any old section of the same title."""
 from __future__ import annotations
 
 import datetime as dt
 import os
-import platform
 import re
 import shlex
 import sys
 from pathlib import Path
 
+from experiments.common import machine
+
 ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT / "BENCHMARKS.md"
-HEADER = "# Benchmarks\n\nNumbers measured by the scripts in `benchmarks/`; each section names its command, machine and date.\n"
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        import torch
-
-        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    except ImportError:
-        gpu = "no torch"
-    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores ({cpu}), {gpu}, Python {platform.python_version()}"
+BENCH = ROOT / "docs" / "research-log.md"
+HEADER = "# RoboAlign research log\n"
 
 
 def command_line(skip: tuple[str, ...] = ("--notes",)) -> str:
@@ -39,7 +23,7 @@ def command_line(skip: tuple[str, ...] = ("--notes",)) -> str:
 
 
 def write_section(title: str, body: str, command: str | None = None) -> None:
-    """Replace (or append) ``## title`` in BENCHMARKS.md, atomically."""
+    """Replace (or append) ``## title`` in docs/research-log.md, atomically."""
     command = command or command_line()
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     section = (f"## {title}\n\n- command: `{command}`\n- machine: {machine()}\n- date: {stamp}\n\n"
@@ -54,10 +38,10 @@ def write_section(title: str, body: str, command: str | None = None) -> None:
 
 def add_section_args(ap, title: str) -> None:
     """``--title`` (default ``title``), ``--notes`` (text appended to the body) and
-    ``--no-write`` (print only) for a script that writes one BENCHMARKS.md section."""
+    ``--no-write`` (print only) for a script that writes one the research log section."""
     ap.add_argument("--title", default=title)
     ap.add_argument("--notes", default="")
-    ap.add_argument("--no-write", action="store_true", help="print only; do not touch BENCHMARKS.md")
+    ap.add_argument("--no-write", action="store_true", help="print only; do not touch the research log")
 
 
 def publish(args, body: str) -> None:
@@ -71,7 +55,7 @@ def publish(args, body: str) -> None:
 
 
 def rel_path(p) -> str:
-    """``p`` relative to the repository root when it lies inside it (as BENCHMARKS.md cites
+    """``p`` relative to the repository root when it lies inside it (as the research log cites
     paths), else as given."""
     p = Path(p)
     return str(p.relative_to(ROOT)) if p.is_absolute() and p.is_relative_to(ROOT) else str(p)

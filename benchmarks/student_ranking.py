@@ -1,4 +1,4 @@
-"""Student rewards compared on the ranking planning and alignment need -> BENCHMARKS.md.
+"""Student rewards compared on the ranking planning and alignment need -> docs/research-log.md.
 
     python benchmarks/student_ranking.py --bench PATH/bench.h5 \\
         --student default=artifacts/stages/student-.../student.pt --student ens3=... [--split test]

@@ -1,4 +1,4 @@
-"""How stable is the teacher's within-start ranking under imperceptible pixel noise? -> BENCHMARKS.md.
+"""How stable is the teacher's within-start ranking under imperceptible pixel noise? -> docs/research-log.md.
 
     python benchmarks/teacher_stability.py --bench PATH/bench.h5 [--split test] [--noise 1 2 4]
 

@@ -8,7 +8,7 @@ same number of steps on the same rollouts (``artifacts/tokenizer/exp_<name>``; a
 finished variant is reused, an interrupted one resumes), then times one training step
 of each model on this machine (16 pairs, bf16 autocast, Adam; median of ``--time-steps``
 steps, nothing else should be running) and writes the held-out PSNR table to
-BENCHMARKS.md. Same schedule for all (cosine over ``--steps``), so the columns compare
+the research log. Same schedule for all (cosine over ``--steps``), so the columns compare
 capacity at equal optimisation budget, not converged quality.
 """
 from __future__ import annotations

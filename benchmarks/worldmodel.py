@@ -1,4 +1,4 @@
-"""World-model benchmarks -> BENCHMARKS.md (tokenizer reconstruction + open-loop evaluation).
+"""World-model benchmarks -> docs/research-log.md (tokenizer reconstruction + open-loop evaluation).
 
     python benchmarks/worldmodel.py [--name quick]
 

@@ -28,6 +28,7 @@ from envs.rollouts import atomic_path
 from envs.splits import split_seeds
 from experiments import pipeline
 from experiments.common import resolve, save_results, setup_torch
+from experiments.results import write_outcomes
 
 #: Methods that plan with a world model, and the pipeline stage whose model they use.
 WORLD_MODEL_METHODS = {
@@ -235,8 +236,10 @@ def run(cfg: DictConfig) -> dict:
     save_results(out, report, f"# Closed loop: {cfg.env.id}, {cfg.episodes} held-out episodes\n\n{table}\n\n"
                  f"wall time {wall:.0f} s (building artifacts {t_built - t0:.0f} s)", json_name="run.json")
     plot_success(summaries, out / "success.png", f"{cfg.env.id}: {cfg.episodes} held-out seeds")
+    outcomes = write_outcomes(out, report)
     print(table)
-    print(f"wall time {wall:.1f} s (building artifacts {t_built - t0:.1f} s); results in {out}")
+    print(f"wall time {wall:.1f} s (building artifacts {t_built - t0:.1f} s); results in {out}\n"
+          f"per-seed outcomes: {outcomes} (python -m experiments.results add {outcomes} records the run)")
     return report
 
 
