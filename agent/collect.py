@@ -124,9 +124,10 @@ def _frame(env, obs) -> np.ndarray:
 
 
 def _target_z(info: dict) -> float:
-    from envs.vocab import target_colour
+    from envs.vocab import instruction_spec
 
-    return float(info["object_poses"][target_colour(info["instruction"])][2])
+    poses = info["object_poses"]
+    return float(poses[instruction_spec(info["instruction"]).target_colour({c: p[:3] for c, p in poses.items()})][2])
 
 
 def _failure(info: dict, target_rise: float) -> str:

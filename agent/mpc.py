@@ -1,6 +1,7 @@
 """The world-model MPC agent: plan in imagination, act in the real simulator.
 
-Each replan (every ``execute`` control steps):
+The :class:`agent.choose.PlanningAgent` with a :class:`WorldModelScorer`. Each replan
+(every ``execute`` control steps):
 
 1. the planner (:mod:`agent.planner`, CEM or MPPI) proposes ``N`` candidate plans of
    ``horizon * repeat`` control actions (Gaussian around the warm start, or -- given a
@@ -21,8 +22,8 @@ Each replan (every ``execute`` control steps):
 The agent sees observations only (``image``, ``instruction`` and, for the prior,
 ``proprio``; never ``info``, never the privileged ``objects``) and calls only public verbs: ``WorldModel.rollout`` and
 ``reward.score``. For videos it keeps the imagined future of every chosen plan
-(:attr:`WorldModelMPC.imagined`, :attr:`WorldModelMPC.last_imagined`) and a per-replan
-timing log (:attr:`WorldModelMPC.log`). Given checkpoint paths it loads them lazily, so
+(:attr:`WorldModelScorer.imagined`, :attr:`WorldModelScorer.last_imagined`) and a per-replan
+timing log (:attr:`agent.choose.PlanningAgent.log`). Given checkpoint paths it loads them lazily, so
 it pickles cheaply into worker processes.
 """
 from __future__ import annotations
@@ -33,9 +34,9 @@ import time
 import numpy as np
 import torch
 
-from agent.base import Agent
+from agent.choose import GaussianProposer, PlanningAgent, Scorer
 from agent.objective import aggregate_futures, objective_weights, plan_objective
-from agent.planner import make_planner, shift_actions
+from agent.planner import make_planner
 from worldmodel.training import autocast
 
 
@@ -51,41 +52,29 @@ def _load_reward(path):
     return StudentReward.from_checkpoint(path)
 
 
-class WorldModelMPC(Agent):
-    """``WorldModelMPC(world_model, reward, planner={...}, weights={...}, ...)``.
+class WorldModelScorer(Scorer):
+    """Scores candidate plans in imagination: the world model imagines every candidate's
+    future from the latest real frame in ONE batched rollout (``futures=k``: each candidate
+    ``k`` times), the real start frame is prepended, the reward model scores the clips and
+    :func:`agent.objective.plan_objective` (``weights``) makes one number of each, averaged
+    over the ``k`` draws (``pessimism``: minus that many standard deviations).
 
-    ``world_model``: a :class:`worldmodel.world_model.WorldModel` or a checkpoint path;
-    ``reward``: an object with ``score(frames (B, T+1, 3, 64, 64) float [0, 1],
-    instruction (B,) long) -> {"dims": (B, 6), "shaping": (B, 3), "total": (B,)}`` or a
-    student checkpoint path (``score_actions=True``: ``score`` also gets each candidate's
-    control actions ``(B, T*repeat, 4)`` as ``actions=``); ``futures``: imagined clips per
-    candidate, their objectives averaged (the world model samples; 1 = one draw); ``pessimism``:
-    the objective is the mean minus ``pessimism`` x the standard deviation over the ``futures``
-    draws (with ``futures=2`` and 1.0: the worse draw); ``weights``: objective weights by dim short name and
-    ``target_rise`` / ``grip_dist`` / ``progress`` (missing keys take :data:`agent.objective.DEFAULT_WEIGHTS`).
-    """
+    It keeps the imagined future of every chosen plan (:attr:`imagined`, :attr:`last_imagined`)
+    and the chosen plans (:attr:`plans`) for videos and the imagined-vs-real gap."""
 
-    name = "mpc"
+    name = "worldmodel"
 
-    def __init__(self, world_model, reward, planner: dict | None = None, execute: int | None = None,
-                 weights: dict | None = None, rollout_mode: str = "swr", window: int | None = None,
-                 temperature: float = 1.0, top_k: int | None = None, seed: int = 0,
-                 threads: int | None = None, keep_imagined: bool = True, name: str | None = None,
-                 amp: bool = True, prior=None, score_actions: bool = False, futures: int = 1,
-                 pessimism: float = 0.0):
-        planner = dict(planner or {"name": "cem"})
-        self.planner_cfg = planner
-        self.planner = make_planner(planner)
-        self.execute = int(execute or planner.get("execute", 2))
-        if not 1 <= self.execute <= self.planner.param.steps:
-            raise ValueError(f"execute must be in [1, {self.planner.param.steps}], got {self.execute}")
+    def __init__(self, world_model, reward, weights: dict | None = None, rollout_mode: str = "swr",
+                 window: int | None = None, temperature: float = 1.0, top_k: int | None = None,
+                 keep_imagined: bool = True, amp: bool = True, score_actions: bool = False, futures: int = 1,
+                 pessimism: float = 0.0, repeat: int | None = None):
         self.weights = objective_weights(weights)
         self._wm_src, self._reward_src = world_model, reward
         self._wm = None if isinstance(world_model, (str, os.PathLike)) else world_model
         self._reward = None if isinstance(reward, (str, os.PathLike)) else reward
         self.rollout_mode, self.window = rollout_mode, window
         self.temperature, self.top_k = float(temperature), top_k
-        self.base_seed, self.threads, self.keep_imagined = int(seed), threads, bool(keep_imagined)
+        self.keep_imagined = bool(keep_imagined)
         self.amp = bool(amp)   # bf16 autocast for imagination (~1.5x faster on CPU)
         # the reward also reads each candidate's control actions (an action-aware student:
         # ``score(..., actions=)``); False: it judges the imagined video alone
@@ -101,9 +90,7 @@ class WorldModelMPC(Agent):
             raise ValueError(f"pessimism must be >= 0 and needs futures >= 2 (a spread over draws), "
                              f"got pessimism={pessimism}, futures={futures}")
         self.pessimism = float(pessimism)
-        self._prior_src = prior  # an agent.prior.ActionPrior / checkpoint: proposes the first iteration
-        self._prior = None if isinstance(prior, (str, os.PathLike)) else prior
-        self.name = name or f"mpc_{self.planner.name}"
+        self.repeat = repeat     # the planner's control steps per model step (checked against the model)
         self.reset()
 
     # ------------------------------------------------------------------ lazy models
@@ -119,51 +106,25 @@ class WorldModelMPC(Agent):
             self._reward = _load_reward(self._reward_src)
         return self._reward
 
-    @property
-    def prior(self):
-        """The learned action prior proposing candidates (``None``: Gaussian proposals only)."""
-        if self._prior is None and self._prior_src is not None:
-            from agent.prior import load_prior
-
-            self._prior = load_prior(self._prior_src)
-        return self._prior
-
     def __getstate__(self):
         state = dict(self.__dict__)
-        if isinstance(self._prior_src, (str, os.PathLike)):
-            state["_prior"] = None
         if isinstance(self._wm_src, (str, os.PathLike)):
             state["_wm"] = None
         if isinstance(self._reward_src, (str, os.PathLike)):
             state["_reward"] = None
         return state
 
-    # ------------------------------------------------------------------ Agent API
-    def reset(self, seed: int | None = None) -> None:
-        self._rng = np.random.default_rng(self.base_seed if seed is None else (self.base_seed, seed))
-        self._gen = torch.Generator().manual_seed(int(self._rng.integers(2**62)))
-        self._plan, self._t, self._step = None, 0, 0
-        self.log: list[dict] = []          # per replan: step, plan_s, wm_s, reward_s, score, ...
+    # ------------------------------------------------------------------ Scorer API
+    def reset(self) -> None:
         self.imagined: list[tuple[int, np.ndarray]] = []   # (control step, (T+1, 64, 64, 3) uint8)
         self.plans: list[np.ndarray] = []  # the chosen plan (horizon * repeat, 4) of each imagined entry
         self.last_imagined: np.ndarray | None = None
 
-    def act(self, obs: dict) -> np.ndarray:
-        if self.threads:
-            torch.set_num_threads(int(self.threads))
-        if self._plan is None or self._t >= self.execute:
-            self._replan(obs)
-        action = self._plan[self._t]
-        self._t += 1
-        self._step += 1
-        return np.clip(action, -1.0, 1.0).astype(np.float32)
-
-    # ------------------------------------------------------------------ planning
     def objective(self, out: dict) -> torch.Tensor:
         """Scalar objective (B,) from the reward's ``score`` output (:func:`agent.objective.plan_objective`)."""
         return plan_objective(out, self.weights)
 
-    def imagine(self, image: np.ndarray, actions: np.ndarray) -> torch.Tensor:
+    def imagine(self, image: np.ndarray, actions: np.ndarray, gen: torch.Generator | None = None) -> torch.Tensor:
         """Imagined clips ``(N, horizon + 1, 3, H, W)`` (real start frame first) of control
         action sequences ``(N, horizon * repeat, 4)`` from a real frame ``(H, W, 3)`` uint8."""
         from worldmodel.world_model import group_actions
@@ -176,73 +137,111 @@ class WorldModelMPC(Agent):
         device = next(wm.parameters()).device
         with autocast(device, self.amp):
             roll = wm.rollout(start[None].to(device), acts.to(device), mode=self.rollout_mode, window=self.window,
-                              temperature=self.temperature, top_k=self.top_k, generator=self._gen)
+                              temperature=self.temperature, top_k=self.top_k,
+                              generator=self._gen if gen is None else gen)
         start = start.to(roll.frames.device)
-        clips = torch.cat([start[None, None].expand(n, 1, *start.shape), roll.frames.clamp(0, 1)], 1)
-        return clips
+        return torch.cat([start[None, None].expand(n, 1, *start.shape), roll.frames.clamp(0, 1)], 1)
 
-    def _replan(self, obs: dict) -> None:
-        image, instruction = obs["image"], int(obs["instruction"])
-        if self.planner.param.repeat != self.world_model.action_repeat:
-            raise ValueError(f"planner repeat {self.planner.param.repeat} != world model action_repeat "
+    def begin(self, obs: dict, gen: torch.Generator, step: int) -> None:
+        if self.repeat is not None and self.repeat != self.world_model.action_repeat:
+            raise ValueError(f"planner repeat {self.repeat} != world model action_repeat "
                              f"{self.world_model.action_repeat}")
-        t0 = time.perf_counter()
-        warm = None if self._plan is None else shift_actions(self._plan, self._t)
-        timing = {"wm_s": 0.0, "reward_s": 0.0}
-        best = {"score": -np.inf, "actions": None, "clip": None}
+        self._image, self._instruction, self._gen, self._step = obs["image"], int(obs["instruction"]), gen, step
+        self._timing = {"wm_s": 0.0, "reward_s": 0.0}
+        self._best = {"score": -np.inf, "actions": None, "clip": None}
 
-        def score(cands: np.ndarray) -> np.ndarray:
-            k = self.futures
-            reps = np.repeat(cands, k, 0)      # each candidate's k draws side by side
-            ta = time.perf_counter()
-            clips = self.imagine(image, reps)
-            tb = time.perf_counter()
-            instr = torch.full((len(reps),), instruction, dtype=torch.long)
-            with torch.no_grad():
-                extra = {"actions": torch.as_tensor(np.clip(reps, -1.0, 1.0), dtype=torch.float32)} \
-                    if self.score_actions else {}
-                obj = self.objective(self.reward.score(clips, instr, **extra)).numpy().astype(np.float64)
-            obj = aggregate_futures(obj.reshape(len(cands), k), self.pessimism)
-            timing["wm_s"] += tb - ta
-            timing["reward_s"] += time.perf_counter() - tb
-            i = int(np.argmax(obj))
-            if obj[i] > best["score"]:
-                best.update(score=float(obj[i]), actions=cands[i].copy(), clip=clips[i * k])
-            return obj
-
+    def score(self, cands: np.ndarray) -> np.ndarray:
+        k = self.futures
+        reps = np.repeat(cands, k, 0)      # each candidate's k draws side by side
+        ta = time.perf_counter()
+        clips = self.imagine(self._image, reps)
+        tb = time.perf_counter()
+        instr = torch.full((len(reps),), self._instruction, dtype=torch.long)
         with torch.no_grad():
-            proposals = None
-            if self.prior is not None:
-                tp = time.perf_counter()
-                proposals = self.prior.sample(image, obs["proprio"], instruction, self.planner.samples, self._gen)
-                timing["prior_s"] = time.perf_counter() - tp
-            res = self.planner.plan(score, warm_start=warm, rng=self._rng, proposals=proposals)
-            clip = best["clip"]
-            if clip is None or not np.allclose(best["actions"], res.actions):
-                ta = time.perf_counter()
-                clip = self.imagine(image, res.actions[None])[0]     # the chosen plan's own future
-                timing["wm_s"] += time.perf_counter() - ta
-        self._plan, self._t = res.actions, 0
+            extra = {"actions": torch.as_tensor(np.clip(reps, -1.0, 1.0), dtype=torch.float32)} \
+                if self.score_actions else {}
+            obj = self.objective(self.reward.score(clips, instr, **extra)).numpy().astype(np.float64)
+        obj = aggregate_futures(obj.reshape(len(cands), k), self.pessimism)
+        self._timing["wm_s"] += tb - ta
+        self._timing["reward_s"] += time.perf_counter() - tb
+        i = int(np.argmax(obj))
+        if obj[i] > self._best["score"]:
+            self._best.update(score=float(obj[i]), actions=cands[i].copy(), clip=clips[i * k])
+        return obj
+
+    def end(self, actions: np.ndarray) -> dict:
+        clip = self._best["clip"]
+        if clip is None or not np.allclose(self._best["actions"], actions):
+            ta = time.perf_counter()
+            clip = self.imagine(self._image, actions[None])[0]     # the chosen plan's own future
+            self._timing["wm_s"] += time.perf_counter() - ta
         imagined = (clip.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
         self.last_imagined = imagined
         if self.keep_imagined:
             self.imagined.append((self._step, imagined))
-            self.plans.append(np.clip(res.actions, -1.0, 1.0).astype(np.float32))
-        self.log.append({"step": self._step, "plan_s": time.perf_counter() - t0, **timing,
-                         "score": res.score, "best_score": res.best_score, "evaluations": res.evaluations})
+            self.plans.append(np.clip(actions, -1.0, 1.0).astype(np.float32))
+        return dict(self._timing)
 
     def episode_log(self) -> dict:
-        """What the closed loop keeps of an episode: the imagined future of every executed
-        plan ``[(control step, (T+1, 64, 64, 3) uint8)]``, those plans' actions
-        ``[(horizon * repeat, 4)]`` (clipped as executed), the model's ``repeat`` (control
-        steps per imagined frame) and the per-replan timing log."""
-        repeat = self._wm.action_repeat if self._wm is not None else self.planner.param.repeat
-        return {"imagined": list(self.imagined), "plans": list(self.plans), "repeat": int(repeat),
-                "replans": list(self.log), "plan_s_per_step": self.planning_time_per_step()}
-
-    def planning_time_per_step(self) -> float:
-        """Planning seconds per executed control step so far (this episode)."""
-        return sum(e["plan_s"] for e in self.log) / max(self._step, 1)
+        """The imagined future of every executed plan ``[(control step, (T+1, 64, 64, 3) uint8)]``,
+        those plans' actions ``[(horizon * repeat, 4)]`` (clipped as executed) and the model's
+        ``repeat`` (control steps per imagined frame)."""
+        repeat = self._wm.action_repeat if self._wm is not None else self.repeat
+        return {"imagined": list(self.imagined), "plans": list(self.plans), "repeat": int(repeat)}
 
 
-__all__ = ["WorldModelMPC"]
+class WorldModelMPC(PlanningAgent):
+    """``WorldModelMPC(world_model, reward, planner={...}, weights={...}, ...)``: the
+    :class:`agent.choose.PlanningAgent` with a :class:`WorldModelScorer` and, given ``prior``
+    (an :class:`agent.prior.ActionPrior` or its checkpoint), the prior's proposals.
+
+    ``world_model``: a :class:`worldmodel.world_model.WorldModel` or a checkpoint path;
+    ``reward``: an object with ``score(frames (B, T+1, 3, 64, 64) float [0, 1],
+    instruction (B,) long) -> {"dims": (B, 6), "shaping": (B, 3), "total": (B,)}`` or a
+    student checkpoint path (``score_actions=True``: ``score`` also gets each candidate's
+    control actions ``(B, T*repeat, 4)`` as ``actions=``); the other options are
+    :class:`WorldModelScorer`'s (missing weights take :data:`agent.objective.DEFAULT_WEIGHTS`).
+    """
+
+    name = "mpc"
+
+    def __init__(self, world_model, reward, planner: dict | None = None, execute: int | None = None,
+                 weights: dict | None = None, rollout_mode: str = "swr", window: int | None = None,
+                 temperature: float = 1.0, top_k: int | None = None, seed: int = 0,
+                 threads: int | None = None, keep_imagined: bool = True, name: str | None = None,
+                 amp: bool = True, prior=None, score_actions: bool = False, futures: int = 1,
+                 pessimism: float = 0.0):
+        from agent.prior import PriorProposer
+
+        planner = dict(planner or {"name": "cem"})
+        scorer = WorldModelScorer(world_model, reward, weights=weights, rollout_mode=rollout_mode, window=window,
+                                  temperature=temperature, top_k=top_k, keep_imagined=keep_imagined, amp=amp,
+                                  score_actions=score_actions, futures=futures, pessimism=pessimism,
+                                  repeat=make_planner(planner).param.repeat)
+        proposer = GaussianProposer() if prior is None else PriorProposer(prior)
+        super().__init__(proposer, scorer, planner=planner, execute=execute, seed=seed, threads=threads,
+                         name=name or f"mpc_{planner.get('name', 'cem')}")
+
+    # the scorer's views, for videos, tests and benchmarks
+    weights = property(lambda self: self.scorer.weights)
+    world_model = property(lambda self: self.scorer.world_model)
+    reward = property(lambda self: self.scorer.reward)
+    imagined = property(lambda self: self.scorer.imagined)
+    plans = property(lambda self: self.scorer.plans)
+    last_imagined = property(lambda self: self.scorer.last_imagined)
+    amp = property(lambda self: self.scorer.amp)
+    futures = property(lambda self: self.scorer.futures)
+    pessimism = property(lambda self: self.scorer.pessimism)
+    score_actions = property(lambda self: self.scorer.score_actions)
+
+    @property
+    def prior(self):
+        """The learned action prior proposing candidates (``None``: Gaussian proposals only)."""
+        return getattr(self.proposer, "prior", None)
+
+    def imagine(self, image: np.ndarray, actions: np.ndarray) -> torch.Tensor:
+        """:meth:`WorldModelScorer.imagine` with this agent's generator."""
+        return self.scorer.imagine(image, actions, self._gen)
+
+
+__all__ = ["WorldModelMPC", "WorldModelScorer"]

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from agent.base import Agent
+from agent.choose import UNSCORED_PICKS, PlanningAgent, Proposer
 from envs.robosuite_env import LABELS
 from envs.rollouts import RolloutFileError, demo_keys, open_rollouts
 from envs.vocab import COLOURS, INSTRUCTIONS, instruction_id, instruction_text
@@ -381,25 +381,16 @@ def load_prior(src) -> ActionPrior:
     return src if isinstance(src, ActionPrior) else ActionPrior.from_checkpoint(src)
 
 
-class PriorAgent(Agent):
-    """The prior as a policy: every ``execute`` control steps draw ``samples`` chunks
-    for the current observation and execute the first ``execute`` actions of one of
-    them -- ``pick="first"`` (the prior alone) or ``"random"`` (a uniform pick among
-    the samples: the MPC's proposal set without the world model's judgement).
-    ``prior``: an :class:`ActionPrior` or a checkpoint path (loaded lazily)."""
+class PriorProposer(Proposer):
+    """The prior's samples as candidate plans: ``(n, steps, 4)`` chunks for the observation's
+    image, proprio and instruction. ``prior``: an :class:`ActionPrior` (or any object with its
+    ``sample``) or a checkpoint path (loaded lazily, so the proposer pickles cheaply)."""
 
     name = "prior"
 
-    def __init__(self, prior, execute: int = 8, samples: int = 1, pick: str = "first", seed: int = 0,
-                 threads: int | None = None, name: str | None = None):
-        if pick not in ("first", "random"):
-            raise ValueError(f"pick must be 'first' or 'random', got {pick!r}")
+    def __init__(self, prior):
         self._src = prior
-        self._prior = prior if isinstance(prior, ActionPrior) else None
-        self.execute, self.samples, self.pick = int(execute), int(samples), pick
-        self.base_seed, self.threads = int(seed), threads
-        self.name = name or {"first": "prior", "random": "prior_random"}[pick]
-        self.reset()
+        self._prior = None if isinstance(prior, (str, os.PathLike)) else prior
 
     @property
     def prior(self) -> ActionPrior:
@@ -409,25 +400,35 @@ class PriorAgent(Agent):
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        if not isinstance(self._src, ActionPrior):
+        if isinstance(self._src, (str, os.PathLike)):
             state["_prior"] = None
         return state
 
-    def reset(self, seed: int | None = None) -> None:
-        self._rng = np.random.default_rng(self.base_seed if seed is None else (self.base_seed, seed))
-        self._gen = torch.Generator().manual_seed(int(self._rng.integers(2**62)))
-        self._plan, self._t = None, 0
-
-    def act(self, obs: dict) -> np.ndarray:
-        if self.threads:
-            torch.set_num_threads(int(self.threads))
-        if self._plan is None or self._t >= min(self.execute, len(self._plan)):
-            chunks = self.prior.sample(obs["image"], obs["proprio"], obs["instruction"], self.samples, self._gen)
-            i = 0 if self.pick == "first" else int(self._rng.integers(len(chunks)))   # drawn for every pick: same samples
-            self._plan, self._t = chunks[i], 0
-        action = self._plan[self._t]
-        self._t += 1
-        return np.clip(action, -1.0, 1.0).astype(np.float32)
+    def propose(self, obs: dict, n: int, gen: torch.Generator) -> np.ndarray:
+        return self.prior.sample(obs["image"], obs["proprio"], int(obs["instruction"]), n, gen)
 
 
-__all__ = ["PriorConfig", "ActionPrior", "PriorChunks", "train_prior", "load_prior", "PriorAgent", "KIND"]
+class PriorAgent(PlanningAgent):
+    """The prior as a policy: every ``execute`` control steps draw ``samples`` chunks
+    for the current observation and execute the first ``execute`` actions of one of
+    them -- ``pick="first"`` (the prior alone) or ``"random"`` (a uniform pick among
+    the samples: the MPC's proposal set without the world model's judgement).
+    The :class:`agent.choose.PlanningAgent` with a :class:`PriorProposer` and no scorer.
+    ``prior``: an :class:`ActionPrior` or a checkpoint path (loaded lazily)."""
+
+    name = "prior"
+
+    def __init__(self, prior, execute: int = 8, samples: int = 1, pick: str = "first", seed: int = 0,
+                 threads: int | None = None, name: str | None = None):
+        if pick not in UNSCORED_PICKS:
+            raise ValueError(f"pick must be 'first' or 'random', got {pick!r}")
+        super().__init__(PriorProposer(prior), None, execute=execute, samples=samples, pick=pick, seed=seed,
+                         threads=threads, name=name or {"first": "prior", "random": "prior_random"}[pick])
+
+    @property
+    def prior(self) -> ActionPrior:
+        return self.proposer.prior
+
+
+__all__ = ["PriorConfig", "ActionPrior", "PriorChunks", "train_prior", "load_prior", "PriorProposer", "PriorAgent",
+           "KIND"]

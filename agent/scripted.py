@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from agent.base import Agent
-from envs.vocab import COLOURS, instruction_text, target_colour
+from envs.vocab import COLOURS, instruction_spec
 
 TABLE_Z = 0.8  # table top height of the robosuite scenes (m)
 
@@ -53,13 +53,13 @@ class ScriptedExpert(Agent):
 
     def _cubes(self, obs: dict) -> tuple[np.ndarray, np.ndarray | None, str]:
         """(grasp cube, other cube or None, task kind) from the observation."""
-        text = instruction_text(int(obs["instruction"]))
+        spec = instruction_spec(int(obs["instruction"]))
         cubes = np.asarray(obs["objects"], float).reshape(-1, 3)
-        i = COLOURS.index(target_colour(text))
+        i = COLOURS.index(spec.target_colour(dict(zip(COLOURS, cubes))))
         if self.params.target == "other" and len(cubes) > 1:  # go for the cube not named
             return cubes[1 - i], cubes[i], "lift"
         other = cubes[1 - i] if len(cubes) > 1 else None
-        return cubes[i], other, ("stack" if text.startswith("stack") else "lift")
+        return cubes[i], other, spec.verb
 
     # -- policy ----------------------------------------------------------------
     def act(self, obs: dict) -> np.ndarray:

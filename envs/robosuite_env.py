@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 
 from envs import RENDER_VERSION  # noqa: E402,F401  (re-exported)
 from envs.tasks import TaskSpec, get_task  # noqa: E402
-from envs.vocab import COLOURS, INSTRUCTIONS, instruction_id, instruction_text, target_colour  # noqa: E402
+from envs.vocab import COLOURS, INSTRUCTIONS, instruction_id, instruction_spec, instruction_text  # noqa: E402
 
 #: Segmentation labels written by ``segmentation=True`` and stored in rollout files.
 LABELS: dict[str, int] = {"background": 0, "red_cube": 1, "green_cube": 2, "gripper": 3}
@@ -411,12 +411,16 @@ class RoboAlignEnv(gym.Env):
         table_z = self._rs.model.mujoco_arena.table_offset[2]
         return bool(self._body_pos(self._cubes[colour])[2] > table_z + self.task.lift_margin)
 
+    def _cube_positions(self) -> dict[str, np.ndarray]:
+        """Each cube's centre ``(3,)`` by colour: the scene state instruction selectors read."""
+        return {c: self._body_pos(self._cubes[c]) for c in self.task.colours}
+
     def _info(self) -> dict:
-        text = instruction_text(self._instruction)
-        if self.task.name == "Stack":
+        text, spec = instruction_text(self._instruction), instruction_spec(self._instruction)
+        if spec.verb == "stack":      # robosuite Stack's own check: the red cube on the green one
             success, wrong = bool(self._rs._check_success()), False
         else:
-            target = target_colour(text)
+            target = spec.target_colour(self._cube_positions())
             others = [c for c in self.task.colours if c != target]
             wrong_now = any(self._lifted(c) for c in others)
             success = self._lifted(target) and not wrong_now
@@ -494,8 +498,9 @@ class RoboAlignEnv(gym.Env):
 
     def _pick_reward(self) -> float:
         """robosuite Lift's shaped reward, on the instructed cube (PickColor)."""
-        target = self._cubes[target_colour(self._instruction)]
-        if self._lifted(target_colour(self._instruction)):
+        colour = instruction_spec(self._instruction).target_colour(self._cube_positions())
+        target = self._cubes[colour]
+        if self._lifted(colour):
             return 2.25
         dist = np.linalg.norm(self._eef_pos() - self._body_pos(target))
         reward = 1 - np.tanh(10.0 * dist)

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from envs.vocab import instruction_id
+from envs.vocab import instruction_id, instruction_spec
 
 
 @dataclass(frozen=True)
 class TaskSpec:
+    """A scene (``robosuite_env``, placement) plus the instructions it may draw."""
+
     name: str
     robosuite_env: str           # "Lift" or "Stack"
     instructions: tuple[str, ...]  # drawn uniformly at reset unless options fix one
@@ -27,6 +29,18 @@ class TaskSpec:
     placement_half_range: float = 0.08
     min_separation: float = 0.10  # open fingers span ~8 cm: closer cubes get in the way
     lift_margin: float = 0.04    # robosuite: centre > table top + 0.04
+
+    def __post_init__(self):
+        for text in self.instructions:
+            spec = instruction_spec(text)      # a KeyError names the known instructions
+            colours = {spec.target_colour(), spec.reference_colour()} - {None}
+            if not colours <= set(self.colours):
+                raise ValueError(f"task {self.name}: {text!r} needs cubes {sorted(colours)}, the scene has "
+                                 f"{list(self.colours)}")
+            if spec.verb == "stack" and (self.robosuite_env != "Stack" or (spec.target_colour(),
+                                                                          spec.reference_colour()) != ("red", "green")):
+                raise ValueError(f"task {self.name}: {text!r}: success of 'stack' is robosuite Stack's check, "
+                                 f"which knows the red cube on the green one only")
 
     @property
     def instruction_ids(self) -> tuple[int, ...]:

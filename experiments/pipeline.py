@@ -41,6 +41,10 @@ NEUTRAL_DEFAULTS = {"prior.train.balance": "none", "prior.train.colour_swap": 0.
                     "prior.model.instruction_film": False, "student.model.members": 1,
                     "tokenizer.model.pixel_context": False}
 
+#: The instruction vocabulary's key (:data:`envs.vocab.VOCAB_KEY`) when stage keys began to
+#: read it: stages keyed before then were built under exactly this vocabulary.
+NEUTRAL_VOCAB = "c5047f2438ef6998"
+
 
 @dataclass
 class StageResult:
@@ -208,7 +212,7 @@ def build(pcfg: DictConfig, stages, *, artifacts: str | os.PathLike = "artifacts
             "collect", "collect",
             [f"env={env}", f"agent={pcfg.collect.agent}", f"episodes={n}", f"split={split}",
              *([f"seed_start={seed_start}"] if seed_start else []), *pcfg.collect.get("overrides", [])],
-            {"render": str(envs.RENDER_VERSION)}, {}, artifacts=artifacts, log=log)
+            collect_inputs(), {}, artifacts=artifacts, log=log)
 
     collected = [collect(env, split, int(pcfg.collect.episodes[split])) for env in pcfg.envs for split in ("train", "val")]
     done["collect"] = collected
@@ -248,6 +252,15 @@ def build(pcfg: DictConfig, stages, *, artifacts: str | os.PathLike = "artifacts
         done["prior"] = run_script_stage("prior", "train_prior", list(pcfg.get("prior", [])), coll_keys, data,
                                          artifacts=artifacts, log=log)
     return done
+
+
+def collect_inputs() -> dict[str, str]:
+    """What a collect stage's key reads besides its config: the render version and the
+    instruction vocabulary (:data:`envs.vocab.VOCAB_KEY`; left out at :data:`NEUTRAL_VOCAB`,
+    the vocabulary the first stages were keyed under, so those stay reusable)."""
+    from envs.vocab import VOCAB_KEY
+
+    return {"render": str(envs.RENDER_VERSION), **({} if VOCAB_KEY == NEUTRAL_VOCAB else {"vocab": VOCAB_KEY})}
 
 
 def collected_rollouts(collected: list[StageResult]) -> dict[str, list[Path]]:

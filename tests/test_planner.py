@@ -180,9 +180,9 @@ def test_world_model_mpc_acts_from_observations_only(tiny_wm, one_torch_thread, 
     fut = WorldModelMPC(tiny_wm, draw_reward, planner={"name": "cem", "horizon": 4, "samples": 6, "iterations": 1,
                                                   "elites": 2}, futures=3)
     fut.reset(seed=3)
-    real_imagine = fut.imagine
+    real_imagine = fut.scorer.imagine
     draws = torch.Generator().manual_seed(0)
-    fut.imagine = lambda image, actions: real_imagine(image, actions) * 0 + torch.rand(   # draws that
+    fut.scorer.imagine = lambda image, actions: real_imagine(image, actions) * 0 + torch.rand(   # draws that
         (len(actions), 5, 3, 64, 64), generator=draws)   # differ (the tiny model's are all alike)
     fut.act(obs)
     assert draw_reward.calls[-1] == (18, 5, 3, 64, 64)
@@ -194,7 +194,7 @@ def test_world_model_mpc_acts_from_observations_only(tiny_wm, one_torch_thread, 
     low = WorldModelMPC(tiny_wm, draw_reward, planner={"name": "cem", "horizon": 4, "samples": 6, "iterations": 1,
                                                   "elites": 2}, futures=3, pessimism=0.5)
     low.reset(seed=3)
-    low.imagine = fut.imagine
+    low.scorer.imagine = fut.scorer.imagine
     low.act(obs)
     per_draw = plan_objective({"dims": draw_reward.last_dims}, low.weights).reshape(6, 3)
     lcb = per_draw.mean(1) - 0.5 * per_draw.std(1, unbiased=False)
@@ -209,8 +209,8 @@ def test_world_model_mpc_acts_from_observations_only(tiny_wm, one_torch_thread, 
     tiny_wm.save(path)
     lazy = pickle.loads(pickle.dumps(WorldModelMPC(str(path), reward, planner={"name": "mppi", "horizon": 2,
                                                                               "samples": 4, "iterations": 1})))
-    assert lazy._wm is None
-    assert lazy.act(obs).shape == (4,) and lazy._wm is not None
+    assert lazy.scorer._wm is None
+    assert lazy.act(obs).shape == (4,) and lazy.scorer._wm is not None
 
 
 def test_oracle_p_beats_random_on_the_dense_reward(make_env):
@@ -293,7 +293,7 @@ def test_oracle_s_scores_the_real_rendered_future_with_the_reward(make_env):
     with_prior.reset(seed=seed)
     with_prior.attach_privileged_env(env)
     obs, _ = env.reset(seed=seed)
-    props = with_prior._proposals(obs)
+    props = with_prior.proposer.propose(obs, with_prior.samples, with_prior._gen)
     assert props.shape == (3, 4, 4) and with_prior.act(obs).shape == (4,)
     with pytest.raises(ValueError, match="unknown objective weights"):
         OracleS(reward, weights={"speed": 1.0})
@@ -310,14 +310,15 @@ def test_oracle_p_takes_its_first_proposals_from_a_prior():
 
     planner = {"name": "cem", "horizon": 2, "samples": 6, "iterations": 1, "elites": 2}
     obs = {"image": np.zeros((64, 64, 3), np.uint8), "proprio": np.zeros(9, np.float32), "instruction": 1}
-    assert OracleP(planner=planner)._proposals(obs) is None          # Gaussian proposals
+    gaussian = OracleP(planner=planner)
+    assert gaussian.proposer.propose(obs, gaussian.samples, gaussian._gen) is None          # Gaussian proposals
     prior = FakePrior()
     oracle = OracleP(planner=planner, prior=prior)
-    cands = oracle._proposals(obs)
+    cands = oracle.proposer.propose(obs, oracle.samples, oracle._gen)
     assert cands.shape == (6, 4, 4) and prior.calls == [(1, 6)]
     # without a prior the planner's random stream is what it was: the prior draws from its own
     a, b = OracleP(planner=planner), OracleP(planner=planner, prior=prior)
     a.reset(seed=3), b.reset(seed=3)
     assert a._rng.random() == b._rng.random()
     clone = pickle.loads(pickle.dumps(OracleP(planner=planner, prior="missing/prior.pt")))
-    assert clone._prior is None and clone._prior_src == "missing/prior.pt"
+    assert clone.proposer._prior is None and clone.proposer._src == "missing/prior.pt"

@@ -61,7 +61,7 @@ import numpy as np
 from envs import ENV_IDS
 from envs.rollouts import atomic_path, demo_keys, env_args, open_rollouts
 from envs.tasks import get_task
-from envs.vocab import target_colour
+from envs.vocab import instruction_spec, target_colour
 
 N_FRAMES = 9
 STRIDE = 2
@@ -97,8 +97,9 @@ def source_episode(episode: dict, env_id: str, key: str, split: str, success: bo
         from worldmodel.judge.teacher import TABLE_Z
 
         task = get_task(ENV_IDS[env_id])
-        target = target_colour(instruction)
-        if task.name != "Stack" and target in cubes:   # Lift / PickColor: success = the cube is up
+        spec = instruction_spec(instruction)
+        target = spec.target_colour({c: v[0] for c, v in cubes.items()})
+        if spec.verb == "lift" and target in cubes:   # success = the cube is up
             succ[n - int(post_success):] &= cubes[target][n - int(post_success):, 2] > TABLE_Z + task.lift_margin
     return {"frames": cat("image"), "seg": cat("segmentation"), "actions": np.asarray(episode["actions"]),
             "states": np.asarray(episode["states"]), "eef": cat("eef_pos").astype(np.float64),
@@ -136,7 +137,7 @@ def cut_windows(ep: dict, n_windows: int, rng: np.random.Generator) -> list[int]
         return []
     last = n - SPAN
     starts = [last]
-    cube = ep["cubes"].get(target_colour(ep["instruction"]))
+    cube = ep["cubes"].get(target_colour(ep["instruction"], {c: v[0] for c, v in ep["cubes"].items()}))
     if cube is not None:
         rise = cube[:, 2] - cube[0, 2]
         moved = np.linalg.norm(cube - cube[0], axis=1) > 0.01

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from envs.robosuite_env import LABELS
-from envs.vocab import INSTRUCTIONS, instruction_id, target_colour
+from envs.vocab import lift_instruction, target_colour
 
 DEGRADATIONS: tuple[str, ...] = ("shuffle", "freeze", "reverse", "truncate", "flicker", "teleport",
                                  "vanish", "wrong_instruction", "swap_actions")
@@ -148,9 +148,8 @@ def vanish(clip, rng):
 
 
 def wrong_instruction(clip, rng):
-    text = INSTRUCTIONS[int(clip["instruction"])]
-    other = "green" if target_colour(text) == "red" else "red"
-    return _with(clip, instruction=instruction_id(f"lift the {other} cube"))
+    other = "green" if target_colour(int(clip["instruction"])) == "red" else "red"
+    return _with(clip, instruction=lift_instruction(other))
 
 
 def swap_actions(clip, rng, partner: dict | None = None):

@@ -73,7 +73,7 @@ import envs
 from envs.robosuite_env import CameraSpec
 from envs.rollouts import atomic_path
 from envs.tasks import get_task
-from envs.vocab import INSTRUCTIONS, target_colour
+from envs.vocab import INSTRUCTIONS, instruction_spec, target_colour
 from worldmodel.judge import DIMENSIONS, MAX_SCORES, SHORT
 from worldmodel.judge.perception import Perception, default_perception
 
@@ -277,7 +277,7 @@ class Teacher:
         """Everything the rules need, for X (perception) and R (projection)."""
         k = self.calib
         X = self.perception.read(clip["frames"])
-        target = target_colour(clip["instruction"])
+        target = target_colour(clip["instruction"], {o: R.cubes[o][0] for o in R.cubes})
         colours = list(R.cubes)
         feats = {"X": X, "R": R, "target": target, "colours": colours,
                  "target_present": target in R.cubes, "task": get_task(envs.ENV_IDS[clip["env_id"]])}
@@ -381,11 +381,13 @@ class Teacher:
         lifted = cube[:, 2] - TABLE_Z > task.lift_margin
         wrong = any((R.cubes[o][:, 2] - TABLE_Z > task.lift_margin).any() for o in R.cubes if o != target)
         stacked = np.zeros(len(cube), bool)
-        if "stack" in INSTRUCTIONS[F["instruction"]] and "green" in R.cubes:
-            g = R.cubes["green"]
+        spec = instruction_spec(F["instruction"])
+        ref = spec.reference_colour({o: R.cubes[o][0] for o in R.cubes})
+        if spec.verb == "stack" and ref in R.cubes:
+            g = R.cubes[ref]
             stacked = (np.linalg.norm((cube - g)[:, :2], axis=1) < c["stack_xy_m"]) & \
-                      (np.abs(cube[:, 2] - g[:, 2] - R.half[target] - R.half["green"]) < 0.01)
-        done = bool(R.success[-1]) if "stack" in INSTRUCTIONS[F["instruction"]] else bool(lifted[-1] and near[-1])
+                      (np.abs(cube[:, 2] - g[:, 2] - R.half[target] - R.half[ref]) < 0.01)
+        done = bool(R.success[-1]) if spec.verb == "stack" else bool(lifted[-1] and near[-1])
         return self._stage(near, held, done, wrong, stacked, np.zeros(len(cube), bool))
 
     def _stage(self, near, held, done, wrong, stacked, far_move) -> tuple[int, int, list]:
@@ -440,12 +442,14 @@ class Teacher:
                 zo = np.where(F["reliable"][o], F["zx"][o], np.nan)
                 wrong |= bool((np.nan_to_num(zo - TABLE_Z, nan=0.0) > task.lift_margin - c["x_lift_slack"]).any())
         stacked = np.zeros(len(z), bool)
-        is_stack = "stack" in INSTRUCTIONS[F["instruction"]]
-        if is_stack and "green" in F["colours"]:
-            gc, gz = F["Xc"]["green"], F["zx"]["green"]
+        spec = instruction_spec(F["instruction"])
+        ref = spec.reference_colour({o: R.cubes[o][0] for o in R.cubes})
+        is_stack = spec.verb == "stack"
+        if is_stack and ref in F["colours"]:
+            gc, gz = F["Xc"][ref], F["zx"][ref]
             stacked = (np.abs(cen[:, 0] - gc[:, 0]) < c["stack_xy_m"] * ppm) & \
-                      (z - gz - R.half[target] - R.half["green"] > -0.015) & \
-                      (z - gz - R.half[target] - R.half["green"] < 0.025)
+                      (z - gz - R.half[target] - R.half[ref] > -0.015) & \
+                      (z - gz - R.half[target] - R.half[ref] < 0.025)
             stacked = np.nan_to_num(stacked, nan=0).astype(bool)
         done = bool(stacked[-1]) if is_stack else bool(lifted[-1] and near[-1])
         # cube moving while the gripper (and any other cube) is far: moves "by itself"
