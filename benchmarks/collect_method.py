@@ -39,9 +39,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     from agent.collect import collect
     from experiments import pipeline
-    from experiments.closed_loop import SAC_METHODS, make_method, stages_for
+    from experiments.closed_loop import make_method, method_spec, stages_for
 
-    if args.method in SAC_METHODS:
+    if method_spec(args.method).builder == "sac":
         raise SystemExit(f"{args.method}: an SB3 agent is trained per run, not collected from here")
     with initialize_config_dir(str(ROOT / "experiments" / "conf"), version_base="1.3"):
         cfg = compose("closed_loop", [*args.overrides, f"threads={args.threads}"])

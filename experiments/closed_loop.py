@@ -17,99 +17,120 @@ stage folders).
 from __future__ import annotations
 
 import time
+from functools import lru_cache
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from agent.choose import UNSCORED_PICKS
 from agent.collect import make_agent
 from agent.evaluate import evaluate, paired_table, results_table
 from envs.rollouts import atomic_path
 from envs.splits import split_seeds
 from experiments import pipeline
 from experiments.common import resolve, save_results, setup_torch
+from experiments.pipeline import CONF_DIR
 from experiments.results import write_outcomes
 
-#: Methods that plan with a world model, and the pipeline stage whose model they use.
-WORLD_MODEL_METHODS = {
-    "mpc": ("aligned", {}),                          # the aligned model, SWR rollouts
-    "mpc_pretrained": ("worldmodel", {}),            # the same planner on the pre-trained model
-    "mpc_noswr": ("aligned", {"rollout_mode": "full"}),   # plain autoregression (horizon > W)
-    "mpc_prior": ("aligned", {}),                    # first iteration proposed by the action prior
-    "mpc_prior_pretrained": ("worldmodel", {}),      # ... choosing with the pre-trained model
-    "mpc_prior_noswr": ("aligned", {"rollout_mode": "full"}),  # ... imagining without SWR
-}
-#: Methods that use the learned action prior (agent/prior.py).
-PRIOR_METHODS = ("mpc_prior", "mpc_prior_pretrained", "mpc_prior_noswr", "prior", "prior_random", "oracle_s_prior",
-                 "oracle_p_prior")
-#: Oracle-P variants: the planner in the true simulator with the privileged reward
-#: (``oracle_p_prior``: the prior proposes, as in mpc_prior -- how well any choice among its
-#: samples can do: the ceiling of the world model + student's choice).
-PRIVILEGED_ORACLES = ("oracle_p", "oracle_p_prior")
-#: Oracle-S variants: the planner in the true simulator, rendered candidates scored by the student.
-STUDENT_ORACLES = ("oracle_s", "oracle_s_prior")
-#: SB3 SAC on state observations (agent/sb3.py), trained on the evaluated env: at the world
-#: model's data budget (`sac`) and a longer reference run (`sac_ref`).
-SAC_METHODS = ("sac", "sac_ref")
+#: The method registry: one ``experiments/conf/method/<name>.yaml`` per method.
+METHOD_DIR = CONF_DIR / "method"
+#: What a method file may say (``builder: planning`` files; see experiments/conf/method/).
+PROPOSERS, SCORERS, CADENCES = ("gaussian", "prior"), ("worldmodel", "simulator", "rendered_student", None), \
+    ("planner", "prior_agent")
 
 
-def world_model_stage(method: str) -> str:
-    """The pipeline stage whose world model ``method`` imagines with."""
-    return WORLD_MODEL_METHODS[method][0]
+def methods() -> list[str]:
+    """Every registered method name."""
+    return sorted(p.stem for p in METHOD_DIR.glob("*.yaml"))
+
+
+@lru_cache(maxsize=None)
+def method_spec(method: str) -> DictConfig:
+    """A method's registry entry (``experiments/conf/method/<method>.yaml``), checked."""
+    path = METHOD_DIR / f"{method}.yaml"
+    if not path.exists():
+        raise KeyError(f"unknown method {method!r}; known: {methods()} (add one as {METHOD_DIR}/<name>.yaml)")
+    spec = OmegaConf.load(path)
+    builder = spec.get("builder")
+    if builder not in ("planning", "plain", "sac"):
+        raise ValueError(f"{path}: builder must be planning, plain or sac, got {builder!r}")
+    if builder == "planning":
+        bad = [k for k, v, ok in (("proposer", spec.get("proposer"), PROPOSERS),
+                                  ("scorer", spec.get("scorer"), SCORERS),
+                                  ("cadence", spec.get("cadence", "planner"), CADENCES)) if v not in ok]
+        if bad:
+            raise ValueError(f"{path}: bad {bad}; proposer in {PROPOSERS}, scorer in {SCORERS}, cadence in {CADENCES}")
+        if spec.scorer == "worldmodel" and spec.get("world_model") not in ("aligned", "worldmodel"):
+            raise ValueError(f"{path}: a worldmodel scorer needs world_model: aligned or worldmodel")
+        if spec.scorer is None and spec.get("pick") not in UNSCORED_PICKS:
+            raise ValueError(f"{path}: without a scorer, pick must be one of {UNSCORED_PICKS}")
+    OmegaConf.set_readonly(spec, True)
+    return spec
+
+
+def world_model_stage(method: str) -> str | None:
+    """The pipeline stage whose world model ``method`` imagines with (``None``: it imagines nothing)."""
+    spec = method_spec(method)
+    return spec.get("world_model") if spec.builder == "planning" and spec.scorer == "worldmodel" else None
+
+
+def uses_prior(method: str) -> bool:
+    spec = method_spec(method)
+    return spec.builder == "planning" and spec.proposer == "prior"
 
 
 def stages_for(method: str, cfg: DictConfig | None = None) -> list[str]:
     """The pipeline stages a method's agent needs (``cfg``: the closed-loop config, unused
-    by the built-in methods)."""
-    need = [world_model_stage(method), "student"] if method in WORLD_MODEL_METHODS else []
-    need += ["student"] if method in STUDENT_ORACLES else []
-    return need + (["prior"] if method in PRIOR_METHODS else [])
+    by the registered methods)."""
+    spec = method_spec(method)
+    if spec.builder != "planning":
+        return []
+    need = [world_model_stage(method), "student"] if spec.scorer == "worldmodel" else []
+    need += ["student"] if spec.scorer == "rendered_student" else []
+    return need + (["prior"] if uses_prior(method) else [])
 
 
 def make_method(method: str, cfg: DictConfig, stages: dict):
-    """An agent for a method name: a world-model MPC variant, ``oracle_p``, the action
-    prior (``prior``, ``prior_random``), or a plain agent of ``agent/collect.py``'s
-    registry (scripted, noisy, random), SB3 SAC (``sac``, ``sac_ref``), or the oracles
-    (``oracle_p``, ``oracle_p_prior``: true simulator + privileged reward; ``oracle_s``: true simulator,
-    rendered candidates scored by the student)."""
-    planner = OmegaConf.to_container(cfg.planner)
-    if method in WORLD_MODEL_METHODS:
-        from agent.mpc import WorldModelMPC
-
-        stage, extra = world_model_stage(method), WORLD_MODEL_METHODS[method][1]
-        kwargs = {**OmegaConf.to_container(cfg.mpc), **extra}
-        kwargs.pop("student", None)
-        kwargs.pop("worldmodel", None)
-        if method in PRIOR_METHODS:
-            kwargs["prior"] = str(pipeline.model_path(stages, "prior"))
-        return WorldModelMPC(planning_world_model(cfg, stages, stage), planning_student(cfg, stages),
-                             planner=planner, name=method, **kwargs)
-    if method in SAC_METHODS:
+    """An agent for a registered method (:func:`method_spec`): a configuration of the
+    propose-and-choose agent (:mod:`agent.choose`) -- its proposer (Gaussian or the action
+    prior) and scorer (world model + student, the true simulator + privileged value, the true
+    simulator + student, or none: a first/random pick among the proposals) -- a plain agent
+    of ``agent/collect.py``'s registry (scripted, noisy, random), or SB3 SAC."""
+    spec = method_spec(method)
+    if spec.builder == "sac":
         from agent.sb3 import SACAgent
 
         return SACAgent(str(pipeline.model_path(stages, method)), name=method)
-    if method in ("prior", "prior_random"):
-        from agent.prior import PriorAgent
+    if spec.builder == "plain":
+        kwargs = OmegaConf.to_container(cfg.agent.kwargs) if method == cfg.agent.name else {}
+        return make_agent(method, **kwargs)
+    planner = OmegaConf.to_container(cfg.planner)
+    prior = str(pipeline.model_path(stages, "prior")) if uses_prior(method) else None
+    if spec.scorer == "worldmodel":
+        from agent.mpc import WorldModelMPC
 
-        path = str(pipeline.model_path(stages, "prior"))
-        if method == "prior":       # the prior alone, as a diffusion policy
-            return PriorAgent(path, **OmegaConf.to_container(cfg.prior_agent))
-        # the MPC's proposal set (same cadence, same number of samples) with a random pick
-        return PriorAgent(path, execute=planner.get("execute", 2), samples=planner["samples"], pick="random",
-                          threads=cfg.prior_agent.get("threads"))
-    if method in PRIVILEGED_ORACLES:
+        kwargs = {**OmegaConf.to_container(cfg.mpc), **OmegaConf.to_container(spec.mpc)}
+        kwargs.pop("student", None)
+        kwargs.pop("worldmodel", None)
+        return WorldModelMPC(planning_world_model(cfg, stages, world_model_stage(method)),
+                             planning_student(cfg, stages), planner=planner, name=method, prior=prior, **kwargs)
+    if spec.scorer == "simulator":
         from agent.oracle import OracleP
 
-        prior = str(pipeline.model_path(stages, "prior")) if method in PRIOR_METHODS else None
         return OracleP(planner=planner, prior=prior)
-    if method in STUDENT_ORACLES:
+    if spec.scorer == "rendered_student":
         from agent.oracle import OracleS
 
-        prior = str(pipeline.model_path(stages, "prior")) if method in PRIOR_METHODS else None
         return OracleS(planning_student(cfg, stages), planner=planner, prior=prior,
                        weights=OmegaConf.to_container(cfg.mpc.weights), threads=cfg.mpc.get("threads"))
-    kwargs = OmegaConf.to_container(cfg.agent.kwargs) if method == cfg.agent.name else {}
-    return make_agent(method, **kwargs)
+    from agent.prior import PriorAgent
+
+    if spec.get("cadence", "planner") == "prior_agent":     # the prior alone, as a diffusion policy
+        return PriorAgent(prior, pick=spec.pick, **OmegaConf.to_container(cfg.prior_agent))
+    # the MPC's proposal set (same cadence, same number of samples)
+    return PriorAgent(prior, execute=planner.get("execute", 2), samples=planner["samples"], pick=spec.pick,
+                      threads=cfg.prior_agent.get("threads"))
 
 
 def _override(cfg: DictConfig, key: str, default, what: str) -> str:
@@ -151,20 +172,21 @@ def mpc_identity(cfg: DictConfig) -> dict:
 def method_identity(method: str, cfg: DictConfig, stages: dict) -> dict:
     """What defines a method's episodes: its settings and the keys of the models it uses
     (saved episodes of another identity are not reused)."""
+    spec = method_spec(method)
     ident = {"method": method, "env": OmegaConf.to_container(cfg.env)}
-    if method in WORLD_MODEL_METHODS or method in ("prior_random", *PRIVILEGED_ORACLES, *STUDENT_ORACLES):
+    planning = spec.builder == "planning"
+    if planning and spec.get("cadence", "planner") == "planner":
         ident["planner"] = OmegaConf.to_container(cfg.planner)
-    if method in STUDENT_ORACLES:
+    if planning and spec.scorer == "rendered_student":
         ident.update(weights=OmegaConf.to_container(cfg.mpc.weights), student=stages["student"].key)
-    if method in PRIOR_METHODS:
+    if uses_prior(method):
         ident["prior"] = stages["prior"].key
-    if method == "prior":
+    if planning and spec.get("cadence") == "prior_agent":
         ident["prior_agent"] = OmegaConf.to_container(cfg.prior_agent)
-    if method in SAC_METHODS:
+    if spec.builder == "sac":
         ident["sac"] = stages[method].key
-    if method in WORLD_MODEL_METHODS:
-        stage = world_model_stage(method)
-        ident.update(mpc=mpc_identity(cfg), world_model=stages[stage].key,
+    if world_model_stage(method) is not None:
+        ident.update(mpc=mpc_identity(cfg), world_model=stages[world_model_stage(method)].key,
                      student=stages["student"].key)
     elif method == cfg.agent.name:    # a plain agent of the registry: its own kwargs
         ident["kwargs"] = OmegaConf.to_container(cfg.agent.kwargs)
@@ -196,7 +218,7 @@ def plot_success(summaries: list[dict], path: Path, title: str) -> None:
 def gap_teacher(method: str, cfg: DictConfig, stages: dict) -> str | None:
     """The teacher file that measures a world-model method's imagined-vs-real gap
     (``imagination_gap: true``), else ``None``."""
-    if method not in WORLD_MODEL_METHODS or not cfg.get("imagination_gap", True) or "bench" not in stages:
+    if world_model_stage(method) is None or not cfg.get("imagination_gap", True) or "bench" not in stages:
         return None
     return str(stages["bench"].dir / "teacher.json")
 
@@ -212,17 +234,19 @@ def run(cfg: DictConfig) -> dict:
     """The importable main job; returns ``{"summaries": [...], "wall_s": ..., "stages": {...}}``."""
     setup_torch(cfg.threads)
     t0 = time.time()
-    methods = list(dict.fromkeys([cfg.agent.name, *cfg.baselines]))
-    needed = sorted({s for m in methods for s in stages_for(m, cfg)})
+    names = list(dict.fromkeys([cfg.agent.name, *cfg.baselines]))
+    for name in names:      # an unknown method fails here, before anything is built
+        method_spec(name)
+    needed = sorted({s for m in names for s in stages_for(m, cfg)})
     stages = pipeline.build(cfg.pipeline, needed, artifacts=cfg.artifacts) if needed else {}
-    for method in (m for m in methods if m in SAC_METHODS):   # trained on the evaluated env itself
+    for method in (m for m in names if method_spec(m).builder == "sac"):   # trained on the evaluated env itself
         stages[method] = pipeline.run_script_stage(method, "train_sac", [f"env_id={cfg.env.id}", *cfg.pipeline[method]],
                                                    {}, {}, artifacts=cfg.artifacts)
     t_built = time.time()
     seeds = split_seeds(cfg.split, cfg.episodes, cfg.seed_start)
     out = resolve(cfg.out_dir)
     summaries = []
-    for method in methods:
+    for method in names:
         summaries.append(evaluate_method(method, cfg, stages, seeds, out / method))
     table = results_table(summaries)
     if len(summaries) > 1:

@@ -43,13 +43,14 @@ from agent.evaluate import mcnemar
 from envs.splits import split_seeds
 from experiments import pipeline
 from experiments.closed_loop import (
-    SAC_METHODS,
-    WORLD_MODEL_METHODS,
     evaluate_method,
     make_method,
     method_identity,
+    method_spec,
+    methods,
     plot_success,
     stages_for,
+    world_model_stage,
 )
 from experiments.common import resolve, save_results, setup_torch
 
@@ -60,7 +61,7 @@ def collector(cfg: DictConfig) -> str:
     picked at random, no imagination) gives many more episodes per round of the same
     proposals the MPC chooses among."""
     name = cfg.flywheel.get("collector") or cfg.agent.name
-    if name in SAC_METHODS:
+    if method_spec(name).builder == "sac":
         raise ValueError(f"flywheel.collector={name}: an SB3 agent is trained on the fly, not a collector; "
                          f"use the main agent (null), prior_random, prior, scripted or noisy")
     return name
@@ -112,9 +113,9 @@ def run(cfg: DictConfig) -> dict:
     """The importable flywheel; returns ``{"rounds": [...], "wall_s": ...}``."""
     setup_torch(cfg.threads)
     method, fly = cfg.agent.name, cfg.flywheel
-    if method not in WORLD_MODEL_METHODS or WORLD_MODEL_METHODS[method][0] != "aligned":
+    if world_model_stage(method) != "aligned":
         raise ValueError(f"the flywheel re-trains the aligned world model; agent={method} does not plan with it "
-                         f"(use one of {[m for m, (s, _) in WORLD_MODEL_METHODS.items() if s == 'aligned']})")
+                         f"(use one of {[m for m in methods() if world_model_stage(m) == 'aligned']})")
     if int(fly.rounds) < 1 or int(fly.episodes) < 1:
         raise ValueError(f"flywheel.rounds and flywheel.episodes must be >= 1, got {fly.rounds}, {fly.episodes}")
     collecting = collector(cfg)

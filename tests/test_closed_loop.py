@@ -22,7 +22,7 @@ from agent.evaluate import (
 from envs.rollouts import read_episode
 from envs.splits import split_of, split_seeds
 from envs.video import read_video_frame_count, write_video
-from tests.conftest import CONF_DIR
+from tests.conftest import CONF_DIR, LIFT
 
 
 def _compose(config_name: str, overrides: list[str]):
@@ -312,11 +312,17 @@ def test_configs_compose():
             assert cfg.env.name == env and cfg.agent.name == agent
             assert cfg.out_dir == f"/x/closed_loop/{env}"
             make_agent(cfg.agent.name, **cfg.agent.kwargs)  # every agent config is valid
-    from experiments.closed_loop import WORLD_MODEL_METHODS
+    from experiments.closed_loop import make_method, method_spec, methods, world_model_stage
     from experiments.pipeline import STAGES
     assert _compose("closed_loop", []).agent.name == "mpc_prior"    # the main job plans with the world model
-    for method, (stage, _) in WORLD_MODEL_METHODS.items():
-        assert stage in STAGES, method
+    for method in methods():                                          # every registry entry is valid
+        spec = method_spec(method)
+        assert world_model_stage(method) in (*STAGES, None), method
+        if spec.builder == "plain":
+            assert make_method(method, _compose("closed_loop", []), {}).name == method
+    assert len(methods()) == 17 and world_model_stage("mpc_prior_pretrained") == "worldmodel"
+    with pytest.raises(KeyError, match="unknown method 'mpc_priors'.*mpc_prior"):
+        method_spec("mpc_priors")
     from experiments.closed_loop import stages_for
     assert stages_for("mpc_prior") == ["aligned", "student", "prior"] and stages_for("prior") == ["prior"]
     assert stages_for("scripted") == []
@@ -510,3 +516,38 @@ def test_planning_student_and_world_model_overrides(tmp_path):
             cfg = compose(config_name="closed_loop", overrides=[f"mpc.{key}={tmp_path / 'missing.pt'}"])
             with pytest.raises(FileNotFoundError, match=f"mpc.{key}"):
                 verb(cfg)
+
+
+def test_method_registry_refuses_a_bad_entry(tmp_path, monkeypatch):
+    import experiments.closed_loop as cl
+
+    (tmp_path / "teleport.yaml").write_text("builder: planning\nproposer: magic\nscorer: worldmodel\n")
+    (tmp_path / "choosy.yaml").write_text("builder: planning\nproposer: prior\nscorer: null\npick: best\n")
+    monkeypatch.setattr(cl, "METHOD_DIR", tmp_path)
+    cl.method_spec.cache_clear()
+    try:
+        with pytest.raises(ValueError, match="proposer"):
+            cl.method_spec("teleport")
+        with pytest.raises(ValueError, match="pick"):
+            cl.method_spec("choosy")
+        assert cl.methods() == ["choosy", "teleport"]
+    finally:
+        cl.method_spec.cache_clear()
+
+
+def test_load_agent_plans_in_ones_own_loop_with_a_finished_runs_models(tiny_run, make_env):
+    """The Python entry point: the same models, the same actions as the closed loop's agent."""
+    from experiments.api import load_agent
+
+    artifacts, cfg, report = tiny_run
+    run_dir = artifacts / "closed_loop" / "lift"
+    agent = load_agent("prior_random", run_dir, ["planner.horizon=4", "planner.samples=8"])
+    env = make_env(LIFT)
+    obs, _ = env.reset(seed=3)
+    agent.reset(seed=3)
+    actions = [agent.act(obs) for _ in range(3)]
+    assert all(a.shape == (4,) and np.abs(a).max() <= 1 for a in actions)
+    with pytest.raises(KeyError, match="sac_ref"):
+        load_agent("sac_ref", run_dir)
+    with pytest.raises(FileNotFoundError, match="closed_loop.py"):
+        load_agent("prior", artifacts / "nowhere")
