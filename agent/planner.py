@@ -121,6 +121,23 @@ def softmax_weights(scores: np.ndarray, temperature: float) -> np.ndarray:
     return w / w.sum()
 
 
+def pick_softmax(scores: np.ndarray, rng: np.random.Generator, temperature: float = 1.0, k: int = 1) -> int:
+    """A draw weighted by :func:`softmax_weights` (the KL-regularized pick)."""
+    return int(rng.choice(len(scores), p=softmax_weights(scores, temperature)))
+
+
+def pick_top_k(scores: np.ndarray, rng: np.random.Generator, temperature: float = 1.0, k: int = 1) -> int:
+    """A uniform draw among the ``k`` best-scored candidates (``k = 1``: the argmax)."""
+    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+    return int(order[rng.integers(min(max(int(k), 1), len(order)))])
+
+
+#: How the executed candidate is drawn from the last iteration's scores: ``(scores, rng,
+#: temperature, k) -> index``. ``best`` (the best candidate of any iteration) and ``mean``
+#: (the final mean plan) are the planner's own; these are the drawn ones.
+PICK_RULES = {"sample": pick_softmax, "top_k": pick_top_k}
+
+
 class SamplingPlanner:
     """Gaussian proposals around a mean plan, refined for ``iterations`` rounds."""
 
@@ -129,20 +146,22 @@ class SamplingPlanner:
     def __init__(self, horizon: int = 8, repeat: int = 2, knots: int | None = None, samples: int = 32,
                  iterations: int = 2, init_std: float = 0.5, min_std: float = 0.05,
                  grip_std: float | None = None, momentum: float = 0.0, pick: str = "best",
-                 pick_temperature: float = 1.0, **unused):
+                 pick_temperature: float = 1.0, pick_k: int = 1, **unused):
         unused.pop("name", None)
         unused.pop("execute", None)  # an agent setting that lives next to the planner's
         if unused:
             raise TypeError(f"unknown {type(self).__name__} settings {sorted(unused)}")
-        if pick not in ("best", "mean", "sample"):
-            raise ValueError(f"pick must be 'best', 'mean' or 'sample', got {pick!r}")
+        if pick not in ("best", "mean", *PICK_RULES):
+            raise ValueError(f"pick must be one of {('best', 'mean', *PICK_RULES)}, got {pick!r}")
+        if int(pick_k) < 1:
+            raise ValueError(f"pick_k must be >= 1, got {pick_k}")
         if pick_temperature <= 0:
             raise ValueError(f"pick_temperature must be > 0, got {pick_temperature}")
         self.param = ChunkParam(horizon, repeat, knots)
         self.samples, self.iterations = int(samples), int(iterations)
         self.init_std, self.min_std, self.momentum = float(init_std), float(min_std), float(momentum)
         self.grip_std = float(init_std if grip_std is None else grip_std)
-        self.pick, self.pick_temperature = pick, float(pick_temperature)
+        self.pick, self.pick_temperature, self.pick_k = pick, float(pick_temperature), int(pick_k)
         if self.samples < 2 or self.iterations < 1:
             raise ValueError(f"need samples >= 2 and iterations >= 1, got {samples}, {iterations}")
 
@@ -198,8 +217,8 @@ class SamplingPlanner:
             i = int(np.argmax(scores))
             if scores[i] > best_s:
                 best_p, best_s = params[i].copy(), float(scores[i])
-            if self.pick == "sample" and it == self.iterations - 1:
-                j = int(rng.choice(self.samples, p=softmax_weights(scores, self.pick_temperature)))
+            if self.pick in PICK_RULES and it == self.iterations - 1:
+                j = PICK_RULES[self.pick](scores, rng, self.pick_temperature, self.pick_k)
                 drawn = params[j].copy(), float(scores[j])
             new_mean, new_std = self._update(params, scores, mean, std)
             mean = self.momentum * mean + (1 - self.momentum) * new_mean
@@ -209,7 +228,7 @@ class SamplingPlanner:
                             "max": float(scores[i]), "std": float(std.mean())})
         if self.pick == "best":
             chosen, chosen_score = best_p, best_s
-        elif self.pick == "sample":
+        elif self.pick in PICK_RULES:
             chosen, chosen_score = drawn
         else:
             chosen, chosen_score = np.clip(mean, -1.0, 1.0), float("nan")
@@ -280,5 +299,5 @@ def make_planner(cfg) -> SamplingPlanner:
     return PLANNERS[name](**cfg)
 
 
-__all__ = ["ChunkParam", "shift_actions", "softmax_weights", "PlanResult", "SamplingPlanner", "CEM", "MPPI", "PLANNERS",
-           "make_planner"]
+__all__ = ["ChunkParam", "shift_actions", "softmax_weights", "PICK_RULES", "PlanResult", "SamplingPlanner", "CEM", "MPPI",
+           "PLANNERS", "make_planner"]

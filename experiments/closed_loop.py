@@ -159,14 +159,19 @@ def planning_world_model(cfg: DictConfig, stages: dict, stage: str) -> str:
     return _override(cfg, "worldmodel", pipeline.model_path(stages, stage), "world-model")
 
 
-#: ``mpc`` options at the value that reproduces the planner as it was before they were
-#: declared: left out of a method's identity there, so finished episodes stay reusable.
+#: ``mpc`` and ``planner`` options at the value that reproduces the planner as it was before
+#: they were declared: left out of a method's identity there, so finished episodes stay reusable.
 MPC_NEUTRAL = {"pessimism": 0.0, "student": None, "worldmodel": None}
+PLANNER_NEUTRAL = {"pick_temperature": 1.0, "pick_k": 1}
+
+
+def _without(section: DictConfig, neutral: dict) -> dict:
+    return {k: v for k, v in OmegaConf.to_container(section).items() if not (k in neutral and v == neutral[k])}
 
 
 def mpc_identity(cfg: DictConfig) -> dict:
     """The ``mpc`` settings that define a world-model method's episodes (see :data:`MPC_NEUTRAL`)."""
-    return {k: v for k, v in OmegaConf.to_container(cfg.mpc).items() if not (k in MPC_NEUTRAL and v == MPC_NEUTRAL[k])}
+    return _without(cfg.mpc, MPC_NEUTRAL)
 
 
 def method_identity(method: str, cfg: DictConfig, stages: dict) -> dict:
@@ -176,7 +181,7 @@ def method_identity(method: str, cfg: DictConfig, stages: dict) -> dict:
     ident = {"method": method, "env": OmegaConf.to_container(cfg.env)}
     planning = spec.builder == "planning"
     if planning and spec.get("cadence", "planner") == "planner":
-        ident["planner"] = OmegaConf.to_container(cfg.planner)
+        ident["planner"] = _without(cfg.planner, PLANNER_NEUTRAL)
     if planning and spec.scorer == "rendered_student":
         ident.update(weights=OmegaConf.to_container(cfg.mpc.weights), student=stages["student"].key)
     if uses_prior(method):

@@ -78,6 +78,23 @@ def test_mppi_weights_are_a_softmax_over_scores():
     assert np.allclose(softmax_weights(np.full(3, -np.inf), 1.0), 1 / 3)
 
 
+def test_top_k_pick_draws_uniformly_among_the_k_best():
+    proposals = np.zeros((4, 4, 4), np.float32)
+    proposals[:, :, 0] = np.array([-0.9, -0.3, 0.3, 0.9])[:, None]      # candidate k: dx of its own
+    score = lambda c: c[:, 0, 0] * 10                                   # noqa: E731  higher dx is better
+    planner = make_planner({"name": "cem", "horizon": 2, "samples": 4, "iterations": 1, "elites": 2,
+                            "pick": "top_k", "pick_k": 2})
+    rng = np.random.default_rng(0)
+    picked = [int(np.argmin(np.abs(planner.plan(score, rng=rng, proposals=proposals).actions[0, 0]
+                                   - proposals[:, 0, 0]))) for _ in range(200)]
+    counts = np.bincount(picked, minlength=4)
+    assert counts[0] == counts[1] == 0 and counts[2] > 60 and counts[3] > 60       # the two best, about evenly
+    one = make_planner({"name": "cem", "horizon": 2, "samples": 4, "iterations": 1, "elites": 2, "pick": "top_k"})
+    assert np.isclose(one.plan(score, rng=rng, proposals=proposals).actions[0, 0], 0.9)   # k = 1: the argmax
+    with pytest.raises(ValueError, match="pick_k"):
+        make_planner({"name": "cem", "pick": "top_k", "pick_k": 0})
+
+
 def test_sample_pick_draws_the_last_iteration_by_softmax_weights():
     """pick='sample' executes a candidate drawn with softmax weights: near the argmax when
     cold, near the proposals' own frequencies when hot; the drawn candidate's score is reported."""
