@@ -11,7 +11,7 @@ episodes). Reported per student:
   one real start; teacher ties left out; a predicted tie counts half) -- all pairs, and
   split by how the two futures differ: both sampled with the real actions at a temperature
   (``wm_t*``), both imagined from perturbed actions (``wm_a*``, what the planner's candidates
-  look like; a bench built with ``+bench.wm_action_noise=[...]``), or one of each;
+  look like; a bench built with ``bench.wm_action_noise=[...]``), or one of each;
   a 95% bootstrap interval over starts (starts resampled, 2000 draws) for the headline;
 - the same pairs by the teacher's gap between the two clips (near-ties vs clear differences),
   by the dimension that decides the pair for the teacher (the largest difference), and, for

@@ -10,16 +10,23 @@ upstream changes every key downstream. Its artifacts live in::
     <artifacts>/stages/<stage>-<key[:12]>/      # e.g. artifacts/stages/tokenizer-3f2a.../last.pt
         stage.json                              # written last, atomically: the "finished" mark
 
-A stage whose folder has a ``stage.json`` with its key is reused; otherwise it runs
-(an interrupted stage resumes: the stage scripts resume from their own checkpoints in
-the same folder) and ``stage.json`` is written when it returns.
+A stage whose folder has a ``stage.json`` with its key, and files of the size and hash it
+recorded, is reused; otherwise it runs (an interrupted stage resumes: the stage scripts
+resume from their own checkpoints in the same folder; a finished stage whose files changed
+is rebuilt from nothing, with a warning) and ``stage.json`` is written when it returns.
+Runs that share an artifacts folder build each stage once: the builder holds an OS file
+lock (``<artifacts>/stages/.<stage>-<key>.lock``), a second run waits for it and then
+reuses the result.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
+import socket
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +46,10 @@ NON_SEMANTIC = {"artifacts", "out", "out_dir", "threads", "workers", "progress",
 #: so adding an option does not invalidate every finished stage.
 NEUTRAL_DEFAULTS = {"prior.train.balance": "none", "prior.train.colour_swap": 0.0,
                     "prior.model.instruction_film": False, "student.model.members": 1,
-                    "tokenizer.model.pixel_context": False}
+                    "tokenizer.model.pixel_context": False, "student.model.depth": 0,
+                    "student.model.colour": False, "student.model.action_path": False,
+                    "student.model.tracks": False, "student.train.shaping_rank_weight": 0.0,
+                    "bench.wm_action_noise": []}
 
 #: The instruction vocabulary's key (:data:`envs.vocab.VOCAB_KEY`) when stage keys began to
 #: read it: stages keyed before then were built under exactly this vocabulary.
@@ -99,36 +109,120 @@ def stage_key(name: str, config: dict, inputs: dict[str, str]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def file_table(folder: Path) -> dict[str, dict]:
+    """``{relative path: {"size", "sha256"}}`` of every file a finished stage vouches for:
+    everything in ``folder`` but ``stage.json`` and hidden (temporary) files."""
+    table = {}
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if not path.is_file() or rel.name == "stage.json" or any(part.startswith(".") for part in rel.parts):
+            continue
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        table[str(rel)] = {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+    return table
+
+
+def _changed_files(folder: Path, table: dict[str, dict]) -> list[str]:
+    """The vouched-for files that are missing or differ now (size first, then content)."""
+    bad = []
+    for rel, want in table.items():
+        path = folder / rel
+        if not path.is_file() or path.stat().st_size != want["size"]:
+            bad.append(rel)
+    if bad:
+        return bad
+    now = file_table(folder)
+    return [rel for rel, want in table.items() if now.get(rel, {}).get("sha256") != want["sha256"]]
+
+
+def _finished(name: str, key: str, out: Path, artifacts, log) -> StageResult | None:
+    """The finished stage in ``out`` if its ``stage.json`` has ``key`` and its files are as
+    it recorded them (a stage.json written before files were recorded is trusted as is)."""
+    mark = out / "stage.json"
+    if not mark.exists():
+        return None
+    try:
+        manifest = json.loads(mark.read_text())
+    except (OSError, json.JSONDecodeError):
+        manifest = {}
+    if manifest.get("key") != key:
+        log(f"[pipeline] {name}: {mark} is unreadable or stale; rebuilding")
+        return None
+    changed = _changed_files(out, manifest["files"]) if "files" in manifest else []
+    if changed:
+        warnings.warn(f"stage {name} in {out}: {len(changed)} file(s) changed since it finished "
+                      f"({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''}); rebuilding it", stacklevel=3)
+        return None
+    log(f"[pipeline] {name}: reusing {out.relative_to(resolve(artifacts))} "
+        f"(built {manifest.get('finished_at', '?')}, {manifest.get('wall_s', 0):.0f} s)")
+    return StageResult(name, key, out, True, manifest)
+
+
+@contextmanager
+def stage_lock(out: Path, name: str, log: Callable[[str], None] = print):
+    """Hold the build lock of the stage folder ``out``: one builder per stage key across
+    processes and machines sharing the folder (an OS file lock, released by the OS when its
+    holder dies, so a killed run never blocks the next). A run that has to wait is told who
+    holds it."""
+    from filelock import FileLock, Timeout
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(out.parent / f".{out.name}.lock"))
+    holder = out.parent / f".{out.name}.holder"
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        try:
+            who = json.loads(holder.read_text())
+            who = f"pid {who['pid']} on {who['host']} since {who['since']}"
+        except (OSError, ValueError, KeyError):
+            who = "another run"
+        log(f"[pipeline] {name}: being built by {who}; waiting for it")
+        lock.acquire()
+    try:
+        holder.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                      "since": time.strftime("%Y-%m-%d %H:%M:%S")}))
+        yield
+    finally:
+        lock.release()
+
+
 def run_stage(name: str, config: dict, inputs: dict[str, str], build: Callable[[Path], dict | None], *,
               artifacts: str | os.PathLike = "artifacts", log: Callable[[str], None] = print) -> StageResult:
     """Reuse ``<artifacts>/stages/<name>-<key>`` if finished, else ``build(dir)`` it.
 
     ``config`` is the stage's semantic config, ``inputs`` maps upstream stage names to
-    their keys; ``build`` gets the stage folder and returns metrics to record.
+    their keys; ``build`` gets the stage folder and returns metrics to record. One run builds
+    a stage at a time (:func:`stage_lock`); a run that waited reuses what the other built.
+    ``stage.json`` records each file's size and hash; a finished stage whose files changed
+    since is rebuilt from an empty folder, with a warning.
     """
     key = stage_key(name, config, inputs)
     out = resolve(artifacts) / "stages" / f"{name}-{key[:12]}"
-    mark = out / "stage.json"
-    if mark.exists():
-        try:
-            manifest = json.loads(mark.read_text())
-        except (OSError, json.JSONDecodeError):
-            manifest = {}
-        if manifest.get("key") == key:
-            log(f"[pipeline] {name}: reusing {out.relative_to(resolve(artifacts))} "
-                f"(built {manifest.get('finished_at', '?')}, {manifest.get('wall_s', 0):.0f} s)")
-            return StageResult(name, key, out, True, manifest)
-        log(f"[pipeline] {name}: {mark} is unreadable or stale; rebuilding")
-    out.mkdir(parents=True, exist_ok=True)
-    log(f"[pipeline] {name}: building in {out}")
-    t0 = time.time()
-    metrics = build(out) or {}
-    manifest = {"stage": name, "key": key, "config": config, "inputs": inputs,
-                "metrics": _jsonable(metrics), "wall_s": time.time() - t0,
-                "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
-    tmp = mark.with_name(f".stage.json.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(manifest, indent=2, default=str))
-    os.replace(tmp, mark)
+    done = _finished(name, key, out, artifacts, log)
+    if done is not None:
+        return done
+    with stage_lock(out, name, log):
+        done = _finished(name, key, out, artifacts, lambda _: None)   # built while this run waited?
+        if done is not None:
+            log(f"[pipeline] {name}: reusing {out.relative_to(resolve(artifacts))} (built by another run)")
+            return done
+        mark = out / "stage.json"
+        if mark.exists():        # finished once, but its files changed: start from nothing
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        log(f"[pipeline] {name}: building in {out}")
+        t0 = time.time()
+        metrics = build(out) or {}
+        manifest = {"stage": name, "key": key, "config": config, "inputs": inputs,
+                    "metrics": _jsonable(metrics), "wall_s": time.time() - t0,
+                    "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"), "files": file_table(out)}
+        tmp = mark.with_name(f".stage.json.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(manifest, indent=2, default=str))
+        os.replace(tmp, mark)
     log(f"[pipeline] {name}: done in {manifest['wall_s']:.0f} s")
     return StageResult(name, key, out, False, manifest)
 

@@ -323,7 +323,7 @@ def test_distill_reward_entry_point(tmp_path):
     with pytest.raises(FileNotFoundError, match="build_bench.py"):
         run(missing)
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        colour = compose("distill_reward", overrides=["student=tiny", f"bench_file={bench}", "+student.model.colour=true",
+        colour = compose("distill_reward", overrides=["student=tiny", f"bench_file={bench}", "student.model.colour=true",
                                                       f"out_dir={tmp_path / 'colour'}", "progress=false"])
     with pytest.raises(FileNotFoundError, match="perception.npz is missing"):
         run(colour)                 # a colour student needs the teacher's perception beside the bench
