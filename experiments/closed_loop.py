@@ -274,7 +274,11 @@ def run(cfg: DictConfig) -> dict:
 
 @hydra.main(config_path="conf", config_name="closed_loop", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    run(cfg)
+    # through the package, not this script's globals: a launcher (--multirun) pickles `main`
+    # into other processes, where only importable names resolve
+    from experiments.closed_loop import run as run_job
+
+    run_job(cfg)
 
 
 if __name__ == "__main__":

@@ -63,12 +63,13 @@ def outcome_record(report: dict, episodes: dict[str, list[dict]], command: str |
 
 def write_outcomes(out: Path, report: dict | None = None, **override) -> Path:
     """Write ``<out>/outcomes.json`` for the main-job run in ``out`` (its ``run.json``, or
-    ``report``, and each method's ``<method>/episodes.jsonl``); ``override`` replaces fields
+    ``report``, and each method's per-seed episode files ``<method>/episodes/seed_<s>.json``,
+    which shards of one evaluation share without clashing); ``override`` replaces fields
     of the record (e.g. the ``commit`` of an older run being recorded later)."""
     out = Path(out)
     report = report or json.loads((out / "run.json").read_text())
-    episodes = {s["agent"]: [json.loads(line) for line in (out / s["agent"] / "episodes.jsonl").read_text().splitlines()]
-                for s in report["summaries"]}
+    episodes = {s["agent"]: [json.loads((out / s["agent"] / "episodes" / f"seed_{seed}.json").read_text())
+                             for seed in report["seeds"]] for s in report["summaries"]}
     rec = check_record({**outcome_record(report, episodes), **override}, str(out))
     path = out / "outcomes.json"
     with atomic_path(path) as tmp:
