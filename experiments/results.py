@@ -140,7 +140,7 @@ def render(records: list[tuple[str, dict]]) -> str:
             f"- command: `{rec['command']}` (preset {rec.get('preset') or 'default'})\n"
             f"- machine: {rec['machine']}; commit `{rec['commit']}`\n"
             f"- wall time {rec['wall_s'] / 60:.1f} min, of which building missing stages "
-            f"{rec.get('build_s', 0.0) / 60:.1f} min")
+            f"{rec.get('build_s', 0.0) / 60:.1f} min" + (f"\n- note: {rec['note']}" if rec.get("note") else ""))
     return "\n\n".join(parts)
 
 
