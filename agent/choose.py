@@ -87,6 +87,20 @@ class Scorer(ABC):
         return {}
 
 
+class RandomScorer(Scorer):
+    """Uniform random scores from the agent's generator: the same proposals, planner
+    iterations and warm start as a scored method, with no judgement -- the baseline that
+    isolates what a scorer (e.g. the world model's imagination) adds."""
+
+    name = "random"
+
+    def begin(self, obs: dict, gen: torch.Generator, step: int) -> None:
+        self._gen = gen
+
+    def score(self, candidates: np.ndarray) -> np.ndarray:
+        return torch.rand(len(candidates), generator=self._gen, dtype=torch.float64).numpy()
+
+
 class PlanningAgent(Agent):
     """``PlanningAgent(proposer, scorer=None, planner={...}, execute=2, pick=...)``.
 
@@ -175,4 +189,4 @@ class PlanningAgent(Agent):
             close()
 
 
-__all__ = ["Proposer", "GaussianProposer", "Scorer", "PlanningAgent", "UNSCORED_PICKS"]
+__all__ = ["Proposer", "GaussianProposer", "Scorer", "RandomScorer", "PlanningAgent", "UNSCORED_PICKS"]

@@ -36,7 +36,7 @@ from experiments.results import write_outcomes
 #: The method registry: one ``experiments/conf/method/<name>.yaml`` per method.
 METHOD_DIR = CONF_DIR / "method"
 #: What a method file may say (``builder: planning`` files; see experiments/conf/method/).
-PROPOSERS, SCORERS, CADENCES = ("gaussian", "prior"), ("worldmodel", "simulator", "rendered_student", None), \
+PROPOSERS, SCORERS, CADENCES = ("gaussian", "prior"), ("worldmodel", "simulator", "rendered_student", "random", None), \
     ("planner", "prior_agent")
 
 
@@ -124,6 +124,12 @@ def make_method(method: str, cfg: DictConfig, stages: dict):
 
         return OracleS(planning_student(cfg, stages), planner=planner, prior=prior,
                        weights=OmegaConf.to_container(cfg.mpc.weights), threads=cfg.mpc.get("threads"))
+    if spec.scorer == "random":
+        from agent.choose import GaussianProposer, PlanningAgent, RandomScorer
+        from agent.prior import PriorProposer
+
+        return PlanningAgent(PriorProposer(prior) if prior else GaussianProposer(), RandomScorer(), planner=planner,
+                             name=method, threads=cfg.mpc.get("threads"))
     from agent.prior import PriorAgent
 
     if spec.get("cadence", "planner") == "prior_agent":     # the prior alone, as a diffusion policy

@@ -320,7 +320,7 @@ def test_configs_compose():
         assert world_model_stage(method) in (*STAGES, None), method
         if spec.builder == "plain":
             assert make_method(method, _compose("closed_loop", []), {}).name == method
-    assert len(methods()) == 17 and world_model_stage("mpc_prior_pretrained") == "worldmodel"
+    assert len(methods()) == 18 and world_model_stage("mpc_prior_pretrained") == "worldmodel"
     with pytest.raises(KeyError, match="unknown method 'mpc_priors'.*mpc_prior"):
         method_spec("mpc_priors")
     from experiments.closed_loop import stages_for

@@ -339,3 +339,27 @@ def test_oracle_p_takes_its_first_proposals_from_a_prior():
     assert a._rng.random() == b._rng.random()
     clone = pickle.loads(pickle.dumps(OracleP(planner=planner, prior="missing/prior.pt")))
     assert clone.proposer._prior is None and clone.proposer._src == "missing/prior.pt"
+
+
+def test_random_scorer_runs_the_same_agent_without_judgement():
+    """RandomScorer: the planner, proposals and warm start of a scored method, uniform scores."""
+    from agent.choose import PlanningAgent, RandomScorer
+    from agent.prior import PriorProposer
+
+    class FakePrior:
+        def sample(self, image, proprio, instruction, n, gen):
+            return torch.rand((n, 4, 4), generator=gen).numpy() * 2 - 1
+
+    planner = {"name": "cem", "horizon": 2, "samples": 6, "iterations": 2, "elites": 2}
+    obs = {"image": np.zeros((64, 64, 3), np.uint8), "proprio": np.zeros(4, np.float32), "instruction": 0}
+    agent = PlanningAgent(PriorProposer(FakePrior()), RandomScorer(), planner=planner)
+    runs = []
+    for _ in range(2):
+        agent.reset(seed=5)
+        runs.append(np.stack([agent.act(obs) for _ in range(6)]))
+    assert np.array_equal(runs[0], runs[1])                      # repeatable per episode seed
+    assert len(agent.log) == 3 and all(e["evaluations"] == 12 for e in agent.log)
+    scores = RandomScorer()
+    scores.begin(obs, torch.Generator().manual_seed(0), 0)
+    s = scores.score(np.zeros((500, 4, 4), np.float32))
+    assert s.shape == (500,) and 0 <= s.min() and s.max() < 1 and s.std() > 0.2
