@@ -101,7 +101,8 @@ def run_episode(env, agent: Agent, seed: int, *, record: bool = False, frames: b
             if truncated:
                 break
     info = end_info
-    elog = log() if callable(log) and (frames or states is not None) else {}
+    wanted = frames or states is not None or getattr(agent, "inspecting", False)
+    elog = log() if callable(log) and wanted else {}
     gap_counts = {}
     if states is not None:
         from agent.gap import imagination_gap, load_teacher
@@ -112,7 +113,7 @@ def run_episode(env, agent: Agent, seed: int, *, record: bool = False, frames: b
     return EpisodeResult(
         seed=seed, success=bool(info["success"]), wrong_object=bool(info["wrong_object"]),
         length=length, instruction=info["instruction"], failure=failure, act_s=act_s / length,
-        frames=rendered, extras=elog if frames else {},
+        frames=rendered, extras=elog if frames else {k: elog[k] for k in ("inspect",) if k in elog},
         episode={**episode_from_steps(first_obs, first_info, steps), "post_success": post} if record else None,
         gap=gap_counts,
     )

@@ -129,6 +129,8 @@ def evaluate(env_id: str, agent: Agent, seeds: list[int], *, out_dir: str | os.P
         if out_dir is not None:
             if res.frames:
                 _write_episode_video(res, Path(out_dir) / "videos" / f"{name}_seed{res.seed}.mp4")
+            if res.extras.get("inspect"):
+                write_inspection(res, Path(out_dir) / "inspect" / f"{name}_seed{res.seed}")
             _save_episode(Path(out_dir), res)
         res.frames = []
     results = [results[s] for s in seeds]
@@ -136,6 +138,16 @@ def evaluate(env_id: str, agent: Agent, seeds: list[int], *, out_dir: str | os.P
     if out_dir is not None:
         _save(Path(out_dir), results, summary)
     return summary
+
+
+def write_inspection(res: EpisodeResult, stem: Path, values: dict | None = None) -> list[Path]:
+    """An inspected episode's contact sheet ``<stem>.png`` and, with rerun-sdk, ``<stem>.rrd``."""
+    from agent.inspect import write_rrd, write_sheet
+
+    outcome = "SUCCESS" if res.success else f"failed: {res.failure}"
+    paths = [write_sheet(res.extras["inspect"], stem.with_suffix(".png"), outcome, values)]
+    rrd = write_rrd(res.extras["inspect"], stem.with_suffix(".rrd"))
+    return paths + ([rrd] if rrd else [])
 
 
 def _record(res: EpisodeResult) -> dict:

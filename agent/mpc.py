@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from agent.choose import GaussianProposer, PlanningAgent, Scorer
+from agent.inspect import PlanRecorder
 from agent.objective import aggregate_futures, objective_weights, plan_objective
 from agent.planner import make_planner
 from worldmodel.training import autocast
@@ -67,8 +68,10 @@ class WorldModelScorer(Scorer):
     def __init__(self, world_model, reward, weights: dict | None = None, rollout_mode: str = "swr",
                  window: int | None = None, temperature: float = 1.0, top_k: int | None = None,
                  keep_imagined: bool = True, amp: bool = True, score_actions: bool = False, futures: int = 1,
-                 pessimism: float = 0.0, repeat: int | None = None):
+                 pessimism: float = 0.0, repeat: int | None = None, inspect: dict | None = None):
         self.weights = objective_weights(weights)
+        # opt-in per-replan record of candidates, scores and imagined futures (agent/inspect.py)
+        self.recorder = PlanRecorder(**inspect) if inspect else None
         self._wm_src, self._reward_src = world_model, reward
         self._wm = None if isinstance(world_model, (str, os.PathLike)) else world_model
         self._reward = None if isinstance(reward, (str, os.PathLike)) else reward
@@ -116,6 +119,8 @@ class WorldModelScorer(Scorer):
 
     # ------------------------------------------------------------------ Scorer API
     def reset(self) -> None:
+        if self.recorder is not None:
+            self.recorder.reset()
         self.imagined: list[tuple[int, np.ndarray]] = []   # (control step, (T+1, 64, 64, 3) uint8)
         self.plans: list[np.ndarray] = []  # the chosen plan (horizon * repeat, 4) of each imagined entry
         self.last_imagined: np.ndarray | None = None
@@ -149,6 +154,8 @@ class WorldModelScorer(Scorer):
         self._image, self._instruction, self._gen, self._step = obs["image"], int(obs["instruction"]), gen, step
         self._timing = {"wm_s": 0.0, "reward_s": 0.0}
         self._best = {"score": -np.inf, "actions": None, "clip": None}
+        if self.recorder is not None:
+            self.recorder.begin(step, obs["image"])
 
     def score(self, cands: np.ndarray) -> np.ndarray:
         k = self.futures
@@ -160,8 +167,12 @@ class WorldModelScorer(Scorer):
         with torch.no_grad():
             extra = {"actions": torch.as_tensor(np.clip(reps, -1.0, 1.0), dtype=torch.float32)} \
                 if self.score_actions else {}
-            obj = self.objective(self.reward.score(clips, instr, **extra)).numpy().astype(np.float64)
+            out = self.reward.score(clips, instr, **extra)
+            obj = self.objective(out).numpy().astype(np.float64)
         obj = aggregate_futures(obj.reshape(len(cands), k), self.pessimism)
+        if self.recorder is not None:      # per candidate: dimensions averaged over its draws, its first draw's clip
+            mean = lambda x: None if x is None else torch.as_tensor(x).float().reshape(len(cands), k, -1).mean(1)  # noqa: E731
+            self.recorder.add(cands, obj, mean(out["dims"]), mean(out.get("shaping")), clips[::k])
         self._timing["wm_s"] += tb - ta
         self._timing["reward_s"] += time.perf_counter() - tb
         i = int(np.argmax(obj))
@@ -177,6 +188,8 @@ class WorldModelScorer(Scorer):
             self._timing["wm_s"] += time.perf_counter() - ta
         imagined = (clip.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
         self.last_imagined = imagined
+        if self.recorder is not None:
+            self.recorder.end(actions, imagined)
         if self.keep_imagined:
             self.imagined.append((self._step, imagined))
             self.plans.append(np.clip(actions, -1.0, 1.0).astype(np.float32))
@@ -187,7 +200,8 @@ class WorldModelScorer(Scorer):
         those plans' actions ``[(horizon * repeat, 4)]`` (clipped as executed) and the model's
         ``repeat`` (control steps per imagined frame)."""
         repeat = self._wm.action_repeat if self._wm is not None else self.repeat
-        return {"imagined": list(self.imagined), "plans": list(self.plans), "repeat": int(repeat)}
+        extra = self.recorder.episode_log() if self.recorder is not None else {}
+        return {"imagined": list(self.imagined), "plans": list(self.plans), "repeat": int(repeat), **extra}
 
 
 class WorldModelMPC(PlanningAgent):
@@ -200,7 +214,8 @@ class WorldModelMPC(PlanningAgent):
     instruction (B,) long) -> {"dims": (B, 6), "shaping": (B, 3), "total": (B,)}`` or a
     student checkpoint path (``score_actions=True``: ``score`` also gets each candidate's
     control actions ``(B, T*repeat, 4)`` as ``actions=``); the other options are
-    :class:`WorldModelScorer`'s (missing weights take :data:`agent.objective.DEFAULT_WEIGHTS`).
+    :class:`WorldModelScorer`'s (missing weights take :data:`agent.objective.DEFAULT_WEIGHTS`;
+    ``inspect={"top_k": 4, "random": 2}`` records every replan: :mod:`agent.inspect`).
     """
 
     name = "mpc"
@@ -210,14 +225,14 @@ class WorldModelMPC(PlanningAgent):
                  temperature: float = 1.0, top_k: int | None = None, seed: int = 0,
                  threads: int | None = None, keep_imagined: bool = True, name: str | None = None,
                  amp: bool = True, prior=None, score_actions: bool = False, futures: int = 1,
-                 pessimism: float = 0.0):
+                 pessimism: float = 0.0, inspect: dict | None = None):
         from agent.prior import PriorProposer
 
         planner = dict(planner or {"name": "cem"})
         scorer = WorldModelScorer(world_model, reward, weights=weights, rollout_mode=rollout_mode, window=window,
                                   temperature=temperature, top_k=top_k, keep_imagined=keep_imagined, amp=amp,
                                   score_actions=score_actions, futures=futures, pessimism=pessimism,
-                                  repeat=make_planner(planner).param.repeat)
+                                  repeat=make_planner(planner).param.repeat, inspect=inspect)
         proposer = GaussianProposer() if prior is None else PriorProposer(prior)
         super().__init__(proposer, scorer, planner=planner, execute=execute, seed=seed, threads=threads,
                          name=name or f"mpc_{planner.get('name', 'cem')}")
@@ -233,6 +248,7 @@ class WorldModelMPC(PlanningAgent):
     futures = property(lambda self: self.scorer.futures)
     pessimism = property(lambda self: self.scorer.pessimism)
     score_actions = property(lambda self: self.scorer.score_actions)
+    inspecting = property(lambda self: self.scorer.recorder is not None)
 
     @property
     def prior(self):

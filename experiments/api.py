@@ -23,6 +23,9 @@ import json
 import os
 from pathlib import Path
 
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
 from agent.base import Agent
 from experiments.common import resolve
 from experiments.pipeline import StageResult, compose
@@ -46,10 +49,28 @@ def run_stages(run_dir: str | os.PathLike) -> dict:
     return {k: [stage(d) for d in v] if isinstance(v, list) else stage(v) for k, v in stages.items()}
 
 
+def run_config(run_dir: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """The closed-loop config a finished run used (saved in its ``run.json``; the default
+    config for runs that predate that) with ``key=value`` ``overrides`` on top."""
+    run = json.loads((resolve(run_dir) / "run.json").read_text())
+    if "config" not in run:
+        return compose("closed_loop", [*([f"preset={run['preset']}"] if run.get("preset") else []), *overrides])
+    cfg = OmegaConf.create(run["config"])
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        new, key = key.startswith("+"), key.lstrip("+")
+        if not sep:
+            raise ValueError(f"override {item!r}: expected key=value")
+        if not new and OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+            raise KeyError(f"override {item!r}: no key {key!r} in the run's config (add a new one with +{key})")
+        OmegaConf.update(cfg, key, yaml.safe_load(value), force_add=True)
+    return cfg
+
+
 def load_agent(method: str = "mpc_prior", run_dir: str | os.PathLike = "artifacts/closed_loop/lift",
                overrides: list[str] | tuple[str, ...] = ()) -> Agent:
-    """An agent of a registered method (``experiments/conf/method/``) with the models of the
-    finished run in ``run_dir``; ``overrides`` are closed-loop config overrides (planner,
+    """An agent of a registered method (``experiments/conf/method/``) with the models and the
+    settings of the finished run in ``run_dir``; ``overrides`` change settings (planner,
     ``mpc.*``, ``prior_agent.*``), e.g. ``["planner.samples=16"]``."""
     from experiments.closed_loop import make_method, stages_for
 
@@ -58,7 +79,7 @@ def load_agent(method: str = "mpc_prior", run_dir: str | os.PathLike = "artifact
     if missing:
         raise KeyError(f"the run in {run_dir} did not build {missing}, which {method} needs; run "
                        f"python experiments/closed_loop.py baselines=[{method}] with the same settings")
-    return make_method(method, compose("closed_loop", list(overrides)), stages)
+    return make_method(method, run_config(run_dir, overrides), stages)
 
 
-__all__ = ["load_agent", "run_stages"]
+__all__ = ["load_agent", "run_stages", "run_config"]

@@ -113,8 +113,10 @@ def make_method(method: str, cfg: DictConfig, stages: dict):
         kwargs = {**OmegaConf.to_container(cfg.mpc), **OmegaConf.to_container(spec.mpc)}
         kwargs.pop("student", None)
         kwargs.pop("worldmodel", None)
+        inspect = {"top_k": cfg.inspect.top_k, "random": cfg.inspect.random} if cfg.inspect.enabled else None
         return WorldModelMPC(planning_world_model(cfg, stages, world_model_stage(method)),
-                             planning_student(cfg, stages), planner=planner, name=method, prior=prior, **kwargs)
+                             planning_student(cfg, stages), planner=planner, name=method, prior=prior,
+                             inspect=inspect, **kwargs)
     if spec.scorer == "simulator":
         from agent.oracle import OracleP
 
@@ -265,6 +267,7 @@ def run(cfg: DictConfig) -> dict:
     wall = time.time() - t0
     report = {"env_id": cfg.env.id, "episodes": cfg.episodes, "seeds": seeds, "wall_s": wall,
               "build_s": t_built - t0, "preset": cfg.get("preset_name"),
+              "config": OmegaConf.to_container(cfg, resolve=True),
               "stages": {k: [str(r.dir) for r in v] if isinstance(v, list) else str(v.dir)
                          for k, v in stages.items()},
               "summaries": summaries}

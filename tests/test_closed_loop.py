@@ -551,3 +551,22 @@ def test_load_agent_plans_in_ones_own_loop_with_a_finished_runs_models(tiny_run,
         load_agent("sac_ref", run_dir)
     with pytest.raises(FileNotFoundError, match="closed_loop.py"):
         load_agent("prior", artifacts / "nowhere")
+
+
+def test_inspect_episode_writes_a_sheet_with_true_values_and_same_actions(tiny_run, capsys):
+    """experiments/inspect_episode.py: a finished run's seed re-run with the recorder: the
+    sheet (and rerun file with rerun-sdk), the kept candidates' true values, the same actions."""
+    from experiments.api import run_config
+    from experiments.inspect_episode import main
+
+    artifacts, cfg, report = tiny_run
+    run_dir = artifacts / "closed_loop" / "lift"
+    assert run_config(run_dir).planner.horizon == cfg.planner.horizon      # the run's own settings
+    with pytest.raises(KeyError, match="no key"):
+        run_config(run_dir, ["planner.horizn=3"])
+    main(["--run", str(run_dir), "--method", "mpc", "--seed", str(report["seeds"][0]), "--values",
+          "--compare-off", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert "actions identical" in out and "planning" in out
+    sheets = list((run_dir / "mpc" / "inspect").glob("mpc_seed*.png"))
+    assert len(sheets) == 1 and sheets[0].stat().st_size > 1000

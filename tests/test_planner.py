@@ -363,3 +363,37 @@ def test_random_scorer_runs_the_same_agent_without_judgement():
     scores.begin(obs, torch.Generator().manual_seed(0), 0)
     s = scores.score(np.zeros((500, 4, 4), np.float32))
     assert s.shape == (500,) and 0 <= s.min() and s.max() < 1 and s.std() > 0.2
+
+
+def test_inspect_records_the_planners_own_scores_and_choice_without_changing_actions(tiny_wm, tmp_path):
+    """The recorder's scores are the planner's, its chosen candidate is the executed plan, and
+    the actions are identical with the recorder on and off; the sheet and the rerun file are written."""
+    from agent.inspect import contact_sheet, write_rrd, write_sheet
+
+    planner = {"name": "cem", "horizon": 4, "samples": 6, "iterations": 2, "elites": 2}
+    obs = {"image": np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8),
+           "proprio": np.zeros(4, np.float32), "instruction": 0}
+    runs = {}
+    for on in (False, True):
+        agent = WorldModelMPC(tiny_wm, ToyReward(), planner=planner, inspect={"top_k": 2, "random": 1} if on else None)
+        agent.reset(seed=11)
+        runs[on] = (np.stack([agent.act(obs) for _ in range(4)]), agent)
+    assert np.array_equal(runs[False][0], runs[True][0])           # recording changes nothing
+    agent = runs[True][1]
+    replans = agent.episode_log()["inspect"]
+    assert len(replans) == len(agent.log) == 2
+    for rp, entry in zip(replans, agent.log):
+        assert len(rp.iterations) == 2 and rp.step == entry["step"]
+        best = max(float(it["objective"].max()) for it in rp.iterations)
+        assert np.isclose(best, entry["best_score"])                  # the planner's own scores
+        it, k = rp.chosen
+        assert it >= 0 and np.isclose(rp.iterations[it]["objective"][k], entry["score"])
+        assert np.array_equal(rp.executed_actions, agent.scorer.plans[replans.index(rp)])
+        last = rp.iterations[-1]
+        assert len(last["kept"]) == 3 and list(last["kept"][:2]) == list(np.argsort(-last["objective"])[:2])
+        assert last["kept_clips"].shape == (3, 5, 64, 64, 3) and last["dims"].shape == (6, 6)
+    sheet = contact_sheet(replans, "failed")
+    assert sheet.shape[0] == 2 * (64 + 12) and sheet.shape[1] == (3 + 3) * 64
+    assert write_sheet(replans, tmp_path / "ep.png").stat().st_size > 1000
+    rrd = write_rrd(replans, tmp_path / "ep.rrd")
+    assert rrd is None or rrd.stat().st_size > 1000                 # None without rerun-sdk
