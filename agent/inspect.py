@@ -97,12 +97,15 @@ class PlanRecorder:
 
 # ---------------------------------------------------------------------- writers
 def _caption(img: np.ndarray, text: str, colour=(255, 255, 255)) -> np.ndarray:
+    """``img`` with up to two lines of ``text`` (split at newlines) under it."""
     from PIL import Image, ImageDraw
 
     h, w = img.shape[:2]
-    canvas = Image.new("RGB", (w, h + 12))
+    canvas = Image.new("RGB", (w, h + 24))
     canvas.paste(Image.fromarray(img), (0, 0))
-    ImageDraw.Draw(canvas).text((1, h), text[: max(1, w // 6)], fill=colour)
+    draw = ImageDraw.Draw(canvas)
+    for i, line in enumerate(text.split("\n")[:2]):
+        draw.text((1, h + 1 + 11 * i), line[: max(1, w // 6)], fill=colour)
     return np.asarray(canvas)
 
 
@@ -124,9 +127,9 @@ def contact_sheet(replans: list[Replan], outcome: str = "", values: dict | None 
     width = max(len(r.iterations[-1]["kept"]) if r.iterations else 0 for r in replans)
     for i, rp in enumerate(replans):
         it = rp.iterations[-1] if rp.iterations else None
-        cells = [_caption(rp.real, f"real t={rp.step}")]
+        cells = [_caption(rp.real, f"real\nstep {rp.step}")]
         imagined = rp.executed_clip[-1] if rp.executed_clip is not None else blank
-        cells.append(_caption(_frame(imagined), "executed (imagined)", (255, 200, 0)))
+        cells.append(_caption(_frame(imagined), "executed\n(imagined)", (255, 200, 0)))
         for j in range(width):
             if it is None or j >= len(it["kept"]):
                 cells.append(_caption(blank, ""))
@@ -136,10 +139,10 @@ def contact_sheet(replans: list[Replan], outcome: str = "", values: dict | None 
             chosen = rp.chosen == (len(rp.iterations) - 1, k)
             text = f"#{k} {it['objective'][k]:+.2f}"
             if values and (i, j) in values:
-                text += f" v{values[(i, j)]:.1f}"
+                text += f"\ntrue {values[(i, j)]:.1f}"
             cells.append(_caption(_frame(img) if chosen else img, text, (255, 200, 0) if chosen else (255, 255, 255)))
         after = replans[i + 1].real if i + 1 < len(replans) else blank
-        cells.append(_caption(after, "real after" if i + 1 < len(replans) else outcome))
+        cells.append(_caption(after, "real after" if i + 1 < len(replans) else outcome.replace(": ", ":\n")))
         rows.append(np.concatenate(cells, 1))
     return np.concatenate(rows, 0)
 

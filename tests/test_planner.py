@@ -393,7 +393,7 @@ def test_inspect_records_the_planners_own_scores_and_choice_without_changing_act
         assert len(last["kept"]) == 3 and list(last["kept"][:2]) == list(np.argsort(-last["objective"])[:2])
         assert last["kept_clips"].shape == (3, 5, 64, 64, 3) and last["dims"].shape == (6, 6)
     sheet = contact_sheet(replans, "failed")
-    assert sheet.shape[0] == 2 * (64 + 12) and sheet.shape[1] == (3 + 3) * 64
+    assert sheet.shape[0] == 2 * (64 + 24) and sheet.shape[1] == (3 + 3) * 64
     assert write_sheet(replans, tmp_path / "ep.png").stat().st_size > 1000
     rrd = write_rrd(replans, tmp_path / "ep.rrd")
     assert rrd is None or rrd.stat().st_size > 1000                 # None without rerun-sdk
