@@ -29,8 +29,9 @@ from envs.rollouts import atomic_path
 from experiments.common import ROOT, git_commit, machine
 
 RESULTS_DIR = ROOT / "results"
-#: Files whose generated block the tables replace, between these two markers.
-PAGES = (ROOT / "BENCHMARKS.md", ROOT / "README.md")
+#: Files whose generated block the tables replace, between these two markers, and whether a
+#: page shows only the newest run of each task (the README) or every recorded run.
+PAGES = ((ROOT / "BENCHMARKS.md", False), (ROOT / "README.md", True))
 BEGIN, END = "<!-- results:begin (python -m experiments.results) -->", "<!-- results:end -->"
 #: Fields of a seed's outcome (one row per method and seed).
 OUTCOME_FIELDS = ("seed", "success", "failure", "wrong_object", "length", "plan_s_per_step", "instruction")
@@ -125,6 +126,12 @@ def run_table(rec: dict) -> str:
     return "\n".join(rows)
 
 
+def newest_per_task(records: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+    """The newest run of each env (``records`` newest first)."""
+    seen: set = set()
+    return [(n, r) for n, r in records if not (r["env_id"] in seen or seen.add(r["env_id"]))]
+
+
 def render(records: list[tuple[str, dict]]) -> str:
     """The generated block: one section per run, newest first."""
     if not records:
@@ -153,12 +160,12 @@ def replace_block(text: str, block: str, where: str) -> str:
 
 
 def write_pages(records: list[tuple[str, dict]], pages=PAGES, check: bool = False) -> list[Path]:
-    """Rewrite the generated block of each page (atomically); with ``check``, write nothing and
-    return the pages whose block is stale."""
-    block, stale = render(records), []
-    for page in pages:
+    """Rewrite the generated block of each ``(page, newest run per task only)`` (atomically);
+    with ``check``, write nothing and return the pages whose block is stale."""
+    stale = []
+    for page, newest in pages:
         text = page.read_text()
-        new = replace_block(text, block, str(page))
+        new = replace_block(text, render(newest_per_task(records) if newest else records), str(page))
         if new != text:
             stale.append(page)
             if not check:
@@ -194,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         print("\n".join(f"stale: {p.name}" for p in stale) or "results tables are current")
         return 1 if stale else 0
-    print(f"rewrote the results table in {', '.join(p.name for p in PAGES)}")
+    print(f"rewrote the results table in {', '.join(p.name for p, _ in PAGES)}")
     return 0
 
 

@@ -47,21 +47,22 @@ def test_records_are_checked_and_rendered_newest_first(tmp_path):
     assert [name for name, _ in recs] == ["2026-12-05.json", "2026-12-01.json"]
     text = results.render(recs)
     assert text.index("2026-12-05") < text.index("2026-12-01") and "`results/2026-12-05.json`" in text
+    assert [n for n, _ in results.newest_per_task(recs)] == ["2026-12-05.json"]      # the README's view
 
 
 def test_pages_regenerate_between_the_markers_and_check_detects_staleness(tmp_path):
     page = tmp_path / "PAGE.md"
     page.write_text(f"# Title\n\n{results.BEGIN}\nold table\n{results.END}\n\nkept text\n")
     recs = [("run.json", _record())]
-    assert results.write_pages(recs, pages=[page], check=True) == [page]       # stale, nothing written
+    assert results.write_pages(recs, pages=[(page, False)], check=True) == [page]       # stale, nothing written
     assert "old table" in page.read_text()
-    assert results.write_pages(recs, pages=[page]) == [page]
+    assert results.write_pages(recs, pages=[(page, False)]) == [page]
     text = page.read_text()
     assert "old table" not in text and "| mpc_prior | 4/6 |" in text and text.endswith("kept text\n")
-    assert results.write_pages(recs, pages=[page], check=True) == []           # now current
+    assert results.write_pages(recs, pages=[(page, False)], check=True) == []           # now current
     page.write_text("no markers")
     with pytest.raises(ValueError, match="no generated-results block"):
-        results.write_pages(recs, pages=[page])
+        results.write_pages(recs, pages=[(page, False)])
 
 
 def test_committed_pages_are_current():
