@@ -140,12 +140,14 @@ def evaluate(env_id: str, agent: Agent, seeds: list[int], *, out_dir: str | os.P
     return summary
 
 
-def write_inspection(res: EpisodeResult, stem: Path, values: dict | None = None) -> list[Path]:
-    """An inspected episode's contact sheet ``<stem>.png`` and, with rerun-sdk, ``<stem>.rrd``."""
+def write_inspection(res: EpisodeResult, stem: Path, values: dict | None = None, stages: dict | None = None
+                     ) -> list[Path]:
+    """An inspected episode's contact sheet ``<stem>.png`` and, with rerun-sdk, ``<stem>.rrd``
+    (``values``, ``stages``: see :func:`agent.inspect.contact_sheet`)."""
     from agent.inspect import write_rrd, write_sheet
 
     outcome = "SUCCESS" if res.success else f"failed: {res.failure}"
-    paths = [write_sheet(res.extras["inspect"], stem.with_suffix(".png"), outcome, values)]
+    paths = [write_sheet(res.extras["inspect"], stem.with_suffix(".png"), outcome, values, stages)]
     rrd = write_rrd(res.extras["inspect"], stem.with_suffix(".rrd"))
     return paths + ([rrd] if rrd else [])
 

@@ -46,14 +46,24 @@ def imagination_gap(teacher, env_id: str, instruction: int, states: list, imagin
     if not imagined:
         return {"replans": 0, "disagree": 0, "optimistic": 0, "pessimistic": 0, "aoc_sum": 0.0,
                 "confusion": np.zeros((N_STAGES, N_STAGES), int).tolist()}
+    out = score_executed(teacher, env_id, instruction, states, imagined, plans, repeat)
+    m = stage_confusion(out)
+    return {"replans": len(imagined), "disagree": int(m.sum() - np.trace(m)), "optimistic": int(np.triu(m, 1).sum()),
+            "pessimistic": int(np.tril(m, -1).sum()), "aoc_sum": float(out["scores"][:, 2].sum()),
+            "confusion": m.tolist()}
+
+
+def score_executed(teacher, env_id: str, instruction: int, states: list, imagined: list, plans: list,
+                   repeat: int) -> dict:
+    """The teacher's ``score_clips`` output for each executed plan's imagined clip, replayed
+    from its start state: ``scores[:, 0]`` the stage shown, ``true_stage[:, 0]`` the real one
+    (arguments as in :func:`imagination_gap`)."""
+    if len(imagined) != len(plans):
+        raise ValueError(f"{len(imagined)} imagined clips but {len(plans)} plans")
     clips = [{"frames": clip, "actions": np.asarray(plan, np.float32), "stride": int(repeat),
               "start_state": np.asarray(states[s], np.float64), "env_id": env_id, "instruction": int(instruction)}
              for (s, clip), plan in zip(imagined, plans)]
-    out = teacher.score_clips(clips)
-    m = stage_confusion(out)
-    return {"replans": len(clips), "disagree": int(m.sum() - np.trace(m)), "optimistic": int(np.triu(m, 1).sum()),
-            "pessimistic": int(np.tril(m, -1).sum()), "aoc_sum": float(out["scores"][:, 2].sum()),
-            "confusion": m.tolist()}
+    return teacher.score_clips(clips)
 
 
 def stage_confusion(scored: dict) -> np.ndarray:
@@ -80,4 +90,4 @@ def summarize_gap(per_episode: list[dict]) -> dict | None:
             "aoc_mean": sum(g["aoc_sum"] for g in eps) / n}
 
 
-__all__ = ["imagination_gap", "stage_confusion", "summarize_gap", "load_teacher"]
+__all__ = ["imagination_gap", "score_executed", "stage_confusion", "summarize_gap", "load_teacher"]

@@ -115,11 +115,17 @@ def _frame(img: np.ndarray, colour=(255, 200, 0), width: int = 2) -> np.ndarray:
     return out
 
 
-def contact_sheet(replans: list[Replan], outcome: str = "", values: dict | None = None) -> np.ndarray:
+STAGES = ("nothing", "reached", "grasped", "done")
+
+
+def contact_sheet(replans: list[Replan], outcome: str = "", values: dict | None = None,
+                  stages: dict | None = None) -> np.ndarray:
     """One image of an episode: a row per replan -- the real frame, the executed plan's
     imagined end (framed), the last iteration's kept candidates' imagined ends sorted by
     score (the executed one framed), and the real frame at the next replan. ``values``:
-    ``{(replan, kept position): true value}`` from a simulator replay, shown under the score."""
+    ``{(replan, kept position): true value}`` from a simulator replay, shown under the score;
+    ``stages``: ``{replan: (stage shown, true stage)}`` of the executed plan (the teacher's
+    reading of its imagined clip and of its replay), shown under the executed cell."""
     if not replans:
         raise ValueError("no replans recorded: inspect a world-model method (mpc, mpc_prior, ...)")
     rows = []
@@ -129,7 +135,12 @@ def contact_sheet(replans: list[Replan], outcome: str = "", values: dict | None 
         it = rp.iterations[-1] if rp.iterations else None
         cells = [_caption(rp.real, f"real\nstep {rp.step}")]
         imagined = rp.executed_clip[-1] if rp.executed_clip is not None else blank
-        cells.append(_caption(_frame(imagined), "executed\n(imagined)", (255, 200, 0)))
+        label = "executed\n(imagined)"
+        if stages and i in stages:
+            shown, true = stages[i]
+            label = f"shows {STAGES[shown][:5]}\nreal {STAGES[true][:5]}"
+        cells.append(_caption(_frame(imagined), label, (255, 200, 0) if not stages or i not in stages
+                              or stages[i][0] == stages[i][1] else (255, 80, 80)))
         for j in range(width):
             if it is None or j >= len(it["kept"]):
                 cells.append(_caption(blank, ""))
@@ -147,12 +158,13 @@ def contact_sheet(replans: list[Replan], outcome: str = "", values: dict | None 
     return np.concatenate(rows, 0)
 
 
-def write_sheet(replans: list[Replan], path: str | os.PathLike, outcome: str = "", values: dict | None = None) -> Path:
+def write_sheet(replans: list[Replan], path: str | os.PathLike, outcome: str = "", values: dict | None = None,
+                stages: dict | None = None) -> Path:
     from PIL import Image
 
     from envs.rollouts import atomic_path
 
-    sheet = contact_sheet(replans, outcome, values)
+    sheet = contact_sheet(replans, outcome, values, stages)
     with atomic_path(path) as tmp:
         Image.fromarray(sheet).save(tmp, format="png")
     return Path(path)

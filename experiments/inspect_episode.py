@@ -62,8 +62,19 @@ def main(argv: list[str] | None = None) -> None:
     res = run_episode(env, agent, args.seed, record=True)      # as the closed loop runs it, states kept
     actions, plan_on, replans = res.episode["actions"], agent.planning_time_per_step(), res.extras["inspect"]
     values = true_values(replans, res.episode["states"], env) if args.values else None
+    stages = None
+    if "bench" in run_stages(args.run):       # the teacher's reading of each executed plan, imagined vs replayed
+        from agent.gap import load_teacher, score_executed
+        from envs.vocab import instruction_id
+
+        log = agent.episode_log()
+        scored = score_executed(load_teacher(str(run_stages(args.run)["bench"].dir / "teacher.json")), run["env_id"],
+                                instruction_id(res.instruction), res.episode["states"], log["imagined"], log["plans"],
+                                log["repeat"])
+        stages = {i: (int(round(s)), int(t)) for i, (s, t) in
+                  enumerate(zip(scored["scores"][:, 0], scored["true_stage"][:, 0]))}
     out = resolve(args.out) if args.out else resolve(args.run) / args.method / "inspect"
-    paths = write_inspection(res, out / f"{args.method}_seed{args.seed}", values)
+    paths = write_inspection(res, out / f"{args.method}_seed{args.seed}", values, stages)
     print(f"{args.method} seed {args.seed}: {'SUCCESS' if res.success else 'failed'} in {len(actions)} steps; "
           f"{len(replans)} replans; planning {plan_on:.3f} s per control step with the recorder")
     for p in paths:

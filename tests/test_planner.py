@@ -394,6 +394,8 @@ def test_inspect_records_the_planners_own_scores_and_choice_without_changing_act
         assert last["kept_clips"].shape == (3, 5, 64, 64, 3) and last["dims"].shape == (6, 6)
     sheet = contact_sheet(replans, "failed")
     assert sheet.shape[0] == 2 * (64 + 24) and sheet.shape[1] == (3 + 3) * 64
+    marked = contact_sheet(replans, "failed", values={(0, 0): 1.5}, stages={0: (3, 1), 1: (2, 2)})
+    assert marked.shape == sheet.shape and not np.array_equal(marked, sheet)   # captions drawn
     assert write_sheet(replans, tmp_path / "ep.png").stat().st_size > 1000
     rrd = write_rrd(replans, tmp_path / "ep.rrd")
     assert rrd is None or rrd.stat().st_size > 1000                 # None without rerun-sdk
