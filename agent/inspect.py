@@ -4,8 +4,8 @@ An opt-in :class:`PlanRecorder` (``inspect.enabled=true`` in the closed loop, or
 ``WorldModelMPC(..., inspect={...})``) keeps, for every replan of a world-model method:
 
 - the real frame the replan started from (and so, from the next replan, what really happened);
-- every candidate's objective, judge dimensions ``(6,)``, shaping outputs ``(3,)`` and last
-  imagined frame, for every planner iteration;
+- every candidate's objective, judge dimensions ``(6,)`` and shaping outputs ``(3,)``, for
+  every planner iteration;
 - the whole imagined clip and the actions of the ``top_k`` best-scored candidates and of
   ``random`` others (drawn from a stream of the recorder's own: recording never changes what
   the agent does);
@@ -29,7 +29,7 @@ import numpy as np
 DIMENSIONS = ("IF", "MS", "AOC", "TC", "CR", "PA")
 
 
-def _uint8(clips) -> np.ndarray:
+def to_uint8(clips) -> np.ndarray:
     """Clips ``(..., 3, H, W)`` float in [0, 1] (a tensor or array) -> ``(..., H, W, 3)`` uint8."""
     a = clips.detach().cpu().float().numpy() if hasattr(clips, "detach") else np.asarray(clips, np.float32)
     return (np.moveaxis(a, -3, -1).clip(0, 1) * 255).round().astype(np.uint8)
@@ -75,7 +75,7 @@ class PlanRecorder:
         self.replans[-1].iterations.append({
             "objective": objective, "dims": np.asarray(dims, np.float32),
             "shaping": None if shaping is None else np.asarray(shaping, np.float32),
-            "last": _uint8(clips[:, -1]), "kept": keep, "kept_clips": _uint8(clips[keep]),
+            "kept": keep, "kept_clips": to_uint8(clips[keep]),
             "kept_actions": np.asarray(candidates, np.float32)[keep], "candidates": np.asarray(candidates, np.float32)})
 
     def end(self, actions: np.ndarray, clip) -> None:
@@ -208,4 +208,4 @@ def write_rrd(replans: list[Replan], path: str | os.PathLike, name: str = "roboa
     return Path(path)
 
 
-__all__ = ["PlanRecorder", "Replan", "contact_sheet", "write_sheet", "write_rrd"]
+__all__ = ["PlanRecorder", "Replan", "contact_sheet", "write_sheet", "write_rrd", "to_uint8"]

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from agent.choose import GaussianProposer, PlanningAgent, Scorer
-from agent.inspect import PlanRecorder
+from agent.inspect import PlanRecorder, to_uint8
 from agent.objective import aggregate_futures, objective_weights, plan_objective
 from agent.planner import make_planner
 from worldmodel.training import autocast
@@ -186,7 +186,7 @@ class WorldModelScorer(Scorer):
             ta = time.perf_counter()
             clip = self.imagine(self._image, actions[None])[0]     # the chosen plan's own future
             self._timing["wm_s"] += time.perf_counter() - ta
-        imagined = (clip.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+        imagined = to_uint8(clip)
         self.last_imagined = imagined
         if self.recorder is not None:
             self.recorder.end(actions, imagined)

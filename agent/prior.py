@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from agent.choose import UNSCORED_PICKS, PlanningAgent, Proposer
+from agent.choose import PlanningAgent, Proposer
 from envs.robosuite_env import LABELS
 from envs.rollouts import RolloutFileError, demo_keys, open_rollouts
 from envs.vocab import COLOURS, INSTRUCTIONS, instruction_id, instruction_text
@@ -420,10 +420,8 @@ class PriorAgent(PlanningAgent):
 
     def __init__(self, prior, execute: int = 8, samples: int = 1, pick: str = "first", seed: int = 0,
                  threads: int | None = None, name: str | None = None):
-        if pick not in UNSCORED_PICKS:
-            raise ValueError(f"pick must be 'first' or 'random', got {pick!r}")
         super().__init__(PriorProposer(prior), None, execute=execute, samples=samples, pick=pick, seed=seed,
-                         threads=threads, name=name or {"first": "prior", "random": "prior_random"}[pick])
+                         threads=threads, name=name or {"first": "prior", "random": "prior_random"}.get(pick))
 
     @property
     def prior(self) -> ActionPrior:

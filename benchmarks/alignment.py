@@ -20,7 +20,7 @@ All models are then evaluated by ``experiments/eval_alignment.py`` on the same h
 with 95% intervals, the paired difference vs the pre-trained model, the optimism rate and
 fidelity vs the real frames. Alignment cost (wall time per GRPO update and per stage), the
 final KL to the pre-trained model and the hacking monitor's flags come from each stage's
-``metrics.jsonl``. Writes the the research log section ``--title``.
+``metrics.jsonl``. Writes the research-log section ``--title``.
 """
 from __future__ import annotations
 

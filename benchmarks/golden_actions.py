@@ -30,7 +30,7 @@ def golden_actions(cfg, methods=METHODS, seeds=(0, 1), steps: int = 6) -> dict[s
     from experiments import pipeline
     from experiments.closed_loop import make_method, stages_for
 
-    needed = sorted({s for m in methods for s in stages_for(m, cfg)})
+    needed = sorted({s for m in methods for s in stages_for(m)})
     stages = pipeline.build(cfg.pipeline, needed, artifacts=cfg.artifacts)
     env = envs.make(cfg.env.id)
     out: dict[str, list] = {}

@@ -76,7 +76,7 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true", help="print only; do not touch the research log")
     ap.add_argument("--notes", default="", help="free text appended under the tables")
     ap.add_argument("--title", default="Imagination: where the lift gets lost (Lift, held-out clips)",
-                    help="the research log section to (re)write")
+                    help="the research-log section to (re)write")
     args = ap.parse_args()
     if args.draws < 1:
         raise SystemExit(f"--draws must be >= 1, got {args.draws}")

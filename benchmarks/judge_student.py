@@ -126,7 +126,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--notes", default="", help="free text appended to the section")
-    ap.add_argument("--title", default=TITLE, help="the research log section to write (replaced if present)")
+    ap.add_argument("--title", default=TITLE, help="the research-log section to write (replaced if present)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 

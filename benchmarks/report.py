@@ -5,21 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-import shlex
-import sys
 from pathlib import Path
 
-from experiments.common import machine
+from experiments.common import command_line, machine
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "docs" / "research-log.md"
 HEADER = "# RoboAlign research log\n"
-
-
-def command_line(skip: tuple[str, ...] = ("--notes",)) -> str:
-    """This script's command line without the values of ``skip`` options (long notes)."""
-    argv = [a for i, a in enumerate(sys.argv) if a not in skip and (i == 0 or sys.argv[i - 1] not in skip)]
-    return " ".join(["python", *(shlex.quote(a) for a in argv)])
 
 
 def write_section(title: str, body: str, command: str | None = None) -> None:
@@ -38,7 +30,7 @@ def write_section(title: str, body: str, command: str | None = None) -> None:
 
 def add_section_args(ap, title: str) -> None:
     """``--title`` (default ``title``), ``--notes`` (text appended to the body) and
-    ``--no-write`` (print only) for a script that writes one the research log section."""
+    ``--no-write`` (print only) for a script that writes one section of the research log."""
     ap.add_argument("--title", default=title)
     ap.add_argument("--notes", default="")
     ap.add_argument("--no-write", action="store_true", help="print only; do not touch the research log")

@@ -52,13 +52,15 @@ def method_spec(method: str) -> DictConfig:
     if not path.exists():
         raise KeyError(f"unknown method {method!r}; known: {methods()} (add one as {METHOD_DIR}/<name>.yaml)")
     spec = OmegaConf.load(path)
+    if spec.get("builder") == "planning" and "cadence" not in spec:
+        spec.cadence = "planner"             # the planner section's execute and samples
     builder = spec.get("builder")
     if builder not in ("planning", "plain", "sac"):
         raise ValueError(f"{path}: builder must be planning, plain or sac, got {builder!r}")
     if builder == "planning":
         bad = [k for k, v, ok in (("proposer", spec.get("proposer"), PROPOSERS),
                                   ("scorer", spec.get("scorer"), SCORERS),
-                                  ("cadence", spec.get("cadence", "planner"), CADENCES)) if v not in ok]
+                                  ("cadence", spec.cadence, CADENCES)) if v not in ok]
         if bad:
             raise ValueError(f"{path}: bad {bad}; proposer in {PROPOSERS}, scorer in {SCORERS}, cadence in {CADENCES}")
         if spec.scorer == "worldmodel" and spec.get("world_model") not in ("aligned", "worldmodel"):
@@ -80,9 +82,8 @@ def uses_prior(method: str) -> bool:
     return spec.builder == "planning" and spec.proposer == "prior"
 
 
-def stages_for(method: str, cfg: DictConfig | None = None) -> list[str]:
-    """The pipeline stages a method's agent needs (``cfg``: the closed-loop config, unused
-    by the registered methods)."""
+def stages_for(method: str) -> list[str]:
+    """The pipeline stages a method's agent needs."""
     spec = method_spec(method)
     if spec.builder != "planning":
         return []
@@ -134,7 +135,7 @@ def make_method(method: str, cfg: DictConfig, stages: dict):
                              name=method, threads=cfg.mpc.get("threads"))
     from agent.prior import PriorAgent
 
-    if spec.get("cadence", "planner") == "prior_agent":     # the prior alone, as a diffusion policy
+    if spec.cadence == "prior_agent":     # the prior alone, as a diffusion policy
         return PriorAgent(prior, pick=spec.pick, **OmegaConf.to_container(cfg.prior_agent))
     # the MPC's proposal set (same cadence, same number of samples)
     return PriorAgent(prior, execute=planner.get("execute", 2), samples=planner["samples"], pick=spec.pick,
@@ -169,17 +170,8 @@ def planning_world_model(cfg: DictConfig, stages: dict, stage: str) -> str:
 
 #: ``mpc`` and ``planner`` options at the value that reproduces the planner as it was before
 #: they were declared: left out of a method's identity there, so finished episodes stay reusable.
-MPC_NEUTRAL = {"pessimism": 0.0, "student": None, "worldmodel": None}
-PLANNER_NEUTRAL = {"pick_temperature": 1.0, "pick_k": 1}
-
-
-def _without(section: DictConfig, neutral: dict) -> dict:
-    return {k: v for k, v in OmegaConf.to_container(section).items() if not (k in neutral and v == neutral[k])}
-
-
-def mpc_identity(cfg: DictConfig) -> dict:
-    """The ``mpc`` settings that define a world-model method's episodes (see :data:`MPC_NEUTRAL`)."""
-    return _without(cfg.mpc, MPC_NEUTRAL)
+IDENTITY_NEUTRAL = {"mpc.pessimism": 0.0, "mpc.student": None, "mpc.worldmodel": None,
+                    "planner.pick_temperature": 1.0, "planner.pick_k": 1}
 
 
 def method_identity(method: str, cfg: DictConfig, stages: dict) -> dict:
@@ -188,22 +180,22 @@ def method_identity(method: str, cfg: DictConfig, stages: dict) -> dict:
     spec = method_spec(method)
     ident = {"method": method, "env": OmegaConf.to_container(cfg.env)}
     planning = spec.builder == "planning"
-    if planning and spec.get("cadence", "planner") == "planner":
-        ident["planner"] = _without(cfg.planner, PLANNER_NEUTRAL)
+    if planning and spec.cadence == "planner":
+        ident["planner"] = OmegaConf.to_container(cfg.planner)
     if planning and spec.scorer == "rendered_student":
         ident.update(weights=OmegaConf.to_container(cfg.mpc.weights), student=stages["student"].key)
     if uses_prior(method):
         ident["prior"] = stages["prior"].key
-    if planning and spec.get("cadence") == "prior_agent":
+    if planning and spec.cadence == "prior_agent":
         ident["prior_agent"] = OmegaConf.to_container(cfg.prior_agent)
     if spec.builder == "sac":
         ident["sac"] = stages[method].key
     if world_model_stage(method) is not None:
-        ident.update(mpc=mpc_identity(cfg), world_model=stages[world_model_stage(method)].key,
+        ident.update(mpc=OmegaConf.to_container(cfg.mpc), world_model=stages[world_model_stage(method)].key,
                      student=stages["student"].key)
     elif method == cfg.agent.name:    # a plain agent of the registry: its own kwargs
         ident["kwargs"] = OmegaConf.to_container(cfg.agent.kwargs)
-    return ident
+    return pipeline.drop_neutral(ident, IDENTITY_NEUTRAL)
 
 
 def plot_success(summaries: list[dict], path: Path, title: str) -> None:
@@ -250,7 +242,7 @@ def run(cfg: DictConfig) -> dict:
     names = list(dict.fromkeys([cfg.agent.name, *cfg.baselines]))
     for name in names:      # an unknown method fails here, before anything is built
         method_spec(name)
-    needed = sorted({s for m in names for s in stages_for(m, cfg)})
+    needed = sorted({s for m in names for s in stages_for(m)})
     stages = pipeline.build(cfg.pipeline, needed, artifacts=cfg.artifacts) if needed else {}
     for method in (m for m in names if method_spec(m).builder == "sac"):   # trained on the evaluated env itself
         stages[method] = pipeline.run_script_stage(method, "train_sac", [f"env_id={cfg.env.id}", *cfg.pipeline[method]],

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +34,12 @@ def machine() -> str:
     except ImportError:
         gpu = "no torch"
     return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores ({cpu}), {gpu}, Python {platform.python_version()}"
+
+
+def command_line(skip: tuple[str, ...] = ("--notes",)) -> str:
+    """This script's command line without the values of ``skip`` options (long notes)."""
+    argv = [a for i, a in enumerate(sys.argv) if a not in skip and (i == 0 or sys.argv[i - 1] not in skip)]
+    return " ".join(["python", *(shlex.quote(a) for a in argv)])
 
 
 def git_commit() -> str:

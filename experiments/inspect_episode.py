@@ -13,7 +13,6 @@ reports the planning time per control step with and without recording).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -36,10 +35,12 @@ def true_values(replans, states: list[np.ndarray], env) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from omegaconf import OmegaConf
+
     import envs
     from agent.collect import run_episode
     from agent.evaluate import write_inspection
-    from experiments.api import load_agent, run_stages
+    from experiments.api import load_agent, run_config, run_stages
     from experiments.common import resolve, setup_torch
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -53,28 +54,28 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
     setup_torch(args.threads)
-    run = json.loads((resolve(args.run) / "run.json").read_text())
-    run_stages(args.run)                          # a clear error before anything runs if the run is incomplete
-    env = envs.make(run["env_id"])
+    stages = run_stages(args.run)        # a clear error before anything runs if the run is incomplete
+    cfg = run_config(args.run)
+    env = envs.make(cfg.env.id, **OmegaConf.to_container(cfg.env.kwargs))     # the env as the run made it
     agent = load_agent(args.method, args.run, ["inspect.enabled=true", *args.override])
     if not getattr(agent, "inspecting", False):
         raise SystemExit(f"{args.method} imagines nothing to inspect; use a world-model method (mpc, mpc_prior, ...)")
     res = run_episode(env, agent, args.seed, record=True)      # as the closed loop runs it, states kept
     actions, plan_on, replans = res.episode["actions"], agent.planning_time_per_step(), res.extras["inspect"]
     values = true_values(replans, res.episode["states"], env) if args.values else None
-    stages = None
-    if "bench" in run_stages(args.run):       # the teacher's reading of each executed plan, imagined vs replayed
+    shown_vs_real = None
+    if "bench" in stages:       # the teacher's reading of each executed plan, imagined vs replayed
         from agent.gap import load_teacher, score_executed
         from envs.vocab import instruction_id
 
         log = agent.episode_log()
-        scored = score_executed(load_teacher(str(run_stages(args.run)["bench"].dir / "teacher.json")), run["env_id"],
+        scored = score_executed(load_teacher(str(stages["bench"].dir / "teacher.json")), cfg.env.id,
                                 instruction_id(res.instruction), res.episode["states"], log["imagined"], log["plans"],
                                 log["repeat"])
-        stages = {i: (int(round(s)), int(t)) for i, (s, t) in
-                  enumerate(zip(scored["scores"][:, 0], scored["true_stage"][:, 0]))}
+        shown_vs_real = {i: (int(round(s)), int(t)) for i, (s, t) in
+                         enumerate(zip(scored["scores"][:, 0], scored["true_stage"][:, 0]))}
     out = resolve(args.out) if args.out else resolve(args.run) / args.method / "inspect"
-    paths = write_inspection(res, out / f"{args.method}_seed{args.seed}", values, stages)
+    paths = write_inspection(res, out / f"{args.method}_seed{args.seed}", values, shown_vs_real)
     print(f"{args.method} seed {args.seed}: {'SUCCESS' if res.success else 'failed'} in {len(actions)} steps; "
           f"{len(replans)} replans; planning {plan_on:.3f} s per control step with the recorder")
     for p in paths:

@@ -88,19 +88,23 @@ def compose(config_name: str, overrides: list[str] | None = None) -> DictConfig:
         return hydra_compose(config_name=config_name, overrides=list(overrides or []))
 
 
+def drop_neutral(x, neutral: dict, skip=frozenset(), path: str = ""):
+    """``x`` (nested dicts and lists) without the keys in ``skip`` and the dotted paths whose
+    value is their ``neutral`` one: options added later, at the value that reproduces the old
+    behaviour, leave a key (or an identity) as it was before they existed."""
+    if isinstance(x, dict):
+        return {k: drop_neutral(v, neutral, skip, f"{path}{k}.") for k, v in sorted(x.items()) if k not in skip
+                and not (f"{path}{k}" in neutral and v == neutral[f"{path}{k}"])}
+    if isinstance(x, list):
+        return [drop_neutral(v, neutral, skip, path) for v in x]
+    return x
+
+
 def semantic(cfg: DictConfig | dict) -> dict:
     """The part of a config that decides the artifact (see :data:`NON_SEMANTIC` and
     :data:`NEUTRAL_DEFAULTS`)."""
     d = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-
-    def strip(x, path=""):
-        if isinstance(x, dict):
-            return {k: strip(v, f"{path}{k}.") for k, v in sorted(x.items()) if k not in NON_SEMANTIC
-                    and not (f"{path}{k}" in NEUTRAL_DEFAULTS and v == NEUTRAL_DEFAULTS[f"{path}{k}"])}
-        if isinstance(x, list):
-            return [strip(v, path) for v in x]
-        return x
-    return strip(d)
+    return drop_neutral(d, NEUTRAL_DEFAULTS, NON_SEMANTIC)
 
 
 def stage_key(name: str, config: dict, inputs: dict[str, str]) -> str:
@@ -109,33 +113,28 @@ def stage_key(name: str, config: dict, inputs: dict[str, str]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def file_table(folder: Path) -> dict[str, dict]:
     """``{relative path: {"size", "sha256"}}`` of every file a finished stage vouches for:
     everything in ``folder`` but ``stage.json`` and hidden (temporary) files."""
-    table = {}
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder)
-        if not path.is_file() or rel.name == "stage.json" or any(part.startswith(".") for part in rel.parts):
-            continue
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        table[str(rel)] = {"size": path.stat().st_size, "sha256": digest.hexdigest()}
-    return table
+    return {str(path.relative_to(folder)): {"size": path.stat().st_size, "sha256": _sha256(path)}
+            for path in sorted(folder.rglob("*"))
+            if path.is_file() and path.name != "stage.json"
+            and not any(part.startswith(".") for part in path.relative_to(folder).parts)}
 
 
 def _changed_files(folder: Path, table: dict[str, dict]) -> list[str]:
-    """The vouched-for files that are missing or differ now (size first, then content)."""
-    bad = []
-    for rel, want in table.items():
-        path = folder / rel
-        if not path.is_file() or path.stat().st_size != want["size"]:
-            bad.append(rel)
-    if bad:
-        return bad
-    now = file_table(folder)
-    return [rel for rel, want in table.items() if now.get(rel, {}).get("sha256") != want["sha256"]]
+    """The vouched-for files that are missing or differ now (size first: no hashing when one is off)."""
+    bad = [rel for rel, want in table.items()
+           if not (folder / rel).is_file() or (folder / rel).stat().st_size != want["size"]]
+    return bad or [rel for rel, want in table.items() if _sha256(folder / rel) != want["sha256"]]
 
 
 def _finished(name: str, key: str, out: Path, artifacts, log) -> StageResult | None:

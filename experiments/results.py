@@ -20,13 +20,12 @@ import argparse
 import datetime as dt
 import json
 import re
-import shlex
 import sys
 from pathlib import Path
 
 from agent.evaluate import mcnemar, wilson_interval
 from envs.rollouts import atomic_path
-from experiments.common import ROOT, git_commit, machine
+from experiments.common import ROOT, command_line, git_commit, machine
 
 RESULTS_DIR = ROOT / "results"
 #: Files whose generated block the tables replace, between these two markers, and whether a
@@ -57,7 +56,7 @@ def outcome_record(report: dict, episodes: dict[str, list[dict]], command: str |
             "episodes": report["episodes"], "seeds": list(report["seeds"]),
             "main": report["summaries"][0]["agent"], "methods": methods, "stages": stages,
             "wall_s": round(float(report["wall_s"]), 1), "build_s": round(float(report["build_s"]), 1),
-            "command": command or " ".join(["python", *(shlex.quote(a) for a in sys.argv)]),
+            "command": command or command_line(),
             "machine": machine(), "commit": git_commit(),
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 

@@ -83,8 +83,32 @@ def test_two_runs_at_once_build_a_stage_once(tmp_path):
     results = [queue.get(timeout=10) for _ in procs]
     assert Path(log_file).read_text().count("\n") == 1                 # one builder
     assert len({k for k, _, _ in results}) == 1 and sorted(r for _, r, _ in results) == [False, True]
-    waited = next(lines for _, reused, lines in results if reused)
-    assert any("being built by pid" in line for line in waited)        # told who holds the lock
+
+
+def _logging_worker(artifacts: str, log_file: str, lines_file: str) -> None:
+    def log(line: str) -> None:
+        with open(lines_file, "a") as f:
+            f.write(line + "\n")
+    run_stage("toy", {"a": 1}, {}, lambda out: _build_slowly(out, log_file), artifacts=artifacts, log=log)
+
+
+def test_a_run_that_must_wait_is_told_who_holds_the_lock(tmp_path):
+    from experiments.pipeline import stage_key, stage_lock
+
+    out = tmp_path / "stages" / f"toy-{stage_key('toy', {'a': 1}, {})[:12]}"
+    lines = tmp_path / "lines.log"
+    ctx = mp.get_context("spawn")
+    with stage_lock(out, "toy", log=lambda s: None):                  # this process holds it
+        proc = ctx.Process(target=_logging_worker, args=(str(tmp_path), str(tmp_path / "builds.log"), str(lines)))
+        proc.start()
+        deadline = time.time() + 120
+        while not (lines.exists() and "being built by" in lines.read_text()):
+            assert time.time() < deadline and proc.is_alive(), "the second run never waited"
+            time.sleep(0.05)
+        assert f"pid {os.getpid()}" in lines.read_text()
+        assert not (out / "stage.json").exists()                      # it waits, it does not build
+    proc.join(120)                                                   # released: it builds and finishes
+    assert proc.exitcode == 0 and (out / "stage.json").exists()
 
 
 def test_a_builder_killed_mid_build_blocks_no_one_and_its_work_resumes(tmp_path):
