@@ -204,7 +204,21 @@ def run_episodes(env_id: str, agent: Agent, seeds: list[int], *, workers: int = 
     try:
         yield from pool.imap(_work, tasks)
     finally:
-        pool.terminate()
+        _terminate(pool)
+
+
+def _terminate(pool, timeout: float = 30.0) -> None:
+    """``pool.terminate()``, bounded: CPython's can deadlock when its task-feeding thread is
+    blocked on the queue as the workers die (seen once in the suite after a worker failed to
+    start); then the workers are killed outright and the stuck daemon thread is left behind."""
+    import threading
+
+    t = threading.Thread(target=pool.terminate, daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        for proc in list(getattr(pool, "_pool", [])):
+            proc.kill()
 
 
 def collect(env_id: str, agent: str | Agent, episodes: int, out: str | os.PathLike, *, split: str = "train",
