@@ -116,9 +116,7 @@ class SimulatorScorer(Scorer):
     # "shaped": distance to the instructed cube + grasp + how far it rose (privileged)
     @staticmethod
     def _target_pos(sim) -> np.ndarray:
-        from envs.vocab import instruction_spec
-
-        return sim._body_pos(sim._cubes[instruction_spec(sim._instruction).target_colour(sim._cube_positions())])
+        return sim._body_pos(sim._cubes[sim._target])
 
     def _shaped(self, sim, info, start) -> float:
         if info["success"]:

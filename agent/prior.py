@@ -7,7 +7,9 @@ imitation of the collected rollouts already does?
 - **Conditioning** (observations only): the 64x64 frame through a small CNN ending in
   a spatial softmax (keypoint x, y per channel, good at "where is the cube"), the
   proprio vector ``(4,)`` (eef xyz, gripper opening; normalized with data statistics
-  kept in the model), and the instruction id.
+  kept in the model), and the instruction id -- unless ``instruction_input=False``: the
+  **play prior**, trained on the pooled rollouts of every instruction of a task, proposes
+  plausible manipulations of either cube and leaves the instruction to the planner's reward.
 - **Output**: ``steps`` control actions ``(steps, 4)`` in [-1, 1]. Trained with
   diffusers' :class:`~diffusers.DDPMScheduler` (epsilon prediction, cosine
   schedule); sampled with :class:`~diffusers.DDIMScheduler` in ``sample_steps``
@@ -60,6 +62,11 @@ class PriorConfig:
     sample_steps: int = 10                   # DDIM denoising steps when sampling
     instruction_film: bool = False           # the instruction scales/shifts the CNN's last
                                              # features, so keypoints can follow the named cube
+    instruction_input: bool = True           # False: a play prior, blind to the instruction
+
+    def __post_init__(self):
+        if self.instruction_film and not self.instruction_input:
+            raise ValueError("instruction_film needs instruction_input=True (a play prior reads no instruction)")
 
     @classmethod
     def from_dict(cls, d: dict) -> "PriorConfig":
@@ -117,11 +124,13 @@ class ActionPrior(nn.Module):
         layers += [nn.Conv2d(c_in, cfg.keypoints, 1)]
         self.cnn = nn.Sequential(*layers)
         self.keypoints = SpatialSoftmax()
-        self.instruction = nn.Embedding(cfg.n_instructions, 16)
+        n_instr = 16 if cfg.instruction_input else 0
+        if cfg.instruction_input:
+            self.instruction = nn.Embedding(cfg.n_instructions, n_instr)
         if cfg.instruction_film:  # zero init: starts as the unconditioned encoder
             self.feature_film = nn.Embedding(cfg.n_instructions, 2 * c_in)
             nn.init.zeros_(self.feature_film.weight)
-        self.cond = nn.Sequential(nn.Linear(2 * cfg.keypoints + 4 + 16, cfg.cond_dim), nn.SiLU(),
+        self.cond = nn.Sequential(nn.Linear(2 * cfg.keypoints + 4 + n_instr, cfg.cond_dim), nn.SiLU(),
                                   nn.Linear(cfg.cond_dim, cfg.cond_dim))
         self.time = nn.Sequential(nn.Linear(cfg.cond_dim, cfg.cond_dim), nn.SiLU(),
                                   nn.Linear(cfg.cond_dim, cfg.cond_dim))
@@ -148,7 +157,8 @@ class ActionPrior(nn.Module):
         return DDIMScheduler(**kw) if sampling else DDPMScheduler(**kw)
 
     def encode(self, image: torch.Tensor, proprio: torch.Tensor, instruction: torch.Tensor) -> torch.Tensor:
-        """image ``(B, 3, H, W)`` float [0, 1], proprio ``(B, 4)``, instruction ``(B,)`` -> ``(B, cond_dim)``."""
+        """image ``(B, 3, H, W)`` float [0, 1], proprio ``(B, 4)``, instruction ``(B,)`` -> ``(B, cond_dim)``
+        (a play prior ignores ``instruction``)."""
         if image.ndim != 4 or image.shape[1] != 3:
             raise ValueError(f"image must be (B, 3, H, W), got {tuple(image.shape)}")
         if self.config.instruction_film:
@@ -158,7 +168,8 @@ class ActionPrior(nn.Module):
         else:
             kp = self.keypoints(self.cnn(image * 2 - 1))
         prop = (proprio.float() - self.proprio_mean) / self.proprio_std
-        return self.cond(torch.cat([kp, prop, self.instruction(instruction.long())], -1))
+        parts = [kp, prop] + ([self.instruction(instruction.long())] if self.config.instruction_input else [])
+        return self.cond(torch.cat(parts, -1))
 
     def denoise(self, noisy: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """Predicted noise ``(B, steps, 4)`` of noisy chunks ``(B, steps, 4)`` at timesteps ``t (B,)``."""

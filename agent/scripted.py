@@ -42,7 +42,7 @@ class ScriptedExpert(Agent):
         self.reset()
 
     def reset(self, seed: int | None = None) -> None:
-        self.phase, self.t_phase, self._half = "approach", 0, None
+        self.phase, self.t_phase, self._half, self._target = "approach", 0, None, None
 
     # -- helpers ---------------------------------------------------------------
     def _goto(self, eef: np.ndarray, goal: np.ndarray, grip: float) -> np.ndarray:
@@ -55,7 +55,9 @@ class ScriptedExpert(Agent):
         """(grasp cube, other cube or None, task kind) from the observation."""
         spec = instruction_spec(int(obs["instruction"]))
         cubes = np.asarray(obs["objects"], float).reshape(-1, 3)
-        i = COLOURS.index(spec.target_colour(dict(zip(COLOURS, cubes))))
+        if self._target is None:   # resolved once per episode, like the env (a side is read at the start)
+            self._target = spec.target_colour(dict(zip(COLOURS, cubes)))
+        i = COLOURS.index(self._target)
         if self.params.target == "other" and len(cubes) > 1:  # go for the cube not named
             return cubes[1 - i], cubes[i], "lift"
         other = cubes[1 - i] if len(cubes) > 1 else None

@@ -12,7 +12,9 @@ an OSC_POSITION controller:
   (red, green) -- scripted agents use it, learned agents should not;
 - observation (``obs_mode="state"``): one flat float32 vector (proprio, cube centres,
   eef-to-cube offsets, one-hot instruction) for SB3;
-- ``info``: ``success``, ``wrong_object``, ``instruction`` (text), ``sim_state``
+- ``info``: ``success``, ``wrong_object`` (lift: another cube was lifted; stack: the other
+  stack was made, also ``wrong_order``), ``instruction`` (text), ``target`` (the colour of
+  the cube the instruction names, resolved when the episode begins), ``sim_state``
   (see :meth:`RoboAlignEnv.get_sim_state`), ``eef_pos``, ``gripper_opening``,
   ``object_poses`` (colour -> ``(7,)`` pos + wxyz quat) and, with
   ``segmentation=True``, ``segmentation`` ``(S, S)`` uint8 labels (:data:`LABELS`).
@@ -39,7 +41,7 @@ import numpy as np  # noqa: E402
 
 from envs import RENDER_VERSION  # noqa: E402,F401  (re-exported)
 from envs.tasks import TaskSpec, get_task  # noqa: E402
-from envs.vocab import COLOURS, INSTRUCTIONS, instruction_id, instruction_spec, instruction_text  # noqa: E402
+from envs.vocab import COLOURS, INSTRUCTIONS, SIDE_AXIS, instruction_id, instruction_spec, instruction_text  # noqa: E402
 
 #: Segmentation labels written by ``segmentation=True`` and stored in rollout files.
 LABELS: dict[str, int] = {"background": 0, "red_cube": 1, "green_cube": 2, "gripper": 3}
@@ -302,7 +304,9 @@ class RoboAlignEnv(gym.Env):
         # old; recompute them so frames and readouts match the state (and a restored state).
         mujoco.mj_forward(self.sim.model._model, self.sim.data._data)
         info = self._info()
-        if self.task.randomize_colours:
+        if instruction_spec(self._instruction).verb == "stack":
+            reward = self._stack_reward()
+        elif self.task.randomize_colours:
             reward = self._pick_reward()
         return self._obs(), float(reward), bool(info["success"]), False, info
 
@@ -358,7 +362,8 @@ class RoboAlignEnv(gym.Env):
         n = len(self.task.colours)
         for _ in range(1000):
             xy = rng.uniform(-h, h, size=(n, 2))
-            if n == 1 or np.linalg.norm(xy[0] - xy[1]) >= self.task.min_separation:
+            if n == 1 or (np.linalg.norm(xy[0] - xy[1]) >= self.task.min_separation
+                           and abs(xy[0, SIDE_AXIS] - xy[1, SIDE_AXIS]) >= self.task.side_margin):
                 break
         yaw = rng.uniform(-np.pi / 4, np.pi / 4, size=n)
         return [(xy[i], float(yaw[i])) for i in range(n)]
@@ -403,6 +408,9 @@ class RoboAlignEnv(gym.Env):
         for controller in self._rs.robots[0].composite_controller.part_controllers.values():
             controller.new_update = True
         self._wrong_seen = wrong_seen
+        # the instruction's cubes, resolved once per episode (a side is read from the start)
+        spec, positions = instruction_spec(self._instruction), self._cube_positions()
+        self._target, self._reference = spec.target_colour(positions), spec.reference_colour(positions)
         info = self._info()
         return self._obs(), info
 
@@ -415,26 +423,49 @@ class RoboAlignEnv(gym.Env):
         """Each cube's centre ``(3,)`` by colour: the scene state instruction selectors read."""
         return {c: self._body_pos(self._cubes[c]) for c in self.task.colours}
 
+    def _stacked(self, top: str, bottom: str) -> bool:
+        """robosuite Stack's success check for any two cubes: ``top`` lifted, touching
+        ``bottom`` and not grasped (``Stack.staged_rewards``' ``r_stack > 0``)."""
+        a, b = self._cubes[top], self._cubes[bottom]
+        return (self._lifted(top) and self._rs.check_contact(a, b)
+                and not self._rs._check_grasp(gripper=self._gripper, object_geoms=a))
+
+    def _stack_reward(self) -> float:
+        """robosuite Stack's shaped reward (``reward_shaping=True``) with the instructed top
+        and bottom cubes in place of its fixed cubeA and cubeB."""
+        top, bottom = self._cubes[self._target], self._cubes[self._reference]
+        top_pos, bottom_pos = self._body_pos(top), self._body_pos(bottom)
+        r_reach = (1 - np.tanh(10.0 * np.linalg.norm(self._eef_pos() - top_pos))) * 0.25
+        r_reach += 0.25 if self._rs._check_grasp(gripper=self._gripper, object_geoms=top) else 0.0
+        r_lift = 0.0
+        if self._lifted(self._target):
+            r_lift = 1.0 + 0.5 * (1 - np.tanh(np.linalg.norm(top_pos[:2] - bottom_pos[:2])))
+        r_stack = 2.0 if self._stacked(self._target, self._reference) else 0.0
+        return float(max(r_reach, r_lift, r_stack) * self._rs.reward_scale / 2.0)
+
     def _info(self) -> dict:
         text, spec = instruction_text(self._instruction), instruction_spec(self._instruction)
-        if spec.verb == "stack":      # robosuite Stack's own check: the red cube on the green one
-            success, wrong = bool(self._rs._check_success()), False
+        target = self._target
+        if spec.verb == "stack":
+            success = self._stacked(target, self._reference)
+            wrong_now = self._stacked(self._reference, target)
         else:
-            target = spec.target_colour(self._cube_positions())
             others = [c for c in self.task.colours if c != target]
             wrong_now = any(self._lifted(c) for c in others)
             success = self._lifted(target) and not wrong_now
-            self._wrong_seen |= wrong_now
-            wrong = self._wrong_seen
+        self._wrong_seen |= wrong_now
+        wrong = self._wrong_seen
         poses = {}
         for colour, obj in self._cubes.items():
             bid = self.sim.model.body_name2id(obj.root_body)
             poses[colour] = np.concatenate([self.sim.data.body_xpos[bid], self.sim.data.body_xquat[bid]])
         info = {
-            "success": success, "wrong_object": wrong, "instruction": text,
+            "success": success, "wrong_object": wrong, "instruction": text, "target": target,
             "sim_state": self.get_sim_state(), "eef_pos": self._eef_pos(),
             "gripper_opening": self._gripper_opening(), "object_poses": poses,
         }
+        if spec.verb == "stack":
+            info["wrong_order"] = wrong
         if self.segmentation:
             info["segmentation"] = self._segment(self.image_size)
         return info
@@ -498,7 +529,7 @@ class RoboAlignEnv(gym.Env):
 
     def _pick_reward(self) -> float:
         """robosuite Lift's shaped reward, on the instructed cube (PickColor)."""
-        colour = instruction_spec(self._instruction).target_colour(self._cube_positions())
+        colour = self._target
         target = self._cubes[colour]
         if self._lifted(colour):
             return 2.25

@@ -8,7 +8,12 @@ redrawn until their centres are >= ``min_separation`` (10 cm) apart.
 Success is robosuite's own criterion evaluated at every step:
 - lifted: the cube's centre is more than 4 cm above the table top (Lift's check,
   and Stack's ``r_lift``);
-- stacked: robosuite Stack's check (red lifted, touching green, not grasped).
+- stacked: robosuite Stack's check for the instructed top cube on the instructed bottom
+  cube (top lifted, touching the bottom, not grasped); the other stack is ``wrong_order``.
+
+Instructions that select a cube by side ("the cube on the left") are drawn only by tasks
+with a ``side_margin``: their cubes are redrawn until they are that far apart along the
+side axis (:data:`envs.vocab.SIDE_AXIS`), so "left" is never close to call.
 """
 from __future__ import annotations
 
@@ -29,18 +34,19 @@ class TaskSpec:
     placement_half_range: float = 0.08
     min_separation: float = 0.10  # open fingers span ~8 cm: closer cubes get in the way
     lift_margin: float = 0.04    # robosuite: centre > table top + 0.04
+    side_margin: float = 0.0     # cubes at least this far apart along the side axis (side instructions)
 
     def __post_init__(self):
         for text in self.instructions:
             spec = instruction_spec(text)      # a KeyError names the known instructions
-            colours = {spec.target_colour(), spec.reference_colour()} - {None}
+            selectors = [s for s in (spec.target, spec.reference) if s is not None]
+            colours = {s.colour for s in selectors} - {None}
             if not colours <= set(self.colours):
                 raise ValueError(f"task {self.name}: {text!r} needs cubes {sorted(colours)}, the scene has "
                                  f"{list(self.colours)}")
-            if spec.verb == "stack" and (self.robosuite_env != "Stack" or (spec.target_colour(),
-                                                                          spec.reference_colour()) != ("red", "green")):
-                raise ValueError(f"task {self.name}: {text!r}: success of 'stack' is robosuite Stack's check, "
-                                 f"which knows the red cube on the green one only")
+            if any(s.needs_positions for s in selectors) and (len(self.colours) < 2 or self.side_margin <= 0):
+                raise ValueError(f"task {self.name}: {text!r} selects a cube by side: it needs two cubes and "
+                                 f"a side_margin > 0 (so that no placement is too close to call)")
 
     @property
     def instruction_ids(self) -> tuple[int, ...]:
@@ -57,7 +63,15 @@ TASKS: dict[str, TaskSpec] = {
         "PickColor", "Stack", ("lift the red cube", "lift the green cube"),
         max_episode_steps=100, randomize_colours=True,
     ),
-    "Stack": TaskSpec("Stack", "Stack", ("stack the red cube on the green cube",), max_episode_steps=200),
+    # Both orders, and which colour goes to which cube size drawn independently of the
+    # order (otherwise "small on large" would solve it without reading the instruction).
+    "Stack": TaskSpec("Stack", "Stack", ("stack the red cube on the green cube", "stack the green cube on the red cube"),
+                      max_episode_steps=200, randomize_colours=True),
+    # Evaluation only: PickColor's scenes, the cube named by its side (zero-shot instructions).
+    "PickSide": TaskSpec(
+        "PickSide", "Stack", ("lift the cube on the left", "lift the cube on the right"),
+        max_episode_steps=100, randomize_colours=True, side_margin=0.04,
+    ),
 }
 
 

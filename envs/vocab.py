@@ -22,24 +22,48 @@ from dataclasses import asdict, dataclass
 COLOURS: tuple[str, ...] = ("red", "green")
 #: What an instruction asks: ``lift`` -- the target's centre rises above the task's lift
 #: margin and no other cube does; ``stack`` -- the target rests on the reference (robosuite
-#: Stack's check, which knows the red cube on the green one only).
+#: Stack's check, for either cube on the other: lifted, touching, not grasped).
 VERBS: tuple[str, ...] = ("lift", "stack")
+
+
+#: Sides a selector may name. "left" / "right" are as the camera sees the scene: the camera
+#: faces the robot from the front of the table, so image-right is the world's +y axis and
+#: the cube on the left is the one with the smaller y (:data:`SIDE_AXIS`).
+SIDES: tuple[str, ...] = ("left", "right")
+SIDE_AXIS = 1
 
 
 @dataclass(frozen=True)
 class Selector:
-    """Picks one cube of a scene. ``colour``: the cube of that colour (the only selector so
-    far; selectors over the scene state, e.g. a side or a size, read ``positions``)."""
+    """Picks one cube of a scene: by ``colour`` (the cube of that colour) or by ``side``
+    (:data:`SIDES`: the cube further that way along :data:`SIDE_AXIS`, read from the cubes'
+    ``positions`` at the episode's start -- tasks that draw a side keep the cubes at least
+    ``TaskSpec.side_margin`` apart along that axis, so the answer is never close to call)."""
 
-    colour: str
+    colour: str | None = None
+    side: str | None = None
 
     def __post_init__(self):
-        if self.colour not in COLOURS:
+        if (self.colour is None) == (self.side is None):
+            raise ValueError("a selector names a colour or a side, exactly one of them")
+        if self.colour is not None and self.colour not in COLOURS:
             raise ValueError(f"unknown colour {self.colour!r}; known: {COLOURS}")
+        if self.side is not None and self.side not in SIDES:
+            raise ValueError(f"unknown side {self.side!r}; known: {SIDES}")
+
+    @property
+    def needs_positions(self) -> bool:
+        return self.side is not None
 
     def pick(self, positions: Mapping[str, object] | None = None) -> str:
-        """The colour of the selected cube, given the cubes' ``positions`` by colour (unused here)."""
-        return self.colour
+        """The colour of the selected cube, given the cubes' ``positions`` ``(3,)`` by colour."""
+        if self.colour is not None:
+            return self.colour
+        if not positions or len(positions) < 2:
+            raise ValueError(f"selecting the cube on the {self.side} needs the positions of two cubes, "
+                             f"got {None if positions is None else list(positions)}")
+        ys = {c: float(p[SIDE_AXIS]) for c, p in positions.items()}
+        return (min if self.side == "left" else max)(ys, key=ys.get)
 
 
 @dataclass(frozen=True)
@@ -70,6 +94,10 @@ SPECS: tuple[InstructionSpec, ...] = (
     InstructionSpec("lift the red cube", "lift", Selector("red")),
     InstructionSpec("lift the green cube", "lift", Selector("green")),
     InstructionSpec("stack the red cube on the green cube", "stack", Selector("red"), Selector("green")),
+    InstructionSpec("stack the green cube on the red cube", "stack", Selector("green"), Selector("red")),
+    # Evaluation-only (no task collects them, no expert demonstrates them): the zero-shot set.
+    InstructionSpec("lift the cube on the left", "lift", Selector(side="left")),
+    InstructionSpec("lift the cube on the right", "lift", Selector(side="right")),
 )
 INSTRUCTIONS: tuple[str, ...] = tuple(s.text for s in SPECS)
 if len(set(INSTRUCTIONS)) != len(INSTRUCTIONS):
@@ -110,6 +138,26 @@ def instruction_spec(text_or_id: str | int) -> InstructionSpec:
 def target_colour(text_or_id: str | int, positions: Mapping[str, object] | None = None) -> str:
     """Colour of the cube the instruction asks to move (the red one for Stack)."""
     return instruction_spec(text_or_id).target_colour(positions)
+
+
+def opposite_instruction(text_or_id: str | int) -> int:
+    """The id of the instruction that asks the opposite of this one, on the same scene: the
+    other colour or side (lift), the other order (stack)."""
+    spec = instruction_spec(text_or_id)
+
+    def flip(sel: Selector | None) -> Selector | None:
+        if sel is None:
+            return None
+        if sel.colour is not None:
+            return Selector(colour=next(c for c in COLOURS if c != sel.colour))
+        return Selector(side=next(s for s in SIDES if s != sel.side))
+
+    want = (spec.verb, flip(spec.target), flip(spec.reference)) if spec.verb == "lift" else \
+        (spec.verb, spec.reference, spec.target)
+    for i, s in enumerate(SPECS):
+        if (s.verb, s.target, s.reference) == want:
+            return i
+    raise KeyError(f"no instruction is the opposite of {spec.text!r}")
 
 
 def lift_instruction(colour: str) -> int:

@@ -36,8 +36,12 @@ from experiments.results import write_outcomes
 #: The method registry: one ``experiments/conf/method/<name>.yaml`` per method.
 METHOD_DIR = CONF_DIR / "method"
 #: What a method file may say (``builder: planning`` files; see experiments/conf/method/).
-PROPOSERS, SCORERS, CADENCES = ("gaussian", "prior"), ("worldmodel", "simulator", "rendered_student", "random", None), \
-    ("planner", "prior_agent")
+#: Proposers: ``gaussian`` (the planner's own), ``prior`` (the instruction-conditioned action
+#: prior), ``play`` (the play prior: the same diffusion prior blind to the instruction).
+PROPOSERS, SCORERS, CADENCES = ("gaussian", "prior", "play"), \
+    ("worldmodel", "simulator", "rendered_student", "random", None), ("planner", "prior_agent")
+#: The pipeline stage whose action prior each learned proposer samples.
+PRIOR_STAGES = {"prior": "prior", "play": "play_prior"}
 
 
 def methods() -> list[str]:
@@ -77,9 +81,14 @@ def world_model_stage(method: str) -> str | None:
     return spec.get("world_model") if spec.builder == "planning" and spec.scorer == "worldmodel" else None
 
 
-def uses_prior(method: str) -> bool:
+def prior_stage(method: str) -> str | None:
+    """The pipeline stage of the action prior ``method`` samples (``None``: it samples none)."""
     spec = method_spec(method)
-    return spec.builder == "planning" and spec.proposer == "prior"
+    return PRIOR_STAGES.get(spec.proposer) if spec.builder == "planning" else None
+
+
+def uses_prior(method: str) -> bool:
+    return prior_stage(method) is not None
 
 
 def stages_for(method: str) -> list[str]:
@@ -89,7 +98,7 @@ def stages_for(method: str) -> list[str]:
         return []
     need = [world_model_stage(method), "student"] if spec.scorer == "worldmodel" else []
     need += ["student"] if spec.scorer == "rendered_student" else []
-    return need + (["prior"] if uses_prior(method) else [])
+    return need + ([prior_stage(method)] if uses_prior(method) else [])
 
 
 def make_method(method: str, cfg: DictConfig, stages: dict):
@@ -107,7 +116,7 @@ def make_method(method: str, cfg: DictConfig, stages: dict):
         kwargs = OmegaConf.to_container(cfg.agent.kwargs) if method == cfg.agent.name else {}
         return make_agent(method, **kwargs)
     planner = OmegaConf.to_container(cfg.planner)
-    prior = str(pipeline.model_path(stages, "prior")) if uses_prior(method) else None
+    prior = str(pipeline.model_path(stages, prior_stage(method))) if uses_prior(method) else None
     if spec.scorer == "worldmodel":
         from agent.mpc import WorldModelMPC
 
@@ -185,7 +194,7 @@ def method_identity(method: str, cfg: DictConfig, stages: dict) -> dict:
     if planning and spec.scorer == "rendered_student":
         ident.update(weights=OmegaConf.to_container(cfg.mpc.weights), student=stages["student"].key)
     if uses_prior(method):
-        ident["prior"] = stages["prior"].key
+        ident["prior"] = stages[prior_stage(method)].key
     if planning and spec.cadence == "prior_agent":
         ident["prior_agent"] = OmegaConf.to_container(cfg.prior_agent)
     if spec.builder == "sac":

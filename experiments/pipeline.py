@@ -49,7 +49,7 @@ NEUTRAL_DEFAULTS = {"prior.train.balance": "none", "prior.train.colour_swap": 0.
                     "tokenizer.model.pixel_context": False, "student.model.depth": 0,
                     "student.model.colour": False, "student.model.action_path": False,
                     "student.model.tracks": False, "student.train.shaping_rank_weight": 0.0,
-                    "bench.wm_action_noise": []}
+                    "bench.wm_action_noise": [], "prior.model.instruction_input": True}
 
 #: The instruction vocabulary's key (:data:`envs.vocab.VOCAB_KEY`) when stage keys began to
 #: read it: stages keyed before then were built under exactly this vocabulary.
@@ -270,10 +270,13 @@ def path_list(paths) -> str:
     return "[" + ",".join(str(p) for p in paths) + "]"
 
 
-#: Stages in build order, and the stages each one reads.
-STAGES = ("collect", "tokenizer", "worldmodel", "bench", "student", "aligned", "prior")
+#: Stages in build order, and the stages each one reads. ``prior`` is the instruction-conditioned
+#: action prior, ``play_prior`` the same diffusion prior blind to the instruction (its overrides
+#: say so), trained on the same pooled rollouts.
+STAGES = ("collect", "tokenizer", "worldmodel", "bench", "student", "aligned", "prior", "play_prior")
 DEPENDS = {"collect": (), "tokenizer": ("collect",), "worldmodel": ("tokenizer",), "bench": ("worldmodel",),
-           "student": ("bench",), "aligned": ("worldmodel", "student"), "prior": ("collect",)}
+           "student": ("bench",), "aligned": ("worldmodel", "student"), "prior": ("collect",),
+           "play_prior": ("collect",)}
 
 
 def needed(stages) -> set[str]:
@@ -341,9 +344,10 @@ def build(pcfg: DictConfig, stages, *, artifacts: str | os.PathLike = "artifacts
                                            {"bench_file": bench.dir / "bench.h5"}, artifacts=artifacts, log=log)
     if "aligned" in need:
         done["aligned"] = aligned_stage(pcfg, done, coll_keys, rollouts["train"], artifacts=artifacts, log=log)
-    if "prior" in need:
-        done["prior"] = run_script_stage("prior", "train_prior", list(pcfg.get("prior", [])), coll_keys, data,
-                                         artifacts=artifacts, log=log)
+    for name in ("prior", "play_prior"):
+        if name in need:
+            done[name] = run_script_stage(name, "train_prior", list(pcfg.get(name, [])), coll_keys, data,
+                                          artifacts=artifacts, log=log)
     return done
 
 
@@ -393,7 +397,8 @@ def aligned_stage(pcfg: DictConfig, done: dict, inputs: dict[str, str], train_ro
 
 #: The file each model stage leaves in its folder.
 MODEL_FILES = {"tokenizer": "last.pt", "worldmodel": "worldmodel.pt", "bench": "bench.h5",
-               "student": "student.pt", "aligned": "worldmodel.pt", "prior": "prior.pt", "sac": "sac.zip",
+               "student": "student.pt", "aligned": "worldmodel.pt", "prior": "prior.pt", "play_prior": "prior.pt",
+               "sac": "sac.zip",
                "sac_ref": "sac.zip"}
 
 

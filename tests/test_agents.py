@@ -64,7 +64,11 @@ def test_agent_interface():
     ("roboalign/Lift-v0", None),
     ("roboalign/PickColor-v0", {"instruction": "lift the red cube"}),
     ("roboalign/PickColor-v0", {"instruction": "lift the green cube"}),
-    ("roboalign/Stack-v0", None),
+    ("roboalign/Stack-v0", {"instruction": "stack the red cube on the green cube", "swap_colours": False}),
+    ("roboalign/Stack-v0", {"instruction": "stack the green cube on the red cube", "swap_colours": False}),
+    ("roboalign/Stack-v0", {"instruction": "stack the red cube on the green cube", "swap_colours": True}),
+    ("roboalign/Stack-v0", {"instruction": "stack the green cube on the red cube", "swap_colours": True}),
+    ("roboalign/PickSide-v0", {"instruction": "lift the cube on the left"}),
 ])
 def test_scripted_expert_succeeds(make_env, env_id, options):
     env = make_env(env_id)

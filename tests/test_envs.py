@@ -12,6 +12,7 @@ from scipy import ndimage
 
 import envs
 from agent.scripted import ScriptedExpert
+from envs.vocab import INSTRUCTIONS
 from envs.robosuite_env import LABELS
 from envs.vocab import instruction_id
 from tests.conftest import LIFT, PICK, STACK, label_mask, set_cube
@@ -44,7 +45,7 @@ def test_sb3_check_env_state_mode(make_env, env_id):
     env = make_env(env_id, obs_mode="state")
     assert isinstance(env.observation_space, gym.spaces.Box)
     n_obj = len(env.unwrapped.task.colours)
-    assert env.observation_space.shape == (4 + 6 * n_obj + 3,)
+    assert env.observation_space.shape == (4 + 6 * n_obj + len(INSTRUCTIONS),)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         check_env(env, warn=True)
@@ -71,7 +72,7 @@ def test_gym_make_with_module_prefix_in_fresh_process(tmp_path):
 
 
 def test_registry_and_spaces(lift_env, pick_env):
-    assert set(envs.ENV_IDS) == {LIFT, PICK, STACK}
+    assert set(envs.ENV_IDS) == {LIFT, PICK, STACK, "roboalign/PickSide-v0"}
     for env_id in envs.ENV_IDS:
         assert env_id in gym.registry
     assert gym.registry[STACK].max_episode_steps == 200
@@ -361,12 +362,67 @@ def test_bad_reset_options_and_states_raise(lift_env, pick_env):
         envs.make(LIFT, obs_mode="pixels")
 
 
-def test_colour_swap_only_for_pick_color(lift_env, stack_env):
-    for env in (lift_env, stack_env):
-        with pytest.raises(ValueError, match="does not swap colours"):
-            env.reset(seed=0, options={"swap_colours": True})
-        _, info = env.reset(seed=0)  # still usable
-        assert info["sim_state"][-3] == 0.0
+def test_colour_swap_only_for_two_cube_tasks(lift_env):
+    with pytest.raises(ValueError, match="does not swap colours"):
+        lift_env.reset(seed=0, options={"swap_colours": True})
+    _, info = lift_env.reset(seed=0)  # still usable
+    assert info["sim_state"][-3] == 0.0
+
+
+def _stack(env, top: str, bottom: str) -> None:
+    """Place ``top`` resting on ``bottom`` (hand-placed, no robot)."""
+    u = env.unwrapped
+    half = {c: float(o.size[2]) for c, o in u._cubes.items()}
+    base = u._body_pos(u._cubes[bottom])
+    set_cube(env, top, xyz=[base[0], base[1], base[2] + half[bottom] + half[top] + 0.001], quat=[1, 0, 0, 0])
+    for _ in range(5):                       # let it settle into contact
+        u.sim.step()
+    u.sim.forward()
+
+
+def test_stack_draws_both_orders_and_both_size_assignments_reproducibly(stack_env):
+    seen = set()
+    for seed in range(16):
+        _, info = stack_env.reset(seed=seed)
+        seen.add((info["instruction"], bool(info["sim_state"][-3])))
+        again = stack_env.reset(seed=seed)[1]
+        assert np.array_equal(again["sim_state"], info["sim_state"])
+    assert seen == {(t, s) for t in ("stack the red cube on the green cube", "stack the green cube on the red cube")
+                    for s in (False, True)}
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_stack_success_follows_the_instructed_top_cube(stack_env, swap):
+    for top, bottom in (("red", "green"), ("green", "red")):
+        text = f"stack the {top} cube on the {bottom} cube"
+        _, info = stack_env.reset(seed=2, options={"instruction": text, "swap_colours": swap})
+        assert info["target"] == top and not info["success"] and not info["wrong_order"]
+        _stack(stack_env, top, bottom)
+        _, reward, terminated, _, info = stack_env.step(np.array([0, 0, 0, -1.0]))
+        assert info["success"] and terminated and not info["wrong_order"] and reward == pytest.approx(1.0)
+        _, info = stack_env.reset(seed=2, options={"instruction": text, "swap_colours": swap})
+        _stack(stack_env, bottom, top)        # the other order: not a success, and flagged
+        _, _, terminated, _, info = stack_env.step(np.array([0, 0, 0, -1.0]))
+        assert not info["success"] and not terminated and info["wrong_order"] and info["wrong_object"]
+
+
+def test_pick_side_keeps_the_cubes_apart_and_names_the_cube_by_its_side(make_env):
+    env = make_env("roboalign/PickSide-v0")
+    for seed in range(12):
+        _, info = env.reset(seed=seed)
+        y = {c: p[1] for c, p in info["object_poses"].items()}
+        assert abs(y["red"] - y["green"]) >= env.unwrapped.task.side_margin
+        left = min(y, key=y.get)
+        assert info["target"] == (left if "left" in info["instruction"] else ({"red", "green"} - {left}).pop())
+    _, info = env.reset(seed=0, options={"instruction": "lift the cube on the right"})
+    other = ({"red", "green"} - {info["target"]}).pop()
+    set_cube(env, other, dz=0.10)
+    _, _, terminated, _, info = env.step(np.zeros(4))
+    assert info["wrong_object"] and not info["success"] and not terminated
+    _, info = env.reset(seed=0, options={"instruction": "lift the cube on the right"})
+    set_cube(env, info["target"], dz=0.10)
+    _, _, terminated, _, info = env.step(np.zeros(4))
+    assert info["success"] and terminated
 
 
 # ----------------------------------------------------------------------------- success

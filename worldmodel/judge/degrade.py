@@ -15,7 +15,7 @@ no cube visible to teleport). The start frame (frame 0) is kept unless stated.
 | flicker | brightness jumps (+-25..45) and pixel noise (std 12) on 2-4 frames | TC | PA | |
 | teleport | from frame k on, one cube is cut out and pasted 7..12 px away | PA | CR, AOC | |
 | vanish | from frame k on, one cube is painted over with background | PA | AOC, TC | yes |
-| wrong_instruction | the instruction names the other cube ("green" for red) | IF | MS | |
+| wrong_instruction | the opposite instruction: the other cube ("green" for red), the other stacking order | IF | MS | |
 | swap_actions | actions replaced by another clip's (same task, other episode) | AOC | TC | yes |
 
 HELD OUT (:data:`HELD_OUT`): not looked at while designing the teacher's checks;
@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from envs.robosuite_env import LABELS
-from envs.vocab import lift_instruction, target_colour
+from envs.vocab import opposite_instruction, target_colour
 
 DEGRADATIONS: tuple[str, ...] = ("shuffle", "freeze", "reverse", "truncate", "flicker", "teleport",
                                  "vanish", "wrong_instruction", "swap_actions")
@@ -148,8 +148,7 @@ def vanish(clip, rng):
 
 
 def wrong_instruction(clip, rng):
-    other = "green" if target_colour(int(clip["instruction"])) == "red" else "red"
-    return _with(clip, instruction=lift_instruction(other))
+    return _with(clip, instruction=opposite_instruction(int(clip["instruction"])))
 
 
 def swap_actions(clip, rng, partner: dict | None = None):
