@@ -138,6 +138,15 @@ def pick_top_k(scores: np.ndarray, rng: np.random.Generator, temperature: float 
 PICK_RULES = {"sample": pick_softmax, "top_k": pick_top_k}
 
 
+def switch_distance(actions: np.ndarray, previous: np.ndarray) -> np.ndarray:
+    """``(n,)`` how far each candidate ``(n, steps, 4)`` departs from the previous plan
+    ``(steps, 4)`` (shifted to now): the mean over steps of the L2 distance between their
+    actions. The switching cost subtracts ``switch_cost`` times this from every score, so
+    that replanning keeps to its plan (one cube) unless another scores clearly better."""
+    n = min(actions.shape[1], len(previous))
+    return np.linalg.norm(actions[:, :n] - np.asarray(previous)[None, :n], axis=-1).mean(-1)
+
+
 class SamplingPlanner:
     """Gaussian proposals around a mean plan, refined for ``iterations`` rounds."""
 
@@ -146,7 +155,7 @@ class SamplingPlanner:
     def __init__(self, horizon: int = 8, repeat: int = 2, knots: int | None = None, samples: int = 32,
                  iterations: int = 2, init_std: float = 0.5, min_std: float = 0.05,
                  grip_std: float | None = None, momentum: float = 0.0, pick: str = "best",
-                 pick_temperature: float = 1.0, pick_k: int = 1, **unused):
+                 pick_temperature: float = 1.0, pick_k: int = 1, switch_cost: float = 0.0, **unused):
         unused.pop("name", None)
         unused.pop("execute", None)  # an agent setting that lives next to the planner's
         if unused:
@@ -157,11 +166,14 @@ class SamplingPlanner:
             raise ValueError(f"pick_k must be >= 1, got {pick_k}")
         if pick_temperature <= 0:
             raise ValueError(f"pick_temperature must be > 0, got {pick_temperature}")
+        if switch_cost < 0:
+            raise ValueError(f"switch_cost must be >= 0, got {switch_cost}")
         self.param = ChunkParam(horizon, repeat, knots)
         self.samples, self.iterations = int(samples), int(iterations)
         self.init_std, self.min_std, self.momentum = float(init_std), float(min_std), float(momentum)
         self.grip_std = float(init_std if grip_std is None else grip_std)
         self.pick, self.pick_temperature, self.pick_k = pick, float(pick_temperature), int(pick_k)
+        self.switch_cost = float(switch_cost)
         if self.samples < 2 or self.iterations < 1:
             raise ValueError(f"need samples >= 2 and iterations >= 1, got {samples}, {iterations}")
 
@@ -209,9 +221,12 @@ class SamplingPlanner:
                 noise = rng.standard_normal((self.samples, *self.param.shape))
                 params = np.clip(mean + std * noise, -1.0, 1.0)
                 params[0] = mean                               # the mean is always a candidate
-            scores = np.asarray(score_fn(self.param.decode(params)), np.float64).reshape(-1)
+            actions = self.param.decode(params)
+            scores = np.asarray(score_fn(actions), np.float64).reshape(-1)
             if scores.shape != (self.samples,):
                 raise ValueError(f"score_fn returned shape {scores.shape}, expected ({self.samples},)")
+            if self.switch_cost and warm_start is not None:
+                scores = scores - self.switch_cost * switch_distance(actions, warm_start)
             scores = np.where(np.isfinite(scores), scores, -np.inf)
             n_eval += self.samples
             i = int(np.argmax(scores))
@@ -299,5 +314,5 @@ def make_planner(cfg) -> SamplingPlanner:
     return PLANNERS[name](**cfg)
 
 
-__all__ = ["ChunkParam", "shift_actions", "softmax_weights", "PICK_RULES", "PlanResult", "SamplingPlanner", "CEM", "MPPI",
+__all__ = ["ChunkParam", "shift_actions", "switch_distance", "softmax_weights", "PICK_RULES", "PlanResult", "SamplingPlanner", "CEM", "MPPI",
            "PLANNERS", "make_planner"]

@@ -100,12 +100,14 @@ def tiny_run(tmp_path_factory):
 
 def test_closed_loop_tiny_builds_every_stage_and_runs_each_method(tiny_run):
     artifacts, cfg, report = tiny_run
-    assert set(report["stages"]) == {"collect", "tokenizer", "worldmodel", "bench", "student", "aligned", "prior", "sac"}
+    assert set(report["stages"]) == {"collect", "tokenizer", "worldmodel", "bench", "student", "aligned", "prior",
+                                     "play_prior", "sac"}
     for name, dirs in report["stages"].items():
         for d in dirs if isinstance(dirs, list) else [dirs]:
             assert json.loads((Path(d) / "stage.json").read_text())["stage"] == name
     by_agent = {s["agent"]: s for s in report["summaries"]}
-    assert list(by_agent) == ["mpc_prior", "scripted", "prior_random", "mpc", "sac"]
+    assert list(by_agent) == ["mpc_prior", "scripted", "prior_random", "mpc", "sac", "mpc_play", "play_random",
+                              "play", "oracle_p_play"]
     for s in by_agent.values():
         assert s["episodes"] == 1 and s["seeds"] == split_seeds("test", 1)
         assert split_of(s["seeds"][0]) == "test"

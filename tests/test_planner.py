@@ -95,6 +95,29 @@ def test_top_k_pick_draws_uniformly_among_the_k_best():
         make_planner({"name": "cem", "pick": "top_k", "pick_k": 0})
 
 
+def test_switching_cost_breaks_a_tie_toward_the_previous_plan():
+    """Two proposals score the same; the switching cost picks the one closer to the previous
+    plan (the warm start); without it the first of the tied ones wins. The warm start itself
+    (candidate 0) scores worst here, so only the tie is decided."""
+    proposals = np.zeros((3, 4, 4), np.float32)
+    proposals[1, :, 0], proposals[2, :, 0] = -0.8, 0.7         # both tie at the top score
+    previous = np.full((4, 4), 0.0, np.float32)
+    previous[:, 0] = 0.9                                        # the previous plan went +x
+
+    def score(c):
+        return np.where(np.abs(c[:, 0, 0]) > 0.5, 1.0, 0.0)     # the warm start (dx 0.9) is candidate 0
+
+    def plan(cost):
+        planner = make_planner({"name": "cem", "horizon": 2, "samples": 3, "iterations": 1, "elites": 2,
+                                "switch_cost": cost})
+        return float(planner.plan(lambda c: score(c) - 10 * (np.arange(len(c)) == 0), warm_start=previous,
+                                  rng=np.random.default_rng(0), proposals=proposals).actions[0, 0])
+    assert np.isclose(plan(0.0), -0.8)       # argmax: the first of the tied candidates
+    assert np.isclose(plan(0.1), 0.7)        # closer to the previous plan's +x
+    with pytest.raises(ValueError, match="switch_cost"):
+        make_planner({"name": "cem", "switch_cost": -1.0})
+
+
 def test_sample_pick_draws_the_last_iteration_by_softmax_weights():
     """pick='sample' executes a candidate drawn with softmax weights: near the argmax when
     cold, near the proposals' own frequencies when hot; the drawn candidate's score is reported."""

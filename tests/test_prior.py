@@ -114,6 +114,26 @@ def test_instruction_film_starts_as_the_plain_encoder_and_then_follows_the_instr
     assert (c0 - c1).abs().max() > 1e-3
 
 
+def test_play_prior_samples_do_not_depend_on_the_instruction(one_torch_thread):
+    """``instruction_input=False`` (the play prior): no instruction parameters, and the same
+    seed gives the same samples under any instruction id; it refuses the instruction FiLM."""
+    import dataclasses
+
+    from envs.vocab import INSTRUCTIONS
+
+    torch.manual_seed(0)
+    play = ActionPrior(dataclasses.replace(TINY, instruction_input=False))
+    assert not any(name.startswith(("instruction.", "feature_film.")) for name, _ in play.named_parameters())
+    torch.nn.init.normal_(play.out[1].weight, std=0.1)       # a non-trivial denoiser
+    frame = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    samples = [play.sample(frame, np.zeros(4), i, n=4, generator=torch.Generator().manual_seed(3))
+               for i in range(len(INSTRUCTIONS))]
+    assert np.abs(samples[0]).max() > 0
+    assert all(np.array_equal(samples[0], s) for s in samples[1:])
+    with pytest.raises(ValueError, match="instruction_input"):
+        dataclasses.replace(TINY, instruction_input=False, instruction_film=True)
+
+
 def test_prior_shape_errors():
     model = ActionPrior(TINY)
     with pytest.raises(ValueError, match=r"\(B, 4, 4\)"):

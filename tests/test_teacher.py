@@ -335,6 +335,42 @@ def test_perturbed_action_clips_change_only_the_actions_and_drop_the_recorded_re
     assert small < large
 
 
+def test_opposite_clips_relabel_the_same_frames_and_the_teacher_follows_the_cube(data):
+    """``bench.wm_opposite``: a clip under the opposite instruction keeps its frames, actions and
+    start; the teacher's instruction following drops for the cube that did not move. Lift clips
+    (one instruction) are left out."""
+    from worldmodel.judge.bench import opposite_clips
+
+    pick, lift = _final_clip(data["test"]["pick"]), _final_clip(data["test"]["lift"])
+    out, names = opposite_clips([pick, lift], ["wm_t1", "wm_t1"])
+    assert names == ["wm_t1:opposite"] and len(out) == 1
+    d = out[0]
+    assert d["instruction"] == instruction_id("lift the green cube") and pick["instruction"] == instruction_id(
+        "lift the red cube")
+    for k in ("frames", "actions", "start_state"):
+        assert np.array_equal(d[k], pick[k])
+    own, opp = _score(data["teacher"], pick), _score(data["teacher"], d)
+    assert own["true_stage"][0] == 3 and opp["true_stage"][0] == 0       # the red cube was lifted, not the green
+    assert own["scores"][IF] > opp["scores"][IF]
+
+
+@pytest.mark.parametrize("text", ["stack the red cube on the green cube", "stack the green cube on the red cube"])
+def test_teacher_stages_a_stack_in_the_instructed_order_only(data, make_env, text):
+    """On the replay of a scripted stack (colours swapped onto the other cube sizes), the
+    instructed order reaches the top stage and the opposite order counts the wrong cube moved."""
+    from worldmodel.judge.bench import opposite_clips
+
+    env_id = "roboalign/Stack-v0"
+    env = make_env(env_id)
+    r = run_episode(env, ScriptedExpert(), 7, record=True, options={"instruction": text, "swap_colours": True})
+    assert r.success
+    ep = source_episode(r.episode, env_id, f"{env_id}:7", "test", True, instruction_id(text))
+    clip = _final_clip(ep)
+    (opp,), _ = opposite_clips([clip], ["real"])
+    own_stage, opp_stage = (_score(data["teacher"], c)["true_stage"] for c in (clip, opp))
+    assert own_stage[0] == 3 and opp_stage[0] == 0, (own_stage, opp_stage)
+
+
 def test_bench_shard_key_ignores_the_preset_name():
     """Bench shards are reused across preset names with the same settings, rebuilt when a
     setting changes."""

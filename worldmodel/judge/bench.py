@@ -6,7 +6,8 @@ Built by ``python experiments/build_bench.py`` (config ``experiments/conf/build_
 shard of ``shard_episodes`` episodes of one rollout file: real clips, ``degradations_per_clip``
 random degradations of each (all nine types), and world-model generations (``wm_starts``
 starts per file x ``wm_temperatures``, plus ``wm_action_noise`` perturbed-action variants of
-each start) when a checkpoint exists. Output:
+each start; with ``wm_opposite`` each generation once more under the task's opposite
+instruction, degradation name ``<name>:opposite``) when a checkpoint exists. Output:
 ``artifacts/judge/<bench.name>/bench.h5`` plus ``summary.md``; ``perception.npz`` and
 ``teacher.json`` beside it are the fitted teacher (:func:`worldmodel.judge.teacher.default_teacher`).
 
@@ -61,7 +62,7 @@ import numpy as np
 from envs import ENV_IDS
 from envs.rollouts import atomic_path, demo_keys, env_args, open_rollouts
 from envs.tasks import get_task
-from envs.vocab import instruction_spec, target_colour
+from envs.vocab import instruction_spec, opposite_instruction, target_colour
 
 N_FRAMES = 9
 STRIDE = 2
@@ -377,6 +378,22 @@ def generate_clips(wm, real: list[dict], temperatures, batch: int = 16, seed: in
     return out, labels
 
 
+def opposite_clips(clips: list[dict], labels: list[str]) -> tuple[list, list]:
+    """The same clips (frames, actions, start) under the opposite instruction
+    (:func:`envs.vocab.opposite_instruction`) where the clip's task draws that instruction:
+    the teacher judges the same pixels for the other cube or the other order."""
+    import envs
+    from envs.tasks import get_task
+
+    out, names = [], []
+    for c, name in zip(clips, labels):
+        other = opposite_instruction(c["instruction"])
+        if other in get_task(envs.ENV_IDS[c["env_id"]]).instruction_ids:
+            out.append({**c, "instruction": other})
+            names.append(f"{name}:opposite")
+    return out, names
+
+
 def perturbed_action_clips(real: list[dict], noise_stds, rng: np.random.Generator) -> tuple[list, list]:
     """For each real clip and each std in ``noise_stds``: a copy whose control actions are
     ``clip(actions + N(0, std), -1, 1)`` (one draw per copy), labelled ``"wm_a<std>"``.
@@ -395,10 +412,11 @@ def perturbed_action_clips(real: list[dict], noise_stds, rng: np.random.Generato
 
 def build_shard(path, teacher, *, max_episodes, windows: int, degradations_per_clip: int,
                 wm=None, wm_starts: int = 0, wm_temperatures=(), wm_batch: int = 16, seed: int = 0,
-                episodes: tuple[int, int] | None = None, wm_action_noise=()) -> dict:
+                episodes: tuple[int, int] | None = None, wm_action_noise=(), wm_opposite: bool = False) -> dict:
     """All bench rows from one rollout file (episodes ``[start, stop)`` of it if given):
     real clips, degradations, generations (real actions at each of ``wm_temperatures``;
-    perturbed actions at temperature 1 for each std of ``wm_action_noise``)."""
+    perturbed actions at temperature 1 for each std of ``wm_action_noise``; each of them again
+    under the opposite instruction with ``wm_opposite``)."""
     from worldmodel.judge.degrade import DEGRADATIONS
 
     tag = f"{Path(path).stem}:{episodes}"
@@ -417,11 +435,15 @@ def build_shard(path, teacher, *, max_episodes, windows: int, degradations_per_c
         pick = rng.choice(len(real), size=min(wm_starts, len(real)), replace=False)
         starts = [real[i] for i in sorted(pick)]
         gen, labels = generate_clips(wm, starts, wm_temperatures, wm_batch, seed)
-        parts.append(label_clips(teacher, gen, "generated", labels))
         if len(wm_action_noise):
             varied, names = perturbed_action_clips(starts, wm_action_noise, rng)
-            gen = generate_clips(wm, varied, [1.0], wm_batch, seed + 1)[0]
-            parts.append(label_clips(teacher, gen, "generated", names))
+            gen += generate_clips(wm, varied, [1.0], wm_batch, seed + 1)[0]
+            labels += names
+        parts.append(label_clips(teacher, gen, "generated", labels))
+        if wm_opposite:
+            opp, names = opposite_clips(gen, labels)
+            if opp:
+                parts.append(label_clips(teacher, opp, "generated", names))
     teacher.clear_cache()
     return concat_rows(parts)
 
