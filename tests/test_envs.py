@@ -12,9 +12,8 @@ from scipy import ndimage
 
 import envs
 from agent.scripted import ScriptedExpert
-from envs.vocab import INSTRUCTIONS
 from envs.robosuite_env import LABELS
-from envs.vocab import instruction_id
+from envs.vocab import INSTRUCTIONS, instruction_id
 from tests.conftest import LIFT, PICK, STACK, label_mask, set_cube
 
 ALL_IDS = sorted(envs.ENV_IDS)
