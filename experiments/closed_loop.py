@@ -199,6 +199,8 @@ def method_identity(method: str, cfg: DictConfig, stages: dict) -> dict:
         ident["prior_agent"] = OmegaConf.to_container(cfg.prior_agent)
     if spec.builder == "sac":
         ident["sac"] = stages[method].key
+    if cfg.get("instruction"):
+        ident["instruction"] = cfg.instruction
     if world_model_stage(method) is not None:
         ident.update(mpc=OmegaConf.to_container(cfg.mpc), world_model=stages[world_model_stage(method)].key,
                      student=stages["student"].key)
@@ -239,9 +241,23 @@ def gap_teacher(method: str, cfg: DictConfig, stages: dict) -> str | None:
 
 def evaluate_method(method: str, cfg: DictConfig, stages: dict, seeds: list[int], out: Path) -> dict:
     """Run one method on ``seeds`` in the real simulator; its summary (episodes saved in ``out``)."""
-    return evaluate(cfg.env.id, make_method(method, cfg, stages), seeds, out_dir=out, videos=cfg.videos,
+    options = [{"instruction": cfg.instruction}] * len(seeds) if cfg.get("instruction") else None
+    return evaluate(cfg.env.id, make_method(method, cfg, stages), seeds, out_dir=out, videos=cfg.videos, options=options,
                     workers=cfg.workers, env_kwargs=OmegaConf.to_container(cfg.env.kwargs), name=method,
                     identity=method_identity(method, cfg, stages), gap=gap_teacher(method, cfg, stages))
+
+
+def check_instruction(cfg: DictConfig) -> None:
+    """A fixed ``instruction`` must be one the evaluated task draws (fails before any build)."""
+    if not cfg.get("instruction"):
+        return
+    import envs
+    from envs.tasks import get_task
+    from envs.vocab import instruction_id
+
+    task = get_task(envs.ENV_IDS[cfg.env.id])
+    if instruction_id(cfg.instruction) not in task.instruction_ids:
+        raise ValueError(f"instruction={cfg.instruction!r} is not one of task {task.name}'s: {list(task.instructions)}")
 
 
 def run(cfg: DictConfig) -> dict:
@@ -251,6 +267,7 @@ def run(cfg: DictConfig) -> dict:
     names = list(dict.fromkeys([cfg.agent.name, *cfg.baselines]))
     for name in names:      # an unknown method fails here, before anything is built
         method_spec(name)
+    check_instruction(cfg)
     needed = sorted({s for m in names for s in stages_for(m)})
     stages = pipeline.build(cfg.pipeline, needed, artifacts=cfg.artifacts) if needed else {}
     for method in (m for m in names if method_spec(m).builder == "sac"):   # trained on the evaluated env itself

@@ -322,18 +322,30 @@ def test_configs_compose():
         assert world_model_stage(method) in (*STAGES, None), method
         if spec.builder == "plain":
             assert make_method(method, _compose("closed_loop", []), {}).name == method
-    assert len(methods()) == 18 and world_model_stage("mpc_prior_pretrained") == "worldmodel"
+    assert len(methods()) == 22 and world_model_stage("mpc_prior_pretrained") == "worldmodel"
     with pytest.raises(KeyError, match="unknown method 'mpc_priors'.*mpc_prior"):
         method_spec("mpc_priors")
     from experiments.closed_loop import stages_for
     assert stages_for("mpc_prior") == ["aligned", "student", "prior"] and stages_for("prior") == ["prior"]
     assert stages_for("scripted") == []
+    assert stages_for("mpc_play") == ["aligned", "student", "play_prior"] and stages_for("play_random") == ["play_prior"]
     from experiments.pipeline import needed
     assert needed("aligned") == {"collect", "tokenizer", "worldmodel", "bench", "student", "aligned"}
     for preset, n in (("tiny", 1), ("quick", 5), ("default", 10), ("full", 50)):
         assert _compose("closed_loop", [f"preset={preset}"]).episodes == n
     # the preset is applied after _self_, so it sets episodes; an explicit override still wins
     assert _compose("closed_loop", ["preset=tiny", "episodes=3"]).episodes == 3
+
+
+def test_a_fixed_instruction_must_be_the_tasks_and_enters_the_identity():
+    from experiments.closed_loop import check_instruction, method_identity
+
+    cfg = _compose("closed_loop", ["env=pick_color", "instruction='lift the green cube'", "agent=scripted"])
+    check_instruction(cfg)
+    assert method_identity("scripted", cfg, {})["instruction"] == "lift the green cube"
+    assert "instruction" not in method_identity("scripted", _compose("closed_loop", ["agent=scripted"]), {})
+    with pytest.raises(ValueError, match="not one of task Lift"):
+        check_instruction(_compose("closed_loop", ["instruction='lift the green cube'"]))
 
 
 def test_unknown_agent_name():
