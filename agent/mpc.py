@@ -68,8 +68,17 @@ class WorldModelScorer(Scorer):
     def __init__(self, world_model, reward, weights: dict | None = None, rollout_mode: str = "swr",
                  window: int | None = None, temperature: float = 1.0, top_k: int | None = None,
                  keep_imagined: bool = True, amp: bool = True, score_actions: bool = False, futures: int = 1,
-                 pessimism: float = 0.0, repeat: int | None = None, inspect: dict | None = None):
+                 pessimism: float = 0.0, repeat: int | None = None, inspect: dict | None = None,
+                 reader=None, reader_weight: float = 0.0):
         self.weights = objective_weights(weights)
+        # optional: the instructed cube read off the imagined pixels (agent/reader.py), added to
+        # the objective with this weight
+        if reader_weight and reader is None:
+            raise ValueError("reader_weight > 0 needs a reader (a perception.npz path or PixelReader)")
+        from agent.reader import PixelReader
+
+        self.reader = None if not reader_weight else (reader if isinstance(reader, PixelReader) else PixelReader(reader))
+        self.reader_weight = float(reader_weight)
         # opt-in per-replan record of candidates, scores and imagined futures (agent/inspect.py)
         self.recorder = PlanRecorder(**inspect) if inspect else None
         self._wm_src, self._reward_src = world_model, reward
@@ -169,6 +178,10 @@ class WorldModelScorer(Scorer):
                 if self.score_actions else {}
             out = self.reward.score(clips, instr, **extra)
             obj = self.objective(out).numpy().astype(np.float64)
+        if self.reader is not None:
+            from agent.reader import reader_objective
+
+            obj = obj + self.reader_weight * reader_objective(self.reader.read(to_uint8(clips), self._instruction))
         obj = aggregate_futures(obj.reshape(len(cands), k), self.pessimism)
         if self.recorder is not None:      # per candidate: dimensions averaged over its draws, its first draw's clip
             mean = lambda x: None if x is None else torch.as_tensor(x).float().reshape(len(cands), k, -1).mean(1)  # noqa: E731
@@ -225,14 +238,15 @@ class WorldModelMPC(PlanningAgent):
                  temperature: float = 1.0, top_k: int | None = None, seed: int = 0,
                  threads: int | None = None, keep_imagined: bool = True, name: str | None = None,
                  amp: bool = True, prior=None, score_actions: bool = False, futures: int = 1,
-                 pessimism: float = 0.0, inspect: dict | None = None):
+                 pessimism: float = 0.0, inspect: dict | None = None, reader=None, reader_weight: float = 0.0):
         from agent.prior import PriorProposer
 
         planner = dict(planner or {"name": "cem"})
         scorer = WorldModelScorer(world_model, reward, weights=weights, rollout_mode=rollout_mode, window=window,
                                   temperature=temperature, top_k=top_k, keep_imagined=keep_imagined, amp=amp,
                                   score_actions=score_actions, futures=futures, pessimism=pessimism,
-                                  repeat=make_planner(planner).param.repeat, inspect=inspect)
+                                  repeat=make_planner(planner).param.repeat, inspect=inspect, reader=reader,
+                                  reader_weight=reader_weight)
         proposer = GaussianProposer() if prior is None else PriorProposer(prior)
         super().__init__(proposer, scorer, planner=planner, execute=execute, seed=seed, threads=threads,
                          name=name or f"mpc_{planner.get('name', 'cem')}")

@@ -124,6 +124,8 @@ def make_method(method: str, cfg: DictConfig, stages: dict):
         kwargs.pop("student", None)
         kwargs.pop("worldmodel", None)
         inspect = {"top_k": cfg.inspect.top_k, "random": cfg.inspect.random} if cfg.inspect.enabled else None
+        if kwargs.get("reader_weight"):      # the colour perception fitted with the bench's teacher
+            kwargs["reader"] = str(stages["bench"].dir / "perception.npz")
         return WorldModelMPC(planning_world_model(cfg, stages, world_model_stage(method)),
                              planning_student(cfg, stages), planner=planner, name=method, prior=prior,
                              inspect=inspect, **kwargs)
@@ -180,7 +182,8 @@ def planning_world_model(cfg: DictConfig, stages: dict, stage: str) -> str:
 #: ``mpc`` and ``planner`` options at the value that reproduces the planner as it was before
 #: they were declared: left out of a method's identity there, so finished episodes stay reusable.
 IDENTITY_NEUTRAL = {"mpc.pessimism": 0.0, "mpc.student": None, "mpc.worldmodel": None,
-                    "planner.pick_temperature": 1.0, "planner.pick_k": 1, "planner.switch_cost": 0.0}
+                    "planner.pick_temperature": 1.0, "planner.pick_k": 1, "planner.switch_cost": 0.0,
+                    "mpc.reader_weight": 0.0}
 
 
 def method_identity(method: str, cfg: DictConfig, stages: dict) -> dict:
