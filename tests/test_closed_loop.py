@@ -140,7 +140,7 @@ def test_closed_loop_tiny_rerun_reuses_every_stage(tiny_run, capsys):
     artifacts, cfg, report = tiny_run
     again = run(cfg)
     out = capsys.readouterr().out
-    assert ": building in" not in out and out.count(": reusing") == 9   # 2 collections + 7 stages
+    assert ": building in" not in out and out.count(": reusing") == 10   # 2 collections + 8 stages
     assert again["stages"] == report["stages"]
     assert again["summaries"] == report["summaries"]              # finished seeds are not re-run
 
