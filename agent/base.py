@@ -6,7 +6,9 @@ uint8, ``proprio`` ``(4,)``, ``instruction`` int, ``objects`` ``(3 * n_cubes,)``
 """
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
+from typing import Any, Callable
 
 import numpy as np
 
@@ -23,6 +25,28 @@ class Agent(ABC):
     def act(self, obs: dict) -> np.ndarray:
         """``act(obs: dict) -> np.ndarray`` of shape ``(4,)`` in [-1, 1]: ``[dx, dy, dz, grip]``."""
         raise NotImplementedError("Agent.act(obs: dict) -> np.ndarray (4,) must be implemented")
+
+
+class Lazy:
+    """A model given as the object itself or as a checkpoint path, loaded by ``load(path)`` on
+    first :meth:`get`. One given by path is pickled without the loaded object, so agents that
+    hold it travel cheaply into worker processes (``load`` must be picklable: a module-level
+    function or a classmethod)."""
+
+    def __init__(self, src, load: Callable[[Any], Any]):
+        self.src, self.load = src, load
+        self.obj = None if isinstance(src, (str, os.PathLike)) else src
+
+    def get(self):
+        if self.obj is None:
+            self.obj = self.load(self.src)
+        return self.obj
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        if isinstance(self.src, (str, os.PathLike)):
+            state["obj"] = None
+        return state
 
 
 class RandomAgent(Agent):

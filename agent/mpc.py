@@ -28,12 +28,12 @@ it pickles cheaply into worker processes.
 """
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
 import torch
 
+from agent.base import Lazy
 from agent.choose import GaussianProposer, PlanningAgent, Scorer
 from agent.inspect import PlanRecorder, to_uint8
 from agent.objective import aggregate_futures, objective_weights, plan_objective
@@ -41,13 +41,15 @@ from agent.planner import make_planner
 from worldmodel.training import autocast
 
 
-def _load_world_model(path):
+def load_world_model(path):
+    """A :class:`worldmodel.world_model.WorldModel` from its checkpoint (imported on first use)."""
     from worldmodel.world_model import WorldModel
 
     return WorldModel.from_checkpoint(path)
 
 
-def _load_reward(path):
+def load_reward(path):
+    """A student reward (:class:`worldmodel.judge.student.StudentReward`) from its checkpoint."""
     from worldmodel.judge.student import StudentReward
 
     return StudentReward.from_checkpoint(path)
@@ -73,17 +75,16 @@ class WorldModelScorer(Scorer):
         self.weights = objective_weights(weights)
         # optional: the instructed cube read off the imagined pixels (agent/reader.py), added to
         # the objective with this weight
-        if reader_weight and reader is None:
-            raise ValueError("reader_weight > 0 needs a reader (a perception.npz path or PixelReader)")
-        from agent.reader import PixelReader
+        self.reader, self.reader_weight = None, float(reader_weight)
+        if reader_weight:
+            if reader is None:
+                raise ValueError("reader_weight > 0 needs a reader (a perception.npz path or PixelReader)")
+            from agent.reader import PixelReader
 
-        self.reader = None if not reader_weight else (reader if isinstance(reader, PixelReader) else PixelReader(reader))
-        self.reader_weight = float(reader_weight)
+            self.reader = reader if isinstance(reader, PixelReader) else PixelReader(reader)
         # opt-in per-replan record of candidates, scores and imagined futures (agent/inspect.py)
         self.recorder = PlanRecorder(**inspect) if inspect else None
-        self._wm_src, self._reward_src = world_model, reward
-        self._wm = None if isinstance(world_model, (str, os.PathLike)) else world_model
-        self._reward = None if isinstance(reward, (str, os.PathLike)) else reward
+        self._wm, self._reward = Lazy(world_model, load_world_model), Lazy(reward, load_reward)
         self.rollout_mode, self.window = rollout_mode, window
         self.temperature, self.top_k = float(temperature), top_k
         self.keep_imagined = bool(keep_imagined)
@@ -106,25 +107,8 @@ class WorldModelScorer(Scorer):
         self.reset()
 
     # ------------------------------------------------------------------ lazy models
-    @property
-    def world_model(self):
-        if self._wm is None:
-            self._wm = _load_world_model(self._wm_src)
-        return self._wm
-
-    @property
-    def reward(self):
-        if self._reward is None:
-            self._reward = _load_reward(self._reward_src)
-        return self._reward
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        if isinstance(self._wm_src, (str, os.PathLike)):
-            state["_wm"] = None
-        if isinstance(self._reward_src, (str, os.PathLike)):
-            state["_reward"] = None
-        return state
+    world_model = property(lambda self: self._wm.get())
+    reward = property(lambda self: self._reward.get())
 
     # ------------------------------------------------------------------ Scorer API
     def reset(self) -> None:
@@ -212,7 +196,7 @@ class WorldModelScorer(Scorer):
         """The imagined future of every executed plan ``[(control step, (T+1, 64, 64, 3) uint8)]``,
         those plans' actions ``[(horizon * repeat, 4)]`` (clipped as executed) and the model's
         ``repeat`` (control steps per imagined frame)."""
-        repeat = self._wm.action_repeat if self._wm is not None else self.repeat
+        repeat = self._wm.obj.action_repeat if self._wm.obj is not None else self.repeat
         extra = self.recorder.episode_log() if self.recorder is not None else {}
         return {"imagined": list(self.imagined), "plans": list(self.plans), "repeat": int(repeat), **extra}
 

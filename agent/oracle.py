@@ -19,11 +19,11 @@ its input). They are picklable (the simulator env is rebuilt lazily in each proc
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
+from agent.base import Lazy
 from agent.choose import GaussianProposer, PlanningAgent, Scorer
+from agent.mpc import load_reward
 from agent.objective import objective_weights, plan_objective
 from agent.planner import make_planner
 
@@ -144,22 +144,9 @@ class RenderedStudentScorer(SimulatorScorer):
         super().__init__()
         self.weights = objective_weights(weights)
         self.repeat = int(repeat)
-        self._reward_src = reward
-        self._reward = None if isinstance(reward, (str, os.PathLike)) else reward
+        self._reward = Lazy(reward, load_reward)
 
-    @property
-    def reward(self):
-        if self._reward is None:
-            from worldmodel.judge.student import StudentReward
-
-            self._reward = StudentReward.from_checkpoint(self._reward_src)
-        return self._reward
-
-    def __getstate__(self):
-        state = super().__getstate__()
-        if isinstance(self._reward_src, (str, os.PathLike)):
-            state["_reward"] = None
-        return state
+    reward = property(lambda self: self._reward.get())
 
     def _simulator(self):
         if self._sim is None:

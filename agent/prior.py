@@ -40,6 +40,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from agent.base import Lazy
 from agent.choose import PlanningAgent, Proposer
 from envs.robosuite_env import LABELS
 from envs.rollouts import RolloutFileError, demo_keys, open_rollouts
@@ -400,20 +401,11 @@ class PriorProposer(Proposer):
     name = "prior"
 
     def __init__(self, prior):
-        self._src = prior
-        self._prior = None if isinstance(prior, (str, os.PathLike)) else prior
+        self._prior = Lazy(prior, load_prior)
 
     @property
     def prior(self) -> ActionPrior:
-        if self._prior is None:
-            self._prior = load_prior(self._src)
-        return self._prior
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        if isinstance(self._src, (str, os.PathLike)):
-            state["_prior"] = None
-        return state
+        return self._prior.get()
 
     def propose(self, obs: dict, n: int, gen: torch.Generator) -> np.ndarray:
         return self.prior.sample(obs["image"], obs["proprio"], int(obs["instruction"]), n, gen)

@@ -20,11 +20,11 @@ A cube or gripper the perception does not see counts as no rise and the largest 
 """
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 
 import numpy as np
 
+from agent.base import Lazy
 from envs.robosuite_env import LABELS
 from envs.vocab import COLOURS, instruction_spec
 
@@ -44,22 +44,11 @@ class PixelReader:
     its ``perception.npz`` (loaded lazily, so the reader pickles cheaply)."""
 
     def __init__(self, perception):
-        self._src = perception
-        self._perception = None if isinstance(perception, (str, os.PathLike)) else perception
+        from worldmodel.judge.perception import Perception
 
-    @property
-    def perception(self):
-        if self._perception is None:
-            from worldmodel.judge.perception import Perception
+        self._perception = Lazy(perception, Perception.load)
 
-            self._perception = Perception.load(self._src)
-        return self._perception
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        if isinstance(self._src, (str, os.PathLike)):
-            state["_perception"] = None
-        return state
+    perception = property(lambda self: self._perception.get())
 
     def read(self, clips: np.ndarray, instruction: int) -> np.ndarray:
         """``(N, 3)`` [named_rise, other_rise, named_dist] of uint8 clips ``(N, T+1, H, W, 3)``

@@ -249,8 +249,8 @@ def test_world_model_mpc_acts_from_observations_only(tiny_wm, one_torch_thread, 
     tiny_wm.save(path)
     lazy = pickle.loads(pickle.dumps(WorldModelMPC(str(path), reward, planner={"name": "mppi", "horizon": 2,
                                                                               "samples": 4, "iterations": 1})))
-    assert lazy.scorer._wm is None
-    assert lazy.act(obs).shape == (4,) and lazy.scorer._wm is not None
+    assert lazy.scorer._wm.obj is None
+    assert lazy.act(obs).shape == (4,) and lazy.scorer._wm.obj is not None
 
 
 def test_oracle_p_beats_random_on_the_dense_reward(make_env):
@@ -361,7 +361,7 @@ def test_oracle_p_takes_its_first_proposals_from_a_prior():
     a.reset(seed=3), b.reset(seed=3)
     assert a._rng.random() == b._rng.random()
     clone = pickle.loads(pickle.dumps(OracleP(planner=planner, prior="missing/prior.pt")))
-    assert clone.proposer._prior is None and clone.proposer._src == "missing/prior.pt"
+    assert clone.proposer._prior.obj is None and clone.proposer._prior.src == "missing/prior.pt"
 
 
 def test_random_scorer_runs_the_same_agent_without_judgement():
