@@ -122,9 +122,11 @@ class WorldModelScorer(Scorer):
         """Scalar objective (B,) from the reward's ``score`` output (:func:`agent.objective.plan_objective`)."""
         return plan_objective(out, self.weights)
 
-    def imagine(self, image: np.ndarray, actions: np.ndarray, gen: torch.Generator | None = None) -> torch.Tensor:
+    def imagine(self, image: np.ndarray, actions: np.ndarray, gen: torch.Generator | None = None,
+                proprio: np.ndarray | None = None) -> torch.Tensor:
         """Imagined clips ``(N, horizon + 1, 3, H, W)`` (real start frame first) of control
-        action sequences ``(N, horizon * repeat, 4)`` from a real frame ``(H, W, 3)`` uint8."""
+        action sequences ``(N, horizon * repeat, 4)`` from a real frame ``(H, W, 3)`` uint8
+        (and its proprio ``(4,)``, which a world model with proprio tokens reads)."""
         from worldmodel.world_model import group_actions
 
         wm = self.world_model
@@ -134,9 +136,10 @@ class WorldModelScorer(Scorer):
         # one shared start frame: the world model encodes and prefills it once for all N
         device = next(wm.parameters()).device
         with autocast(device, self.amp):
+            prop = torch.as_tensor(np.asarray(proprio, np.float32))[None].to(device) if wm.reads_proprio else None
             roll = wm.rollout(start[None].to(device), acts.to(device), mode=self.rollout_mode, window=self.window,
                               temperature=self.temperature, top_k=self.top_k,
-                              generator=self._gen if gen is None else gen)
+                              generator=self._gen if gen is None else gen, proprio=prop)
         start = start.to(roll.frames.device)
         return torch.cat([start[None, None].expand(n, 1, *start.shape), roll.frames.clamp(0, 1)], 1)
 
@@ -145,6 +148,7 @@ class WorldModelScorer(Scorer):
             raise ValueError(f"planner repeat {self.repeat} != world model action_repeat "
                              f"{self.world_model.action_repeat}")
         self._image, self._instruction, self._gen, self._step = obs["image"], int(obs["instruction"]), gen, step
+        self._proprio = obs.get("proprio")
         self._timing = {"wm_s": 0.0, "reward_s": 0.0}
         self._best = {"score": -np.inf, "actions": None, "clip": None}
         if self.recorder is not None:
@@ -154,7 +158,7 @@ class WorldModelScorer(Scorer):
         k = self.futures
         reps = np.repeat(cands, k, 0)      # each candidate's k draws side by side
         ta = time.perf_counter()
-        clips = self.imagine(self._image, reps)
+        clips = self.imagine(self._image, reps, proprio=self._proprio)
         tb = time.perf_counter()
         instr = torch.full((len(reps),), self._instruction, dtype=torch.long)
         with torch.no_grad():
@@ -181,7 +185,7 @@ class WorldModelScorer(Scorer):
         clip = self._best["clip"]
         if clip is None or not np.allclose(self._best["actions"], actions):
             ta = time.perf_counter()
-            clip = self.imagine(self._image, actions[None])[0]     # the chosen plan's own future
+            clip = self.imagine(self._image, actions[None], proprio=self._proprio)[0]   # the chosen plan's own future
             self._timing["wm_s"] += time.perf_counter() - ta
         imagined = to_uint8(clip)
         self.last_imagined = imagined
@@ -253,9 +257,9 @@ class WorldModelMPC(PlanningAgent):
         """The learned action prior proposing candidates (``None``: Gaussian proposals only)."""
         return getattr(self.proposer, "prior", None)
 
-    def imagine(self, image: np.ndarray, actions: np.ndarray) -> torch.Tensor:
+    def imagine(self, image: np.ndarray, actions: np.ndarray, proprio: np.ndarray | None = None) -> torch.Tensor:
         """:meth:`WorldModelScorer.imagine` with this agent's generator."""
-        return self.scorer.imagine(image, actions, self._gen)
+        return self.scorer.imagine(image, actions, self._gen, proprio)
 
 
 __all__ = ["WorldModelMPC", "WorldModelScorer"]

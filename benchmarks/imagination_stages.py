@@ -15,6 +15,11 @@ are shown to the same calibrated teacher in three versions:
 - ``wm_t<T>``: the world model's rollout from the real start frame under the clip's
   real actions, sampled at temperature T.
 
+A world model with proprio tokens also imagines the proprio; for it a second table reads
+the lift off the last frame's proprio instead of the pixels
+(:func:`worldmodel.judge.proprio.proprio_lifted`), next to the same rule on the real
+proprio (the rule's own ceiling).
+
 For each version: the stage the teacher reads in the clip (Instruction Following 0-3)
 against the true stage of the recorded trajectory, as a confusion matrix, and the
 recall of "done" (the lift) -- the outcome the planner's reward is meant to see.
@@ -53,6 +58,30 @@ def reconstruct(tokenizer, clips: list[dict], batch: int = 16) -> list[dict]:
         fr = (fr.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 1, 3, 4, 2).numpy()
         for c, f in zip(chunk, fr):
             out.append({**c, "frames": np.concatenate([c["frames"][:1], f])})
+    return out
+
+
+def proprio_rows(versions: dict, scored: dict) -> list[str]:
+    """Table rows of the proprio-read lift for every version whose clips carry imagined
+    proprio, after the same rule on the real clips' recorded proprio."""
+    import envs
+    from envs.tasks import get_task
+    from worldmodel.judge.bench import clip_proprio
+    from worldmodel.judge.proprio import proprio_lifted
+
+    imagined = [n for n, clips in versions.items() if clips and all("proprio" in c for c in clips)]
+    if not imagined:
+        return []
+    out = []
+    for name in ["real", *imagined]:
+        clips = versions[name]
+        prop = np.stack([c["proprio"] if name != "real" else clip_proprio(c) for c in clips])
+        margin = np.array([get_task(envs.ENV_IDS[c["env_id"]]).lift_margin for c in clips])
+        read = proprio_lifted(prop, np.array([c["actions"][-1, 3] for c in clips]), margin)
+        true3 = scored[name]["true_stage"][:, 0] == 3
+        out.append(f"| {name} (proprio) | {len(clips)} | {int(read[true3].sum())}/{int(true3.sum())} = "
+                   f"{read[true3].mean() if true3.any() else 0:.2f} | {int(read[~true3].sum())}/{int((~true3).sum())} = "
+                   f"{read[~true3].mean() if (~true3).any() else 0:.2f} |")
     return out
 
 
@@ -115,7 +144,8 @@ def main() -> None:
         for temp in args.temperatures:
             name = f"wm_t{temp:g}" + (f" {path.parent.name}" if len(wm_paths) > 1 else "")
             versions[name] = [c for k in range(args.draws) for c in generate_clips(model, real, [temp], seed=args.seed + k)[0]]
-    mats = {name: stage_confusion(teacher.score_clips(clips)) for name, clips in versions.items()}
+    scored = {name: teacher.score_clips(clips) for name, clips in versions.items()}
+    mats = {name: stage_confusion(sc) for name, sc in scored.items()}
 
     rows = ["| version | clips | true stage 3 (lifted) | read 3 when true 3 (lift recall) | "
             "read 3 when true < 3 (false lift) | read != true | "
@@ -128,6 +158,12 @@ def main() -> None:
     conf = ["| version | true stage | " + " | ".join(f"read {s}" for s in STAGES) + " |", "|---|---|---|---|---|---|"]
     for name, m in mats.items():
         conf += [f"| {name} | {k} {STAGES[k]} | " + " | ".join(str(v) for v in m[k]) + " |" for k in range(4)]
+    prows = proprio_rows(versions, scored)
+    if prows:
+        rows += ["", "The lift read off the last frame's proprio (held: commanded closed, opening >= "
+                 "half a cube width; raised: eef above the lift height), against the true stage 3:", "",
+                 "| version | clips | read lifted when true 3 (lift recall) | read lifted when true < 3 (false lift) |",
+                 "|---|---|---|---|", *prows]
     names = ", ".join(f"`{p.parent.name}`" for p in wm_paths) or "none"
     body = "\n".join([f"World model {names}, teacher `{teacher_path.parent.name}`; {len(real)} "
                       f"held-out clips (8 model steps = 16 control steps) from {args.episodes} episodes of "

@@ -308,7 +308,7 @@ def measure(run: dict, env_id: str, args) -> dict:
     oracle_s.attach_privileged_env(env)
     gen = torch.Generator().manual_seed(args.seed)
     cache = {k: [] for k in ("value", *VIEWS, "student_futures", "teacher_futures", "seed", "t", "instruction", "clips_true",
-                             "clips_imagined", "image", "candidates", "state")}
+                             "clips_imagined", "image", "candidates", "state", "proprio")}
     secs = {"simulate": 0.0, "render": 0.0, "imagine": 0.0, "student": 0.0, "teacher": 0.0}
     try:
         for s in tqdm(states, desc="states"):
@@ -321,7 +321,7 @@ def measure(run: dict, env_id: str, args) -> dict:
             true = np.stack([oracle_s.render_clip(s["state"], c) for c in cands])
             tc = time.perf_counter()
             with torch.no_grad():
-                imagined = (mpc.imagine(s["image"], cands).permute(0, 1, 3, 4, 2) * 255).round().byte().numpy()
+                imagined = (mpc.imagine(s["image"], cands, s["proprio"]).permute(0, 1, 3, 4, 2) * 255).round().byte().numpy()
             td = time.perf_counter()
             ids = torch.full((len(cands),), instr, dtype=torch.long)
             acts = cands if args.score_actions else None
@@ -331,7 +331,7 @@ def measure(run: dict, env_id: str, args) -> dict:
             with torch.no_grad():
                 if args.futures > 1:     # more draws of the same candidates' futures (mpc.futures)
                     reps = np.repeat(cands, args.futures - 1, 0)
-                    more = mpc.imagine(s["image"], reps)
+                    more = mpc.imagine(s["image"], reps, s["proprio"])
                     ids_more = torch.full((len(more),), instr, dtype=torch.long)
                     f_more = student_features(mpc.reward, more, ids_more, reps if args.score_actions else None)
                     f_fut += list(f_more.reshape(len(cands), args.futures - 1, -1).transpose(1, 0, 2))
@@ -357,7 +357,8 @@ def measure(run: dict, env_id: str, args) -> dict:
                          ("teacher_futures", np.stack(t_fut, 1)),
                          ("seed", s["seed"]), ("t", s["t"]), ("instruction", instr),
                          ("clips_true", true), ("clips_imagined", imagined), ("image", s["image"]),
-                         ("candidates", cands.astype(np.float32)), ("state", s["state"])):
+                         ("candidates", cands.astype(np.float32)), ("state", s["state"]),
+                         ("proprio", np.asarray(s["proprio"], np.float32))):
                 cache[k].append(v)
     finally:
         env.close()
@@ -369,6 +370,13 @@ def measure(run: dict, env_id: str, args) -> dict:
     out["states_from"] = np.array(args.states)
     out["score_actions"] = np.array(bool(args.score_actions))
     return out
+
+
+def world_model_reads_proprio(path: str) -> bool:
+    """Whether the world-model checkpoint at ``path`` has proprio tokens (needs the start proprio)."""
+    from worldmodel.training import load_checkpoint
+
+    return bool(load_checkpoint(path, kind="worldmodel")["config"]["dynamics"].get("proprio_bins"))
 
 
 def world_model_path(run: dict, override: str | None) -> str:
@@ -400,6 +408,8 @@ def reimagine(c: dict, run: dict, args) -> None:
     from worldmodel.judge.teacher import Teacher
 
     missing = {"image", "candidates", "state"} - set(c)
+    if world_model_reads_proprio(world_model_path(run, args.worldmodel)) and "proprio" not in c:
+        missing.add("proprio")
     if missing:
         raise SystemExit(f"this cache holds no {sorted(missing)} (made before they were saved): "
                          "re-run without --cache to make one that can be re-imagined")
@@ -410,12 +420,13 @@ def reimagine(c: dict, run: dict, args) -> None:
     stride, env_id = mpc.world_model.action_repeat, args.env
     views = {k: [] for k in ("clips_imagined", "student_imagined", "teacher_imagined", "student_futures")}
     secs = np.zeros(3)
-    for image, cands, state, instr in tqdm(list(zip(c["image"], c["candidates"], c["state"], c["instruction"])),
-                                          desc="re-imagine"):
+    props = c["proprio"] if "proprio" in c else [None] * len(c["image"])
+    for image, cands, state, instr, prop in tqdm(list(zip(c["image"], c["candidates"], c["state"], c["instruction"],
+                                                          props)), desc="re-imagine"):
         instr = int(instr)
         ta = time.perf_counter()
         with torch.no_grad():
-            clips = mpc.imagine(image, np.repeat(cands, args.futures, 0))
+            clips = mpc.imagine(image, np.repeat(cands, args.futures, 0), prop)
         tb = time.perf_counter()
         ids = torch.full((len(clips),), instr, dtype=torch.long)
         f = student_features(mpc.reward, clips, ids, np.repeat(cands, args.futures, 0) if scored_actions(c) else None)

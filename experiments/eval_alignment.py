@@ -57,8 +57,9 @@ def imagine(wm: WorldModel, contexts: ContextSet, samples: int, temperature: flo
         rep = lambda x: x.repeat_interleave(samples, 0)  # noqa: E731
         frames, actions = rep(b["frames"]).to(device), rep(b["actions"]).to(device)
         g = torch.Generator(device).manual_seed(seed + i0)
+        prop = rep(b["proprio"]).to(device) if wm.reads_proprio and "proprio" in b else None
         with autocast(device, amp):
-            roll = wm.rollout(frames, actions, temperature=temperature, generator=g)
+            roll = wm.rollout(frames, actions, temperature=temperature, generator=g, proprio=prop)
         out["clip"].append(torch.cat([frames[:, None], roll.frames.float()], 1).cpu())
         out["real"].append(rep(b["real"]))
         out["seg"].append(rep(b["seg"]))

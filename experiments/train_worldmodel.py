@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import hydra
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.common import resolve, rollout_paths, setup_torch
+from worldmodel.dynamics import token_loss
 from worldmodel.tokenizer import DualFSQTokenizer
 from worldmodel.tokens import cached_tokens, file_hash
-from worldmodel.training import cleanup_distributed, setup_distributed, train
+from worldmodel.training import cleanup_distributed, load_checkpoint, setup_distributed, train
 from worldmodel.world_model import WorldModel
 
 
@@ -32,18 +32,35 @@ def _stream(data: dict, batch_size: int, seed: int):
 
 
 def _loss(net, batch):
-    logits = net(batch["ctx"], batch["prev0"], batch["actions"], batch["tokens"])
-    ce = F.cross_entropy(logits.float().flatten(0, 2), batch["tokens"].flatten())
-    return ce, {"acc": (logits.argmax(-1) == batch["tokens"]).float().mean()}
+    """Teacher-forced token loss of ``net`` (the dynamics, maybe DDP-wrapped) on a batch;
+    a model with proprio tokens reads and predicts the batch's proprio (B, T + 1, 4)."""
+    dyn = getattr(net, "module", net)
+    props = ()
+    if dyn.cfg.proprio_bins:
+        if "proprio" not in batch:
+            raise ValueError("dynamics.model.proprio_bins > 0 needs rollout files with obs/proprio")
+        p = dyn.proprio_tokens(batch["proprio"])
+        props = (p[:, 0], p[:, 1:])
+    return token_loss(net(batch["ctx"], batch["prev0"], batch["actions"], batch["tokens"], *props),
+                      batch["tokens"], props[1] if props else None)
 
 
 def _evaluate(model, val: dict, batch_size: int = 64) -> dict:
-    ce, acc, n = 0.0, 0.0, len(val["ctx"])
+    sums, n = {}, len(val["ctx"])
     for i in range(0, n, batch_size):
         batch = {k: v[i:i + batch_size] for k, v in val.items()}
-        loss, m = _loss(model, batch)
-        ce, acc = ce + float(loss) * len(batch["ctx"]), acc + float(m["acc"]) * len(batch["ctx"])
-    return {"ce": ce / n, "acc": acc / n}
+        for k, v in _loss(model, batch)[1].items():
+            sums[k] = sums.get(k, 0.0) + v * len(batch["ctx"])
+    return {k: v / n for k, v in sums.items()}
+
+
+def proprio_range(proprio: torch.Tensor, margin: float = 0.05) -> tuple[list, list]:
+    """The quantization range of predicted proprioception from the training windows' proprio
+    (N, T + 1, 4): each feature's min and max, widened by ``margin`` of its span."""
+    flat = proprio.reshape(-1, proprio.shape[-1]).double()
+    lo, hi = flat.min(0).values, flat.max(0).values
+    pad = (hi - lo).clamp(min=1e-3) * margin
+    return [round(float(v), 4) for v in lo - pad], [round(float(v), 4) for v in hi + pad]
 
 
 def _init_from(wm: WorldModel, path, tok_hash: str) -> str | None:
@@ -88,8 +105,18 @@ def run(cfg: DictConfig) -> dict:
             data["train"] = {k: v[: cfg.dynamics.max_windows] for k, v in data["train"].items()}
         val = {k: v[: cfg.val_windows] for k, v in data["val"].items()}
 
-        wm = WorldModel.build(tokenizer, OmegaConf.to_container(cfg.dynamics.model),
-                              cfg.action_repeat, cfg.swr_window)
+        model_cfg = OmegaConf.to_container(cfg.dynamics.model)
+        if model_cfg.get("proprio_bins"):
+            if "proprio" not in data["train"]:
+                raise ValueError("dynamics.model.proprio_bins > 0 needs rollout files with obs/proprio; "
+                                 f"{paths['train']} have none")
+            if cfg.get("init_ckpt"):   # fine-tuning keeps the model's quantization
+                init_dyn = load_checkpoint(resolve(cfg.init_ckpt), kind="worldmodel")["config"]["dynamics"]
+                model_cfg["proprio_low"], model_cfg["proprio_high"] = (init_dyn.get("proprio_low", ()),
+                                                                       init_dyn.get("proprio_high", ()))
+            else:
+                model_cfg["proprio_low"], model_cfg["proprio_high"] = proprio_range(data["train"]["proprio"])
+        wm = WorldModel.build(tokenizer, model_cfg, cfg.action_repeat, cfg.swr_window)
         init = _init_from(wm, cfg.get("init_ckpt"), tok_hash)
         for p in wm.tokenizer.parameters():
             p.requires_grad_(False)

@@ -124,3 +124,79 @@ def test_clear_errors_for_wrong_shapes(model):
         model(ctx, prev0, actions[..., :4], tokens)
     with pytest.raises(ValueError, match="context tokens"):
         model(ctx[:, :3], prev0, actions, tokens)
+
+
+# ----------------------------------------------------------------------------- proprio tokens
+PCFG = DynamicsConfig(vocab=50, ctx_vocab=40, n_ctx=8, n_dyn=4, action_dim=8, d_model=32, n_layers=2, n_heads=2,
+                      proprio_bins=16, proprio_low=(-0.2, -0.2, 0.8, 0.0), proprio_high=(0.2, 0.2, 1.2, 0.08))
+
+
+@pytest.fixture(scope="module")
+def pmodel():
+    torch.manual_seed(1)
+    m = DynamicsModel(PCFG).eval()
+    for p in m.parameters():
+        p.data.normal_(0, 0.3)
+    return m
+
+
+def _props(b=3, t=5, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, PCFG.proprio_bins, (b, t + 1, 4), generator=g)
+
+
+def test_proprio_tokens_quantize_into_the_range_and_decode_to_bin_centres(pmodel):
+    p = torch.tensor([[-0.2, 0.0, 0.8, 0.0], [0.1999, 0.2, 1.5, 0.04], [-9.0, 0.0125, 1.01, 0.0799]])
+    tok = pmodel.proprio_tokens(p)
+    assert tok.tolist() == [[0, 8, 0, 0], [15, 15, 15, 8], [0, 8, 8, 15]]   # clamped outside the range
+    back = pmodel.proprio_values(tok)
+    width = (torch.tensor(PCFG.proprio_high) - torch.tensor(PCFG.proprio_low)) / PCFG.proprio_bins
+    inside = p.clamp(torch.tensor(PCFG.proprio_low), torch.tensor(PCFG.proprio_high))
+    assert torch.all((back - inside).abs() <= width / 2 + 1e-6)
+
+
+def test_proprio_is_read_as_context_and_predicted_causally(pmodel):
+    ctx, prev0, actions, tokens = _batch(seed=2)
+    props = _props()
+    logits, plogits = pmodel(ctx, prev0, actions, tokens, props[:, 0], props[:, 1:])
+    assert logits.shape == (3, 5, 4, 50) and plogits.shape == (3, 5, 4, PCFG.proprio_bins)
+    # the proprio of frame 2 is an input of step block 3 only: earlier outputs do not move,
+    # both the frame and the proprio predictions of block 3 do
+    props2 = props.clone()
+    props2[:, 2] = (props2[:, 2] + 5) % PCFG.proprio_bins
+    l2, p2 = pmodel(ctx, prev0, actions, tokens, props2[:, 0], props2[:, 1:])
+    assert torch.allclose(l2[:, :2], logits[:, :2], atol=1e-5) and torch.allclose(p2[:, :2], plogits[:, :2], atol=1e-5)
+    assert not torch.allclose(l2[:, 2], logits[:, 2], atol=1e-3)
+    assert not torch.allclose(p2[:, 2], plogits[:, 2], atol=1e-3)
+
+
+def test_proprio_kv_cache_equals_the_full_pass_and_log_prob_sums_both(pmodel):
+    ctx, prev0, actions, tokens = _batch(b=2, t=3, seed=3)
+    props = _props(b=2, t=3)
+    logits, plogits = pmodel(ctx, prev0, actions, tokens, props[:, 0], props[:, 1:])
+    cache, prev, pprev = pmodel.start(ctx), prev0, props[:, 0]
+    for t in range(3):
+        out = pmodel.step(cache, prev, actions[:, t], prev_prop=pprev)
+        assert torch.allclose(out, logits[:, t], atol=1e-4)
+        assert torch.allclose(cache["proprio_logits"], plogits[:, t], atol=1e-4)
+        prev, pprev = tokens[:, t], props[:, t + 1]
+    lp = pmodel.log_prob(ctx, prev0, actions, tokens, props[:, 0], props[:, 1:])
+    manual = (torch.log_softmax(logits, -1).gather(-1, tokens[..., None]).sum((1, 2, 3))
+              + torch.log_softmax(plogits, -1).gather(-1, props[:, 1:, :, None]).sum((1, 2, 3)))
+    assert torch.allclose(lp, manual, atol=1e-4)
+    loss, metrics = pmodel.loss(ctx, prev0, actions, tokens, props[:, 0], props[:, 1:])
+    assert {"ce", "acc", "proprio_ce", "proprio_acc"} <= set(metrics)
+    assert float(loss) == pytest.approx(metrics["ce"] + metrics["proprio_ce"], rel=1e-4)
+
+
+def test_proprio_config_errors_and_description(model, pmodel):
+    ctx, prev0, actions, tokens = _batch(b=2, t=2)
+    with pytest.raises(ValueError, match="pass proprio"):
+        pmodel(ctx, prev0, actions, tokens)
+    with pytest.raises(ValueError, match="without proprio"):
+        model(ctx, prev0, actions, tokens, torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, 2, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="proprio_low < proprio_high"):
+        DynamicsConfig(proprio_bins=8, proprio_low=(0, 0, 0, 0), proprio_high=(1, 1, 1))
+    # a model without proprio describes itself exactly as before the option existed
+    assert "proprio_bins" not in CFG.to_dict()
+    assert DynamicsConfig(**PCFG.to_dict()) == PCFG

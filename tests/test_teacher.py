@@ -399,3 +399,27 @@ def test_stability_noise_is_static_bounded_and_off_at_zero():
     d = out.astype(int) - frames
     assert np.abs(d).max() <= 2 and d.any()
     assert out[:, 0].max() <= 2 and out[:, 2].min() >= 253          # clipped at 0 and 255
+
+
+def test_proprio_reads_the_lift_of_a_real_success_and_not_an_empty_close(data):
+    """The proprio rule on recorded proprio: the scripted success's last window ends held
+    and raised, its first window is not; the same raised end with the fingers shut on
+    nothing (or the gripper commanded open) is no lift."""
+    from worldmodel.judge.bench import clip_proprio
+    from worldmodel.judge.proprio import proprio_lifted
+
+    for name in ("lift", "pick"):
+        ep = data["test"][name]
+        end, start = _final_clip(ep), make_clip(ep, 0)
+        assert proprio_lifted(clip_proprio(end), end["actions"][-1, 3])
+        assert not proprio_lifted(clip_proprio(start), start["actions"][-1, 3])
+        empty = clip_proprio(end).copy()
+        empty[-1, 3] = 0.001                              # fingers shut on nothing
+        assert not proprio_lifted(empty, end["actions"][-1, 3])
+        assert not proprio_lifted(clip_proprio(end), -1.0)   # commanded open
+    both = np.stack([clip_proprio(_final_clip(data["test"]["lift"])), clip_proprio(make_clip(data["test"]["lift"], 0))])
+    assert proprio_lifted(both, np.array([1.0, 1.0])).tolist() == [True, False]
+    with pytest.raises(ValueError, match="eef xyz, gripper opening"):
+        proprio_lifted(np.zeros((5, 3)), 1.0)
+    open_high = clip_proprio(make_clip(data["test"]["lift"], 0))
+    assert open_high[-1, 3] > 0.07 and not proprio_lifted(open_high, 1.0)   # open, raised: no hold

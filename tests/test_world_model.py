@@ -215,3 +215,71 @@ def test_frame_metrics_in_chunks_equal_one_ssim_call(monkeypatch):
     whole = structural_similarity_index_measure(pred.flatten(0, 1), real.flatten(0, 1), data_range=1.0,
                                                 reduction="none").view(3, 5).mean(0)
     assert torch.allclose(chunked, whole, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- proprio tokens
+PROP = {**DYN, "proprio_bins": 16, "proprio_low": [-0.3, -0.3, 0.8, 0.0], "proprio_high": [0.3, 0.3, 1.2, 0.09]}
+
+
+@pytest.fixture(scope="module")
+def pwm():
+    torch.manual_seed(0)
+    return WorldModel.build(DualFSQTokenizer(TOK), PROP, action_repeat=2, window=3).eval()
+
+
+def test_proprio_rollout_imagines_proprio_and_carries_it_over_swr_boundaries(pwm, tmp_path):
+    frames, actions = _inputs(t=7)
+    start = torch.tensor([[0.0, 0.1, 1.0, 0.08], [0.1, -0.1, 0.9, 0.02]])
+    roll = pwm.rollout(frames, actions, proprio=start, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    assert roll.proprio.shape == (2, 7, 4) and roll.proprio_tokens.shape == (2, 7, 4)
+    assert torch.equal(roll.proprio, pwm.dynamics.proprio_values(roll.proprio_tokens))
+    # each SWR segment starts from the proprio imagined last in the one before (the frame is
+    # re-encoded, the proprio tokens are carried over unchanged)
+    assert torch.equal(roll.segments[0].prop0, pwm.dynamics.proprio_tokens(start))
+    assert torch.equal(roll.segments[1].prop0, roll.proprio_tokens[:, 2])
+    assert torch.equal(roll.segments[2].prop0, roll.proprio_tokens[:, 5])
+    # the start proprio is read: another start changes what is imagined
+    other = pwm.rollout(frames, actions, proprio=start.flip(0), temperature=0.0)
+    assert not torch.equal(other.proprio_tokens, pwm.rollout(frames, actions, proprio=start, temperature=0.0).proprio_tokens)
+    # log-probs cover the proprio tokens, with gradient into the proprio head
+    lp = pwm.log_prob(roll, actions)
+    lp.sum().backward()
+    assert pwm.dynamics.prop_head.weight.grad.abs().sum() > 0
+    pwm.dynamics.zero_grad(set_to_none=True)
+    # one shared start frame and proprio for many candidates
+    shared = pwm.rollout(frames[:1], actions, proprio=start[:1], temperature=0.0)
+    assert shared.proprio.shape == (2, 7, 4)
+    # a checkpoint describes its quantization and reproduces the rollout
+    again = WorldModel.from_checkpoint(pwm.save(tmp_path / "pwm.pt"))
+    assert again.dynamics.cfg == pwm.dynamics.cfg
+    assert torch.equal(again.rollout(frames, actions, proprio=start, temperature=0.0).proprio,
+                       pwm.rollout(frames, actions, proprio=start, temperature=0.0).proprio)
+
+
+def test_proprio_rollout_errors(wm, pwm):
+    frames, actions = _inputs()
+    with pytest.raises(ValueError, match="pass the start frame's proprio"):
+        pwm.rollout(frames, actions)
+    with pytest.raises(ValueError, match=r"proprio must be \(2, 4\)"):
+        pwm.rollout(frames, actions, proprio=torch.zeros(3, 4))
+    with pytest.raises(ValueError, match="without proprio tokens"):
+        wm.rollout(frames, actions, proprio=torch.zeros(2, 4))
+
+
+def test_tokenized_windows_carry_the_recorded_proprio(tmp_path):
+    import h5py
+
+    from agent.collect import collect
+    from worldmodel.data import RolloutWindows
+
+    path = tmp_path / "r.hdf5"
+    collect("roboalign/Lift-v0", "random", 1, path, split="val", workers=1, progress=False)
+    windows = RolloutWindows([path], window=3, action_repeat=2, stride=20)
+    with h5py.File(path) as f:
+        g = f["data/demo_0"]
+        prop = np.concatenate([g["obs/proprio"][()], g["next_obs/proprio"][-1:]])
+        # the privileged readouts the bench's clips carry (clip_proprio) are the same numbers
+        eef, opening = g["obs/eef_pos"][()], g["obs/gripper_opening"][()]
+    assert np.allclose(prop[:-1, :3], eef, atol=1e-6) and np.allclose(prop[:-1, 3], opening, atol=1e-6)
+    item = windows[1]
+    assert torch.equal(item["proprio"], torch.from_numpy(prop[20:27:2]))

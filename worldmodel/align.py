@@ -286,10 +286,13 @@ class GRPOTrainer:
         frames = batch["frames"].to(dev).float().repeat_interleave(g, 0)
         actions = batch["actions"].to(dev).float().repeat_interleave(g, 0)
         instruction = batch["instruction"].to(dev).long().repeat_interleave(g, 0)
+        proprio = batch["proprio"].to(dev).float().repeat_interleave(g, 0) \
+            if self.wm.reads_proprio and batch.get("proprio") is not None else None
         self.wm.eval()
         with autocast(dev, self.cfg.amp):
             roll = self.wm.rollout(frames, actions, mode=self.cfg.mode, temperature=self.cfg.temperature
-                                   if temperature is None else temperature, generator=generator or self.generator)
+                                   if temperature is None else temperature, generator=generator or self.generator,
+                                   proprio=proprio)
         clip = torch.cat([frames[:, None], roll.frames.float()], 1)
         meta = [m for m in batch.get("meta") or [] for _ in range(g)] or None
         real = batch["real"].to(dev).float().repeat_interleave(g, 0) if batch.get("real") is not None else None
@@ -453,6 +456,8 @@ class ContextSet:
                         "actions": g["actions"][()].astype(np.float32), "states": g["states"][()],
                         "instruction": int(g.attrs["instruction_id"]), "success": bool(g.attrs["success"]),
                         "env_id": env_id})
+                    if "proprio" in g["obs"]:
+                        self.episodes[-1]["proprio"] = g["obs"]["proprio"][()].astype(np.float32)
                     if segmentation:
                         self.episodes[-1]["seg"] = np.concatenate([g["obs"]["segmentation"][()],
                                                                    g["next_obs"]["segmentation"][-1:]])
@@ -470,7 +475,8 @@ class ContextSet:
 
     def batch(self, indices) -> dict:
         """frames (B, 3, H, W), actions (B, T, repeat*4), instruction (B,), real (B, T, 3, H, W)
-        float in [0, 1], meta (B dicts: start_state, env_id, success)."""
+        float in [0, 1], meta (B dicts: start_state, env_id, success); proprio (B, 4) of the
+        start frames when the files record it."""
         span, r = self.horizon * self.repeat, self.repeat
         eps = [(self.episodes[self.items[int(j)][0]], self.items[int(j)][1]) for j in indices]
         u8 = torch.from_numpy(np.stack([ep["frames"][s:s + span + 1:r] for ep, s in eps]))
@@ -480,6 +486,8 @@ class ContextSet:
                "instruction": torch.tensor([ep["instruction"] for ep, _ in eps]),
                "meta": [{"start_state": ep["states"][s], "env_id": ep["env_id"], "success": ep["success"]}
                         for ep, s in eps]}
+        if eps and all("proprio" in ep for ep, _ in eps):
+            out["proprio"] = torch.from_numpy(np.stack([ep["proprio"][s] for ep, s in eps]))
         if eps and "seg" in eps[0][0]:
             out["seg"] = torch.from_numpy(np.stack([ep["seg"][s + r:s + span + 1:r] for ep, s in eps]))
         return out

@@ -8,6 +8,8 @@ control steps::
     actions  (T, action_repeat * 4) float32
     rewards  (T,) float32                (the env's reward after each model step's last control
                                           step; only when every file records rewards)
+    proprio  (T + 1, 4) float32          (eef xyz, gripper opening at each frame; only when
+                                          every file records obs/proprio)
     episode, start  int                  (where the window came from)
 
 Windows never cross episode boundaries; splits are by file (each file comes from
@@ -55,6 +57,7 @@ class RolloutWindows(Dataset):
         self.frames: list[np.ndarray] = []
         self.actions: list[np.ndarray] = []
         self.rewards: list[np.ndarray] | None = []
+        self.proprio: list[np.ndarray] | None = []
         self.index: list[tuple[int, int]] = []
         span = window * action_repeat
         for path in paths:
@@ -70,6 +73,10 @@ class RolloutWindows(Dataset):
                         self.rewards.append(g["rewards"][()].astype(np.float32))
                     else:
                         self.rewards = None
+                    if self.proprio is not None and "proprio" in g["obs"]:
+                        self.proprio.append(frames_and_actions(g, "proprio")[0].astype(np.float32))
+                    else:
+                        self.proprio = None
                     self.index += [(ep, s) for s in range(0, len(actions) - span + 1, stride)]
         if not self.index:
             raise RolloutFileError(f"no episode in {paths} is long enough for a window of "
@@ -96,6 +103,8 @@ class RolloutWindows(Dataset):
                 "actions": torch.from_numpy(actions), "episode": ep, "start": start}
         if self.rewards is not None:
             item["rewards"] = torch.from_numpy(self.rewards[ep][start + self.repeat - 1:start + span:self.repeat].copy())
+        if self.proprio is not None:
+            item["proprio"] = torch.from_numpy(self.proprio[ep][start:start + span + 1:self.repeat].copy())
         return item
 
 

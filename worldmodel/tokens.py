@@ -6,6 +6,8 @@ Each window of :class:`worldmodel.data.RolloutWindows` becomes::
     prev0    (Nd,)     dynamics tokens of the first frame (under that context)
     tokens   (T, Nd)   dynamics tokens of frames 1..T (under that context)
     actions  (T, A)    grouped actions
+    proprio  (T + 1, 4) the robot's proprio at frames 0..T (when the rollout files record it;
+                       models with proprio tokens quantize it themselves)
 
 Dynamics tokens depend on the context they are encoded under, so they are
 computed per window, not per frame. The result is cached on disk keyed by the
@@ -37,7 +39,7 @@ def file_hash(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def tokenize_windows(tokenizer, windows: RolloutWindows, batch_size: int = 64, progress: bool = True) -> dict:
     """All windows -> dict of stacked tensors (see module docstring)."""
     tokenizer.eval()
-    out = {"ctx": [], "prev0": [], "tokens": [], "actions": []}
+    out = {"ctx": [], "prev0": [], "tokens": [], "actions": [], "proprio": []}
     loader = DataLoader(windows, batch_size=batch_size, shuffle=False, num_workers=0)
     for item in tqdm(loader, desc="tokenize", disable=not progress, unit="batch"):
         frames = item["frames"].float() / 255.0                       # (B, T+1, 3, H, W)
@@ -52,7 +54,13 @@ def tokenize_windows(tokenizer, windows: RolloutWindows, batch_size: int = 64, p
         out["prev0"].append(dyn[:, 0])
         out["tokens"].append(dyn[:, 1:])
         out["actions"].append(item["actions"])
-    return {k: torch.cat(v) for k, v in out.items()}
+        if "proprio" in item:
+            out["proprio"].append(item["proprio"])
+    return {k: torch.cat(v) for k, v in out.items() if v}
+
+
+#: Bumped when the cached dict gains fields (2: ``proprio``), so an older cache is not reused.
+CACHE_VERSION = 2
 
 
 def cached_tokens(tokenizer, tokenizer_hash: str, paths: list, window: int, action_repeat: int,
@@ -60,7 +68,7 @@ def cached_tokens(tokenizer, tokenizer_hash: str, paths: list, window: int, acti
     """:func:`tokenize_windows` over ``paths``, cached under ``cache_dir`` (atomic write)."""
     key = hashlib.sha256(repr((tokenizer_hash, sorted(str(p) for p in paths),
                                [file_hash(p) for p in sorted(paths)], window, action_repeat,
-                               stride)).encode()).hexdigest()[:16]
+                               stride, CACHE_VERSION)).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"tokens_{key}.pt"
     if path.exists():
         return torch.load(path, weights_only=True)

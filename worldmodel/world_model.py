@@ -1,8 +1,10 @@
 """The world model's public verbs: ``encode``, ``rollout``, ``decode``, ``log_prob``.
 
 A rollout also returns each imagined step's pooled hidden features and the outputs of
-the dynamics' extra per-step heads, if it has any (``DynamicsConfig.heads``: the hook for
-outputs such as predicted proprioception; ``Rollout.heads``).
+the dynamics' extra per-step heads, if it has any (``DynamicsConfig.heads``; ``Rollout.heads``).
+A world model with proprio tokens (``DynamicsConfig.proprio_bins > 0``) reads the start
+frame's proprio (eef xyz, gripper opening) and imagines it with every frame
+(``Rollout.proprio``); SWR boundaries carry the imagined proprio over unchanged.
 
 Everything else (planner, aligner, evaluation) talks to :class:`WorldModel` only.
 Frames are float in [0, 1], ``(B, 3, H, W)``; actions are grouped per model step,
@@ -46,6 +48,7 @@ class Segment:
     prev0: torch.Tensor    # (B, Nd) dynamics tokens of the segment's start frame
     start: int             # first model step of the segment (0-based)
     stop: int              # one past the last
+    prop0: torch.Tensor | None = None   # (B, P) proprio tokens of the start frame (proprio models)
 
 
 @dataclass
@@ -56,6 +59,8 @@ class Rollout:
     peak_cache_len: int = 0        # largest number of cached positions (per layer)
     features: torch.Tensor | None = None   # (B, T, d) pooled hidden state of each imagined step
     heads: dict = field(default_factory=dict)  # name -> (B, T, width): the dynamics' extra heads
+    proprio_tokens: torch.Tensor | None = None  # (B, T, P) sampled proprio tokens (proprio models)
+    proprio: torch.Tensor | None = None         # (B, T, 4) imagined proprio of frames 1..T (bin centres, m)
 
 
 class WorldModel(nn.Module):
@@ -115,12 +120,13 @@ class WorldModel(nn.Module):
     @torch.no_grad()
     def rollout(self, frames: torch.Tensor, actions: torch.Tensor, *, mode: str = "swr",
                 window: int | None = None, temperature: float = 1.0, top_k: int | None = None,
-                generator: torch.Generator | None = None) -> Rollout:
+                generator: torch.Generator | None = None, proprio: torch.Tensor | None = None) -> Rollout:
         """Imagine T frames from start frames (B, 3, H, W) under actions (B, T, A).
 
         A single start frame (1, 3, H, W) is shared by all B action sequences (planning:
         many candidates from the latest real frame): it is encoded and its context block
-        prefilled once."""
+        prefilled once. ``proprio`` (B or 1, 4): the start frame's proprio, needed exactly
+        when the model has proprio tokens (:attr:`reads_proprio`)."""
         if mode not in MODES:
             raise ValueError(f"unknown rollout mode {mode!r}; known: {MODES}")
         if actions.dim() != 3 or actions.shape[0] != frames.shape[0] and frames.shape[0] != 1 \
@@ -131,10 +137,11 @@ class WorldModel(nn.Module):
         w = int(window or self.window)
         b, t = actions.shape[:2]
         dyn = self.dynamics
+        pprev = self._start_proprio(proprio, frames.shape[0], b)
         blk = 1 + dyn.cfg.n_dyn
         max_len = dyn.cfg.n_ctx + w * blk if mode == "naive" else None
         seg_len = w if mode == "swr" else t
-        out_frames, out_tokens, out_feats, segments, peak = [], [], [], [], 0
+        out_frames, out_tokens, out_feats, out_props, segments, peak = [], [], [], [], [], 0
         current = frames
         ctx, prev = self.encode(current)
         for s0 in range(0, t, seg_len):
@@ -147,11 +154,14 @@ class WorldModel(nn.Module):
                 ctx, prev = ctx.expand(b, -1), prev.expand(b, -1)
             else:
                 cache = dyn.start(ctx)
-            segments.append(Segment(ctx, prev, s0, s1))
+            segments.append(Segment(ctx, prev, s0, s1, pprev))
             seg_tokens = []
             for i in range(s0, s1):
-                logits = dyn.step(cache, prev, actions[:, i].to(frames.dtype), max_len=max_len)
+                logits = dyn.step(cache, prev, actions[:, i].to(frames.dtype), max_len=max_len, prev_prop=pprev)
                 prev = sample_tokens(logits, temperature, top_k, generator)
+                if pprev is not None:
+                    pprev = sample_tokens(cache["proprio_logits"], temperature, top_k, generator)
+                    out_props.append(pprev)
                 seg_tokens.append(prev)
                 out_feats.append(cache["h"])
                 peak = max(peak, cache["kv"][0][0].shape[2])
@@ -162,12 +172,35 @@ class WorldModel(nn.Module):
             current = seg_frames[:, -1]
         feats = torch.stack(out_feats, 1)
         heads = {k: v.float() for k, v in dyn.predict_heads(feats).items()}
-        return Rollout(torch.cat(out_frames, 1), torch.cat(out_tokens, 1), segments, peak, feats, heads)
+        ptoks = torch.stack(out_props, 1) if out_props else None
+        return Rollout(torch.cat(out_frames, 1), torch.cat(out_tokens, 1), segments, peak, feats, heads,
+                       ptoks, None if ptoks is None else dyn.proprio_values(ptoks))
+
+    @property
+    def reads_proprio(self) -> bool:
+        """Whether rollouts need the start frame's proprio (the model has proprio tokens)."""
+        return bool(self.dynamics.cfg.proprio_bins)
+
+    def _start_proprio(self, proprio: torch.Tensor | None, n_frames: int, b: int) -> torch.Tensor | None:
+        """The start frames' proprio (n_frames, 4) -> tokens (B, P), or None for a model without."""
+        if not self.reads_proprio:
+            if proprio is not None:
+                raise ValueError("proprio given to a world model without proprio tokens")
+            return None
+        if proprio is None:
+            raise ValueError("this world model reads the robot's proprio with each frame: pass the start "
+                             "frame's proprio=(B or 1, 4) [eef_x, eef_y, eef_z, gripper_opening] to rollout()")
+        proprio = torch.as_tensor(proprio, dtype=torch.float32, device=self.dynamics.prop_low.device)
+        if proprio.dim() != 2 or proprio.shape[0] != n_frames or proprio.shape[1] != 4:
+            raise ValueError(f"proprio must be ({n_frames}, 4) like the start frames, got {tuple(proprio.shape)}")
+        return self.dynamics.proprio_tokens(proprio).expand(b, -1)
 
     def log_prob(self, rollout: Rollout, actions: torch.Tensor) -> torch.Tensor:
-        """Log-probability (B,) of a rollout's tokens under the current dynamics (with grad)."""
+        """Log-probability (B,) of a rollout's tokens (and proprio tokens) under the current
+        dynamics (with grad)."""
         total = 0.0
         for seg in rollout.segments:
+            props = () if seg.prop0 is None else (seg.prop0, rollout.proprio_tokens[:, seg.start:seg.stop])
             total = total + self.dynamics.log_prob(seg.ctx, seg.prev0, actions[:, seg.start:seg.stop],
-                                                   rollout.tokens[:, seg.start:seg.stop])
+                                                   rollout.tokens[:, seg.start:seg.stop], *props)
         return total

@@ -351,10 +351,17 @@ def calibrated_teacher(train_paths, out_dir: str | os.PathLike, calib_episodes: 
     return teacher, stats
 
 
+def clip_proprio(clip: dict) -> np.ndarray:
+    """A real clip's recorded proprio at its frames (T + 1, 4): [eef_x, eef_y, eef_z, gripper_opening]."""
+    rec = clip["record"]
+    return np.concatenate([rec["eef"], np.asarray(rec["opening"])[:, None]], 1).astype(np.float32)
+
+
 def generate_clips(wm, real: list[dict], temperatures, batch: int = 16, seed: int = 0) -> tuple[list, list]:
     """World-model generations from each real clip's start frame and actions, one per
     temperature. The replay of the same actions is the clip's recorded trajectory, so
-    the clips keep their ``record``."""
+    the clips keep their ``record``. A world model with proprio tokens starts from the
+    clip's recorded proprio and leaves its imagined proprio (T + 1, 4) in ``"proprio"``."""
     import torch
 
     from worldmodel.world_model import group_actions
@@ -366,13 +373,17 @@ def generate_clips(wm, real: list[dict], temperatures, batch: int = 16, seed: in
             chunk = real[i:i + batch]
             x = torch.from_numpy(np.stack([c["frames"][0] for c in chunk])).float().div(255).permute(0, 3, 1, 2)
             a = group_actions(torch.from_numpy(np.stack([c["actions"] for c in chunk])), wm.action_repeat)
+            p0 = np.stack([clip_proprio(c)[0] for c in chunk]) if wm.reads_proprio else None
             with torch.no_grad():
-                fr = wm.rollout(x, a, temperature=float(temp), generator=g).frames
-            fr = (fr.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 1, 3, 4, 2).numpy()
-            for c, f in zip(chunk, fr):
+                roll = wm.rollout(x, a, temperature=float(temp), generator=g,
+                                  proprio=None if p0 is None else torch.from_numpy(p0))
+            fr = (roll.frames.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 1, 3, 4, 2).numpy()
+            for j, (c, f) in enumerate(zip(chunk, fr)):
                 d = dict(c)
                 d["frames"] = np.concatenate([c["frames"][:1], f])
                 d.pop("seg", None)
+                if p0 is not None:    # the imagined proprio, real start first (T + 1, 4)
+                    d["proprio"] = np.concatenate([p0[j:j + 1], roll.proprio[j].numpy()]).astype(np.float32)
                 out.append(d)
                 labels.append(f"wm_t{temp:g}")
     return out, labels
