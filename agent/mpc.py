@@ -71,8 +71,13 @@ class WorldModelScorer(Scorer):
                  window: int | None = None, temperature: float = 1.0, top_k: int | None = None,
                  keep_imagined: bool = True, amp: bool = True, score_actions: bool = False, futures: int = 1,
                  pessimism: float = 0.0, repeat: int | None = None, inspect: dict | None = None,
-                 reader=None, reader_weight: float = 0.0):
+                 reader=None, reader_weight: float = 0.0, proprio_weight: float = 0.0):
         self.weights = objective_weights(weights)
+        # optional (a world model with proprio tokens): plus this weight where the imagined
+        # proprio ends in a held, raised cube (worldmodel/judge/proprio.py)
+        if float(proprio_weight) < 0:
+            raise ValueError(f"proprio_weight must be >= 0, got {proprio_weight}")
+        self.proprio_weight = float(proprio_weight)
         # optional: the instructed cube read off the imagined pixels (agent/reader.py), added to
         # the objective with this weight
         self.reader, self.reader_weight = None, float(reader_weight)
@@ -117,6 +122,7 @@ class WorldModelScorer(Scorer):
         self.imagined: list[tuple[int, np.ndarray]] = []   # (control step, (T+1, 64, 64, 3) uint8)
         self.plans: list[np.ndarray] = []  # the chosen plan (horizon * repeat, 4) of each imagined entry
         self.last_imagined: np.ndarray | None = None
+        self.last_proprio: np.ndarray | None = None
 
     def objective(self, out: dict) -> torch.Tensor:
         """Scalar objective (B,) from the reward's ``score`` output (:func:`agent.objective.plan_objective`)."""
@@ -136,11 +142,16 @@ class WorldModelScorer(Scorer):
         # one shared start frame: the world model encodes and prefills it once for all N
         device = next(wm.parameters()).device
         with autocast(device, self.amp):
+            if wm.reads_proprio and proprio is None:
+                raise ValueError("this world model reads the robot's proprio: pass the start frame's proprio (4,)")
             prop = torch.as_tensor(np.asarray(proprio, np.float32))[None].to(device) if wm.reads_proprio else None
             roll = wm.rollout(start[None].to(device), acts.to(device), mode=self.rollout_mode, window=self.window,
                               temperature=self.temperature, top_k=self.top_k,
                               generator=self._gen if gen is None else gen, proprio=prop)
         start = start.to(roll.frames.device)
+        # the imagined proprio (N, horizon + 1, 4), real start first (None without proprio tokens)
+        self.last_proprio = None if roll.proprio is None else torch.cat(
+            [prop.float().cpu().expand(n, 1, 4), roll.proprio.cpu()], 1).numpy()
         return torch.cat([start[None, None].expand(n, 1, *start.shape), roll.frames.clamp(0, 1)], 1)
 
     def begin(self, obs: dict, gen: torch.Generator, step: int) -> None:
@@ -148,7 +159,7 @@ class WorldModelScorer(Scorer):
             raise ValueError(f"planner repeat {self.repeat} != world model action_repeat "
                              f"{self.world_model.action_repeat}")
         self._image, self._instruction, self._gen, self._step = obs["image"], int(obs["instruction"]), gen, step
-        self._proprio = obs.get("proprio")
+        self._proprio = obs["proprio"] if self.world_model.reads_proprio else None   # read only if used
         self._timing = {"wm_s": 0.0, "reward_s": 0.0}
         self._best = {"score": -np.inf, "actions": None, "clip": None}
         if self.recorder is not None:
@@ -170,6 +181,13 @@ class WorldModelScorer(Scorer):
             from agent.reader import reader_objective
 
             obj = obj + self.reader_weight * reader_objective(self.reader.read(to_uint8(clips), self._instruction))
+        if self.proprio_weight:
+            from worldmodel.judge.proprio import proprio_lifted
+
+            if self.last_proprio is None:
+                raise ValueError("proprio_weight > 0 needs a world model with proprio tokens "
+                                 "(dynamics.model.proprio_bins > 0)")
+            obj = obj + self.proprio_weight * proprio_lifted(self.last_proprio, reps[:, -1, 3])
         obj = aggregate_futures(obj.reshape(len(cands), k), self.pessimism)
         if self.recorder is not None:      # per candidate: dimensions averaged over its draws, its first draw's clip
             mean = lambda x: None if x is None else torch.as_tensor(x).float().reshape(len(cands), k, -1).mean(1)  # noqa: E731
@@ -226,7 +244,8 @@ class WorldModelMPC(PlanningAgent):
                  temperature: float = 1.0, top_k: int | None = None, seed: int = 0,
                  threads: int | None = None, keep_imagined: bool = True, name: str | None = None,
                  amp: bool = True, prior=None, score_actions: bool = False, futures: int = 1,
-                 pessimism: float = 0.0, inspect: dict | None = None, reader=None, reader_weight: float = 0.0):
+                 pessimism: float = 0.0, inspect: dict | None = None, reader=None, reader_weight: float = 0.0,
+                 proprio_weight: float = 0.0):
         from agent.prior import PriorProposer
 
         planner = dict(planner or {"name": "cem"})
@@ -234,7 +253,7 @@ class WorldModelMPC(PlanningAgent):
                                   temperature=temperature, top_k=top_k, keep_imagined=keep_imagined, amp=amp,
                                   score_actions=score_actions, futures=futures, pessimism=pessimism,
                                   repeat=make_planner(planner).param.repeat, inspect=inspect, reader=reader,
-                                  reader_weight=reader_weight)
+                                  reader_weight=reader_weight, proprio_weight=proprio_weight)
         proposer = GaussianProposer() if prior is None else PriorProposer(prior)
         super().__init__(proposer, scorer, planner=planner, execute=execute, seed=seed, threads=threads,
                          name=name or f"mpc_{planner.get('name', 'cem')}")

@@ -183,7 +183,7 @@ def planning_world_model(cfg: DictConfig, stages: dict, stage: str) -> str:
 #: they were declared: left out of a method's identity there, so finished episodes stay reusable.
 IDENTITY_NEUTRAL = {"mpc.pessimism": 0.0, "mpc.student": None, "mpc.worldmodel": None,
                     "planner.pick_temperature": 1.0, "planner.pick_k": 1, "planner.switch_cost": 0.0,
-                    "mpc.reader_weight": 0.0}
+                    "mpc.reader_weight": 0.0, "mpc.proprio_weight": 0.0}
 
 
 def method_identity(method: str, cfg: DictConfig, stages: dict) -> dict:

@@ -188,6 +188,48 @@ def tiny_wm():
                             action_repeat=2, window=3).eval()
 
 
+def test_mpc_adds_the_lift_read_off_the_imagined_proprio(tiny_wm, one_torch_thread):
+    """With a proprio world model the MPC reads the observation's proprio, the imagined proprio
+    starts from it, and ``proprio_weight`` adds the proprio-read lift to each candidate."""
+    from worldmodel.judge.proprio import proprio_lifted
+    from worldmodel.tokenizer import DualFSQTokenizer, TokenizerConfig
+    from worldmodel.world_model import WorldModel
+
+    torch.manual_seed(0)
+    tok = TokenizerConfig(channels=8, latent_dim=8, ctx_levels=(5, 5, 5), dyn_levels=(5, 5, 5))
+    pwm = WorldModel.build(DualFSQTokenizer(tok), {"d_model": 32, "n_layers": 1, "n_heads": 2, "proprio_bins": 8,
+                                                   "proprio_low": [-0.3, -0.3, 0.8, 0.0],
+                                                   "proprio_high": [0.3, 0.3, 1.2, 0.09]},
+                           action_repeat=2, window=3).eval()
+    planner = {"name": "cem", "horizon": 4, "samples": 6, "iterations": 1, "elites": 2}
+    reward = ToyReward()
+    agent = WorldModelMPC(pwm, reward, planner=planner, proprio_weight=5.0)
+    agent.reset(seed=0)
+    obs = SpyObs(image=np.full((64, 64, 3), 100, np.uint8), proprio=np.array([0.0, 0.0, 1.0, 0.08], np.float32),
+                 instruction=0, objects=np.zeros(3, np.float32))
+    real_imagine, seen = agent.scorer.imagine, {}
+
+    def imagine(image, actions, gen=None, proprio=None):     # every other candidate ends held and raised
+        clips = real_imagine(image, actions, gen, proprio)
+        seen["start"], seen["actions"] = agent.scorer.last_proprio[:, 0].copy(), actions
+        lp = np.tile(np.array([0.0, 0.0, 1.0, 0.001], np.float32), (len(actions), 5, 1))
+        lp[::2, -2:, 3] = 0.05
+        agent.scorer.last_proprio = lp
+        return clips
+
+    agent.scorer.imagine = imagine
+    agent.act(obs)
+    assert "proprio" in obs.read and np.allclose(seen["start"], obs["proprio"])
+    lifted = proprio_lifted(agent.scorer.last_proprio, seen["actions"][:, -1, 3])
+    assert lifted.any()
+    base = plan_objective({"dims": reward.last_dims}, agent.weights).numpy()
+    assert np.isclose(agent.log[-1]["best_score"], (base + 5.0 * lifted).max(), atol=1e-5)
+    with pytest.raises(ValueError, match="proprio tokens"):
+        WorldModelMPC(tiny_wm, ToyReward(), planner=planner, proprio_weight=1.0).act(obs)
+    with pytest.raises(ValueError, match="proprio_weight"):
+        WorldModelMPC(pwm, ToyReward(), planner=planner, proprio_weight=-1.0)
+
+
 def test_world_model_mpc_acts_from_observations_only(tiny_wm, one_torch_thread, tmp_path):
     reward = ToyReward()
     agent = WorldModelMPC(tiny_wm, reward, planner={"name": "cem", "horizon": 4, "samples": 6,
@@ -222,7 +264,7 @@ def test_world_model_mpc_acts_from_observations_only(tiny_wm, one_torch_thread, 
     fut.reset(seed=3)
     real_imagine = fut.scorer.imagine
     draws = torch.Generator().manual_seed(0)
-    fut.scorer.imagine = lambda image, actions: real_imagine(image, actions) * 0 + torch.rand(   # draws that
+    fut.scorer.imagine = lambda image, actions, **kw: real_imagine(image, actions, **kw) * 0 + torch.rand(  # draws that
         (len(actions), 5, 3, 64, 64), generator=draws)   # differ (the tiny model's are all alike)
     fut.act(obs)
     assert draw_reward.calls[-1] == (18, 5, 3, 64, 64)
