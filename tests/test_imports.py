@@ -71,3 +71,14 @@ def test_the_checker_sees_a_cycle_and_imports_inside_functions(tmp_path):
     src = tmp_path / "m.py"
     src.write_text("def f():\n    from agent.mpc import WorldModelMPC\n    import envs.vocab\n")
     assert {"agent.mpc", "agent.mpc.WorldModelMPC", "envs.vocab"} <= imports(src)
+
+
+def test_no_script_shadows_a_package_of_the_project():
+    """Scripts run as ``python benchmarks/x.py`` put their folder first on ``sys.path`` (also in
+    the spawned worker processes): a module there named like one of the project's packages
+    hides that package (``benchmarks/worldmodel.py`` once broke every script importing
+    ``worldmodel.*``)."""
+    packages = {*LAYERS, "benchmarks"}
+    for folder in ("benchmarks", "experiments", "tests"):
+        names = {p.stem for p in (ROOT / folder).glob("*.py")} | {p.name for p in (ROOT / folder).iterdir() if p.is_dir()}
+        assert not names & packages, f"{folder}/ holds {sorted(names & packages)}: rename it"

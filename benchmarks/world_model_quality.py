@@ -1,6 +1,6 @@
 """World-model benchmarks -> docs/research-log.md (tokenizer reconstruction + open-loop evaluation).
 
-    python benchmarks/worldmodel.py [--name quick]
+    python benchmarks/world_model_quality.py [--name quick]
 
 Reads the trained tokenizer's last eval (``artifacts/tokenizer/<name>/metrics.jsonl``) and
 runs ``experiments/eval_worldmodel.py name=<name>`` on the held-out (val-split) rollouts.
@@ -44,7 +44,7 @@ def main() -> None:
            f"{source}. Target (default preset): PSNR >= 30 dB over the whole frame -- {met}.")
     write_section(f"Tokenizer reconstruction ({args.name})", tok,
                   command=(f"python experiments/train_tokenizer.py tokenizer={args.name}" if not args.tokenizer_dir
-                           else f"python benchmarks/worldmodel.py --name {args.name} --tokenizer-dir {args.tokenizer_dir}"))
+                           else f"python benchmarks/world_model_quality.py --name {args.name} --tokenizer-dir {args.tokenizer_dir}"))
     with initialize_config_dir(str(ROOT / "experiments" / "conf"), version_base="1.3"):
         cfg = compose("eval_worldmodel", [f"name={args.name}", *args.overrides])
     eval_run(cfg)
@@ -53,7 +53,7 @@ def main() -> None:
                   f"World model `{cfg.worldmodel_ckpt}`, "
                   f"evaluated on held-out val-split episodes; plots and a side-by-side video in "
                   f"`{cfg.out_dir}`.\n\n" + table + (f"\n\n{args.notes}" if args.notes else ""),
-                  command=" ".join(["python benchmarks/worldmodel.py --name", args.name,
+                  command=" ".join(["python benchmarks/world_model_quality.py --name", args.name,
                                     *([f"--tokenizer-dir {args.tokenizer_dir}"] if args.tokenizer_dir else []),
                                     *args.overrides]))
 
