@@ -227,6 +227,40 @@ def pessimism_rows(c: dict, tol: float, ks=(1, 2, 4), lams=(0.0, 0.5, 1.0, 2.0))
     return rows
 
 
+def _proprio_lift(c: dict) -> np.ndarray:
+    """``(S, N)``: 1.0 where a candidate's imagined proprio reads a lift at its last frame."""
+    from worldmodel.judge.proprio import proprio_lifted
+
+    return proprio_lifted(c["proprio_imagined"], c["candidates"][..., -1, 3]).astype(float)
+
+
+def _false_proprio_lift(c: dict) -> np.ndarray:
+    """``(S, N)``: 1.0 where the imagined proprio reads a lift and the teacher reads the true clip below 3."""
+    return _proprio_lift(c) * (np.rint(c["teacher_true"][..., 0] * 3) < 3)
+
+
+def proprio_rows(c: dict, tol: float, weights=(1.0, 10.0)) -> list[str]:
+    """A table: the proprio-read lift alone and added (x each of ``weights``) to the MPC objective
+    on ``student_imagined``: pairwise accuracy, pick regret, false proprio lift and the teacher's
+    later stage at the top pick."""
+    lift, false = _proprio_lift(c), _false_proprio_lift(c)
+    later = _later_stage(c["teacher_imagined"], c["teacher_true"])
+    base = c["student_imagined"] @ c["weights"]
+    rows = ["| objective | pairwise accuracy | pick regret | false lift at the top pick | "
+            "teacher later stage at the top pick |", "|---|---|---|---|---|"]
+    for name, sc in [("MPC objective", base), ("proprio lift alone", lift),
+                     *((f"MPC objective + {w:g} x proprio lift", base + w * lift) for w in weights)]:
+        m = ranking_metrics(c["value"], sc, tol)
+        rows.append(f"| {name} | {m['pair_acc']:.3f} | {m['regret']:.2f} | {_at_top(false, sc):.2f} | "
+                    f"{_at_top(later, sc):.2f} |")
+    return rows
+
+
+def _at_top(x: np.ndarray, scores: np.ndarray) -> float:
+    """Mean over states of ``x`` (S, N) at the top-scored candidates (ties averaged)."""
+    return float(np.mean([x[i][scores[i] == scores[i].max()].mean() for i in range(len(scores))]))
+
+
 def fit_weights(values: np.ndarray, feats: np.ndarray) -> np.ndarray:
     """Least-squares weights ``(F,)`` of within-state centred features ``(S, N, F)`` on
     centred values ``(S, N)`` (a ranking only needs the differences within a state)."""
@@ -322,6 +356,8 @@ def measure(run: dict, env_id: str, args) -> dict:
             tc = time.perf_counter()
             with torch.no_grad():
                 imagined = (mpc.imagine(s["image"], cands, s["proprio"]).permute(0, 1, 3, 4, 2) * 255).round().byte().numpy()
+            if mpc.world_model.reads_proprio:
+                cache.setdefault("proprio_imagined", []).append(mpc.scorer.last_proprio)
             td = time.perf_counter()
             ids = torch.full((len(cands),), instr, dtype=torch.long)
             acts = cands if args.score_actions else None
@@ -419,6 +455,8 @@ def reimagine(c: dict, run: dict, args) -> None:
     teacher = Teacher.load(resolve(Path(st["bench"]) / "teacher.json"))
     stride, env_id = mpc.world_model.action_repeat, args.env
     views = {k: [] for k in ("clips_imagined", "student_imagined", "teacher_imagined", "student_futures")}
+    if mpc.world_model.reads_proprio:
+        views["proprio_imagined"] = []
     secs = np.zeros(3)
     props = c["proprio"] if "proprio" in c else [None] * len(c["image"])
     for image, cands, state, instr, prop in tqdm(list(zip(c["image"], c["candidates"], c["state"], c["instruction"],
@@ -427,6 +465,8 @@ def reimagine(c: dict, run: dict, args) -> None:
         ta = time.perf_counter()
         with torch.no_grad():
             clips = mpc.imagine(image, np.repeat(cands, args.futures, 0), prop)
+        if "proprio_imagined" in views:    # the first draw's imagined proprio (N, T + 1, 4)
+            views["proprio_imagined"].append(mpc.scorer.last_proprio.reshape(len(cands), args.futures, -1, 4)[:, 0])
         tb = time.perf_counter()
         ids = torch.full((len(clips),), instr, dtype=torch.long)
         f = student_features(mpc.reward, clips, ids, np.repeat(cands, args.futures, 0) if scored_actions(c) else None)
@@ -442,6 +482,8 @@ def reimagine(c: dict, run: dict, args) -> None:
                      ("student_futures", f)):
             views[k].append(v)
     c.update({k: np.asarray(v) for k, v in views.items()})
+    if "proprio_imagined" not in views:
+        c.pop("proprio_imagined", None)
     c.pop("teacher_futures", None)     # the teacher read the cache's own world model's draws, not these
     c["seconds"] = np.concatenate([c["seconds"][:2], secs]) if "seconds" in c else np.concatenate([[0, 0], secs])
 
@@ -630,6 +672,7 @@ def report(c: dict, tol: float, seed: int) -> str:
                   "the picked candidate's draws that the teacher reads at a later task stage than its true clip "
                   "(over all candidates and draws: {:.2f}):".format(_false_stage(c).mean()), "",
                   *pessimism_rows(c, tol)]
+    prop_rows = proprio_rows(c, tol) if "proprio_imagined" in c else []
     secs = c.get("seconds")
     timing = ("" if secs is None else "Time (s, all states): " + ", ".join(
         f"{k} {v:.0f}" for k, v in zip(("simulate", "render", "imagine", "student", "teacher"), secs)) + ".")
@@ -644,6 +687,12 @@ def report(c: dict, tol: float, seed: int) -> str:
             f"{int((~early).sum())} later):\n\n" + "\n".join(prow) + "\n\nThe student against the teacher on the same candidates (totals in the "
             "teacher's units; teacher ties left out):\n\n" + "\n".join(trows) + "\n\nRefitted weights on all states (least squares on within-state centred values; "
             "the terms as in the objective, grip_dist negated):\n\n" + "\n".join(wrows) + "\n\n"
+            + ("The lift read off the imagined proprio (`worldmodel/judge/proprio.py`; a world model with proprio "
+               "tokens), alone and added to the MPC objective on the student's imagined view (`mpc.proprio_weight`). "
+               "False lift at the top pick: the picked candidate's imagined proprio reads a lift and the teacher "
+               "reads its true clip below stage 3 (over all candidates: {:.2f}); teacher later stage: the teacher "
+               "reads the picked imagined clip at a later stage than its true clip:\n\n".format(
+                   _false_proprio_lift(c).mean()) + "\n".join(prop_rows) + "\n\n" if prop_rows else "")
             + ("student_imagined with k imagined futures per candidate (the world model's token draws; the "
                "objective averaged over the first k, as `mpc.futures=k`):\n\n" + "\n".join(frows) + "\n\n"
                if frows else "") + timing)

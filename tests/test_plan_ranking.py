@@ -154,3 +154,28 @@ def test_rescore_with_actions_reads_the_candidates(tmp_path):
     with pytest.raises(SystemExit, match="does not read actions"):
         StudentReward(StudentConfig(channels=8, hidden=32, embed=8)).save(tmp_path / "video.pt")
         rescore(dict(base), str(tmp_path / "video.pt"), score_actions=True)
+
+
+def test_proprio_rows_add_the_imagined_lift_and_count_its_false_lifts_at_the_top_pick():
+    from benchmarks.plan_ranking import TERMS, proprio_rows
+
+    # one state, 3 candidates: candidate 0 truly lifts (teacher IF 3/3 on its true clip) and its
+    # imagined proprio ends held and raised; candidate 1 imagines the same hold but truly fails;
+    # candidate 2 is shut on nothing. The student's objective prefers candidate 2.
+    held = np.tile([0.0, 0.0, 0.9, 0.05], (5, 1))
+    empty = held.copy()
+    empty[:, 3] = 0.001
+    sv = np.zeros((1, 3, len(TERMS)))
+    sv[0, :, 8] = [0.0, 0.1, 1.0]
+    tt = np.zeros((1, 3, len(TERMS)))
+    tt[0, 0, 0] = 1.0
+    cands = np.ones((1, 3, 16, 4))
+    c = {"value": np.array([[5.0, 1.0, 0.0]]), "weights": np.eye(len(TERMS))[8], "student_imagined": sv,
+         "teacher_true": tt, "teacher_imagined": tt, "candidates": cands,
+         "proprio_imagined": np.stack([held, held, empty])[None]}
+    rows = {r.split("|")[1].strip(): r for r in proprio_rows(c, 0.1, weights=(10.0,))}
+    assert rows["MPC objective"].endswith("| 0.000 | 1.67 | 0.00 | 0.00 |")         # picks the empty close
+    # alone, the lift ties candidates 0 and 1 (one true, one false lift): half a false lift at the top
+    assert rows["proprio lift alone"].endswith("| 0.833 | 0.67 | 0.50 | 0.00 |")
+    # added with weight 10, the student breaks the tie toward candidate 1: the false lift
+    assert rows["MPC objective + 10 x proprio lift"].endswith("| 0.667 | 1.33 | 1.00 | 0.00 |")
