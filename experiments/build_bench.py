@@ -83,7 +83,8 @@ def run(cfg: DictConfig) -> dict:
                                wm_starts=max(1, round(b.wm_starts * (hi - lo) / n)) if b.wm_starts else 0,
                                wm_temperatures=list(b.wm_temperatures), wm_batch=cfg.wm_batch, seed=cfg.seed,
                                episodes=(lo, hi), wm_action_noise=list(b.get("wm_action_noise") or []),
-                               wm_opposite=bool(b.get("wm_opposite", False)))
+                               wm_opposite=bool(b.get("wm_opposite", False)),
+                               wm_relabel=list(b.get("wm_relabel") or []))
             if rows:
                 write_bench(shard, rows, {"config": shard_cfg})
         if shard.exists():

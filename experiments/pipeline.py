@@ -50,7 +50,7 @@ NEUTRAL_DEFAULTS = {"prior.train.balance": "none", "prior.train.colour_swap": 0.
                     "student.model.colour": False, "student.model.action_path": False,
                     "student.model.tracks": False, "student.train.shaping_rank_weight": 0.0,
                     "bench.wm_action_noise": [], "bench.wm_opposite": False, "prior.model.instruction_input": True,
-                    "dynamics.model.proprio_bins": 0}
+                    "dynamics.model.proprio_bins": 0, "bench.wm_relabel": []}
 
 #: The instruction vocabulary's key (:data:`envs.vocab.VOCAB_KEY`) when stage keys began to
 #: read it: stages keyed before then were built under exactly this vocabulary.

@@ -423,3 +423,33 @@ def test_proprio_reads_the_lift_of_a_real_success_and_not_an_empty_close(data):
         proprio_lifted(np.zeros((5, 3)), 1.0)
     open_high = clip_proprio(make_clip(data["test"]["lift"], 0))
     assert open_high[-1, 3] > 0.07 and not proprio_lifted(open_high, 1.0)   # open, raised: no hold
+
+
+def test_relabel_clips_label_the_same_frames_under_a_side_instruction(data, make_env):
+    """``bench.wm_relabel``: a PickColor clip labelled under "lift the cube on the left/right"
+    keeps its frames, actions and start; the teacher follows the cube on that side at the
+    clip's start (the lifted red cube is on exactly one side). Lift clips (one cube) and
+    scenes whose cubes are too close along the side axis are left out."""
+    from envs.tasks import get_task
+    from envs.vocab import SIDE_AXIS
+    from worldmodel.judge.bench import relabel_clips
+
+    # seed 7's cubes stand 7.6 cm apart along the side axis; the fixture's seed 6 only 0.7 cm
+    pick = _final_clip(_episode(make_env(PICK), PICK, 7, "test", "lift the red cube"))
+    lift, close = _final_clip(data["test"]["lift"]), _final_clip(data["test"]["pick"])
+    sides = ["lift the cube on the left", "lift the cube on the right"]
+    out, names = relabel_clips([pick, lift], ["wm_t1", "wm_t1"], sides)
+    assert names == ["wm_t1:relabel"] * 2 and [d["instruction"] for d in out] == [instruction_id(t) for t in sides]
+    for d in out:
+        for k in ("frames", "actions", "start_state"):
+            assert np.array_equal(d[k], pick[k])
+    cubes = {c: p[0] for c, p in pick["record"]["cubes"].items()}
+    red_side = "left" if cubes["red"][SIDE_AXIS] < cubes["green"][SIDE_AXIS] else "right"
+    stage = {t: _score(data["teacher"], d)["true_stage"][0] for t, d in zip(sides, out)}
+    assert stage[f"lift the cube on the {red_side}"] == 3 and sum(stage.values()) == 3
+    # too close to call: the cubes less than PickSide's side margin apart along the side axis
+    gap = np.diff([p[0][SIDE_AXIS] for p in close["record"]["cubes"].values()])[0]
+    assert abs(gap) < get_task("PickSide").side_margin
+    assert relabel_clips([close], ["wm_t1"], sides) == ([], [])
+    # a clip is not relabelled under its own instruction
+    assert relabel_clips([pick], ["wm_t1"], ["lift the red cube"]) == ([], [])

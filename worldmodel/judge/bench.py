@@ -7,7 +7,8 @@ shard of ``shard_episodes`` episodes of one rollout file: real clips, ``degradat
 random degradations of each (all nine types), and world-model generations (``wm_starts``
 starts per file x ``wm_temperatures``, plus ``wm_action_noise`` perturbed-action variants of
 each start; with ``wm_opposite`` each generation once more under the task's opposite
-instruction, degradation name ``<name>:opposite``) when a checkpoint exists. Output:
+instruction, degradation name ``<name>:opposite``; with ``wm_relabel`` once more under each
+listed instruction the scene answers, ``<name>:relabel``) when a checkpoint exists. Output:
 ``artifacts/judge/<bench.name>/bench.h5`` plus ``summary.md``; ``perception.npz`` and
 ``teacher.json`` beside it are the fitted teacher (:func:`worldmodel.judge.teacher.default_teacher`).
 
@@ -405,6 +406,39 @@ def opposite_clips(clips: list[dict], labels: list[str]) -> tuple[list, list]:
     return out, names
 
 
+def relabel_clips(clips: list[dict], labels: list[str], instructions) -> tuple[list, list]:
+    """The same clips (frames, actions, start) under each of ``instructions`` (texts; e.g. the
+    evaluation-only side instructions that no rollout was collected under) where the clip's
+    scene can answer it: the cubes it names are in the scene and, for a side, the two cubes
+    stand at least the drawing task's ``side_margin`` apart along :data:`envs.vocab.SIDE_AXIS`
+    at the clip's start (closer is too close to call, and such a scene is never drawn for it).
+    Only the label changes: the teacher judges the same pixels for the cube the instruction
+    selects. Degradation name ``<name>:relabel``."""
+    from envs.tasks import TASKS
+    from envs.vocab import SIDE_AXIS, instruction_id
+
+    specs = []
+    for text in instructions:
+        spec = instruction_spec(text)
+        margin = max((t.side_margin for t in TASKS.values() if text in t.instructions), default=0.0)
+        sided = any(sel is not None and sel.needs_positions for sel in (spec.target, spec.reference))
+        if sided and margin <= 0:
+            raise ValueError(f"{text!r} selects a cube by side, but no task draws it with a side_margin")
+        colours = {sel.colour for sel in (spec.target, spec.reference) if sel is not None} - {None}
+        specs.append((instruction_id(text), colours, sided, margin))
+    out, names = [], []
+    for c, name in zip(clips, labels):
+        start = {col: np.asarray(p[0]) for col, p in c["record"]["cubes"].items()}
+        for idx, colours, sided, margin in specs:
+            if idx == c["instruction"] or not colours <= set(start) or (sided and len(start) < 2):
+                continue
+            if sided and abs(float(np.diff([p[SIDE_AXIS] for p in start.values()])[0])) < margin:
+                continue
+            out.append({**c, "instruction": idx})
+            names.append(f"{name}:relabel")
+    return out, names
+
+
 def perturbed_action_clips(real: list[dict], noise_stds, rng: np.random.Generator) -> tuple[list, list]:
     """For each real clip and each std in ``noise_stds``: a copy whose control actions are
     ``clip(actions + N(0, std), -1, 1)`` (one draw per copy), labelled ``"wm_a<std>"``.
@@ -423,11 +457,13 @@ def perturbed_action_clips(real: list[dict], noise_stds, rng: np.random.Generato
 
 def build_shard(path, teacher, *, max_episodes, windows: int, degradations_per_clip: int,
                 wm=None, wm_starts: int = 0, wm_temperatures=(), wm_batch: int = 16, seed: int = 0,
-                episodes: tuple[int, int] | None = None, wm_action_noise=(), wm_opposite: bool = False) -> dict:
+                episodes: tuple[int, int] | None = None, wm_action_noise=(), wm_opposite: bool = False,
+                wm_relabel=()) -> dict:
     """All bench rows from one rollout file (episodes ``[start, stop)`` of it if given):
     real clips, degradations, generations (real actions at each of ``wm_temperatures``;
     perturbed actions at temperature 1 for each std of ``wm_action_noise``; each of them again
-    under the opposite instruction with ``wm_opposite``)."""
+    under the opposite instruction with ``wm_opposite`` and under each of ``wm_relabel``'s
+    instructions where the scene answers it: :func:`relabel_clips`)."""
     from worldmodel.judge.degrade import DEGRADATIONS
 
     tag = f"{Path(path).stem}:{episodes}"
@@ -455,6 +491,10 @@ def build_shard(path, teacher, *, max_episodes, windows: int, degradations_per_c
             opp, names = opposite_clips(gen, labels)
             if opp:
                 parts.append(label_clips(teacher, opp, "generated", names))
+        if len(wm_relabel):
+            rel, names = relabel_clips(gen, labels, wm_relabel)
+            if rel:
+                parts.append(label_clips(teacher, rel, "generated", names))
     teacher.clear_cache()
     return concat_rows(parts)
 
