@@ -2,7 +2,9 @@
 its instruction and under the opposite one (the other cube, the other stacking order).
 
 On the held-out generations of a bench built with ``bench.wm_opposite=true`` (each generation
-labelled by the teacher under both instructions), for every clip where the teacher's replay
+labelled by the teacher under both instructions) -- and, for instructions no rollout was collected
+under, with ``bench.wm_relabel=[...]`` (each generation labelled under, e.g., "lift the cube on the
+left" and "... on the right": zero-shot labels) -- for every clip where the teacher's replay
 in the true simulator says the two instructions are followed to different stages (one cube
 approached or lifted, the other not): does the student's instruction-following score (IF)
 rank the two instructions the same way? Reported next to the teacher reading the same
@@ -20,6 +22,7 @@ import numpy as np
 from benchmarks.report import add_section_args, publish, rel_path
 
 SUFFIX = ":opposite"
+RELABEL = ":relabel"
 
 
 def opposite_pairs(bench: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -38,6 +41,25 @@ def opposite_pairs(bench: dict) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError("the bench has no generations labelled under the opposite instruction; build it with "
                          "bench.wm_opposite=true (two-instruction tasks only)")
     a = np.array(pairs, np.int64)
+    return a[:, 0], a[:, 1]
+
+
+def relabel_pairs(bench: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices ``(a, b)`` of generated clips labelled under two opposite listed instructions
+    (``bench.wm_relabel``: the same generation, e.g. under "... on the left" and "... on the
+    right"); each pair once, ``a`` the lower instruction id. Empty arrays when there are none."""
+    from envs.vocab import opposite_instruction
+
+    deg = np.asarray(bench["degradation"], dtype=object)
+    src = np.asarray(bench["source"], dtype=object)
+    groups: dict = {}
+    for i, d in enumerate(deg):
+        if src[i] == "generated" and d.endswith(RELABEL):
+            key = (bench["episode"][i], int(bench["start_step"][i]), d, bench["actions"][i].tobytes())
+            groups.setdefault(key, {})[int(bench["instruction"][i])] = i
+    pairs = [(rows[a], rows[opposite_instruction(a)]) for rows in groups.values() for a in sorted(rows)
+             if opposite_instruction(a) in rows and a < opposite_instruction(a)]
+    a = np.array(pairs, np.int64).reshape(-1, 2)
     return a[:, 0], a[:, 1]
 
 
@@ -64,7 +86,8 @@ def measure(bench: dict, own: np.ndarray, opp: np.ndarray, student) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--bench", required=True, help="a bench.h5 built with bench.wm_opposite=true")
+    ap.add_argument("--bench", required=True, help="a bench.h5 built with bench.wm_opposite=true and/or "
+                                                   "bench.wm_relabel=[...]")
     ap.add_argument("--student", action="append", required=True, help="student checkpoint(s) to compare")
     ap.add_argument("--split", default="test")
     add_section_args(ap, "Judge: does the student read the instruction from the pixels? (opposite instructions)")
@@ -73,23 +96,36 @@ def main() -> None:
     from worldmodel.judge.student import StudentReward
 
     bench = load_bench(args.bench, split=args.split)
-    own, opp = opposite_pairs(bench)
-    teacher_px, n_px = agreement(bench["scores"][own, 0], bench["scores"][opp, 0],
-                                 bench["true_stage"][own, 0], bench["true_stage"][opp, 0])
-    rows = [f"| the teacher reading the imagined pixels | {teacher_px:.3f} (n = {n_px}) | 1 | "
-            f"{np.mean(np.abs(bench['scores'][own, 0] - bench['scores'][opp, 0])):.2f} |"]
-    for path in args.student:
-        r = measure(bench, own, opp, StudentReward.from_checkpoint(path))
-        rows.append(f"| student `{rel_path(path)}` | {r['vs_replay']:.3f} (n = {r['n_replay']}) | "
-                    f"{r['vs_pixels']:.3f} (n = {r['n_pixels']}) | {r['spread']:.2f} |")
-    body = (f"Bench `{rel_path(args.bench)}`, split {args.split}: {len(own)} imagined clips, each judged under its "
-            "instruction and the opposite one. Which-cube agreement: over the clips where the reference orders the "
+    families = []
+    try:
+        families.append(("own vs opposite (collected instructions)", *opposite_pairs(bench)))
+    except ValueError:
+        pass
+    a, b = relabel_pairs(bench)
+    if len(a):
+        families.append(("relabelled, opposite pairs (instructions nobody was collected under)", a, b))
+    if not families:
+        raise SystemExit(f"{args.bench} has no generation labelled under two opposite instructions: build it with "
+                         "bench.wm_opposite=true or bench.wm_relabel=[...]")
+    students = {path: StudentReward.from_checkpoint(path) for path in args.student}
+    rows = []
+    for name, own, opp in families:
+        teacher_px, n_px = agreement(bench["scores"][own, 0], bench["scores"][opp, 0],
+                                     bench["true_stage"][own, 0], bench["true_stage"][opp, 0])
+        rows.append(f"| the teacher reading the imagined pixels | {name} | {len(own)} | {teacher_px:.3f} (n = {n_px}) "
+                    f"| 1 | {np.mean(np.abs(bench['scores'][own, 0] - bench['scores'][opp, 0])):.2f} |")
+        for path, student in students.items():
+            r = measure(bench, own, opp, student)
+            rows.append(f"| student `{rel_path(path)}` | {name} | {len(own)} | {r['vs_replay']:.3f} (n = "
+                        f"{r['n_replay']}) | {r['vs_pixels']:.3f} (n = {r['n_pixels']}) | {r['spread']:.2f} |")
+    body = (f"Bench `{rel_path(args.bench)}`, split {args.split}: imagined clips, each judged under two opposite "
+            "instructions. Which-cube agreement: over the clips where the reference orders the "
             "two instructions' IF (0-3) differently, how often the judge orders them the same way. Reference: the "
             "teacher on the replay of the same actions (first column) or the teacher reading the same imagined "
             "pixels (second). Spread: mean |IF(own) - IF(opposite)| in IF points (0-3); a judge that ignored the "
             "instruction would have 0.\n\n"
-            "| judge | agrees with the replay | agrees with the teacher on the pixels | spread |\n|---|---|---|---|\n"
-            + "\n".join(rows))
+            "| judge | instructions | pairs | agrees with the replay | agrees with the teacher on the pixels | "
+            "spread |\n|---|---|---|---|---|---|\n" + "\n".join(rows))
     publish(args, body)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.grounding import agreement, opposite_pairs
+from benchmarks.grounding import agreement, opposite_pairs, relabel_pairs
 
 
 def _bench(degradations, sources=None):
@@ -32,3 +32,16 @@ def test_agreement_counts_only_pairs_the_reference_orders():
     assert agreement([0.9, 0.1, 0.5], [0.1, 0.9, 0.2], ref_own, ref_opp) == (1.0, 2)
     assert agreement([0.9, 0.9, 0.5], [0.1, 0.1, 0.2], ref_own, ref_opp) == (0.5, 2)
     assert agreement([0.5, 0.5, 0.5], [0.5, 0.5, 0.5], ref_own, ref_opp) == (0.0, 2)   # a blind judge never agrees
+
+
+def test_relabel_pairs_match_the_two_sides_of_one_generation():
+    from envs.vocab import instruction_id
+
+    left, right = instruction_id("lift the cube on the left"), instruction_id("lift the cube on the right")
+    red = instruction_id("lift the red cube")
+    b = _bench(["wm_t1:relabel", "wm_t1:relabel", "wm_t1", "wm_t1:relabel"])
+    b["instruction"] = np.array([right, left, red, left], np.int64)
+    b["actions"][3, 0, 0] = 7.0          # row 3: another generation, whose other side was too close to call
+    a, c = relabel_pairs(b)
+    assert a.tolist() == [1] and c.tolist() == [0]          # (left, right) of the first generation only
+    assert relabel_pairs(_bench(["wm_t1"]) | {"instruction": np.array([red])})[0].size == 0
