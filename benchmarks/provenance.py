@@ -46,7 +46,10 @@ def rollout_counts(collect_dirs) -> dict[str, Counter]:
 def prior_rows(prior_dir, rollouts: dict[str, Counter]) -> dict:
     """Training episodes of a built prior stage per instruction id (``POOLED`` for a play prior),
     from its recorded config."""
-    cfg = json.loads((Path(prior_dir) / "stage.json").read_text())["config"]["prior"]
+    manifest = Path(prior_dir) / "stage.json"
+    if not manifest.exists():
+        raise SystemExit(f"{prior_dir} is not a finished prior stage (no stage.json): build it first")
+    cfg = json.loads(manifest.read_text())["config"]["prior"]
     counts = rollouts["train_success"] if cfg["train"].get("only_success", True) else rollouts["train"]
     if not cfg["model"].get("instruction_input", True):
         return {POOLED: sum(counts.values())}
