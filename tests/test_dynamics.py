@@ -186,7 +186,7 @@ def test_proprio_kv_cache_equals_the_full_pass_and_log_prob_sums_both(pmodel):
     assert torch.allclose(lp, manual, atol=1e-4)
     loss, metrics = pmodel.loss(ctx, prev0, actions, tokens, props[:, 0], props[:, 1:])
     assert {"ce", "acc", "proprio_ce", "proprio_acc"} <= set(metrics)
-    assert float(loss) == pytest.approx(metrics["ce"] + metrics["proprio_ce"], rel=1e-4)
+    assert float(loss.detach()) == pytest.approx(metrics["ce"] + metrics["proprio_ce"], rel=1e-4)
 
 
 def test_proprio_config_errors_and_description(model, pmodel):
