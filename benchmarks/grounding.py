@@ -63,16 +63,24 @@ def relabel_pairs(bench: dict) -> tuple[np.ndarray, np.ndarray]:
     return a[:, 0], a[:, 1]
 
 
+def agreed(a_own, a_opp, b_own, b_opp, margin: float = 0.0) -> np.ndarray:
+    """Per pair that ``b`` (the reference) orders at all (|difference| > ``margin``): whether
+    ``a`` orders it the same way (bool; for paired tests between judges)."""
+    db, da = np.asarray(b_own) - np.asarray(b_opp), np.asarray(a_own) - np.asarray(a_opp)
+    m = np.abs(db) > margin
+    return np.sign(da[m]) == np.sign(db[m])
+
+
 def agreement(a_own, a_opp, b_own, b_opp, margin: float = 0.0) -> tuple[float, int]:
     """How often ``a`` and ``b`` order the two instructions the same way, over the pairs that
     ``b`` (the reference) orders at all (|difference| > ``margin``); and how many those are."""
-    db, da = np.asarray(b_own) - np.asarray(b_opp), np.asarray(a_own) - np.asarray(a_opp)
-    m = np.abs(db) > margin
-    return (float((np.sign(da[m]) == np.sign(db[m])).mean()) if m.any() else float("nan")), int(m.sum())
+    same = agreed(a_own, a_opp, b_own, b_opp, margin)
+    return (float(same.mean()) if same.size else float("nan")), int(same.size)
 
 
 def measure(bench: dict, own: np.ndarray, opp: np.ndarray, student) -> dict:
-    """Student vs replay and vs the teacher's reading of the imagined pixels, on the IF dimension."""
+    """Student vs replay and vs the teacher's reading of the imagined pixels, on the IF dimension;
+    ``agreed``: per pair the replay orders, whether the student agrees (for paired tests)."""
     frames = bench["frames"][own]
     s_own = student.score(frames, bench["instruction"][own].tolist())["dims"][:, 0].float().numpy()
     s_opp = student.score(frames, bench["instruction"][opp].tolist())["dims"][:, 0].float().numpy()
@@ -81,7 +89,7 @@ def measure(bench: dict, own: np.ndarray, opp: np.ndarray, student) -> dict:
     vs_replay, n_replay = agreement(s_own, s_opp, r_own, r_opp)
     vs_pixels, n_pixels = agreement(s_own, s_opp, x_own, x_opp)
     return {"vs_replay": vs_replay, "n_replay": n_replay, "vs_pixels": vs_pixels, "n_pixels": n_pixels,
-            "spread": float(np.mean(np.abs(s_own - s_opp)) * 3.0)}
+            "spread": float(np.mean(np.abs(s_own - s_opp)) * 3.0), "agreed": agreed(s_own, s_opp, r_own, r_opp)}
 
 
 def main() -> None:
@@ -92,6 +100,7 @@ def main() -> None:
     ap.add_argument("--split", default="test")
     add_section_args(ap, "Judge: does the student read the instruction from the pixels? (opposite instructions)")
     args = ap.parse_args()
+    from agent.evaluate import mcnemar
     from worldmodel.judge.bench import load_bench
     from worldmodel.judge.student import StudentReward
 
@@ -113,19 +122,26 @@ def main() -> None:
         teacher_px, n_px = agreement(bench["scores"][own, 0], bench["scores"][opp, 0],
                                      bench["true_stage"][own, 0], bench["true_stage"][opp, 0])
         rows.append(f"| the teacher reading the imagined pixels | {name} | {len(own)} | {teacher_px:.3f} (n = {n_px}) "
-                    f"| 1 | {np.mean(np.abs(bench['scores'][own, 0] - bench['scores'][opp, 0])):.2f} |")
+                    f"| 1 | {np.mean(np.abs(bench['scores'][own, 0] - bench['scores'][opp, 0])):.2f} | - |")
+        first = None
         for path, student in students.items():
             r = measure(bench, own, opp, student)
+            if first is None:
+                first, paired = r["agreed"], "-"
+            else:        # against the first student, on the same pairs: exact McNemar
+                t = mcnemar(list(r["agreed"]), list(first))
+                paired = f"{t['a_only']} vs {t['b_only']}, p = {t['p']:.2g}"
             rows.append(f"| student `{rel_path(path)}` | {name} | {len(own)} | {r['vs_replay']:.3f} (n = "
-                        f"{r['n_replay']}) | {r['vs_pixels']:.3f} (n = {r['n_pixels']}) | {r['spread']:.2f} |")
+                        f"{r['n_replay']}) | {r['vs_pixels']:.3f} (n = {r['n_pixels']}) | {r['spread']:.2f} | {paired} |")
     body = (f"Bench `{rel_path(args.bench)}`, split {args.split}: imagined clips, each judged under two opposite "
             "instructions. Which-cube agreement: over the clips where the reference orders the "
             "two instructions' IF (0-3) differently, how often the judge orders them the same way. Reference: the "
             "teacher on the replay of the same actions (first column) or the teacher reading the same imagined "
             "pixels (second). Spread: mean |IF(own) - IF(opposite)| in IF points (0-3); a judge that ignored the "
-            "instruction would have 0.\n\n"
+            "instruction would have 0. Paired: the pairs only this student / only the first student orders as the "
+            "replay does, exact McNemar.\n\n"
             "| judge | instructions | pairs | agrees with the replay | agrees with the teacher on the pixels | "
-            "spread |\n|---|---|---|---|---|---|\n" + "\n".join(rows))
+            "spread | paired vs the first student |\n|---|---|---|---|---|---|---|\n" + "\n".join(rows))
     publish(args, body)
 
 

@@ -45,3 +45,10 @@ def test_relabel_pairs_match_the_two_sides_of_one_generation():
     a, c = relabel_pairs(b)
     assert a.tolist() == [1] and c.tolist() == [0]          # (left, right) of the first generation only
     assert relabel_pairs(_bench(["wm_t1"]) | {"instruction": np.array([red])})[0].size == 0
+
+
+def test_agreed_marks_each_ordered_pair_for_a_paired_test():
+    from benchmarks.grounding import agreed
+
+    # reference orders pairs 0, 1 (pair 2 tied, left out); the judge agrees on pair 0 only
+    assert agreed([0.9, 0.9, 0.5], [0.1, 0.1, 0.2], [3, 0, 1], [0, 2, 1]).tolist() == [True, False]
