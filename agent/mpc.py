@@ -142,9 +142,9 @@ class WorldModelScorer(Scorer):
         # one shared start frame: the world model encodes and prefills it once for all N
         device = next(wm.parameters()).device
         with autocast(device, self.amp):
-            if wm.reads_proprio and proprio is None:
-                raise ValueError("this world model reads the robot's proprio: pass the start frame's proprio (4,)")
-            prop = torch.as_tensor(np.asarray(proprio, np.float32))[None].to(device) if wm.reads_proprio else None
+            # a model without proprio tokens ignores a given proprio; one with them needs it (rollout says so)
+            prop = torch.as_tensor(np.asarray(proprio, np.float32))[None].to(device) \
+                if wm.reads_proprio and proprio is not None else None
             roll = wm.rollout(start[None].to(device), acts.to(device), mode=self.rollout_mode, window=self.window,
                               temperature=self.temperature, top_k=self.top_k,
                               generator=self._gen if gen is None else gen, proprio=prop)
@@ -159,6 +159,9 @@ class WorldModelScorer(Scorer):
             raise ValueError(f"planner repeat {self.repeat} != world model action_repeat "
                              f"{self.world_model.action_repeat}")
         self._image, self._instruction, self._gen, self._step = obs["image"], int(obs["instruction"]), gen, step
+        if self.proprio_weight and not self.world_model.reads_proprio:
+            raise ValueError("proprio_weight > 0 needs a world model with proprio tokens "
+                             "(dynamics.model.proprio_bins > 0)")
         self._proprio = obs["proprio"] if self.world_model.reads_proprio else None   # read only if used
         self._timing = {"wm_s": 0.0, "reward_s": 0.0}
         self._best = {"score": -np.inf, "actions": None, "clip": None}
@@ -184,9 +187,6 @@ class WorldModelScorer(Scorer):
         if self.proprio_weight:
             from worldmodel.judge.proprio import proprio_lifted
 
-            if self.last_proprio is None:
-                raise ValueError("proprio_weight > 0 needs a world model with proprio tokens "
-                                 "(dynamics.model.proprio_bins > 0)")
             obj = obj + self.proprio_weight * proprio_lifted(self.last_proprio, reps[:, -1, 3])
         obj = aggregate_futures(obj.reshape(len(cands), k), self.pessimism)
         if self.recorder is not None:      # per candidate: dimensions averaged over its draws, its first draw's clip

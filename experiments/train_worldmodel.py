@@ -36,9 +36,7 @@ def _loss(net, batch):
     a model with proprio tokens reads and predicts the batch's proprio (B, T + 1, 4)."""
     dyn = getattr(net, "module", net)
     props = ()
-    if dyn.cfg.proprio_bins:
-        if "proprio" not in batch:
-            raise ValueError("dynamics.model.proprio_bins > 0 needs rollout files with obs/proprio")
+    if dyn.cfg.proprio_bins:      # run() checked that the windows carry proprio
         p = dyn.proprio_tokens(batch["proprio"])
         props = (p[:, 0], p[:, 1:])
     return token_loss(net(batch["ctx"], batch["prev0"], batch["actions"], batch["tokens"], *props),
@@ -107,9 +105,10 @@ def run(cfg: DictConfig) -> dict:
 
         model_cfg = OmegaConf.to_container(cfg.dynamics.model)
         if model_cfg.get("proprio_bins"):
-            if "proprio" not in data["train"]:
+            missing = [s for s in ("train", "val") if "proprio" not in data[s]]
+            if missing:
                 raise ValueError("dynamics.model.proprio_bins > 0 needs rollout files with obs/proprio; "
-                                 f"{paths['train']} have none")
+                                 f"{[str(p) for s in missing for p in paths[s]]} have none")
             if cfg.get("init_ckpt"):   # fine-tuning keeps the model's quantization
                 init_dyn = load_checkpoint(resolve(cfg.init_ckpt), kind="worldmodel")["config"]["dynamics"]
                 model_cfg["proprio_low"], model_cfg["proprio_high"] = (init_dyn.get("proprio_low", ()),

@@ -283,3 +283,31 @@ def test_tokenized_windows_carry_the_recorded_proprio(tmp_path):
     assert np.allclose(prop[:-1, :3], eef, atol=1e-6) and np.allclose(prop[:-1, 3], opening, atol=1e-6)
     item = windows[1]
     assert torch.equal(item["proprio"], torch.from_numpy(prop[20:27:2]))
+
+
+def test_train_worldmodel_fits_proprio_tokens_over_the_data_range_and_fine_tuning_keeps_it(wm, tmp_path):
+    """``dynamics.model.proprio_bins > 0`` through the training script: the quantization range
+    comes from the training windows' proprio and is stored in the checkpoint; a fine-tune
+    (``init_ckpt``) keeps the model's range instead of refitting it on its new data."""
+    from agent.collect import collect
+    from experiments.pipeline import compose
+    from experiments.train_worldmodel import proprio_range, run
+    from worldmodel.data import RolloutWindows
+
+    files = {s: tmp_path / f"lift_random_{s}_0_1.hdf5" for s in ("train", "val")}
+    for split, path in files.items():
+        collect("roboalign/Lift-v0", "random", 1, path, split=split, workers=1, progress=False)
+    wm.tokenizer.save(tmp_path / "tok.pt")
+    common = ["dynamics=tiny", "dynamics.model.proprio_bins=8", "dynamics.train.steps=2", "dynamics.train.warmup=1",
+              f"artifacts={tmp_path}", f"tokenizer_ckpt={tmp_path / 'tok.pt'}", f"data.train=[{files['train']}]",
+              f"data.val=[{files['val']}]", "val_windows=8"]
+    metrics = run(compose("train_worldmodel", common + [f"out_dir={tmp_path / 'a'}"]))
+    assert {"ce", "proprio_ce", "proprio_acc"} <= set(metrics)
+    model = WorldModel.from_checkpoint(tmp_path / "a" / "worldmodel.pt")
+    windows = RolloutWindows([files["train"]], window=8, action_repeat=2, stride=2)
+    first = range(min(len(windows), 64))            # dynamics=tiny trains on the first 64 windows
+    lo, hi = proprio_range(torch.stack([windows[i]["proprio"] for i in first]))
+    assert model.reads_proprio and list(model.dynamics.cfg.proprio_low) == lo and list(model.dynamics.cfg.proprio_high) == hi
+    tuned = run(compose("train_worldmodel", common + [f"out_dir={tmp_path / 'b'}", f"init_ckpt={tmp_path / 'a' / 'worldmodel.pt'}",
+                                                      f"data.train=[{files['val']}]"]))
+    assert tuned and WorldModel.from_checkpoint(tmp_path / "b" / "worldmodel.pt").dynamics.cfg == model.dynamics.cfg

@@ -10,7 +10,9 @@ One sequence per clip::
 frame (``x^0``: the start frame's own dynamics tokens). The outputs at the
 ``Nd`` token positions of block ``t`` predict all dynamics tokens of frame ``t``
 in one pass: attention is causal between blocks and free within a block, whose
-inputs only hold frames before ``t``.
+inputs only hold frames before ``t``. Frame order enters through rotary position
+embeddings on the block index, so a KV cache can drop old blocks (naive sliding
+window) and relative positions stay right.
 
 With predicted proprioception (``DynamicsConfig.proprio_bins > 0``) each step block also
 holds the robot's proprio of the previous frame as ``P = 4`` tokens (end-effector x, y, z
@@ -22,9 +24,7 @@ and gripper opening, each quantized into ``proprio_bins`` bins over
 and the outputs at the ``P`` proprio positions predict frame ``t``'s proprio tokens, so
 the model reads the robot's state as context and imagines it with the frame. Why tokens:
 the gripper's opening after a close command is bimodal (stopped by the cube at its width,
-or shut on nothing), which a regression head would average away. Frame order enters through rotary position
-embeddings on the block index, so a KV cache can drop old blocks (naive sliding
-window) and relative positions stay right.
+or shut on nothing), which a regression head would average away.
 """
 from __future__ import annotations
 

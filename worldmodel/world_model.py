@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from worldmodel.dynamics import DynamicsConfig, DynamicsModel, sample_tokens
+from worldmodel.dynamics import PROPRIO_DIM, DynamicsConfig, DynamicsModel, sample_tokens
 from worldmodel.training import load_checkpoint, save_checkpoint
 
 KIND = "worldmodel"
@@ -191,8 +191,9 @@ class WorldModel(nn.Module):
             raise ValueError("this world model reads the robot's proprio with each frame: pass the start "
                              "frame's proprio=(B or 1, 4) [eef_x, eef_y, eef_z, gripper_opening] to rollout()")
         proprio = torch.as_tensor(proprio, dtype=torch.float32, device=self.dynamics.prop_low.device)
-        if proprio.dim() != 2 or proprio.shape[0] != n_frames or proprio.shape[1] != 4:
-            raise ValueError(f"proprio must be ({n_frames}, 4) like the start frames, got {tuple(proprio.shape)}")
+        if proprio.dim() != 2 or proprio.shape[0] != n_frames or proprio.shape[1] != PROPRIO_DIM:
+            raise ValueError(f"proprio must be ({n_frames}, {PROPRIO_DIM}) like the start frames, "
+                             f"got {tuple(proprio.shape)}")
         return self.dynamics.proprio_tokens(proprio).expand(b, -1)
 
     def log_prob(self, rollout: Rollout, actions: torch.Tensor) -> torch.Tensor:

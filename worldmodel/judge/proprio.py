@@ -2,10 +2,11 @@
 
 A world model with proprio tokens (``DynamicsConfig.proprio_bins > 0``) imagines the
 gripper's opening and the end effector's height with every frame. Closing on a cube stops
-the fingers at the cube's width; closing on nothing shuts them (about 1 mm). So a lift is
-visible without a pixel: at the clip's last frame the gripper is commanded closed, its
-opening is at least half a cube's width (it holds something), and the end effector is above
-the task's lift height. This is grasp evidence a 64x64 third-person view hides behind the
+the fingers at the cube's width; closing on nothing shuts them (about 1 mm); open they stand
+8 cm apart. So a lift is visible without a pixel: the gripper is commanded closed, over the
+clip's last two frames its opening stays between half a cube's width and short of open and
+has stopped moving (it holds something), and the end effector ends above the task's lift
+height. This is grasp evidence a 64x64 third-person view hides behind the
 fingers. With one cube (Lift) it reads the lift; with two it says that a cube is held up,
 not which.
 """
