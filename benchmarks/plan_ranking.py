@@ -194,8 +194,7 @@ def top_pick_optimism(c: dict, scores: np.ndarray) -> tuple[float, float]:
     ``teacher_imagined`` vs ``teacher_true`` (stage 0-3). A planner taking the argmax of many
     imagined futures selects for false lifts; the first number is what it sees."""
     over = _later_stage(c["teacher_imagined"], c["teacher_true"])
-    top = [over[i][scores[i] == scores[i].max()].mean() for i in range(len(scores))]
-    return float(np.mean(top)), float(over.mean())
+    return _at_top(over, scores), float(over.mean())
 
 
 def _false_stage(c: dict) -> np.ndarray:
